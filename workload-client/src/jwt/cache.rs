@@ -1,0 +1,474 @@
+//! The per-audience JWT-SVID cache: the only way sidecars obtain JWT-SVIDs.
+//!
+//! Why: SPIRE's FetchJWTSVID can block for ~30 s once its own cached token is past half-life
+//! (spire issue 5994), while Envoy gives ext_authz 0.5 s. So a request path must never call the
+//! agent. Each key (audience set + optional SPIFFE ID) gets one background task that is the
+//! *only* caller of FetchJWTSVID for that key:
+//!
+//! - the first `get` for a key creates the entry and waits (bounded) for the task's first fetch;
+//!   however many callers arrive together, there is one fetch ("single flight");
+//! - after each success the task sleeps until half the token's remaining life (minus up to 10 %
+//!   jitter, so a fleet started together does not refresh together) and fetches again;
+//! - on failure it retries with jittered backoff while the still-valid token keeps being served;
+//! - a key unused for `idle_eviction` is dropped instead of refreshed, so a client that called
+//!   a thousand audiences once does not keep a thousand refresh loops alive.
+//!
+//! Reading is lock-free: the entry map and each token live behind `ArcSwap`, so the hot path is
+//! a few atomic loads and a hash lookup, with no await and no Workload API call.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use spiffe::{JwtSvid, SpiffeId};
+use tokio::sync::{Notify, watch};
+use tokio::task::AbortHandle;
+use tracing::Instrument;
+
+use crate::backoff::{BackoffPolicy, jitter};
+use crate::client::WorkloadApiClient;
+
+/// What a cached token is for: a non-empty, sorted, de-duplicated audience set and optionally
+/// the SPIFFE ID to request (for workloads with several identities).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JwtKey {
+    audiences: Arc<[String]>,
+    spiffe_id: Option<SpiffeId>,
+}
+
+impl JwtKey {
+    /// A key for these audiences (order and duplicates do not matter).
+    pub fn new<I, S>(audiences: I) -> Result<Self, CacheError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut v: Vec<String> = audiences.into_iter().map(Into::into).collect();
+        if v.iter().any(String::is_empty) || v.is_empty() {
+            return Err(CacheError::EmptyAudience);
+        }
+        v.sort();
+        v.dedup();
+        Ok(Self {
+            audiences: v.into(),
+            spiffe_id: None,
+        })
+    }
+
+    /// Requests tokens for this identity instead of the workload's default one.
+    #[must_use]
+    pub fn with_spiffe_id(mut self, id: SpiffeId) -> Self {
+        self.spiffe_id = Some(id);
+        self
+    }
+
+    /// The audiences, sorted.
+    pub fn audiences(&self) -> &[String] {
+        &self.audiences
+    }
+
+    /// The requested identity, if any.
+    pub fn spiffe_id(&self) -> Option<&SpiffeId> {
+        self.spiffe_id.as_ref()
+    }
+}
+
+impl fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.audiences.join(","))?;
+        if let Some(id) = &self.spiffe_id {
+            write!(f, "@{id}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why no token could be handed out.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// An audience list was empty or held an empty string.
+    #[error("audience must be a non-empty list of non-empty strings")]
+    EmptyAudience,
+    /// There is no valid token and the agent did not provide one in time.
+    #[error("no valid JWT-SVID available{}", .last_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Unavailable {
+        /// The last fetch error, if a fetch failed.
+        last_error: Option<String>,
+    },
+}
+
+/// Tuning. Defaults suit SPIRE's 5-minute JWT TTL.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Refresh when this fraction of the remaining lifetime has passed (0.5: half-life).
+    pub refresh_fraction: f64,
+    /// Up to this fraction earlier, at random.
+    pub refresh_jitter: f64,
+    /// Never hand out a token with less than this left: the receiver must still accept it.
+    pub expiry_margin: Duration,
+    /// Drop keys nobody asked for in this long.
+    pub idle_eviction: Duration,
+    /// Retry schedule for failed fetches.
+    pub retry: BackoffPolicy,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            refresh_fraction: 0.5,
+            refresh_jitter: 0.1,
+            expiry_margin: Duration::from_secs(1),
+            idle_eviction: Duration::from_secs(15 * 60),
+            retry: BackoffPolicy {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(5),
+                multiplier: 2.0,
+            },
+        }
+    }
+}
+
+/// Counters for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// `get` calls served from a valid cached token.
+    pub hits: u64,
+    /// `get` calls that had to wait for a fetch.
+    pub misses: u64,
+    /// Successful FetchJWTSVID calls.
+    pub fetches: u64,
+    /// Failed FetchJWTSVID calls.
+    pub fetch_errors: u64,
+    /// Keys evicted for idleness.
+    pub evictions: u64,
+    /// One line per cached key.
+    pub entries: Vec<EntryStatus>,
+}
+
+/// The state of one key, for metrics (never the token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryStatus {
+    /// The key.
+    pub key: JwtKey,
+    /// Time until the cached token expires, if there is one.
+    pub expires_in: Option<Duration>,
+    /// The last fetch error, if the last fetch failed.
+    pub last_error: Option<String>,
+}
+
+/// The cache. Clones share state; background tasks stop when the last clone is dropped.
+#[derive(Clone)]
+pub struct JwtSvidCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: WorkloadApiClient,
+    config: CacheConfig,
+    entries: ArcSwap<HashMap<JwtKey, Arc<Entry>>>,
+    /// Serialises inserts and removals (rare); reads never take it.
+    write: Mutex<()>,
+    epoch: Instant,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    fetches: AtomicU64,
+    fetch_errors: AtomicU64,
+    evictions: AtomicU64,
+}
+
+struct Entry {
+    key: JwtKey,
+    token: ArcSwapOption<JwtSvid>,
+    /// Milliseconds since `Inner::epoch` of the last `get`.
+    last_used: AtomicU64,
+    pinned: AtomicBool,
+    /// A caller found no usable token.
+    wake: Notify,
+    /// Bumped after every fetch attempt, success or failure.
+    attempts: watch::Sender<u64>,
+    last_error: Mutex<Option<String>>,
+    task: OnceLock<AbortHandle>,
+}
+
+impl fmt::Debug for JwtSvidCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtSvidCache")
+            .field("endpoint", &self.inner.client.endpoint())
+            .field("keys", &self.inner.entries.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl JwtSvidCache ===
+
+impl JwtSvidCache {
+    /// A cache fetching from `client`. Must be called inside a Tokio runtime.
+    pub fn new(client: WorkloadApiClient, config: CacheConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                entries: ArcSwap::from_pointee(HashMap::new()),
+                write: Mutex::new(()),
+                epoch: Instant::now(),
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+                fetches: AtomicU64::new(0),
+                fetch_errors: AtomicU64::new(0),
+                evictions: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Starts fetching `key` now and keeps it fresh forever (never evicted): for the audiences
+    /// a sidecar is configured with, so the first request finds a token.
+    pub fn pin(&self, key: &JwtKey) {
+        let entry = self.entry(key);
+        entry.pinned.store(true, Ordering::Relaxed);
+    }
+
+    /// A valid token for `key`, waiting at most `max_wait` if none is cached (first use, or the
+    /// agent has been failing past expiry). Never calls the agent itself.
+    pub async fn get(&self, key: &JwtKey, max_wait: Duration) -> Result<Arc<JwtSvid>, CacheError> {
+        let entry = self.entry(key);
+        entry.touch(&self.inner);
+        if let Some(token) = entry.usable(&self.inner.config) {
+            self.inner.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(token);
+        }
+        self.inner.misses.fetch_add(1, Ordering::Relaxed);
+        // Subscribe before re-checking, so an attempt that completes in between is not missed.
+        let mut attempts = entry.attempts.subscribe();
+        if let Some(token) = entry.usable(&self.inner.config) {
+            return Ok(token);
+        }
+        entry.wake.notify_one();
+        // Wait for the outcome of the next attempt (shared by every waiting caller).
+        let _ = tokio::time::timeout(max_wait, attempts.changed()).await;
+        entry
+            .usable(&self.inner.config)
+            .ok_or_else(|| CacheError::Unavailable {
+                last_error: entry.last_error(),
+            })
+    }
+
+    /// The cached token for `key` if it is valid now; never waits. Creates the entry (and so
+    /// starts fetching) if it did not exist.
+    pub fn try_get(&self, key: &JwtKey) -> Option<Arc<JwtSvid>> {
+        let entry = self.entry(key);
+        entry.touch(&self.inner);
+        let token = entry.usable(&self.inner.config);
+        let counter = if token.is_some() {
+            &self.inner.hits
+        } else {
+            entry.wake.notify_one();
+            &self.inner.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        token
+    }
+
+    /// Wakes whenever a fetch attempt for `key` completes (e.g. to push refreshed tokens over
+    /// SDS). Creates the entry if needed.
+    pub fn subscribe(&self, key: &JwtKey) -> watch::Receiver<u64> {
+        self.entry(key).attempts.subscribe()
+    }
+
+    /// Counters and per-key state.
+    pub fn stats(&self) -> CacheStats {
+        let now = time::OffsetDateTime::now_utc();
+        let entries = self
+            .inner
+            .entries
+            .load()
+            .values()
+            .map(|e| EntryStatus {
+                key: e.key.clone(),
+                expires_in: e
+                    .token
+                    .load()
+                    .as_ref()
+                    .map(|t| Duration::try_from(t.expiry() - now).unwrap_or(Duration::ZERO)),
+                last_error: e.last_error(),
+            })
+            .collect();
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CacheStats {
+            hits: load(&self.inner.hits),
+            misses: load(&self.inner.misses),
+            fetches: load(&self.inner.fetches),
+            fetch_errors: load(&self.inner.fetch_errors),
+            evictions: load(&self.inner.evictions),
+            entries,
+        }
+    }
+
+    /// The entry for `key`, creating it and its refresh task on first use.
+    fn entry(&self, key: &JwtKey) -> Arc<Entry> {
+        if let Some(e) = self.inner.entries.load().get(key) {
+            return e.clone();
+        }
+        let _guard = self
+            .inner
+            .write
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Double-check under the write lock: another caller may have inserted it.
+        let current = self.inner.entries.load_full();
+        if let Some(e) = current.get(key) {
+            return e.clone();
+        }
+        let entry = Arc::new(Entry {
+            key: key.clone(),
+            token: ArcSwapOption::empty(),
+            last_used: AtomicU64::new(self.inner.now_ms()),
+            pinned: AtomicBool::new(false),
+            wake: Notify::new(),
+            attempts: watch::channel(0).0,
+            last_error: Mutex::new(None),
+            task: OnceLock::new(),
+        });
+        let mut next = HashMap::clone(&current);
+        next.insert(key.clone(), entry.clone());
+        self.inner.entries.store(Arc::new(next));
+        let span = tracing::info_span!("jwt_cache", key = ?key);
+        let task =
+            tokio::spawn(refresh_loop(Arc::downgrade(&self.inner), entry.clone()).instrument(span));
+        let _ = entry.task.set(task.abort_handle());
+        entry
+    }
+}
+
+impl Inner {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn remove(&self, key: &JwtKey) {
+        let _guard = self
+            .write
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next = HashMap::clone(&self.entries.load_full());
+        next.remove(key);
+        self.entries.store(Arc::new(next));
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for entry in self.entries.load().values() {
+            if let Some(task) = entry.task.get() {
+                task.abort();
+            }
+        }
+    }
+}
+
+// === impl Entry ===
+
+impl Entry {
+    fn touch(&self, inner: &Inner) {
+        self.last_used.store(inner.now_ms(), Ordering::Relaxed);
+    }
+
+    /// The cached token if it has more than the expiry margin left.
+    fn usable(&self, config: &CacheConfig) -> Option<Arc<JwtSvid>> {
+        let token = self.token.load_full()?;
+        (remaining(&token) > config.expiry_margin).then_some(token)
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_last_error(&self, e: Option<String>) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = e;
+    }
+}
+
+fn remaining(token: &JwtSvid) -> Duration {
+    Duration::try_from(token.expiry() - time::OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO)
+}
+
+/// The one task allowed to call FetchJWTSVID for `entry.key`.
+async fn refresh_loop(inner: Weak<Inner>, entry: Arc<Entry>) {
+    let Some((client, config)) = inner
+        .upgrade()
+        .map(|i| (i.client.clone(), i.config.clone()))
+    else {
+        return;
+    };
+    let mut backoff = config.retry.start();
+    loop {
+        let result = client
+            .fetch_jwt_svid(entry.key.audiences(), entry.key.spiffe_id())
+            .await;
+        let Some(cache) = inner.upgrade() else { return };
+        let ok = result.is_ok();
+        let next = match result {
+            Ok(token) => {
+                backoff.reset();
+                let life = remaining(&token);
+                tracing::debug!(expires_in = ?life, spiffe_id = %token.spiffe_id(), "JWT-SVID refreshed");
+                entry.token.store(Some(Arc::new(token)));
+                entry.set_last_error(None);
+                cache.fetches.fetch_add(1, Ordering::Relaxed);
+                // Half the remaining life, up to 10 % earlier; never a hot loop on a token
+                // that is (nearly) expired on arrival, e.g. under clock skew.
+                jitter(life.mul_f64(config.refresh_fraction), config.refresh_jitter)
+                    .max(Duration::from_millis(100))
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if entry.last_error().as_deref() != Some(message.as_str()) {
+                    let serving = entry.usable(&config).is_some();
+                    tracing::warn!(error = %message, serving_cached_token = serving, "JWT-SVID fetch failed");
+                }
+                entry.set_last_error(Some(message));
+                cache.fetch_errors.fetch_add(1, Ordering::Relaxed);
+                backoff.next_delay()
+            }
+        };
+        entry.attempts.send_modify(|n| *n += 1);
+        drop(cache);
+
+        let wake_at = tokio::time::Instant::now() + next;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(wake_at) => break,
+                () = entry.wake.notified() => {
+                    // A caller found no usable token. Fetch now only if the last attempt
+                    // succeeded (the token simply ran out early); after a failure the backoff
+                    // schedule governs, so a crowd of callers cannot hammer a failing agent.
+                    if ok && entry.usable(&config).is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+
+        let Some(cache) = inner.upgrade() else { return };
+        let idle_ms = cache
+            .now_ms()
+            .saturating_sub(entry.last_used.load(Ordering::Relaxed));
+        if !entry.pinned.load(Ordering::Relaxed)
+            && Duration::from_millis(idle_ms) >= config.idle_eviction
+        {
+            tracing::debug!(idle = ?Duration::from_millis(idle_ms), "evicting idle JWT-SVID key");
+            cache.remove(&entry.key);
+            cache.evictions.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+}
