@@ -88,10 +88,13 @@ mod tests {
             audience: "aud".into(),
             svid: "eyJhbGciOiJFUzI1NiJ9.secret.sig".into(),
         };
-        let printed = format!("{svid:?} {jwt:?} {req:?} {:?}", X509svidResponse {
-            svids: vec![svid.clone()],
-            ..Default::default()
-        });
+        let printed = format!(
+            "{svid:?} {jwt:?} {req:?} {:?}",
+            X509svidResponse {
+                svids: vec![svid.clone()],
+                ..Default::default()
+            }
+        );
         assert!(!printed.contains("80, 82, 73")); // "PRI" as debug-printed bytes
         assert!(!printed.contains("secret"));
         assert!(printed.contains("spiffe://example.org/w"));

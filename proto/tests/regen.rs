@@ -3,6 +3,8 @@
 //! `REGEN_PROTO=1 cargo test -p workload-proto --test regen` (what `cargo xtask regen` runs)
 //! writes the fresh output over `src/generated/workload.rs` instead of failing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
+
 use std::path::{Path, PathBuf};
 
 fn crate_dir() -> PathBuf {

@@ -93,6 +93,14 @@ impl Endpoint {
         }
     }
 
+    /// The socket path, for a Unix endpoint.
+    pub fn unix_path(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Unix(path) => Some(path),
+            Self::Tcp(_) => None,
+        }
+    }
+
     fn parse_unix(rest: &str) -> Result<Self, EndpointError> {
         let path = if let Some(after) = rest.strip_prefix("//") {
             // `unix://authority/path`: the authority must be empty.
