@@ -1,0 +1,59 @@
+//! Admin HTTP: `GET /healthz`, `GET /metrics` (Prometheus text), and `POST /rotate/x509`,
+//! `POST /rotate/jwt` to force rotations from shell scripts and non-Rust tests. The rotate
+//! endpoints answer once the new material has been pushed to the streams.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::{get, post},
+};
+use tokio::net::TcpListener;
+
+use crate::agent::{Shared, stopping};
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/rotate/x509", post(rotate_x509))
+        .route("/rotate/jwt", post(rotate_jwt))
+        .with_state(shared)
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        shared.metrics.render(),
+    )
+}
+
+async fn rotate_x509(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    outcome(shared.rotate_x509().await)
+}
+
+async fn rotate_jwt(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    outcome(shared.rotate_jwt_key().await)
+}
+
+fn outcome(result: Result<(), crate::Error>) -> (StatusCode, String) {
+    match result {
+        Ok(()) => (StatusCode::OK, "rotated\n".into()),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+    }
+}
+
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    let signal = stopping(shared.shutdown.subscribe());
+    let app = router(Arc::clone(&shared));
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .await
+    {
+        tracing::error!(%error, "admin server failed");
+        shared.shutdown.send_replace(true);
+    }
+}

@@ -1,0 +1,479 @@
+//! [`Agent::start`] binds the sockets and spawns the servers and rotation tasks;
+//! [`RunningAgent`] is the handle tests and `main.rs` hold.
+
+use std::{collections::HashMap, fmt, net::SocketAddr, sync::Arc, time::Duration};
+
+use spiffe::{JwtBundleSet, SpiffeId, TrustDomain};
+use tokio::{
+    sync::{Mutex, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use workload_proto::{
+    JwtBundlesResponse, X509BundlesResponse, X509svid, X509svidResponse,
+    spiffe_workload_api_server::SpiffeWorkloadApiServer,
+};
+
+use crate::{
+    Error,
+    authority::{Authority, DEFAULT_CA_VALIDITY},
+    config::{Config, Endpoint},
+    jwt_keys::SigningKey,
+    listen::{Incoming, bind_tcp, bind_workload_api, remove_socket},
+    metrics::{Method, Metrics},
+    rotation,
+    service::WorkloadApiService,
+    state::StateDir,
+};
+
+/// How long [`RunningAgent::shutdown`] waits for connections to drain before aborting.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+// === Snapshots ===
+
+/// What every `FetchX509SVID` stream sends: a full snapshot, re-issued before half-life.
+#[derive(Debug)]
+pub(crate) struct X509Snapshot {
+    pub(crate) response: X509svidResponse,
+    /// When the background task re-issues these SVIDs.
+    pub(crate) rotate_at: Instant,
+}
+
+/// What every `FetchJWTBundles` stream sends, plus the parsed bundles `ValidateJWTSVID` uses.
+#[derive(Debug)]
+pub(crate) struct JwtBundlesSnapshot {
+    pub(crate) response: JwtBundlesResponse,
+    pub(crate) bundle_set: JwtBundleSet,
+    /// JWKS of the own trust domain as served on the OIDC `/keys` endpoint.
+    pub(crate) oidc_jwks: String,
+}
+
+// === Shared ===
+
+/// State shared by the gRPC service, the HTTP endpoints and the rotation tasks.
+pub(crate) struct Shared {
+    pub(crate) spiffe_ids: Vec<SpiffeId>,
+    pub(crate) x509_ttl: Duration,
+    pub(crate) jwt_ttl: Duration,
+    pub(crate) jwt_key_rotation: Duration,
+    pub(crate) jwt_issuer: Option<String>,
+    pub(crate) own: Arc<Authority>,
+    pub(crate) federated: Vec<Arc<Authority>>,
+    state: Option<StateDir>,
+    pub(crate) metrics: Metrics,
+    pub(crate) x509: watch::Sender<Arc<X509Snapshot>>,
+    pub(crate) x509_bundles: watch::Sender<Arc<X509BundlesResponse>>,
+    pub(crate) jwt_bundles: watch::Sender<Arc<JwtBundlesSnapshot>>,
+    /// `true` once the agent is stopping; streams and servers end on it.
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// Serialize rotations so a forced one and a scheduled one cannot interleave.
+    x509_lock: Mutex<()>,
+    jwt_lock: Mutex<()>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("trust_domain", self.own.trust_domain())
+            .field("spiffe_ids", &self.spiffe_ids)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Re-issues every X.509-SVID and pushes the snapshot to all streams.
+    pub(crate) async fn rotate_x509(&self) -> Result<(), Error> {
+        let _guard = self.x509_lock.lock().await;
+        let snapshot = self.issue_x509()?;
+        self.x509.send_replace(Arc::new(snapshot));
+        self.metrics.count_x509_rotation();
+        tracing::info!(count = self.spiffe_ids.len(), "rotated X.509-SVIDs");
+        Ok(())
+    }
+
+    /// Replaces the own trust domain's JWT signing key and pushes the new JWKS.
+    pub(crate) async fn rotate_jwt_key(&self) -> Result<(), Error> {
+        let _guard = self.jwt_lock.lock().await;
+        let alg = self.own.jwt_alg();
+        // RSA key generation is slow: keep it off the async workers.
+        let next = tokio::task::spawn_blocking(move || SigningKey::generate(alg))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+            .map_err(crate::authority::AuthorityError::from)?;
+        self.own.rotate_jwt_key(next, self.jwt_ttl);
+        self.metrics.count_jwt_key_rotation();
+        tracing::info!(kid = %self.own.current_kid(), "rotated JWT signing key");
+        self.publish_jwt_bundles()?;
+        self.persist_own_jwt_keys().await
+    }
+
+    /// Drops retired JWT keys whose tokens have expired; pushes the JWKS if it changed.
+    pub(crate) async fn prune_jwt_keys(&self) -> Result<(), Error> {
+        let _guard = self.jwt_lock.lock().await;
+        if self.own.prune_jwt_keys() {
+            tracing::info!("removed expired JWT signing key from the bundle");
+            self.publish_jwt_bundles()?;
+            self.persist_own_jwt_keys().await?;
+        }
+        Ok(())
+    }
+
+    fn issue_x509(&self) -> Result<X509Snapshot, Error> {
+        let bundle = self.own.ca_der().to_vec();
+        let svids = self
+            .spiffe_ids
+            .iter()
+            .map(|id| {
+                let issued = self.own.issue_x509(id, self.x509_ttl)?;
+                Ok(X509svid {
+                    spiffe_id: id.to_string(),
+                    x509_svid: issued.cert_der,
+                    x509_svid_key: issued.key_pkcs8.expose().to_vec(),
+                    bundle: bundle.clone(),
+                    hint: String::new(),
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let federated_bundles = self
+            .federated
+            .iter()
+            .map(|a| (a.trust_domain().id_string(), a.ca_der().to_vec()))
+            .collect();
+        Ok(X509Snapshot {
+            response: X509svidResponse {
+                svids,
+                crl: Vec::new(),
+                federated_bundles,
+            },
+            rotate_at: rotation::instant_after(rotation::x509_refresh_after(self.x509_ttl)),
+        })
+    }
+
+    fn jwt_bundles_snapshot(&self) -> Result<JwtBundlesSnapshot, Error> {
+        let own_jwks = self.own.jwks();
+        let mut bundles = HashMap::new();
+        let mut bundle_set = JwtBundleSet::new();
+        for authority in std::iter::once(&self.own).chain(&self.federated) {
+            let jwks = if Arc::ptr_eq(authority, &self.own) {
+                own_jwks.to_string()
+            } else {
+                authority.jwks_json()
+            };
+            bundle_set.add_bundle(
+                spiffe::JwtBundle::from_jwt_authorities(
+                    authority.trust_domain().clone(),
+                    jwks.as_bytes(),
+                )
+                .map_err(crate::authority::AuthorityError::from)?,
+            );
+            bundles.insert(authority.trust_domain().id_string(), jwks.into_bytes());
+        }
+        Ok(JwtBundlesSnapshot {
+            response: JwtBundlesResponse { bundles },
+            bundle_set,
+            oidc_jwks: crate::oidc::oidc_jwks(&own_jwks),
+        })
+    }
+
+    fn publish_jwt_bundles(&self) -> Result<(), Error> {
+        let snapshot = self.jwt_bundles_snapshot()?;
+        self.jwt_bundles.send_replace(Arc::new(snapshot));
+        Ok(())
+    }
+
+    async fn persist_own_jwt_keys(&self) -> Result<(), Error> {
+        let Some(state) = self.state.clone() else {
+            return Ok(());
+        };
+        let own = Arc::clone(&self.own);
+        tokio::task::spawn_blocking(move || state.save_jwt_keys(&own))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        Ok(())
+    }
+}
+
+fn x509_bundles(own: &Authority, federated: &[Arc<Authority>]) -> X509BundlesResponse {
+    let bundles = std::iter::once(own)
+        .chain(federated.iter().map(AsRef::as_ref))
+        .map(|a| (a.trust_domain().id_string(), a.ca_der().to_vec()))
+        .collect();
+    X509BundlesResponse {
+        crl: Vec::new(),
+        bundles,
+    }
+}
+
+// === Agent ===
+
+/// The development SPIFFE agent. See [`Agent::start`].
+#[derive(Debug)]
+pub struct Agent;
+
+impl Agent {
+    /// Validates `config`, loads or creates the signing authorities, binds the Workload API
+    /// socket (and the OIDC / admin listeners), and spawns the servers and rotation tasks.
+    ///
+    /// Returns once everything listens, so a client may connect right away. Must be called
+    /// on a multi-threaded tokio runtime or a current-thread one; key generation and state
+    /// I/O run on the blocking pool.
+    pub async fn start(config: Config) -> Result<RunningAgent, Error> {
+        config.validate()?;
+        let spiffe_ids = config.effective_spiffe_ids()?;
+        let (own, federated) = load_authorities(&config).await?;
+        let state = config.state_dir.as_ref().map(StateDir::new);
+
+        let (shutdown, _) = watch::channel(false);
+        let x509_bundles = watch::Sender::new(Arc::new(x509_bundles(&own, &federated)));
+        // Placeholders, replaced below before anything can subscribe.
+        let x509 = watch::Sender::new(Arc::new(X509Snapshot {
+            response: X509svidResponse::default(),
+            rotate_at: Instant::now(),
+        }));
+        let jwt_bundles = watch::Sender::new(Arc::new(JwtBundlesSnapshot {
+            response: JwtBundlesResponse::default(),
+            bundle_set: JwtBundleSet::new(),
+            oidc_jwks: String::new(),
+        }));
+        let shared = Arc::new(Shared {
+            spiffe_ids,
+            x509_ttl: config.x509_ttl,
+            jwt_ttl: config.jwt_ttl,
+            jwt_key_rotation: config.jwt_key_rotation,
+            jwt_issuer: config.jwt_issuer.clone(),
+            own,
+            federated,
+            state,
+            metrics: Metrics::default(),
+            x509,
+            x509_bundles,
+            jwt_bundles,
+            shutdown,
+            x509_lock: Mutex::new(()),
+            jwt_lock: Mutex::new(()),
+        });
+        shared.x509.send_replace(Arc::new(shared.issue_x509()?));
+        shared.publish_jwt_bundles()?;
+
+        // Bind everything before spawning anything, so a bind error leaves nothing running.
+        let (incoming, endpoint) = bind_workload_api(&config).await?;
+        let oidc = match config.oidc_listen {
+            Some(addr) => Some(bind_tcp("OIDC discovery", addr).await?),
+            None => None,
+        };
+        let admin = match config.admin_listen {
+            Some(addr) => Some(bind_tcp("admin", addr).await?),
+            None => None,
+        };
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(serve_workload_api(
+            Arc::clone(&shared),
+            incoming,
+        )));
+        let oidc_addr = match oidc {
+            Some((listener, addr)) => {
+                tasks.push(tokio::spawn(crate::oidc::serve(
+                    Arc::clone(&shared),
+                    listener,
+                )));
+                tracing::info!(%addr, "serving OIDC discovery");
+                Some(addr)
+            }
+            None => None,
+        };
+        let admin_addr = match admin {
+            Some((listener, addr)) => {
+                tasks.push(tokio::spawn(crate::admin::serve(
+                    Arc::clone(&shared),
+                    listener,
+                )));
+                tracing::info!(%addr, "serving admin endpoints");
+                Some(addr)
+            }
+            None => None,
+        };
+        tasks.push(tokio::spawn(rotation::x509_loop(Arc::clone(&shared))));
+        tasks.push(tokio::spawn(rotation::jwt_loop(Arc::clone(&shared))));
+
+        tracing::info!(
+            socket = %endpoint,
+            trust_domain = %shared.own.trust_domain(),
+            spiffe_ids = ?shared.spiffe_ids.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "serving SPIFFE Workload API"
+        );
+        Ok(RunningAgent {
+            shared,
+            endpoint,
+            oidc_addr,
+            admin_addr,
+            tasks,
+        })
+    }
+}
+
+async fn load_authorities(config: &Config) -> Result<(Arc<Authority>, Vec<Arc<Authority>>), Error> {
+    let mut domains = vec![config.trust_domain.clone()];
+    domains.extend(config.federate_with.iter().cloned());
+    let alg = config.jwt_alg;
+    let state = config.state_dir.clone().map(StateDir::new);
+    // A CA must outlive many SVIDs; a year unless the TTL is extreme.
+    let ca_validity = DEFAULT_CA_VALIDITY.max(config.x509_ttl.saturating_mul(10));
+    let (x509_ttl, jwt_ttl) = (config.x509_ttl, config.jwt_ttl);
+    let authorities = tokio::task::spawn_blocking(move || {
+        domains
+            .into_iter()
+            .map(|td: TrustDomain| -> Result<Authority, Error> {
+                Ok(match &state {
+                    Some(state) => {
+                        state.load_or_create(&td, alg, ca_validity, x509_ttl, jwt_ttl)?
+                    }
+                    None => Authority::new(td, alg)?,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()
+    })
+    .await
+    .map_err(|e| Error::Task(e.to_string()))??;
+    let mut authorities = authorities.into_iter();
+    let own = authorities
+        .next()
+        .ok_or_else(|| Error::Task("no authority for the own trust domain".into()))?
+        .with_jwt_issuer(config.jwt_issuer.clone());
+    Ok((Arc::new(own), authorities.map(Arc::new).collect()))
+}
+
+async fn serve_workload_api(shared: Arc<Shared>, incoming: Incoming) {
+    let service = SpiffeWorkloadApiServer::new(WorkloadApiService::new(Arc::clone(&shared)));
+    let signal = stopping(shared.shutdown.subscribe());
+    let router = tonic::transport::Server::builder().add_service(service);
+    let (result, socket_path) = match incoming {
+        Incoming::Unix(listener, path) => (
+            router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal)
+                .await,
+            Some(path),
+        ),
+        Incoming::Tcp(listener) => (
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+                .await,
+            None,
+        ),
+    };
+    if let Err(error) = result {
+        tracing::error!(%error, "Workload API server failed");
+        shared.shutdown.send_replace(true);
+    }
+    if let Some(path) = socket_path {
+        remove_socket(&path).await;
+    }
+}
+
+/// Resolves when the agent starts stopping (or the agent is gone).
+pub(crate) async fn stopping(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stopping| *stopping).await;
+}
+
+// === RunningAgent ===
+
+/// A running agent. Dropping it starts a shutdown; [`RunningAgent::shutdown`] also waits for
+/// it to finish.
+#[derive(Debug)]
+pub struct RunningAgent {
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    oidc_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningAgent {
+    /// The Workload API address clients use (`tcp://` with the actually bound port).
+    /// Its `Display` is the `SPIFFE_ENDPOINT_SOCKET` value.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The bound OIDC discovery address, if configured.
+    pub fn oidc_addr(&self) -> Option<SocketAddr> {
+        self.oidc_addr
+    }
+
+    /// The bound admin address, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Accepted calls of `method` (after the security header check).
+    pub fn rpc_count(&self, method: Method) -> u64 {
+        self.shared.metrics.rpc_count(method)
+    }
+
+    /// X.509-SVID re-issuances so far (the initial issuance is not counted).
+    pub fn x509_rotations(&self) -> u64 {
+        self.shared.metrics.x509_rotations()
+    }
+
+    /// JWT signing key rotations so far.
+    pub fn jwt_key_rotations(&self) -> u64 {
+        self.shared.metrics.jwt_key_rotations()
+    }
+
+    /// The authority of the agent's own trust domain, e.g. to sign a token out of band.
+    pub fn authority(&self) -> &Arc<Authority> {
+        &self.shared.own
+    }
+
+    /// The authority of a federated trust domain, to mint its SVIDs and tokens in tests.
+    pub fn federated_authority(&self, trust_domain: &TrustDomain) -> Option<&Arc<Authority>> {
+        self.shared
+            .federated
+            .iter()
+            .find(|a| a.trust_domain() == trust_domain)
+    }
+
+    /// The identities handed out, first is the default.
+    pub fn spiffe_ids(&self) -> &[SpiffeId] {
+        &self.shared.spiffe_ids
+    }
+
+    /// Re-issues all X.509-SVIDs now and pushes them to every stream; returns once pushed.
+    pub async fn rotate_x509(&self) -> Result<(), Error> {
+        self.shared.rotate_x509().await
+    }
+
+    /// Rotates the JWT signing key now and pushes the new JWKS; returns once pushed.
+    pub async fn rotate_jwt_key(&self) -> Result<(), Error> {
+        self.shared.rotate_jwt_key().await
+    }
+
+    /// Resolves when the agent stops on its own (a server failed) or a shutdown began.
+    pub async fn stopped(&self) {
+        stopping(self.shared.shutdown.subscribe()).await;
+    }
+
+    /// Graceful shutdown: stop accepting, end all streams, let in-flight calls finish (at
+    /// most a few seconds), and remove the Unix socket file.
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.send_replace(true);
+        let tasks = std::mem::take(&mut self.tasks);
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        let all = futures_util::future::join_all(tasks);
+        if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
+            tracing::warn!("connections did not drain in time, aborting");
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
+        }
+        if let Some(path) = self.endpoint.unix_path() {
+            remove_socket(path).await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        self.shared.shutdown.send_replace(true);
+    }
+}

@@ -1,0 +1,91 @@
+//! OIDC discovery (REFERENCE §5), so AWS STS, Vault or Entra ID can trust JWT-SVIDs by
+//! issuer URL: `GET /.well-known/openid-configuration` and `GET /keys` (the own trust
+//! domain's JWKS, following rotations).
+
+use std::sync::Arc;
+
+use axum::{Json, Router, extract::State, http::header, response::IntoResponse, routing::get};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::agent::{Shared, stopping};
+
+/// The discovery document for `issuer`.
+pub fn discovery_document(issuer: &str) -> Value {
+    json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{issuer}/keys"),
+        "authorization_endpoint": "",
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256", "ES256", "ES384"],
+    })
+}
+
+/// The JWKS as OIDC relying parties expect it: `use` is `sig` (RFC 7517 §4.2), where the
+/// Workload API's SPIFFE bundles say `jwt-svid`. SPIRE's discovery provider does the same.
+pub fn oidc_jwks(jwks: &Value) -> String {
+    let mut jwks = jwks.clone();
+    if let Some(keys) = jwks.get_mut("keys").and_then(Value::as_array_mut) {
+        for key in keys.iter_mut().filter_map(Value::as_object_mut) {
+            key.insert("use".into(), Value::String("sig".into()));
+        }
+    }
+    jwks.to_string()
+}
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
+        .route("/keys", get(keys))
+        .with_state(shared)
+}
+
+async fn openid_configuration(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    // `Config::validate` guarantees an issuer when OIDC is served.
+    Json(discovery_document(
+        shared.jwt_issuer.as_deref().unwrap_or_default(),
+    ))
+}
+
+async fn keys(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let jwks = shared.jwt_bundles.borrow().oidc_jwks.clone();
+    ([(header::CONTENT_TYPE, "application/json")], jwks)
+}
+
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    let signal = stopping(shared.shutdown.subscribe());
+    let app = router(Arc::clone(&shared));
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .await
+    {
+        tracing::error!(%error, "OIDC discovery server failed");
+        shared.shutdown.send_replace(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_document_points_at_keys() {
+        let doc = discovery_document("https://oidc.example.org");
+        assert_eq!(doc["jwks_uri"], "https://oidc.example.org/keys");
+        assert_eq!(doc["response_types_supported"], json!(["id_token"]));
+        assert_eq!(doc["authorization_endpoint"], "");
+    }
+
+    #[test]
+    fn oidc_keys_are_for_signatures() {
+        let jwks = json!({"keys": [{"kid": "a", "use": "jwt-svid"}, {"kid": "b"}]});
+        let out: Value = serde_json::from_str(&oidc_jwks(&jwks)).unwrap();
+        assert_eq!(out["keys"][0]["use"], "sig");
+        assert_eq!(out["keys"][1]["use"], "sig");
+        assert_eq!(out["keys"][1]["kid"], "b");
+    }
+}
