@@ -1,0 +1,276 @@
+//! Test harness for the end-to-end suite: finds the built binaries and the peer venv, takes
+//! free ports and temp dirs, runs processes that are killed when their guard drops, and waits
+//! on readiness (a socket accepting connections, an HTTP 200), never on fixed sleeps.
+//!
+//! Missing peers are failures with instructions, never silent skips.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: panics are reports
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A binary built from this workspace (`cargo build --bins`; `cargo xtask test` does it).
+pub fn bin(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps/; binaries one level up.
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "binary {name} not found at {}: run `cargo build --workspace --bins` first \
+         (`cargo xtask test` does this)",
+        path.display()
+    );
+    path
+}
+
+/// The project venv with the test peers (`SUITE_VENV`, else `<root>/.venv`).
+pub fn venv() -> PathBuf {
+    std::env::var_os("SUITE_VENV").map_or_else(|| root().join(".venv"), PathBuf::from)
+}
+
+/// The venv's Python, after checking that `modules` import; fails with install instructions.
+pub fn python_with(modules: &[&str]) -> PathBuf {
+    let python = venv().join("bin/python");
+    let how = "run `cargo xtask venv` (or `cargo xtask test`), which creates .venv and runs \
+               `pip install -r tests/requirements.txt`";
+    assert!(
+        python.exists(),
+        "test peer venv missing at {}: {how}",
+        venv().display()
+    );
+    let probe = modules
+        .iter()
+        .map(|m| format!("import {m}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let out = Command::new(&python).args(["-c", &probe]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "test peer missing (python modules {modules:?}): {how}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    python
+}
+
+/// A loopback port the OS reports free right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `ready` every 10 ms until it returns true or `timeout` passes (then panics with `what`).
+pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A child process killed (and reaped) on drop, its stderr kept in a file for failure reports.
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd`, logging its stderr (and stdout) to `<log_dir>/<name>.log`.
+    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Self {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        cmd.stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .stdin(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Self {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// The process's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills it at once (SIGKILL: a crash, not a graceful stop).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns whether it exited 0.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Panics if the process has exited, with its log.
+    pub fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            panic!("{} exited with {status}:\n{}", self.name, self.log());
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- {} log ---\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// A running `spiffe-dev-agent` on a Unix socket in a temp dir, with its admin endpoint.
+#[derive(Debug)]
+pub struct DevAgent {
+    /// The process.
+    pub proc: Proc,
+    /// `unix:///…/agent.sock`.
+    pub endpoint: String,
+    /// The socket path.
+    pub socket: PathBuf,
+    /// Admin HTTP address (`/metrics`, `/rotate/x509`, `/rotate/jwt`).
+    pub admin: SocketAddr,
+    args: Vec<String>,
+    log_dir: PathBuf,
+}
+
+impl DevAgent {
+    /// Starts an agent with `args` (plus socket and admin flags) and waits until it serves.
+    pub fn start(dir: &Path, args: &[&str]) -> Self {
+        let socket = dir.join("agent.sock");
+        let endpoint = format!("unix://{}", socket.display());
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut agent = Self {
+            proc: Self::spawn(&endpoint, admin, args, dir),
+            endpoint,
+            socket,
+            admin,
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            log_dir: dir.to_path_buf(),
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    /// The address a client should use, without starting anything (for "client first" tests).
+    pub fn planned(dir: &Path) -> (PathBuf, String) {
+        let socket = dir.join("agent.sock");
+        let endpoint = format!("unix://{}", socket.display());
+        (socket, endpoint)
+    }
+
+    fn spawn(endpoint: &str, admin: SocketAddr, args: &[&str], dir: &Path) -> Proc {
+        let mut cmd = Command::new(bin("spiffe-dev-agent"));
+        cmd.args(["--socket", endpoint, "--admin-listen", &admin.to_string()])
+            .args(args)
+            .env("RUST_LOG", "info");
+        Proc::spawn("spiffe-dev-agent", cmd, dir)
+    }
+
+    /// Waits until the socket accepts connections and the admin endpoint answers.
+    pub fn wait_ready(&mut self) {
+        let socket = self.socket.clone();
+        let admin = self.admin;
+        let proc = &mut self.proc;
+        wait_until("dev agent to serve", Duration::from_secs(20), || {
+            proc.assert_running();
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+                && http(admin, "GET", "/healthz").is_some_and(|(s, _)| s == 200)
+        });
+    }
+
+    /// Kills the agent (SIGKILL) and starts it again with the same arguments and socket.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.proc = Self::spawn(&self.endpoint, self.admin, &args, &self.log_dir);
+        self.wait_ready();
+    }
+
+    /// A counter from `/metrics`, e.g. `dev_agent_rpc_total{method="FetchJWTSVID"}`.
+    pub fn metric(&self, series: &str) -> u64 {
+        let (status, body) = http(self.admin, "GET", "/metrics").expect("agent /metrics");
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .map_or(0, |v| v as u64)
+    }
+
+    /// FetchJWTSVID calls the agent has accepted.
+    pub fn jwt_fetches(&self) -> u64 {
+        self.metric("dev_agent_rpc_total{method=\"FetchJWTSVID\"}")
+    }
+
+    /// POSTs to an admin path (`/rotate/x509`, `/rotate/jwt`).
+    pub fn post(&self, path: &str) {
+        let (status, body) = http(self.admin, "POST", path).expect("agent admin");
+        assert!((200..300).contains(&status), "{path}: {status} {body}");
+    }
+}
+
+/// A minimal HTTP/1.1 request on loopback; `None` if the connection fails.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// Runs a command to completion.
+pub fn output(mut cmd: Command) -> Output {
+    cmd.stdin(Stdio::null()).output().unwrap()
+}

@@ -1,0 +1,243 @@
+//! `cargo xtask <command>`: the project's commands, in Rust so they run wherever cargo does.
+//!
+//! - `test`: create the project venv with the real peers (tests/requirements.txt), then
+//!   `cargo fmt --check`, `cargo clippy -D warnings`, and every test. What CI runs.
+//! - `demo`: build, start the dev agent and show SVIDs fetched through workload-client.
+//! - `regen`: regenerate the committed Workload API code (needs nothing installed: the
+//!   regen test uses a vendored protoc).
+//! - `venv`: only create/refresh the venv.
+#![allow(clippy::print_stdout)] // A command-line tool talks on stdout.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("demo") => demo(),
+        Some("regen") => regen(),
+        Some("venv") => venv().map(|_| ()),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <test|demo|regen|venv>\n\n  test   venv + fmt + clippy + all tests (what CI runs)\n  demo   start the dev agent and fetch SVIDs through workload-client\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    // xtask/ is one level below the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(what: &str, cmd: &mut Command) -> Result {
+    println!("==> {what}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{what}: cannot start: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
+}
+
+/// The project-local venv: `SUITE_VENV` if set, else `<root>/.venv`.
+fn venv_dir() -> PathBuf {
+    std::env::var_os("SUITE_VENV").map_or_else(|| root().join(".venv"), PathBuf::from)
+}
+
+/// Creates the venv and installs tests/requirements.txt into it, unless the installed set
+/// already matches (a stamp file holds the requirements it was built from).
+fn venv() -> Result<PathBuf> {
+    let dir = venv_dir();
+    let requirements = root().join("tests/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)
+        .map_err(|e| format!("{}: {e}", requirements.display()))?;
+    let stamp = dir.join(".suite-requirements");
+    let python = dir.join("bin/python");
+    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        println!("==> venv {} is up to date", dir.display());
+        return Ok(dir);
+    }
+    if !python.exists() {
+        let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        run(
+            &format!("create venv {}", dir.display()),
+            Command::new(&py).args(["-m", "venv"]).arg(&dir),
+        )
+        .map_err(|e| {
+            format!("{e}; install Python 3 with the venv module (Debian: python3-venv)")
+        })?;
+    }
+    run(
+        "install test peers (tests/requirements.txt)",
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements),
+    )?;
+    std::fs::write(&stamp, wanted).map_err(|e| format!("{}: {e}", stamp.display()))?;
+    Ok(dir)
+}
+
+fn test(extra: &[String]) -> Result {
+    let venv = venv()?;
+    run(
+        "cargo fmt --check",
+        cargo().args(["fmt", "--all", "--", "--check"]),
+    )?;
+    run(
+        "cargo clippy -D warnings",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    // The end-to-end tests start the sidecar and agent binaries: build them first.
+    run(
+        "cargo build --bins",
+        cargo().args(["build", "--workspace", "--bins", "--locked"]),
+    )?;
+    let nextest = cargo()
+        .args(["nextest", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !nextest {
+        return run(
+            "tests (cargo test; install cargo-nextest for parallel runs)",
+            cargo()
+                .args(["test", "--workspace", "--locked", "--no-fail-fast"])
+                .args(extra)
+                .env("SUITE_VENV", &venv),
+        );
+    }
+    // nextest does not run doctests; run them first so the run ends on nextest's summary.
+    run(
+        "doc tests",
+        cargo().args(["test", "--workspace", "--locked", "--doc"]),
+    )?;
+    run(
+        "tests (nextest)",
+        cargo()
+            .args([
+                "nextest",
+                "run",
+                "--workspace",
+                "--locked",
+                "--no-fail-fast",
+            ])
+            .args(extra)
+            .env("SUITE_VENV", &venv),
+    )
+}
+
+fn regen() -> Result {
+    run(
+        "regenerate proto/src/generated/workload.rs",
+        cargo()
+            .args(["test", "-p", "workload-proto", "--test", "regen"])
+            .env("REGEN_PROTO", "1"),
+    )
+}
+
+/// Kills the child on drop, so Ctrl-C or an error never leaves an agent behind.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn demo() -> Result {
+    run(
+        "build",
+        cargo().args([
+            "build",
+            "--quiet",
+            "--locked",
+            "--bins",
+            "--example",
+            "show-svids",
+            "-p",
+            "dev-agent",
+            "-p",
+            "workload-client",
+        ]),
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root().join("target"), PathBuf::from)
+        .join("debug");
+    let dir = std::env::temp_dir().join(format!("spiffe-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let socket = dir.join("agent.sock");
+    let endpoint = format!("unix://{}", socket.display());
+
+    println!("==> starting spiffe-dev-agent on {endpoint}");
+    let agent = Guard(
+        Command::new(target.join("spiffe-dev-agent"))
+            .args(["--socket", &endpoint, "--trust-domain", "example.org"])
+            .args(["--spiffe-id", "spiffe://example.org/ns/demo/sa/client"])
+            .args(["--x509-ttl", "1h", "--jwt-ttl", "5m"])
+            .spawn()
+            .map_err(|e| format!("start spiffe-dev-agent: {e}"))?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            return Err("dev agent did not create its socket within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    println!("==> fetching an X.509-SVID and a JWT-SVID through workload-client");
+    let result = run(
+        "show-svids",
+        Command::new(target.join("examples/show-svids")).args([
+            "--socket",
+            &endpoint,
+            "--audience",
+            "demo-backend",
+        ]),
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    println!("==> demo finished: agent stopped, temporary files removed");
+    Ok(())
+}
