@@ -229,6 +229,8 @@ pub enum EndpointSource {
     Flag(&'static str),
     /// An environment variable (its name).
     Env(String),
+    /// Another setting, e.g. a key of a configuration file (`socket_path in helper.conf`).
+    Setting(String),
     /// [`DEFAULT_ENDPOINT`].
     Default,
 }
@@ -237,7 +239,7 @@ impl fmt::Display for EndpointSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Flag(name) => f.write_str(name),
-            Self::Env(name) => f.write_str(name),
+            Self::Env(name) | Self::Setting(name) => f.write_str(name),
             Self::Default => f.write_str("default endpoint"),
         }
     }
@@ -273,20 +275,31 @@ pub fn resolve_endpoint(
     own_var: Option<&str>,
     env: &dyn Env,
 ) -> Result<ResolvedEndpoint, ResolveError> {
-    let candidates = flag
+    let first = flag
         .filter(|(_, v)| !v.is_empty())
         .map(|(name, v)| (EndpointSource::Flag(name), v.to_owned()))
         .into_iter()
         .chain(own_var.and_then(|name| {
             env.var(name)
                 .map(|v| (EndpointSource::Env(name.to_owned()), v))
-        }))
+        }));
+    resolve_endpoint_from(first, env)
+}
+
+/// [`resolve_endpoint`] for sidecars with more sources of their own (e.g. a config file between
+/// their variable and `SPIFFE_ENDPOINT_SOCKET`): `candidates` in precedence order, then
+/// `SPIFFE_ENDPOINT_SOCKET`, then [`DEFAULT_ENDPOINT`]. Empty values count as unset.
+pub fn resolve_endpoint_from(
+    candidates: impl IntoIterator<Item = (EndpointSource, String)>,
+    env: &dyn Env,
+) -> Result<ResolvedEndpoint, ResolveError> {
+    let (source, value) = candidates
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
         .chain(
             env.var(SPIFFE_ENDPOINT_SOCKET)
                 .map(|v| (EndpointSource::Env(SPIFFE_ENDPOINT_SOCKET.to_owned()), v)),
-        );
-    let (source, value) = candidates
-        .into_iter()
+        )
         .next()
         .unwrap_or((EndpointSource::Default, DEFAULT_ENDPOINT.to_owned()));
     match Endpoint::parse(&value) {

@@ -19,7 +19,10 @@ pub mod watcher;
 pub mod x509;
 
 pub use client::{ClientError, WorkloadApiClient};
-pub use endpoint::{Endpoint, EndpointError, Env, ProcessEnv, ResolveError, resolve_endpoint};
+pub use endpoint::{
+    Endpoint, EndpointError, EndpointSource, Env, ProcessEnv, ResolveError, resolve_endpoint,
+    resolve_endpoint_from,
+};
 pub use jwt::bundles::JwtBundleWatcher;
 pub use jwt::cache::{CacheConfig, CacheError, CacheStats, JwtKey, JwtSvidCache};
 pub use jwt::validate::{TrustDomainPolicy, ValidationError, validate_jwt_svid};

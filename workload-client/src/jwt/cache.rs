@@ -272,6 +272,16 @@ impl JwtSvidCache {
         token
     }
 
+    /// The cached token for `key` if it is valid now, without creating the entry, counting a
+    /// hit or waking the refresher: for readiness probes and metrics.
+    pub fn peek(&self, key: &JwtKey) -> Option<Arc<JwtSvid>> {
+        self.inner
+            .entries
+            .load()
+            .get(key)
+            .and_then(|e| e.usable(&self.inner.config))
+    }
+
     /// Wakes whenever a fetch attempt for `key` completes (e.g. to push refreshed tokens over
     /// SDS). Creates the entry if needed.
     pub fn subscribe(&self, key: &JwtKey) -> watch::Receiver<u64> {

@@ -1,0 +1,17 @@
+//! The pieces every sidecar binary wires the same way:
+//!
+//! - [`logging`]: `tracing` to stderr, text or JSON, filtered by `RUST_LOG`;
+//! - [`admin`]: the admin HTTP listener with `/healthz`, `/readyz` and `/metrics`;
+//! - [`shutdown`]: SIGTERM/SIGINT as a future, fanned out to every server;
+//! - [`config`]: typed values parsed from strings with errors that name the setting.
+
+pub mod admin;
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod shutdown;
+
+pub use admin::{Admin, Readiness};
+pub use config::ConfigError;
+pub use logging::LogFormat;
+pub use shutdown::Shutdown;

@@ -1,0 +1,77 @@
+//! Metrics every sidecar exports the same way for the shared Workload API pieces.
+
+use std::time::SystemTime;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use workload_client::{JwtSvidCache, X509Watcher};
+
+/// Exports a [`JwtSvidCache`]'s counters and each key's seconds until expiry, read at scrape
+/// time (the cache keeps plain atomics; nothing is updated on the request path for metrics).
+#[derive(Debug)]
+pub struct JwtCacheCollector(pub JwtSvidCache);
+
+impl Collector for JwtCacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.0.stats();
+        for (name, help, value) in [
+            ("jwt_cache_hits", "Token requests served from a valid cached JWT-SVID", stats.hits),
+            ("jwt_cache_misses", "Token requests that had to wait for a fetch", stats.misses),
+            ("jwt_cache_refreshes", "Successful FetchJWTSVID calls", stats.fetches),
+            ("jwt_cache_refresh_errors", "Failed FetchJWTSVID calls", stats.fetch_errors),
+            ("jwt_cache_evictions", "Audience keys dropped after being idle", stats.evictions),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "jwt_svid_expiry_seconds",
+            "Seconds until the cached JWT-SVID for an audience expires",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for entry in &stats.entries {
+            let Some(left) = entry.expires_in else { continue };
+            let labels = [("audience", entry.key.audiences().join(","))];
+            ConstGauge::new(left.as_secs_f64()).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Exports the X.509 watcher's state: seconds until the default SVID expires, stream
+/// connectivity and updates received.
+#[derive(Debug)]
+pub struct X509Collector(pub X509Watcher);
+
+impl Collector for X509Collector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let status = self.0.status();
+        let connected = ConstGauge::new(i64::from(status.connected));
+        connected.encode(encoder.encode_descriptor(
+            "workload_api_x509_stream_connected",
+            "1 while the FetchX509SVID stream is open",
+            None,
+            connected.metric_type(),
+        )?)?;
+        let updates = ConstCounter::new(status.updates);
+        updates.encode(encoder.encode_descriptor(
+            "workload_api_x509_updates",
+            "X.509 SVID snapshots received",
+            None,
+            updates.metric_type(),
+        )?)?;
+        if let Some(ctx) = self.0.current() {
+            let left = ConstGauge::new(ctx.remaining(SystemTime::now()).as_secs_f64());
+            left.encode(encoder.encode_descriptor(
+                "x509_svid_expiry_seconds",
+                "Seconds until the default X.509-SVID expires",
+                None,
+                left.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
