@@ -1,0 +1,155 @@
+//! `jwt-auth-helper` binary: wiring only. See the library for behaviour.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use jwt_auth_helper::authz::{AuthzService, Checker, Injector, Validator};
+use jwt_auth_helper::config::{Cli, Config, Mode};
+use jwt_auth_helper::metrics::Metrics;
+use prometheus_client::registry::Registry;
+use sidecar_runtime::metrics::JwtCacheCollector;
+use sidecar_runtime::{Admin, Readiness, Shutdown};
+use tokio::net::TcpListener;
+use tonic_health::ServingStatus;
+use workload_client::{CacheConfig, JwtBundleWatcher, JwtSvidCache, ProcessEnv, WorkloadApiClient};
+
+/// The gRPC service name Envoy health-checks (and `""`, the server as a whole).
+const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("jwt-auth-helper: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    sidecar_runtime::logging::init(config.log_format, "info");
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "jwt-auth-helper failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = Shutdown::new();
+    shutdown
+        .listen_for_signals()
+        .context("installing signal handlers")?;
+
+    // Bind first: a busy port is a start-up error, not a half-started sidecar.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the ext_authz listener on {}", config.listen))?;
+    let admin_listener = match config.admin_listen {
+        Some(addr) => Some(
+            Admin::bind(addr)
+                .await
+                .with_context(|| format!("binding the admin listener on {addr}"))?,
+        ),
+        None => None,
+    };
+
+    // The client is lazy: the helper starts (and answers 503) before the agent is up.
+    let client = WorkloadApiClient::new(config.socket.endpoint.clone());
+    let mut registry = Registry::with_prefix("jwt_auth_helper");
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let checker = Arc::new(match config.mode {
+        Mode::Injection => {
+            let cache = JwtSvidCache::new(client, CacheConfig::default());
+            registry.register_collector(Box::new(JwtCacheCollector(cache.clone())));
+            Checker::Inject(
+                Injector::new(
+                    cache,
+                    &config.audience,
+                    config.audience_for.clone(),
+                    config.existing_authorization,
+                    config.token_wait,
+                )
+                .context("audience")?,
+            )
+        }
+        Mode::Validator => Checker::Validate(Validator::new(
+            JwtBundleWatcher::jwt_bundles(client),
+            config.audience.clone(),
+            config.allow_trust_domains.clone(),
+            config.allow_spiffe_ids.clone(),
+        )),
+    });
+
+    if let Some(listener) = admin_listener {
+        let ready = {
+            let checker = checker.clone();
+            move || match checker.ready() {
+                Ok(()) => Readiness::Ready,
+                Err(reason) => Readiness::NotReady(reason),
+            }
+        };
+        let admin = Admin::new(registry, ready);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin.serve(listener, shutdown).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn({
+        let checker = checker.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let mut last = None;
+            while !shutdown.is_triggered() {
+                let status = if checker.ready().is_ok() {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                if last != Some(status) {
+                    health.set_service_status(AUTHZ_SERVICE, status).await;
+                    health.set_service_status("", status).await;
+                    last = Some(status);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    () = shutdown.wait() => {}
+                }
+            }
+        }
+    });
+
+    tracing::info!(
+        mode = config.mode.as_str(),
+        listen = %config.listen,
+        admin = ?config.admin_listen,
+        workload_api = %config.socket.endpoint,
+        workload_api_from = %config.socket.source,
+        audience = %config.audience,
+        "serving ext_authz"
+    );
+    tonic::transport::Server::builder()
+        // Envoy multiplexes every check over one HTTP/2 connection: no small stream cap
+        // (the upstream helper allows 10).
+        .max_concurrent_streams(Some(4096))
+        .add_service(health_service)
+        .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
+            AuthzService::new(checker, metrics),
+        ))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.wait(),
+        )
+        .await
+        .context("ext_authz server")?;
+    tracing::info!("stopped; in-flight checks drained");
+    Ok(())
+}
