@@ -5,11 +5,13 @@
 //! Missing peers are failures with instructions, never silent skips.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: panics are reports
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+pub mod envoy;
+pub mod sidecars;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -254,20 +256,10 @@ impl DevAgent {
     }
 }
 
-/// A minimal HTTP/1.1 request on loopback; `None` if the connection fails.
+/// A minimal HTTP/1.1 request on loopback: `(status, body)`; `None` if the connection fails.
+/// [`envoy::request`] sends headers and returns them too.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
+    envoy::request(addr, method, path, &[]).map(|r| (r.status, r.body))
 }
 
 /// Runs a command to completion.

@@ -112,8 +112,11 @@ pub struct CacheConfig {
     pub expiry_margin: Duration,
     /// Drop keys nobody asked for in this long.
     pub idle_eviction: Duration,
-    /// Retry schedule for failed fetches.
+    /// Retry schedule for fetches the agent answered with an error.
     pub retry: BackoffPolicy,
+    /// Retry schedule while the agent is unreachable (socket missing, refused): local
+    /// connects are cheap, and a token should follow within a second of the agent appearing.
+    pub reconnect: BackoffPolicy,
 }
 
 impl Default for CacheConfig {
@@ -128,6 +131,7 @@ impl Default for CacheConfig {
                 max: Duration::from_secs(5),
                 multiplier: 2.0,
             },
+            reconnect: BackoffPolicy::RECONNECT,
         }
     }
 }
@@ -420,6 +424,7 @@ async fn refresh_loop(inner: Weak<Inner>, entry: Arc<Entry>) {
         return;
     };
     let mut backoff = config.retry.start();
+    let mut reconnect = config.reconnect.start();
     loop {
         let result = client
             .fetch_jwt_svid(entry.key.audiences(), entry.key.spiffe_id())
@@ -429,6 +434,7 @@ async fn refresh_loop(inner: Weak<Inner>, entry: Arc<Entry>) {
         let next = match result {
             Ok(token) => {
                 backoff.reset();
+                reconnect.reset();
                 let life = remaining(&token);
                 tracing::debug!(expires_in = ?life, spiffe_id = %token.spiffe_id(), "JWT-SVID refreshed");
                 entry.token.store(Some(Arc::new(token)));
@@ -440,6 +446,7 @@ async fn refresh_loop(inner: Weak<Inner>, entry: Arc<Entry>) {
                     .max(Duration::from_millis(100))
             }
             Err(e) => {
+                let unreachable = e.is_unreachable();
                 let message = e.to_string();
                 if entry.last_error().as_deref() != Some(message.as_str()) {
                     let serving = entry.usable(&config).is_some();
@@ -447,7 +454,11 @@ async fn refresh_loop(inner: Weak<Inner>, entry: Arc<Entry>) {
                 }
                 entry.set_last_error(Some(message));
                 cache.fetch_errors.fetch_add(1, Ordering::Relaxed);
-                backoff.next_delay()
+                if unreachable {
+                    reconnect.next_delay()
+                } else {
+                    backoff.next_delay()
+                }
             }
         };
         entry.attempts.send_modify(|n| *n += 1);

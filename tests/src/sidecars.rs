@@ -1,0 +1,189 @@
+//! Running the sidecar binaries under test, and talking to them as Envoy would.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+
+use crate::{Proc, bin, free_port, http, wait_until};
+
+/// A running `jwt-auth-helper` with its ext_authz and admin addresses.
+#[derive(Debug)]
+pub struct JwtHelper {
+    /// The process.
+    pub proc: Proc,
+    /// ext_authz gRPC address.
+    pub listen: SocketAddr,
+    /// Admin HTTP address.
+    pub admin: SocketAddr,
+}
+
+impl JwtHelper {
+    /// Starts the helper with `args` (plus `--listen`/`--admin-listen` on free ports) and waits
+    /// until both listeners accept connections. It does not wait for readiness (a token):
+    /// tests of start-up before the agent need the helper up and not ready.
+    pub fn start(dir: &Path, socket: &str, args: &[&str]) -> Self {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(bin("jwt-auth-helper"));
+        cmd.args(["--socket", socket])
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .args(args)
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .env("RUST_LOG", "info");
+        let mut proc = Proc::spawn("jwt-auth-helper", cmd, dir);
+        wait_until("jwt-auth-helper listeners", Duration::from_secs(20), || {
+            proc.assert_running();
+            http(admin, "GET", "/healthz").is_some_and(|(s, _)| s == 200)
+                && std::net::TcpStream::connect(listen).is_ok()
+        });
+        Self {
+            proc,
+            listen,
+            admin,
+        }
+    }
+
+    /// `/readyz` status code.
+    pub fn readyz(&self) -> u16 {
+        http(self.admin, "GET", "/readyz").map_or(0, |(s, _)| s)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let admin = self.admin;
+        let proc = &mut self.proc;
+        wait_until("jwt-auth-helper /readyz", timeout, || {
+            proc.assert_running();
+            http(admin, "GET", "/readyz").is_some_and(|(s, _)| s == 200)
+        });
+    }
+
+    /// A gRPC client to the ext_authz port.
+    pub async fn client(&self) -> AuthorizationClient<tonic::transport::Channel> {
+        AuthorizationClient::connect(format!("http://{}", self.listen))
+            .await
+            .unwrap()
+    }
+}
+
+/// A `CheckRequest` as Envoy builds it: lower-case headers, `host` = `:authority`.
+pub fn check_request(host: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    let mut map: std::collections::HashMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_owned()))
+        .collect();
+    map.insert(":authority".into(), host.into());
+    map.insert(":method".into(), "GET".into());
+    map.insert(":path".into(), "/".into());
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    host: host.into(),
+                    path: "/".into(),
+                    headers: map,
+                    protocol: "HTTP/1.1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// What Envoy would do with a `CheckResponse`, flattened for assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forwarded, with these headers set.
+    Allowed(Vec<(String, String)>),
+    /// Answered directly with this HTTP status, body and headers.
+    Denied {
+        /// HTTP status.
+        status: i32,
+        /// Body.
+        body: String,
+        /// Headers.
+        headers: Vec<(String, String)>,
+    },
+}
+
+impl Verdict {
+    /// The value of a header set on an allowed request.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        match self {
+            Self::Allowed(h) | Self::Denied { headers: h, .. } => {
+                h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+            }
+        }
+    }
+
+    /// The denial status, or 200 when allowed.
+    pub fn status(&self) -> i32 {
+        match self {
+            Self::Allowed(_) => 200,
+            Self::Denied { status, .. } => *status,
+        }
+    }
+}
+
+/// Interprets a `CheckResponse` as Envoy does.
+pub fn verdict(r: CheckResponse) -> Verdict {
+    let pairs = |hs: Vec<envoy_types::ext_authz::v3::pb::HeaderValueOption>| {
+        hs.into_iter()
+            .filter_map(|h| h.header)
+            .map(|h| (h.key, h.value))
+            .collect::<Vec<_>>()
+    };
+    let ok = r.status.as_ref().is_some_and(|s| s.code == 0);
+    match (ok, r.http_response) {
+        (true, Some(HttpResponse::OkResponse(o))) => Verdict::Allowed(pairs(o.headers)),
+        (true, _) => Verdict::Allowed(Vec::new()),
+        (false, Some(HttpResponse::DeniedResponse(d))) => Verdict::Denied {
+            status: d.status.map_or(403, |s| s.code),
+            body: d.body,
+            headers: pairs(d.headers),
+        },
+        (false, _) => Verdict::Denied {
+            status: 403,
+            body: String::new(),
+            headers: Vec::new(),
+        },
+    }
+}
+
+/// One check against the helper.
+pub async fn check(
+    client: &mut AuthorizationClient<tonic::transport::Channel>,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> Verdict {
+    verdict(
+        client
+            .check(check_request(host, headers))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+}
+
+/// The decoded claims of a compact JWT (no verification: for assertions on what was stamped).
+pub fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("three segments");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
