@@ -17,14 +17,39 @@ impl Collector for JwtCacheCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.0.stats();
         for (name, help, value) in [
-            ("jwt_cache_hits", "Token requests served from a valid cached JWT-SVID", stats.hits),
-            ("jwt_cache_misses", "Token requests that had to wait for a fetch", stats.misses),
-            ("jwt_cache_refreshes", "Successful FetchJWTSVID calls", stats.fetches),
-            ("jwt_cache_refresh_errors", "Failed FetchJWTSVID calls", stats.fetch_errors),
-            ("jwt_cache_evictions", "Audience keys dropped after being idle", stats.evictions),
+            (
+                "jwt_cache_hits",
+                "Token requests served from a valid cached JWT-SVID",
+                stats.hits,
+            ),
+            (
+                "jwt_cache_misses",
+                "Token requests that had to wait for a fetch",
+                stats.misses,
+            ),
+            (
+                "jwt_cache_refreshes",
+                "Successful FetchJWTSVID calls",
+                stats.fetches,
+            ),
+            (
+                "jwt_cache_refresh_errors",
+                "Failed FetchJWTSVID calls",
+                stats.fetch_errors,
+            ),
+            (
+                "jwt_cache_evictions",
+                "Audience keys dropped after being idle",
+                stats.evictions,
+            ),
         ] {
             let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
         }
         let mut family = encoder.encode_descriptor(
             "jwt_svid_expiry_seconds",
@@ -33,7 +58,9 @@ impl Collector for JwtCacheCollector {
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         for entry in &stats.entries {
-            let Some(left) = entry.expires_in else { continue };
+            let Some(left) = entry.expires_in else {
+                continue;
+            };
             let labels = [("audience", entry.key.audiences().join(","))];
             ConstGauge::new(left.as_secs_f64()).encode(family.encode_family(&labels)?)?;
         }
