@@ -23,17 +23,21 @@ pub fn root() -> PathBuf {
 
 /// A binary built from this workspace (`cargo build --bins`; `cargo xtask test` does it).
 pub fn bin(name: &str) -> PathBuf {
-    // Test executables live in target/<profile>/deps/; binaries one level up.
+    // Test executables live in target/<profile>/deps/, bench binaries in target/<profile>/;
+    // the workspace binaries (and examples/) sit in target/<profile>/.
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "binary {name} not found at {}: run `cargo build --workspace --bins` first \
-         (`cargo xtask test` does this)",
-        path.display()
-    );
-    path
+    let dirs: Vec<&Path> = exe.ancestors().skip(1).take(2).collect();
+    let found = dirs
+        .iter()
+        .flat_map(|d| [d.join(name), d.join("examples").join(name)])
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "binary {name} not found next to {}: run `cargo build --workspace --bins` first \
+             (`cargo xtask test` does this)",
+            exe.display()
+        )
+    })
 }
 
 /// The project venv with the test peers (`SUITE_VENV`, else `<root>/.venv`).
@@ -113,6 +117,11 @@ impl Proc {
     /// The process's output so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id (0 once it has been stopped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// Kills it at once (SIGKILL: a crash, not a graceful stop).

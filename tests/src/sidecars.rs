@@ -187,3 +187,41 @@ pub fn jwt_claims(token: &str) -> serde_json::Value {
         .unwrap();
     serde_json::from_slice(&bytes).unwrap()
 }
+
+// === Tokens for validation tests ===
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    i64::try_from(std::time::UNIX_EPOCH.elapsed().unwrap().as_secs()).unwrap()
+}
+
+/// JWT-SVID claims for `sub`/`aud` expiring `exp_in` seconds from now (negative: expired).
+pub fn claims(sub: &str, aud: &str, exp_in: i64) -> dev_agent::JwtClaims {
+    dev_agent::JwtClaims {
+        sub: sub.into(),
+        aud: vec![aud.into()],
+        exp: unix_now() + exp_in,
+        iat: unix_now(),
+        iss: None,
+        extra: serde_json::Map::new(),
+    }
+}
+
+/// `token` with its payload swapped for `other`'s: a valid header and signature over
+/// different claims.
+pub fn tampered(token: &str, other: &str) -> String {
+    let mut parts: Vec<&str> = token.split('.').collect();
+    parts[1] = other.split('.').nth(1).unwrap();
+    parts.join(".")
+}
+
+/// `token`'s claims under an unsigned `alg: none` header with the same `kid`.
+pub fn alg_none(token: &str, kid: &str) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "{}.{}.",
+        b64.encode(format!(r#"{{"alg":"none","kid":"{kid}","typ":"JWT"}}"#)),
+        token.split('.').nth(1).unwrap()
+    )
+}

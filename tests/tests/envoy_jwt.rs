@@ -8,12 +8,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dev_agent::{Agent, Config as AgentConfig, JwtAlg, JwtClaims};
+use dev_agent::{Agent, Config as AgentConfig, JwtAlg};
 use suite_tests::envoy::{
     EchoServer, Envoy, Response, ext_authz_proxy, ext_authz_proxy_envoy_grpc, jwt_authn_proxy,
     request,
 };
-use suite_tests::sidecars::{JwtHelper, jwt_claims};
+use suite_tests::sidecars::{JwtHelper, alg_none, claims, jwt_claims, tampered};
 use suite_tests::{DevAgent, free_port};
 use workload_client::Endpoint;
 use workload_client::spiffe::TrustDomain;
@@ -137,18 +137,6 @@ fn outbound_envoy_fails_closed_with_503_before_the_agent_and_recovers() {
     );
 }
 
-fn claims(sub: &str, aud: &str, exp_in: i64) -> JwtClaims {
-    let now = i64::try_from(std::time::UNIX_EPOCH.elapsed().unwrap().as_secs()).unwrap();
-    JwtClaims {
-        sub: sub.into(),
-        aud: vec![aud.into()],
-        exp: now + exp_in,
-        iat: now,
-        iss: None,
-        extra: serde_json::Map::new(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_envoy_with_validator_accepts_fresh_tokens_and_rejects_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
@@ -166,23 +154,12 @@ async fn inbound_envoy_with_validator_accepts_fresh_tokens_and_rejects_bad_ones(
     .unwrap();
     let endpoint = agent.endpoint().to_string();
     let fresh = own.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
-    let tampered = {
-        let other = own
-            .sign_claims(&claims("spiffe://example.org/admin", AUD, 300))
-            .unwrap();
-        let mut p: Vec<&str> = fresh.split('.').collect();
-        p[1] = other.split('.').nth(1).unwrap();
-        p.join(".")
-    };
-    let alg_none = {
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        format!(
-            "{}.{}.",
-            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
-            fresh.split('.').nth(1).unwrap()
-        )
-    };
+    let tampered = tampered(
+        &fresh,
+        &own.sign_claims(&claims("spiffe://example.org/admin", AUD, 300))
+            .unwrap(),
+    );
+    let alg_none = alg_none(&fresh, &own.current_kid());
     let cases = vec![
         ("fresh", fresh.clone(), 200),
         (

@@ -20,10 +20,11 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("demo") => demo(),
         Some("regen") => regen(),
+        Some("bench") => bench(),
         Some("venv") => venv().map(|_| ()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|regen|venv>\n\n  test   venv + fmt + clippy + all tests (what CI runs)\n  demo   start the dev agent and fetch SVIDs through workload-client\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers"
+                "usage: cargo xtask <test|demo|bench|regen|venv>\n\n  test   venv + fmt + clippy + all tests (what CI runs)\n  demo   start the dev agent and fetch SVIDs through workload-client\n  bench  jwt-auth-helper against a no-op ext_authz server and Envoy alone (release build)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers"
             );
             return ExitCode::from(2);
         }
@@ -162,6 +163,30 @@ fn test(extra: &[String]) -> Result {
             ])
             .args(extra)
             .env("SUITE_VENV", &venv),
+    )
+}
+
+/// Benchmarks run on release builds; figures are ratios against baselines in the same run.
+fn bench() -> Result {
+    let venv = venv()?;
+    run(
+        "cargo build --release (sidecars, agent, no-op baseline, bench driver)",
+        cargo().args([
+            "build",
+            "--release",
+            "--locked",
+            "--workspace",
+            "--bins",
+            "--example",
+            "noop-authz",
+        ]),
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root().join("target"), PathBuf::from)
+        .join("release");
+    run(
+        "bench-authz",
+        Command::new(target.join("bench-authz")).env("SUITE_VENV", &venv),
     )
 }
 

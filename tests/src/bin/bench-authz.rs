@@ -1,0 +1,278 @@
+//! `cargo xtask bench`: jwt-auth-helper against baselines measured in the same run.
+//!
+//! 1. gRPC Check latency and throughput: the helper (injection, token cached) against
+//!    `noop-authz`, a server on the same stack that allows everything. Rounds alternate between
+//!    the two so drift on a shared machine hits both alike; figures are reported as ratios.
+//! 2. End to end with wrk: Envoy → echo upstream, with and without the helper as ext_authz.
+//! 3. Idle RSS of the helper.
+//!
+//! Absolute times on a shared 2-core machine drift; the ratios are the result.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use suite_tests::envoy::{EchoServer, Envoy, ext_authz_proxy, plain_proxy};
+use suite_tests::sidecars::{JwtHelper, check_request};
+use suite_tests::{DevAgent, Proc, bin, free_port, wait_until};
+
+const ROUNDS: usize = 3;
+const ROUND: Duration = Duration::from_secs(4);
+const CONNECTIONS: usize = 4;
+const STREAMS_PER_CONNECTION: usize = 8;
+
+#[derive(Default)]
+struct Sample {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Sample {
+    fn merge(&mut self, other: Self) {
+        self.latencies.extend(other.latencies);
+        self.elapsed += other.elapsed;
+    }
+    fn quantile(&mut self, q: f64) -> Duration {
+        self.latencies.sort_unstable();
+        let i = ((self.latencies.len() as f64 - 1.0) * q).round() as usize;
+        self.latencies[i]
+    }
+    fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+async fn grpc_round(addr: SocketAddr) -> Sample {
+    let request = Arc::new(check_request(
+        "backend.default.svc:8080",
+        &[("user-agent", "bench")],
+    ));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        for _ in 0..STREAMS_PER_CONNECTION {
+            let mut client =
+                envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(
+                    channel.clone(),
+                );
+            let request = request.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(50_000);
+                while start.elapsed() < ROUND {
+                    let t = Instant::now();
+                    let r = client.check((*request).clone()).await.unwrap().into_inner();
+                    lat.push(t.elapsed());
+                    assert_eq!(
+                        r.status.map(|s| s.code),
+                        Some(0),
+                        "check denied during bench"
+                    );
+                }
+                lat
+            }));
+        }
+    }
+    let mut sample = Sample::default();
+    for t in tasks {
+        sample.latencies.extend(t.await.unwrap());
+    }
+    sample.elapsed = start.elapsed();
+    sample
+}
+
+struct Wrk {
+    p50: Duration,
+    p99: Duration,
+    rps: f64,
+}
+
+fn wrk(addr: SocketAddr) -> Wrk {
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            "-c16",
+            "-d4s",
+            "--latency",
+            &format!("http://{addr}/bench"),
+        ])
+        .output()
+        .expect("wrk missing: apt-get install wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let find = |label: &str| -> Duration {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("{label} in {text}"));
+        parse_wrk_duration(line.split_whitespace().nth(1).unwrap())
+    };
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("Requests/sec in {text}"));
+    assert!(!text.contains("Non-2xx"), "errors during wrk run: {text}");
+    Wrk {
+        p50: find("50%"),
+        p99: find("99%"),
+        rps,
+    }
+}
+
+fn parse_wrk_duration(s: &str) -> Duration {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap());
+    let v: f64 = num.parse().unwrap();
+    Duration::from_secs_f64(match unit {
+        "us" => v / 1e6,
+        "ms" => v / 1e3,
+        "s" => v,
+        _ => panic!("unit {unit}"),
+    })
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = DevAgent::start(dir.path(), &[]);
+    let mut helper = JwtHelper::start(
+        dir.path(),
+        &agent.endpoint,
+        &["--audience", "bench", "--log-format", "json"],
+    );
+    helper.wait_ready(Duration::from_secs(10));
+    let noop_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut noop_cmd = Command::new(bin("noop-authz"));
+    noop_cmd.args(["--listen", &noop_addr.to_string()]);
+    let _noop = Proc::spawn("noop-authz", noop_cmd, dir.path());
+    wait_until("noop-authz", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(noop_addr).is_ok()
+    });
+
+    let idle_rss = rss_kib(helper.proc.pid());
+
+    println!(
+        "== gRPC Check: {CONNECTIONS} connections x {STREAMS_PER_CONNECTION} streams, {ROUNDS} alternating rounds of {ROUND:?}"
+    );
+    let (mut base, mut help) = (Sample::default(), Sample::default());
+    grpc_round(helper.listen).await; // warm-up: connections, allocator, caches
+    for _ in 0..ROUNDS {
+        base.merge(grpc_round(noop_addr).await);
+        help.merge(grpc_round(helper.listen).await);
+    }
+    let (b50, b99, h50, h99) = (
+        base.quantile(0.5),
+        base.quantile(0.99),
+        help.quantile(0.5),
+        help.quantile(0.99),
+    );
+    println!(
+        "   noop-authz        p50 {:>8}  p99 {:>8}  {:>8.0} checks/s",
+        us(b50),
+        us(b99),
+        base.throughput()
+    );
+    println!(
+        "   jwt-auth-helper   p50 {:>8}  p99 {:>8}  {:>8.0} checks/s",
+        us(h50),
+        us(h99),
+        help.throughput()
+    );
+    println!(
+        "   ratio helper/noop p50 {:.2}x  p99 {:.2}x  throughput {:.2}x",
+        h50.as_secs_f64() / b50.as_secs_f64(),
+        h99.as_secs_f64() / b99.as_secs_f64(),
+        help.throughput() / base.throughput()
+    );
+    let loaded_rss = rss_kib(helper.proc.pid());
+
+    if Command::new("wrk").arg("--version").output().is_err() {
+        println!("== Envoy end to end: skipped, wrk is not installed (apt-get install wrk)");
+    } else {
+        let upstream = EchoServer::start();
+        let plain_port = free_port();
+        let authz_port = free_port();
+        let _plain = Envoy::start(
+            "plain",
+            dir.path(),
+            &plain_proxy(free_port(), plain_port, upstream.addr),
+        );
+        let _authz = Envoy::start(
+            "authz",
+            dir.path(),
+            &ext_authz_proxy(free_port(), authz_port, upstream.addr, helper.listen),
+        );
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        println!("== Envoy end to end (wrk -t1 -c16, {ROUNDS} alternating rounds of 4s)");
+        let (mut plain, mut authz) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            plain.push(wrk(addr(plain_port)));
+            authz.push(wrk(addr(authz_port)));
+        }
+        let med = |v: &mut Vec<Wrk>, f: fn(&Wrk) -> f64| {
+            let mut xs: Vec<f64> = v.iter().map(f).collect();
+            xs.sort_by(f64::total_cmp);
+            xs[xs.len() / 2]
+        };
+        let p50 = |w: &Wrk| w.p50.as_secs_f64();
+        let p99 = |w: &Wrk| w.p99.as_secs_f64();
+        let rps = |w: &Wrk| w.rps;
+        let (pp50, pp99, prps) = (
+            med(&mut plain, p50),
+            med(&mut plain, p99),
+            med(&mut plain, rps),
+        );
+        let (ap50, ap99, arps) = (
+            med(&mut authz, p50),
+            med(&mut authz, p99),
+            med(&mut authz, rps),
+        );
+        println!(
+            "   Envoy alone        p50 {:>8}  p99 {:>8}  {prps:>8.0} req/s",
+            us(Duration::from_secs_f64(pp50)),
+            us(Duration::from_secs_f64(pp99))
+        );
+        println!(
+            "   Envoy + helper     p50 {:>8}  p99 {:>8}  {arps:>8.0} req/s",
+            us(Duration::from_secs_f64(ap50)),
+            us(Duration::from_secs_f64(ap99))
+        );
+        println!(
+            "   added by ext_authz  p50 {}  p99 {}  throughput ratio {:.2}x",
+            us(Duration::from_secs_f64((ap50 - pp50).max(0.0))),
+            us(Duration::from_secs_f64((ap99 - pp99).max(0.0))),
+            arps / prps
+        );
+    }
+    println!(
+        "== jwt-auth-helper RSS: idle {:.1} MiB, after load {:.1} MiB",
+        idle_rss as f64 / 1024.0,
+        loaded_rss as f64 / 1024.0
+    );
+    drop(agent);
+}
