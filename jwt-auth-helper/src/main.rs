@@ -145,7 +145,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
             AuthzService::new(checker, metrics),
         ))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // TCP_NODELAY: without it small check responses wait on Nagle + delayed ACK
+            // (~40 ms per check, measured by `cargo xtask bench`).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.wait(),
         )
         .await

@@ -19,7 +19,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use suite_tests::envoy::{EchoServer, Envoy, ext_authz_proxy, plain_proxy};
+use suite_tests::envoy::{
+    EchoServer, Envoy, ext_authz_proxy, ext_authz_proxy_envoy_grpc, plain_proxy,
+};
 use suite_tests::sidecars::{JwtHelper, check_request};
 use suite_tests::{DevAgent, Proc, bin, free_port, wait_until};
 
@@ -98,11 +100,11 @@ struct Wrk {
     rps: f64,
 }
 
-fn wrk(addr: SocketAddr) -> Wrk {
+fn wrk(addr: SocketAddr, connections: u32) -> Wrk {
     let out = Command::new("wrk")
         .args([
             "-t1",
-            "-c16",
+            &format!("-c{connections}"),
             "-d4s",
             "--latency",
             &format!("http://{addr}/bench"),
@@ -215,59 +217,69 @@ async fn main() {
         println!("== Envoy end to end: skipped, wrk is not installed (apt-get install wrk)");
     } else {
         let upstream = EchoServer::start();
-        let plain_port = free_port();
-        let authz_port = free_port();
-        let _plain = Envoy::start(
-            "plain",
-            dir.path(),
-            &plain_proxy(free_port(), plain_port, upstream.addr),
-        );
-        let _authz = Envoy::start(
-            "authz",
-            dir.path(),
-            &ext_authz_proxy(free_port(), authz_port, upstream.addr, helper.listen),
-        );
         let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-        println!("== Envoy end to end (wrk -t1 -c16, {ROUNDS} alternating rounds of 4s)");
-        let (mut plain, mut authz) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            plain.push(wrk(addr(plain_port)));
-            authz.push(wrk(addr(authz_port)));
+        type Build = fn(u16, u16, SocketAddr, SocketAddr) -> String;
+        let setups: [(&str, Option<(Build, SocketAddr)>); 4] = [
+            ("Envoy alone", None),
+            (
+                "Envoy + noop-authz (google_grpc)",
+                Some((ext_authz_proxy as Build, noop_addr)),
+            ),
+            (
+                "Envoy + helper (google_grpc)",
+                Some((ext_authz_proxy as Build, helper.listen)),
+            ),
+            (
+                "Envoy + helper (envoy_grpc)",
+                Some((ext_authz_proxy_envoy_grpc as Build, helper.listen)),
+            ),
+        ];
+        let mut envoys = Vec::new();
+        for (i, (_, authz)) in setups.iter().enumerate() {
+            let port = free_port();
+            let yaml = match authz {
+                None => plain_proxy(free_port(), port, upstream.addr),
+                Some((build, server)) => build(free_port(), port, upstream.addr, *server),
+            };
+            envoys.push((Envoy::start(&format!("envoy-{i}"), dir.path(), &yaml), port));
         }
-        let med = |v: &mut Vec<Wrk>, f: fn(&Wrk) -> f64| {
-            let mut xs: Vec<f64> = v.iter().map(f).collect();
-            xs.sort_by(f64::total_cmp);
-            xs[xs.len() / 2]
-        };
-        let p50 = |w: &Wrk| w.p50.as_secs_f64();
-        let p99 = |w: &Wrk| w.p99.as_secs_f64();
-        let rps = |w: &Wrk| w.rps;
-        let (pp50, pp99, prps) = (
-            med(&mut plain, p50),
-            med(&mut plain, p99),
-            med(&mut plain, rps),
-        );
-        let (ap50, ap99, arps) = (
-            med(&mut authz, p50),
-            med(&mut authz, p99),
-            med(&mut authz, rps),
-        );
-        println!(
-            "   Envoy alone        p50 {:>8}  p99 {:>8}  {prps:>8.0} req/s",
-            us(Duration::from_secs_f64(pp50)),
-            us(Duration::from_secs_f64(pp99))
-        );
-        println!(
-            "   Envoy + helper     p50 {:>8}  p99 {:>8}  {arps:>8.0} req/s",
-            us(Duration::from_secs_f64(ap50)),
-            us(Duration::from_secs_f64(ap99))
-        );
-        println!(
-            "   added by ext_authz  p50 {}  p99 {}  throughput ratio {:.2}x",
-            us(Duration::from_secs_f64((ap50 - pp50).max(0.0))),
-            us(Duration::from_secs_f64((ap99 - pp99).max(0.0))),
-            arps / prps
-        );
+        // 1 connection: latency without queueing; 16: saturation of this 2-core machine.
+        for connections in [1u32, 16] {
+            println!(
+                "== Envoy end to end (wrk -t1 -c{connections}, {ROUNDS} alternating rounds of 4s; medians of rounds)"
+            );
+            let mut runs: Vec<Vec<Wrk>> = setups.iter().map(|_| Vec::new()).collect();
+            for _ in 0..ROUNDS {
+                for (i, (_, port)) in envoys.iter().enumerate() {
+                    runs[i].push(wrk(addr(*port), connections));
+                }
+            }
+            let med = |v: &[Wrk], f: fn(&Wrk) -> f64| {
+                let mut xs: Vec<f64> = v.iter().map(f).collect();
+                xs.sort_by(f64::total_cmp);
+                xs[xs.len() / 2]
+            };
+            let stats: Vec<(f64, f64, f64)> = runs
+                .iter()
+                .map(|r| {
+                    (
+                        med(r, |w| w.p50.as_secs_f64()),
+                        med(r, |w| w.p99.as_secs_f64()),
+                        med(r, |w| w.rps),
+                    )
+                })
+                .collect();
+            let (base50, _, base_rps) = stats[0];
+            for ((name, _), (p50, p99, rps)) in setups.iter().zip(&stats) {
+                println!(
+                    "   {name:<34} p50 {:>8}  p99 {:>8}  {rps:>7.0} req/s  added p50 {:>7}  throughput {:.2}x",
+                    us(Duration::from_secs_f64(*p50)),
+                    us(Duration::from_secs_f64(*p99)),
+                    us(Duration::from_secs_f64((p50 - base50).max(0.0))),
+                    rps / base_rps
+                );
+            }
+        }
     }
     println!(
         "== jwt-auth-helper RSS: idle {:.1} MiB, after load {:.1} MiB",
