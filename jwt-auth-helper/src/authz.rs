@@ -11,7 +11,7 @@ use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
 };
 use envoy_types::ext_authz::v3::{
-    CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
 use workload_client::spiffe::SpiffeId;
 use workload_client::{
@@ -24,8 +24,9 @@ use crate::metrics::Metrics;
 /// The header a validator sets to the authenticated caller's SPIFFE ID.
 pub const SPIFFE_ID_HEADER: &str = "x-spiffe-id";
 
-/// The outcome of one check.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The outcome of one check. `Debug` hides header values: an allowed injection carries a live
+/// bearer token.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Forward the request, overwriting these headers.
     Allow {
@@ -43,6 +44,33 @@ pub enum Decision {
         /// Metrics reason.
         reason: &'static str,
     },
+}
+
+impl std::fmt::Debug for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Allow { set, reason } => f
+                .debug_struct("Allow")
+                .field(
+                    "set",
+                    &set.iter()
+                        .map(|(k, _)| (k, "<redacted>"))
+                        .collect::<Vec<_>>(),
+                )
+                .field("reason", reason)
+                .finish(),
+            Self::Deny {
+                status,
+                body,
+                reason,
+            } => f
+                .debug_struct("Deny")
+                .field("status", status)
+                .field("body", body)
+                .field("reason", reason)
+                .finish(),
+        }
+    }
 }
 
 impl Decision {
@@ -145,7 +173,8 @@ impl Injector {
                 reason: "stamped",
             },
             Err(e) => {
-                tracing::warn!(error = %e, "no JWT-SVID to stamp; failing closed");
+                // The refresh task already warns once per distinct agent error.
+                tracing::debug!(error = %e, "no JWT-SVID to stamp; failing closed");
                 Decision::deny(
                     503,
                     "no_token",
@@ -288,8 +317,8 @@ impl Checker {
 
     /// Decides one request.
     pub async fn decide(&self, request: &CheckRequest) -> Decision {
-        let empty = HashMap::new();
-        let headers = request.get_client_headers().unwrap_or(&empty);
+        let headers = request_headers(request);
+        let headers = &*headers;
         match self {
             Self::Inject(i) => {
                 let authority = request
@@ -303,6 +332,38 @@ impl Checker {
             Self::Validate(v) => v.decide(headers),
         }
     }
+}
+
+/// The request headers, lower-case. Envoy sends them in `headers`, or in `header_map` when the
+/// filter sets `encode_raw_headers` (values then in `raw_value`); repeated keys are joined with
+/// `,` as Envoy does for `headers`.
+fn request_headers(request: &CheckRequest) -> std::borrow::Cow<'_, HashMap<String, String>> {
+    let http = request
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    let Some(http) = http else {
+        return std::borrow::Cow::Owned(HashMap::new());
+    };
+    let Some(raw) = http.header_map.as_ref().filter(|_| http.headers.is_empty()) else {
+        return std::borrow::Cow::Borrowed(&http.headers);
+    };
+    let mut map: HashMap<String, String> = HashMap::new();
+    for h in &raw.headers {
+        let value = if h.raw_value.is_empty() {
+            h.value.clone()
+        } else {
+            String::from_utf8_lossy(&h.raw_value).into_owned()
+        };
+        map.entry(h.key.to_ascii_lowercase())
+            .and_modify(|v| {
+                v.push(',');
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    std::borrow::Cow::Owned(map)
 }
 
 /// The `envoy.service.auth.v3.Authorization` service.
@@ -406,6 +467,49 @@ mod tests {
         assert_eq!(bearer("Bearer"), None);
         assert_eq!(bearer("Bearer "), None);
         assert_eq!(bearer("abc"), None);
+    }
+
+    #[test]
+    fn debug_never_prints_the_stamped_token() {
+        let d = Decision::Allow {
+            set: vec![("authorization", "Bearer eyJsecret.payload.sig".into())],
+            reason: "stamped",
+        };
+        let printed = format!("{d:?}");
+        assert!(!printed.contains("eyJ"), "{printed}");
+        assert!(printed.contains("authorization"));
+    }
+
+    #[test]
+    fn raw_header_map_is_read_when_headers_is_empty() {
+        use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+        use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+        let hv = |k: &str, v: &[u8]| HeaderValue {
+            key: k.into(),
+            value: String::new(),
+            raw_value: v.to_vec(),
+        };
+        let request = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(attribute_context::Request {
+                    http: Some(attribute_context::HttpRequest {
+                        header_map: Some(HeaderMap {
+                            headers: vec![
+                                hv("Authorization", b"Bearer a"),
+                                hv("x-a", b"1"),
+                                hv("x-a", b"2"),
+                            ],
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        let headers = request_headers(&request);
+        assert_eq!(headers["authorization"], "Bearer a");
+        assert_eq!(headers["x-a"], "1,2");
     }
 
     #[test]
