@@ -338,11 +338,17 @@ async fn keeps_serving_the_valid_token_while_the_agent_is_down_then_recovers() {
     })
     .await
     .unwrap();
-    let fresh = cache.get(&key, Duration::from_secs(10)).await;
-    let fresh = match fresh {
-        Ok(t) => t,
-        // The waiter may have caught the tail of the previous backoff; the next one succeeds.
-        Err(_) => cache.get(&key, Duration::from_secs(10)).await.unwrap(),
+    // Callers fail fast while the agent is in backoff, then get a token once it answers.
+    let back = Instant::now();
+    let fresh = loop {
+        if let Ok(t) = cache.get(&key, Duration::from_secs(1)).await {
+            break t;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "no token after the agent came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(
         fresh.expiry() > token.expiry(),

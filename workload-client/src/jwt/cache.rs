@@ -190,6 +190,10 @@ struct Entry {
     /// Milliseconds since `Inner::epoch` of the last `get`.
     last_used: AtomicU64,
     pinned: AtomicBool,
+    /// Removed from the map: a caller holding it must look the key up again.
+    evicted: AtomicBool,
+    /// A FetchJWTSVID call for this key is running.
+    in_flight: AtomicBool,
     /// A caller found no usable token.
     wake: Notify,
     /// Bumped after every fetch attempt, success or failure.
@@ -231,15 +235,20 @@ impl JwtSvidCache {
     /// Starts fetching `key` now and keeps it fresh forever (never evicted): for the audiences
     /// a sidecar is configured with, so the first request finds a token.
     pub fn pin(&self, key: &JwtKey) {
-        let entry = self.entry(key);
-        entry.pinned.store(true, Ordering::Relaxed);
+        loop {
+            let entry = self.entry(key);
+            entry.pinned.store(true, Ordering::SeqCst);
+            // Evicted between the lookup and the store: pin the fresh entry instead.
+            if !entry.evicted.load(Ordering::SeqCst) {
+                return;
+            }
+        }
     }
 
     /// A valid token for `key`, waiting at most `max_wait` if none is cached (first use, or the
     /// agent has been failing past expiry). Never calls the agent itself.
     pub async fn get(&self, key: &JwtKey, max_wait: Duration) -> Result<Arc<JwtSvid>, CacheError> {
-        let entry = self.entry(key);
-        entry.touch(&self.inner);
+        let entry = self.live_entry(key);
         if let Some(token) = entry.usable(&self.inner.config) {
             self.inner.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(token);
@@ -251,29 +260,20 @@ impl JwtSvidCache {
             return Ok(token);
         }
         entry.wake.notify_one();
-        // Wait for the outcome of the next attempt (shared by every waiting caller).
+        // The agent answered the last attempt with an error and the next one is scheduled by
+        // backoff: fail now rather than hold the request until Envoy's own timeout.
+        if !entry.in_flight.load(Ordering::SeqCst) && entry.last_error().is_some() {
+            return Err(CacheError::Unavailable {
+                last_error: entry.last_error(),
+            });
+        }
+        // Wait for the outcome of the attempt in flight (shared by every waiting caller).
         let _ = tokio::time::timeout(max_wait, attempts.changed()).await;
         entry
             .usable(&self.inner.config)
             .ok_or_else(|| CacheError::Unavailable {
                 last_error: entry.last_error(),
             })
-    }
-
-    /// The cached token for `key` if it is valid now; never waits. Creates the entry (and so
-    /// starts fetching) if it did not exist.
-    pub fn try_get(&self, key: &JwtKey) -> Option<Arc<JwtSvid>> {
-        let entry = self.entry(key);
-        entry.touch(&self.inner);
-        let token = entry.usable(&self.inner.config);
-        let counter = if token.is_some() {
-            &self.inner.hits
-        } else {
-            entry.wake.notify_one();
-            &self.inner.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        token
     }
 
     /// The cached token for `key` if it is valid now, without creating the entry, counting a
@@ -289,7 +289,20 @@ impl JwtSvidCache {
     /// Wakes whenever a fetch attempt for `key` completes (e.g. to push refreshed tokens over
     /// SDS). Creates the entry if needed.
     pub fn subscribe(&self, key: &JwtKey) -> watch::Receiver<u64> {
-        self.entry(key).attempts.subscribe()
+        self.live_entry(key).attempts.subscribe()
+    }
+
+    /// The entry for `key`, touched (so it is not evicted) and known to still be in the map.
+    fn live_entry(&self, key: &JwtKey) -> Arc<Entry> {
+        loop {
+            let entry = self.entry(key);
+            entry.touch(&self.inner);
+            // Eviction re-reads `last_used` under the write lock, so after this check the task
+            // sees our touch and keeps the entry; an entry already evicted is replaced.
+            if !entry.evicted.load(Ordering::SeqCst) {
+                return entry;
+            }
+        }
     }
 
     /// Counters and per-key state.
@@ -341,6 +354,8 @@ impl JwtSvidCache {
             token: ArcSwapOption::empty(),
             last_used: AtomicU64::new(self.inner.now_ms()),
             pinned: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
+            in_flight: AtomicBool::new(true), // the task starts with a fetch
             wake: Notify::new(),
             attempts: watch::channel(0).0,
             last_error: Mutex::new(None),
@@ -362,14 +377,25 @@ impl Inner {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn remove(&self, key: &JwtKey) {
+    /// Removes `entry` if it is still idle and unpinned, deciding under the write lock so a
+    /// concurrent `get`/`pin` either lands before (and keeps it) or finds it evicted (and
+    /// creates a fresh one).
+    fn evict_if_idle(&self, entry: &Entry, idle_after: Duration) -> bool {
         let _guard = self
             .write
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let idle_ms = self
+            .now_ms()
+            .saturating_sub(entry.last_used.load(Ordering::SeqCst));
+        if entry.pinned.load(Ordering::SeqCst) || Duration::from_millis(idle_ms) < idle_after {
+            return false;
+        }
+        entry.evicted.store(true, Ordering::SeqCst);
         let mut next = HashMap::clone(&self.entries.load_full());
-        next.remove(key);
+        next.remove(&entry.key);
         self.entries.store(Arc::new(next));
+        true
     }
 }
 
@@ -387,7 +413,7 @@ impl Drop for Inner {
 
 impl Entry {
     fn touch(&self, inner: &Inner) {
-        self.last_used.store(inner.now_ms(), Ordering::Relaxed);
+        self.last_used.store(inner.now_ms(), Ordering::SeqCst);
     }
 
     /// The cached token if it has more than the expiry margin left.
@@ -415,6 +441,19 @@ fn remaining(token: &JwtSvid) -> Duration {
     Duration::try_from(token.expiry() - time::OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO)
 }
 
+/// Evicts `entry` if idle; true when it is gone (or the cache is), ending its task.
+fn evict(inner: &Weak<Inner>, entry: &Entry, config: &CacheConfig) -> bool {
+    let Some(cache) = inner.upgrade() else {
+        return true;
+    };
+    if cache.evict_if_idle(entry, config.idle_eviction) {
+        tracing::debug!("evicted idle JWT-SVID key");
+        cache.evictions.fetch_add(1, Ordering::Relaxed);
+        return true;
+    }
+    false
+}
+
 /// The one task allowed to call FetchJWTSVID for `entry.key`.
 async fn refresh_loop(inner: Weak<Inner>, entry: Arc<Entry>) {
     let Some((client, config)) = inner
@@ -426,6 +465,7 @@ async fn refresh_loop(inner: Weak<Inner>, entry: Arc<Entry>) {
     let mut backoff = config.retry.start();
     let mut reconnect = config.reconnect.start();
     loop {
+        entry.in_flight.store(true, Ordering::SeqCst);
         let result = client
             .fetch_jwt_svid(entry.key.audiences(), entry.key.spiffe_id())
             .await;
@@ -442,8 +482,11 @@ async fn refresh_loop(inner: Weak<Inner>, entry: Arc<Entry>) {
                 cache.fetches.fetch_add(1, Ordering::Relaxed);
                 // Half the remaining life, up to 10 % earlier; never a hot loop on a token
                 // that is (nearly) expired on arrival, e.g. under clock skew.
-                jitter(life.mul_f64(config.refresh_fraction), config.refresh_jitter)
-                    .max(Duration::from_millis(100))
+                jitter(
+                    life.mul_f64(config.refresh_fraction.clamp(0.0, 1.0)),
+                    config.refresh_jitter,
+                )
+                .max(Duration::from_millis(100))
             }
             Err(e) => {
                 let unreachable = e.is_unreachable();
@@ -461,13 +504,22 @@ async fn refresh_loop(inner: Weak<Inner>, entry: Arc<Entry>) {
                 }
             }
         };
+        entry.in_flight.store(false, Ordering::SeqCst);
         entry.attempts.send_modify(|n| *n += 1);
         drop(cache);
 
         let wake_at = tokio::time::Instant::now() + next;
         loop {
+            // Wake at least once per idle period, so an unused key with a long-lived token is
+            // evicted on time rather than at its next refresh.
+            let check_idle_at = tokio::time::Instant::now() + config.idle_eviction;
             tokio::select! {
                 () = tokio::time::sleep_until(wake_at) => break,
+                () = tokio::time::sleep_until(check_idle_at), if check_idle_at < wake_at => {
+                    if evict(&inner, &entry, &config) {
+                        return;
+                    }
+                }
                 () = entry.wake.notified() => {
                     // A caller found no usable token. Fetch now only if the last attempt
                     // succeeded (the token simply ran out early); after a failure the backoff
@@ -478,17 +530,7 @@ async fn refresh_loop(inner: Weak<Inner>, entry: Arc<Entry>) {
                 }
             }
         }
-
-        let Some(cache) = inner.upgrade() else { return };
-        let idle_ms = cache
-            .now_ms()
-            .saturating_sub(entry.last_used.load(Ordering::Relaxed));
-        if !entry.pinned.load(Ordering::Relaxed)
-            && Duration::from_millis(idle_ms) >= config.idle_eviction
-        {
-            tracing::debug!(idle = ?Duration::from_millis(idle_ms), "evicting idle JWT-SVID key");
-            cache.remove(&entry.key);
-            cache.evictions.fetch_add(1, Ordering::Relaxed);
+        if evict(&inner, &entry, &config) {
             return;
         }
     }
