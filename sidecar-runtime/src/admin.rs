@@ -31,14 +31,12 @@ pub enum Readiness {
 }
 
 type ReadyFn = dyn Fn() -> Readiness + Send + Sync;
-type HookFn = dyn Fn() + Send + Sync;
 
 /// The admin server's state.
 #[derive(Clone)]
 pub struct Admin {
     registry: Arc<Registry>,
     ready: Arc<ReadyFn>,
-    before_scrape: Option<Arc<HookFn>>,
 }
 
 impl fmt::Debug for Admin {
@@ -55,16 +53,7 @@ impl Admin {
         Self {
             registry: Arc::new(registry),
             ready: Arc::new(ready),
-            before_scrape: None,
         }
-    }
-
-    /// Runs `hook` before each scrape: for gauges computed from state owned elsewhere (e.g.
-    /// seconds until the current token expires).
-    #[must_use]
-    pub fn before_scrape(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
-        self.before_scrape = Some(Arc::new(hook));
-        self
     }
 
     /// The router, for tests and for embedding.
@@ -101,9 +90,6 @@ async fn readyz(State(admin): State<Admin>) -> Response {
 }
 
 async fn metrics(State(admin): State<Admin>) -> Response {
-    if let Some(hook) = &admin.before_scrape {
-        hook();
-    }
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &admin.registry) {
         Ok(()) => (

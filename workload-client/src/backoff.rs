@@ -66,11 +66,6 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.current = self.policy.initial;
     }
-
-    /// The policy this schedule follows.
-    pub fn policy(&self) -> BackoffPolicy {
-        self.policy
-    }
 }
 
 /// A duration drawn uniformly from `[d * (1 - spread), d]`, `spread` clamped to `[0, 1]`.

@@ -63,7 +63,7 @@ impl ClientError {
         matches!(
             self,
             Self::Status {
-                code: tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled,
+                code: tonic::Code::Unavailable | tonic::Code::Cancelled,
                 ..
             } | Self::Timeout { .. }
         )
@@ -137,6 +137,11 @@ impl WorkloadApiClient {
                     .unwrap_or_else(|_| TonicEndpoint::from_static("http://127.0.0.1:1"))
                     .connect_timeout(Duration::from_secs(2))
                     .tcp_nodelay(true)
+                    // A half-open TCP connection would otherwise look "connected" forever, with
+                    // a stale snapshot; pings detect it. (A Unix socket cannot be half-open.)
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_timeout(Duration::from_secs(10))
+                    .keep_alive_while_idle(true)
                     .connect_lazy()
             }
         };
