@@ -6,6 +6,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+pub use sidecar_runtime::LogFormat;
+
 use spiffe::{SpiffeId, TrustDomain};
 
 use crate::jwt_keys::JwtAlg;
@@ -206,15 +208,6 @@ impl Config {
 
 // === Cli ===
 
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 /// Command line of `spiffe-dev-agent`; every flag also reads an environment variable.
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -268,7 +261,7 @@ pub struct Cli {
     #[arg(long, env = "DEV_AGENT_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
     /// Log format on stderr (filter with RUST_LOG).
-    #[arg(long, env = "DEV_AGENT_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(long, env = "DEV_AGENT_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
 }
 

@@ -3,14 +3,13 @@
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use dev_agent::{Agent, Cli, LogFormat};
+use dev_agent::{Agent, Cli};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    sidecar_runtime::logging::init(cli.log_format, "info");
     let config = cli.into_config().context("invalid configuration")?;
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -29,17 +28,4 @@ async fn main() -> anyhow::Result<()> {
     }
     agent.shutdown().await;
     Ok(())
-}
-
-/// Logs to stderr; `RUST_LOG` filters (default `info`).
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
