@@ -11,9 +11,8 @@ use axum::{
     response::IntoResponse,
     routing::{get, post},
 };
-use tokio::net::TcpListener;
 
-use crate::agent::{Shared, stopping};
+use crate::agent::Shared;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -43,17 +42,5 @@ fn outcome(result: Result<(), crate::Error>) -> (StatusCode, String) {
     match result {
         Ok(()) => (StatusCode::OK, "rotated\n".into()),
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
-    }
-}
-
-pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    let signal = stopping(shared.shutdown.subscribe());
-    let app = router(Arc::clone(&shared));
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await
-    {
-        tracing::error!(%error, "admin server failed");
-        shared.shutdown.send_replace(true);
     }
 }

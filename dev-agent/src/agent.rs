@@ -274,9 +274,12 @@ impl Agent {
         )));
         let oidc_addr = match oidc {
             Some((listener, addr)) => {
-                tasks.push(tokio::spawn(crate::oidc::serve(
+                let app = crate::oidc::router(Arc::clone(&shared));
+                tasks.push(tokio::spawn(serve_http(
+                    "OIDC discovery",
                     Arc::clone(&shared),
                     listener,
+                    app,
                 )));
                 tracing::info!(%addr, "serving OIDC discovery");
                 Some(addr)
@@ -285,9 +288,12 @@ impl Agent {
         };
         let admin_addr = match admin {
             Some((listener, addr)) => {
-                tasks.push(tokio::spawn(crate::admin::serve(
+                let app = crate::admin::router(Arc::clone(&shared));
+                tasks.push(tokio::spawn(serve_http(
+                    "admin",
                     Arc::clone(&shared),
                     listener,
+                    app,
                 )));
                 tracing::info!(%addr, "serving admin endpoints");
                 Some(addr)
@@ -368,6 +374,24 @@ async fn serve_workload_api(shared: Arc<Shared>, incoming: Incoming) {
     }
     if let Some(path) = socket_path {
         remove_socket(&path).await;
+    }
+}
+
+/// Serves an HTTP router until the agent stops; a failure stops the agent (a dev agent with a
+/// dead OIDC or admin listener would make tests fail in confusing ways later).
+async fn serve_http(
+    what: &str,
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) {
+    let signal = stopping(shared.shutdown.subscribe());
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .await
+    {
+        tracing::error!(%error, server = what, "HTTP server failed");
+        shared.shutdown.send_replace(true);
     }
 }
 

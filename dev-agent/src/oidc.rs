@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use axum::{Json, Router, extract::State, http::header, response::IntoResponse, routing::get};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
-use crate::agent::{Shared, stopping};
+use crate::agent::Shared;
 
 /// The discovery document for `issuer`.
 pub fn discovery_document(issuer: &str) -> Value {
@@ -54,18 +53,6 @@ async fn openid_configuration(State(shared): State<Arc<Shared>>) -> Json<Value> 
 async fn keys(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let jwks = shared.jwt_bundles.borrow().oidc_jwks.clone();
     ([(header::CONTENT_TYPE, "application/json")], jwks)
-}
-
-pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    let signal = stopping(shared.shutdown.subscribe());
-    let app = router(Arc::clone(&shared));
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await
-    {
-        tracing::error!(%error, "OIDC discovery server failed");
-        shared.shutdown.send_replace(true);
-    }
 }
 
 #[cfg(test)]
