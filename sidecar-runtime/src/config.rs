@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use workload_client::Env;
+
 /// A configuration value that cannot be used. Printed as one line at start-up, after which the
 /// sidecar exits non-zero: a misconfigured sidecar must not come up half-working.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +31,30 @@ impl ConfigError {
             reason: reason.into(),
         }
     }
+}
+
+/// The first of a flag and its environment variable that is set (non-empty), with the name of
+/// the one that was: flag > environment, the precedence every sidecar uses.
+pub fn pick(
+    flag: Option<&str>,
+    flag_name: &str,
+    env: &dyn Env,
+    env_name: &str,
+) -> Option<(String, String)> {
+    match flag.filter(|v| !v.is_empty()) {
+        Some(v) => Some((flag_name.to_owned(), v.to_owned())),
+        None => env.var(env_name).map(|v| (env_name.to_owned(), v)),
+    }
+}
+
+/// An admin listener address, or `off` (any case) for none.
+pub fn admin_listen(setting: &str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    socket_addr(setting, value)
+        .map(Some)
+        .map_err(|e| ConfigError::new(setting, value, format!("{} or off", e.reason)))
 }
 
 /// `IP:PORT` (IP literal; a sidecar binds loopback by default and must not resolve names).
@@ -66,6 +92,35 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .starts_with("X: ")
+        );
+    }
+
+    #[test]
+    fn flag_wins_over_env_and_empty_counts_as_unset() {
+        let env = [("SIDECAR_X", "from-env")];
+        assert_eq!(
+            pick(Some("from-flag"), "--x", &env, "SIDECAR_X"),
+            Some(("--x".to_owned(), "from-flag".to_owned()))
+        );
+        assert_eq!(
+            pick(Some(""), "--x", &env, "SIDECAR_X"),
+            Some(("SIDECAR_X".to_owned(), "from-env".to_owned()))
+        );
+        assert_eq!(pick(None, "--x", &env, "OTHER"), None);
+    }
+
+    #[test]
+    fn admin_listen_accepts_off() {
+        assert_eq!(admin_listen("A", "OFF").unwrap(), None);
+        assert_eq!(
+            admin_listen("A", "127.0.0.1:1").unwrap(),
+            Some("127.0.0.1:1".parse().unwrap())
+        );
+        assert!(
+            admin_listen("A", "nope")
+                .unwrap_err()
+                .reason
+                .ends_with("or off")
         );
     }
 }

@@ -1,0 +1,366 @@
+//! Configuration: flags > `SDS_BRIDGE_*` environment > defaults, parsed once into typed values.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Component, Path, PathBuf};
+
+use sidecar_runtime::config::{self, pick};
+use sidecar_runtime::{ConfigError, LogFormat};
+use workload_client::endpoint::{EndpointSource, ResolvedEndpoint};
+use workload_client::{Endpoint, Env, resolve_endpoint_from};
+
+use crate::catalog::{RootCaBundles, ValidationMode};
+
+/// Env: where to serve SDS.
+pub const ENV_LISTEN: &str = "SDS_BRIDGE_LISTEN";
+/// Env: permission bits of the SDS socket file.
+pub const ENV_SOCKET_MODE: &str = "SDS_BRIDGE_SOCKET_MODE";
+/// Env: Workload API address.
+pub const ENV_SOCKET: &str = "SDS_BRIDGE_SOCKET_PATH";
+/// Env: admin listen address or `off`.
+pub const ENV_ADMIN_LISTEN: &str = "SDS_BRIDGE_ADMIN_LISTEN";
+/// Env: `spiffe` or `trusted_ca`.
+pub const ENV_VALIDATION_CONTEXT: &str = "SDS_BRIDGE_VALIDATION_CONTEXT";
+/// Env: `own` or `all`.
+pub const ENV_ROOTCA_BUNDLES: &str = "SDS_BRIDGE_ROOTCA_BUNDLES";
+/// Env: `text` or `json`.
+pub const ENV_LOG_FORMAT: &str = "SDS_BRIDGE_LOG_FORMAT";
+
+/// Istio's `WORKLOAD_IDENTITY_SOCKET_FILE` directory and default file name.
+pub const DEFAULT_LISTEN: &str = "unix:///var/run/secrets/workload-spiffe-uds/socket";
+/// Admin (probes, metrics); 9010/9011 are jwt-auth-helper's.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9012);
+/// Owner only: the socket hands out private keys (and, later, bearer tokens). Run the bridge
+/// as Envoy's user (1337 in Istio), or widen to 0660 with a shared group.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
+
+/// Command-line flags; each has an environment variable (see `--help`).
+#[derive(Debug, Default, clap::Parser)]
+#[command(
+    name = "sds-bridge",
+    version,
+    about = "Envoy SDS v3 server fed by the SPIFFE Workload API: serves X.509-SVIDs and trust \
+             bundles under the SPIRE agent's resource names and pushes every rotation",
+    after_help = "Resource names: default, ROOTCA, ALL, spiffe://<trust domain>, <SPIFFE ID>.\n\
+Environment: SDS_BRIDGE_{LISTEN,SOCKET_MODE,SOCKET_PATH,ADMIN_LISTEN,VALIDATION_CONTEXT,\n\
+ROOTCA_BUNDLES,LOG_FORMAT}; the Workload API falls back to SPIFFE_ENDPOINT_SOCKET, then\n\
+unix:///run/secrets/workload-spiffe-uds/socket. In Istio that default is also the SDS socket\n\
+path: mount the Workload API elsewhere for the bridge and point --socket at it."
+)]
+pub struct Cli {
+    /// Where to serve SDS: unix:///path or tcp://127.0.0.1:PORT
+    /// [default: unix:///var/run/secrets/workload-spiffe-uds/socket].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Permission bits of the SDS socket, octal [default: 0600].
+    #[arg(long)]
+    pub socket_mode: Option<String>,
+    /// Workload API address: unix:///path or tcp://IP:PORT.
+    #[arg(long)]
+    pub socket: Option<String>,
+    /// Admin HTTP address for /healthz, /readyz, /metrics, or "off" [default: 127.0.0.1:9012].
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+    /// Validation contexts as the SPIFFE cert validator (spiffe) or plain trusted_ca PEM
+    /// (trusted_ca); one Envoy can ask for trusted_ca with node metadata
+    /// disable_spiffe_cert_validation: true [default: spiffe].
+    #[arg(long)]
+    pub validation_context: Option<String>,
+    /// What ROOTCA holds: own (this trust domain's bundle) or all (own and federated)
+    /// [default: own].
+    #[arg(long)]
+    pub rootca_bundles: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long)]
+    pub log_format: Option<String>,
+}
+
+/// Where SDS is served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// A Unix socket file.
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp(SocketAddr),
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// SDS listener.
+    pub listen: Listen,
+    /// Socket file permission bits.
+    pub socket_mode: u32,
+    /// Workload API endpoint and where it came from.
+    pub socket: ResolvedEndpoint,
+    /// Admin listener (`None`: off).
+    pub admin_listen: Option<SocketAddr>,
+    /// Validation context form for streams whose node does not choose.
+    pub validation_mode: ValidationMode,
+    /// What ROOTCA carries.
+    pub rootca_bundles: RootCaBundles,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Builds the configuration from flags and environment.
+    pub fn load(cli: &Cli, env: &dyn Env) -> Result<Self, ConfigError> {
+        let listen = match pick(cli.listen.as_deref(), "--listen", env, ENV_LISTEN) {
+            Some((setting, v)) => parse_listen(&setting, &v)?,
+            None => parse_listen("default --listen", DEFAULT_LISTEN)?,
+        };
+
+        let socket_mode = match pick(
+            cli.socket_mode.as_deref(),
+            "--socket-mode",
+            env,
+            ENV_SOCKET_MODE,
+        ) {
+            None => DEFAULT_SOCKET_MODE,
+            Some((setting, v)) => {
+                let digits = v.strip_prefix("0o").unwrap_or(&v);
+                match u32::from_str_radix(digits, 8) {
+                    Ok(m) if m <= 0o777 && m & 0o600 == 0o600 => m,
+                    _ => {
+                        return Err(ConfigError::new(
+                            setting,
+                            v,
+                            "expected octal permission bits with owner read/write, e.g. 0600 or 0660",
+                        ));
+                    }
+                }
+            }
+        };
+
+        let socket_candidates = pick(cli.socket.as_deref(), "--socket", env, ENV_SOCKET)
+            .map(|(setting, v)| (EndpointSource::Setting(setting), v));
+        let socket = resolve_endpoint_from(socket_candidates, env).map_err(|e| {
+            ConfigError::new(
+                e.source_name,
+                e.value,
+                format!("invalid Workload API address: {}", e.error),
+            )
+        })?;
+        if let (Listen::Unix(ours), Some(theirs)) = (&listen, socket.endpoint.unix_path())
+            && same_path(ours, theirs)
+        {
+            return Err(ConfigError::new(
+                socket.source.to_string(),
+                socket.endpoint.to_string(),
+                "the Workload API socket is the SDS listen socket; mount the Workload API \
+                 elsewhere (e.g. /run/secrets/spiffe-workload-api/socket) and set --socket",
+            ));
+        }
+
+        let admin_listen = match pick(
+            cli.admin_listen.as_deref(),
+            "--admin-listen",
+            env,
+            ENV_ADMIN_LISTEN,
+        ) {
+            Some((setting, v)) => config::admin_listen(&setting, &v)?,
+            None => Some(DEFAULT_ADMIN_LISTEN),
+        };
+        if let (Listen::Tcp(sds), Some(admin)) = (&listen, admin_listen)
+            && *sds == admin
+        {
+            return Err(ConfigError::new(
+                "--admin-listen",
+                admin.to_string(),
+                "must differ from the SDS listen address",
+            ));
+        }
+
+        let validation_mode = match pick(
+            cli.validation_context.as_deref(),
+            "--validation-context",
+            env,
+            ENV_VALIDATION_CONTEXT,
+        ) {
+            None => ValidationMode::Spiffe,
+            Some((setting, v)) => match v.to_ascii_lowercase().replace('-', "_").as_str() {
+                "spiffe" => ValidationMode::Spiffe,
+                "trusted_ca" => ValidationMode::TrustedCa,
+                _ => {
+                    return Err(ConfigError::new(
+                        setting,
+                        v,
+                        "expected spiffe or trusted_ca",
+                    ));
+                }
+            },
+        };
+
+        let rootca_bundles = match pick(
+            cli.rootca_bundles.as_deref(),
+            "--rootca-bundles",
+            env,
+            ENV_ROOTCA_BUNDLES,
+        ) {
+            None => RootCaBundles::Own,
+            Some((setting, v)) => match v.to_ascii_lowercase().as_str() {
+                "own" => RootCaBundles::Own,
+                "all" => RootCaBundles::All,
+                _ => return Err(ConfigError::new(setting, v, "expected own or all")),
+            },
+        };
+
+        let log_format = match pick(
+            cli.log_format.as_deref(),
+            "--log-format",
+            env,
+            ENV_LOG_FORMAT,
+        ) {
+            None => LogFormat::Text,
+            Some((setting, v)) => v
+                .parse()
+                .map_err(|e: String| ConfigError::new(setting, v, e))?,
+        };
+
+        Ok(Self {
+            listen,
+            socket_mode,
+            socket,
+            admin_listen,
+            validation_mode,
+            rootca_bundles,
+            log_format,
+        })
+    }
+}
+
+fn parse_listen(setting: &str, value: &str) -> Result<Listen, ConfigError> {
+    match Endpoint::parse(value) {
+        Ok(Endpoint::Unix(path)) => Ok(Listen::Unix(path)),
+        Ok(Endpoint::Tcp(addr)) => Ok(Listen::Tcp(addr)),
+        Err(e) => Err(ConfigError::new(
+            setting,
+            value,
+            format!("expected unix:///path or tcp://IP:PORT: {e}"),
+        )),
+    }
+}
+
+/// `/var/run` is a symlink to `/run` on every current distribution (and in Istio's images):
+/// compare the lexically normalised paths with that prefix folded.
+fn same_path(a: &Path, b: &Path) -> bool {
+    fn norm(p: &Path) -> PathBuf {
+        let mut out = PathBuf::new();
+        for c in p.components() {
+            match c {
+                Component::CurDir => {}
+                Component::ParentDir => {
+                    out.pop();
+                }
+                other => out.push(other),
+            }
+        }
+        match out.strip_prefix("/var/run") {
+            Ok(rest) => Path::new("/run").join(rest),
+            Err(_) => out,
+        }
+    }
+    norm(a) == norm(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        use clap::Parser as _;
+        let cli =
+            Cli::try_parse_from(std::iter::once("sds-bridge").chain(args.iter().copied())).unwrap();
+        let env: std::collections::HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::load(&cli, &env)
+    }
+
+    #[test]
+    fn defaults_refuse_to_serve_sds_on_the_workload_api_socket() {
+        let err = load(&[], &[]).unwrap_err();
+        assert_eq!(err.setting, "default endpoint");
+        assert!(
+            err.reason.contains("mount the Workload API elsewhere"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn istio_shape_parses_with_defaults() {
+        let c = load(
+            &[],
+            &[("SPIFFE_ENDPOINT_SOCKET", "unix:///run/secrets/spire/socket")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.listen,
+            Listen::Unix("/var/run/secrets/workload-spiffe-uds/socket".into())
+        );
+        assert_eq!(c.socket_mode, 0o600);
+        assert_eq!(c.admin_listen, Some(DEFAULT_ADMIN_LISTEN));
+        assert_eq!(c.validation_mode, ValidationMode::Spiffe);
+        assert_eq!(c.rootca_bundles, RootCaBundles::Own);
+    }
+
+    #[test]
+    fn flags_win_and_values_are_typed() {
+        let c = load(
+            &[
+                "--listen",
+                "tcp://127.0.0.1:8300",
+                "--socket",
+                "unix:///tmp/agent.sock",
+                "--socket-mode",
+                "0660",
+                "--validation-context",
+                "trusted-ca",
+                "--rootca-bundles",
+                "all",
+                "--admin-listen",
+                "off",
+            ],
+            &[(ENV_LISTEN, "unix:///elsewhere")],
+        )
+        .unwrap();
+        assert_eq!(c.listen, Listen::Tcp("127.0.0.1:8300".parse().unwrap()));
+        assert_eq!(c.socket_mode, 0o660);
+        assert_eq!(c.validation_mode, ValidationMode::TrustedCa);
+        assert_eq!(c.rootca_bundles, RootCaBundles::All);
+        assert_eq!(c.admin_listen, None);
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        let agent = ("SPIFFE_ENDPOINT_SOCKET", "unix:///run/agent.sock");
+        for (env, setting) in [
+            ((ENV_LISTEN, "http://x"), ENV_LISTEN),
+            ((ENV_SOCKET_MODE, "0777x"), ENV_SOCKET_MODE),
+            ((ENV_SOCKET_MODE, "0400"), ENV_SOCKET_MODE),
+            ((ENV_SOCKET, "unix://relative"), ENV_SOCKET),
+            ((ENV_ADMIN_LISTEN, "localhost:1"), ENV_ADMIN_LISTEN),
+            ((ENV_VALIDATION_CONTEXT, "x509"), ENV_VALIDATION_CONTEXT),
+            ((ENV_ROOTCA_BUNDLES, "some"), ENV_ROOTCA_BUNDLES),
+            ((ENV_LOG_FORMAT, "xml"), ENV_LOG_FORMAT),
+        ] {
+            let err = load(&[], &[agent, env]).unwrap_err();
+            assert_eq!(err.setting, setting, "{err}");
+        }
+    }
+
+    #[test]
+    fn var_run_and_run_are_the_same_directory() {
+        assert!(same_path(
+            Path::new("/var/run/secrets/x/socket"),
+            Path::new("/run/secrets/x/./socket")
+        ));
+        assert!(!same_path(
+            Path::new("/run/secrets/x/socket"),
+            Path::new("/run/secrets/y/socket")
+        ));
+    }
+}

@@ -1,0 +1,20 @@
+//! `sds-bridge`: an Envoy SDS v3 server fed by the SPIFFE Workload API (REFERENCE §3).
+//!
+//! - [`config`]: flags and `SDS_BRIDGE_*` variables, parsed once;
+//! - [`listen`]: the atomically created Unix socket (or loopback TCP);
+//! - [`names`]: SDS resource names and their meaning (SPIRE agent compatible);
+//! - [`catalog`]: every secret of one X.509 snapshot, rendered once for all streams;
+//! - [`stream`]: the state-of-the-world state machine of one Envoy stream;
+//! - [`service`]: the gRPC service running one stream task per Envoy stream;
+//! - [`metrics`]: stream, push, ACK and NACK metrics.
+
+pub mod catalog;
+pub mod config;
+pub mod listen;
+pub mod metrics;
+pub mod names;
+pub mod service;
+pub mod stream;
+
+#[cfg(test)]
+mod testing;

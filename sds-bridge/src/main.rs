@@ -1,0 +1,145 @@
+//! `sds-bridge` binary: wiring only. See the library for behaviour.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use prometheus_client::registry::Registry;
+use sds_bridge::catalog;
+use sds_bridge::config::{Cli, Config, Listen};
+use sds_bridge::listen;
+use sds_bridge::metrics::Metrics;
+use sds_bridge::service::SdsService;
+use sidecar_runtime::metrics::X509Collector;
+use sidecar_runtime::{Admin, Readiness, Shutdown};
+use tokio_stream::wrappers::UnixListenerStream;
+use workload_client::{ProcessEnv, WorkloadApiClient, X509Watcher};
+
+/// How long a unary FetchSecrets waits for the first SVID (Envoy's own fetch timeout is 5 s).
+const FETCH_WAIT: Duration = Duration::from_secs(4);
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sds-bridge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    sidecar_runtime::logging::init(config.log_format, "info");
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "sds-bridge failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = Shutdown::new();
+    shutdown
+        .listen_for_signals()
+        .context("installing signal handlers")?;
+
+    // The SDS socket comes first, before the Workload API is even dialled: Istio's
+    // pilot-agent probes for it once, early (REFERENCE §3). Requests wait for the first SVID.
+    enum Bound {
+        Unix(tokio::net::UnixListener, listen::SocketFile),
+        Tcp(tokio::net::TcpListener),
+    }
+    let bound = match &config.listen {
+        Listen::Unix(path) => {
+            let (l, f) = listen::bind_unix(path, config.socket_mode)
+                .await
+                .context("SDS listener")?
+                .into_parts();
+            Bound::Unix(l, f)
+        }
+        Listen::Tcp(addr) => Bound::Tcp(listen::bind_tcp(*addr).await.context("SDS listener")?),
+    };
+    let admin_listener = match config.admin_listen {
+        Some(addr) => Some(
+            Admin::bind(addr)
+                .await
+                .with_context(|| format!("binding the admin listener on {addr}"))?,
+        ),
+        None => None,
+    };
+
+    let client = WorkloadApiClient::new(config.socket.endpoint.clone());
+    let watcher = X509Watcher::x509(client);
+    let catalog = catalog::publish(&watcher, config.rootca_bundles);
+
+    let mut registry = Registry::with_prefix("sds_bridge");
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    registry.register_collector(Box::new(X509Collector(watcher.clone())));
+
+    if let Some(listener) = admin_listener {
+        let ready = {
+            let watcher = watcher.clone();
+            move || match watcher.current() {
+                None => Readiness::NotReady("no X.509-SVID from the Workload API yet".into()),
+                Some(ctx) if ctx.remaining(SystemTime::now()).is_zero() => Readiness::NotReady(
+                    "the X.509-SVID has expired and the Workload API has not renewed it".into(),
+                ),
+                Some(_) => Readiness::Ready,
+            }
+        };
+        let admin = Admin::new(registry, ready);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin.serve(listener, shutdown).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+    }
+
+    let service = SdsService::new(
+        catalog,
+        config.validation_mode,
+        FETCH_WAIT,
+        metrics,
+        shutdown.clone(),
+    );
+    let server = tonic::transport::Server::builder()
+        // Envoy multiplexes all its SDS subscriptions over one connection; Istio's proxies
+        // open one each. Keepalive finds Envoys that vanished without closing.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(service.into_server());
+
+    tracing::info!(
+        listen = ?config.listen,
+        admin = ?config.admin_listen,
+        workload_api = %config.socket.endpoint,
+        workload_api_from = %config.socket.source,
+        validation_context = ?config.validation_mode,
+        rootca_bundles = ?config.rootca_bundles,
+        "serving SDS"
+    );
+    match bound {
+        Bound::Unix(listener, file) => {
+            let result = server
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.wait())
+                .await;
+            file.remove().await;
+            result.context("SDS server")?;
+        }
+        Bound::Tcp(listener) => {
+            server
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown.wait(),
+                )
+                .await
+                .context("SDS server")?;
+        }
+    }
+    tracing::info!("stopped; SDS streams closed");
+    Ok(())
+}

@@ -1,0 +1,594 @@
+//! The state-of-the-world SDS state machine of one Envoy stream (REFERENCE §3), with no I/O:
+//! the service feeds it requests and catalog updates and sends whatever it returns.
+//!
+//! Rules it implements:
+//! - `version_info` increases with every response; every response has a fresh nonce;
+//! - a request whose `response_nonce` is not the last one sent is stale and ignored;
+//! - the `node` is kept from the first request that has one (Istio sends it only once);
+//! - only subscribed names are pushed, and only when their content changed since the last push
+//!   on this stream (so a NACK is never answered with the same secret again: no push loop);
+//! - an unknown or not-yet-available name is logged once and answered with nothing until it
+//!   exists; the stream and its other names carry on.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::value::Kind;
+
+use crate::catalog::{Catalog, ValidationMode};
+use crate::names::{NameError, ResourceName};
+
+/// The only resource type SDS serves.
+pub const SECRET_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+/// The node metadata key (SPIRE's) with which one Envoy asks for `trusted_ca` validation
+/// contexts instead of the SPIFFE validator.
+pub const DISABLE_SPIFFE_VALIDATION_KEY: &str = "disable_spiffe_cert_validation";
+
+/// What an incoming request turned out to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    /// A request with no nonce: the first one, or a new subscription list before any response.
+    Initial,
+    /// Envoy applied our last response. `latency` runs from the snapshot (or request) that
+    /// caused the push to this ACK.
+    Ack {
+        /// Time from the cause of the push to its ACK.
+        latency: Duration,
+    },
+    /// Envoy rejected our last response.
+    Nack {
+        /// Envoy's `error_detail.message`.
+        detail: String,
+    },
+    /// A reply to a response that is no longer the latest one: ignored.
+    Stale,
+    /// A request for another resource type: ignored.
+    WrongType(String),
+}
+
+/// The outcome of one request: what it was, and the response to send, if any.
+#[derive(Debug)]
+pub struct Handled {
+    /// What the request was.
+    pub kind: RequestKind,
+    /// A response to send now.
+    pub response: Option<DiscoveryResponse>,
+}
+
+#[derive(Debug, Default)]
+enum Subscription {
+    /// No request yet.
+    #[default]
+    Unset,
+    /// The first request named nothing: everything, under canonical names (as SPIRE does).
+    Wildcard,
+    /// These names, parsed once.
+    Names(BTreeMap<String, Result<ResourceName, NameError>>),
+}
+
+/// One stream's state.
+#[derive(Debug)]
+pub struct SdsStream {
+    mode: ValidationMode,
+    node: Option<Node>,
+    subscription: Subscription,
+    /// Fingerprint of what was last pushed per name.
+    sent: HashMap<String, u64>,
+    version: u64,
+    last_nonce: Option<String>,
+    /// What caused the last push, for the ACK latency.
+    last_push_cause: Option<Instant>,
+    /// Names already reported as unknown or unavailable on this stream.
+    reported: HashSet<String>,
+}
+
+// === impl SdsStream ===
+
+impl SdsStream {
+    /// A new stream whose validation contexts use `default_mode` unless the node asks
+    /// otherwise.
+    pub fn new(default_mode: ValidationMode) -> Self {
+        Self {
+            mode: default_mode,
+            node: None,
+            subscription: Subscription::Unset,
+            sent: HashMap::new(),
+            version: 0,
+            last_nonce: None,
+            last_push_cause: None,
+            reported: HashSet::new(),
+        }
+    }
+
+    /// The node of the first request that carried one.
+    pub fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+
+    /// The validation mode in force.
+    pub fn mode(&self) -> ValidationMode {
+        self.mode
+    }
+
+    /// Handles one request; `catalog` is the current snapshot, if there is one yet.
+    pub fn on_request(&mut self, req: DiscoveryRequest, catalog: Option<&Catalog>) -> Handled {
+        if !req.type_url.is_empty() && req.type_url != SECRET_TYPE_URL {
+            return Handled {
+                kind: RequestKind::WrongType(req.type_url),
+                response: None,
+            };
+        }
+        if self.node.is_none()
+            && let Some(node) = req.node
+        {
+            if disables_spiffe_validation(&node) {
+                self.mode = ValidationMode::TrustedCa;
+            }
+            self.node = Some(node);
+        }
+
+        let kind = match &self.last_nonce {
+            Some(sent) if !req.response_nonce.is_empty() => {
+                if *sent != req.response_nonce {
+                    return Handled {
+                        kind: RequestKind::Stale,
+                        response: None,
+                    };
+                }
+                match req.error_detail {
+                    Some(status) => RequestKind::Nack {
+                        detail: status.message,
+                    },
+                    None => RequestKind::Ack {
+                        latency: self
+                            .last_push_cause
+                            .map(|at| at.elapsed())
+                            .unwrap_or_default(),
+                    },
+                }
+            }
+            _ => {
+                // A reconnecting Envoy reports the version it holds: continue above it so
+                // versions keep increasing across streams.
+                if let Ok(v) = req.version_info.parse::<u64>() {
+                    self.version = self.version.max(v);
+                }
+                RequestKind::Initial
+            }
+        };
+
+        self.subscribe(req.resource_names);
+        let response = catalog.and_then(|c| self.push(c, Instant::now()));
+        Handled { kind, response }
+    }
+
+    /// A new snapshot: the response pushing whatever changed among the subscribed names.
+    pub fn on_catalog(&mut self, catalog: &Catalog) -> Option<DiscoveryResponse> {
+        self.push(catalog, catalog.received)
+    }
+
+    fn subscribe(&mut self, names: Vec<String>) {
+        match (&self.subscription, names.is_empty()) {
+            // xDS: an empty first request is a wildcard subscription.
+            (Subscription::Unset, true) => self.subscription = Subscription::Wildcard,
+            (Subscription::Wildcard, true) => {}
+            _ => {
+                let mut parsed = BTreeMap::new();
+                for name in names {
+                    let value = match &self.subscription {
+                        Subscription::Names(old) => old.get(&name).cloned(),
+                        _ => None,
+                    }
+                    .unwrap_or_else(|| ResourceName::parse(&name));
+                    parsed.insert(name, value);
+                }
+                // A name dropped and asked for again must be pushed again.
+                self.sent.retain(|name, _| parsed.contains_key(name));
+                self.reported.retain(|name| parsed.contains_key(name));
+                self.subscription = Subscription::Names(parsed);
+            }
+        }
+    }
+
+    /// Builds a response with every subscribed secret that differs from what this stream last
+    /// got, or `None` if nothing changed.
+    fn push(&mut self, catalog: &Catalog, cause: Instant) -> Option<DiscoveryResponse> {
+        let wanted: Vec<(String, Result<ResourceName, NameError>)> = match &self.subscription {
+            Subscription::Unset => return None,
+            Subscription::Wildcard => catalog
+                .canonical_names()
+                .map(|n| (n.to_string(), Ok(n.clone())))
+                .collect(),
+            Subscription::Names(names) => {
+                names.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            }
+        };
+        let mut resources = Vec::new();
+        for (name, parsed) in wanted {
+            let rendered = match parsed {
+                Ok(parsed) => catalog.get(&parsed, self.mode),
+                Err(e) => {
+                    if self.reported.insert(name.clone()) {
+                        tracing::warn!(resource = %name, error = %e, "ignoring unknown SDS resource name");
+                    }
+                    continue;
+                }
+            };
+            let Some(rendered) = rendered else {
+                if self.reported.insert(name.clone()) {
+                    tracing::warn!(
+                        resource = %name,
+                        "the workload has no such SVID or bundle (yet); will push it when it appears"
+                    );
+                }
+                continue;
+            };
+            if self.sent.get(&name) == Some(&rendered.fingerprint) {
+                continue;
+            }
+            self.sent.insert(name.clone(), rendered.fingerprint);
+            self.reported.remove(&name);
+            resources.push(rendered.any.clone());
+        }
+        if resources.is_empty() {
+            return None;
+        }
+        self.version += 1;
+        let nonce = format!("{:016x}", fastrand::u64(..));
+        self.last_nonce = Some(nonce.clone());
+        self.last_push_cause = Some(cause);
+        Some(DiscoveryResponse {
+            version_info: self.version.to_string(),
+            resources,
+            type_url: SECRET_TYPE_URL.to_owned(),
+            nonce,
+            ..Default::default()
+        })
+    }
+}
+
+/// Answers a unary FetchSecrets: every requested name the catalog has (no version, no nonce).
+/// Returns the names it could not serve as the error.
+pub fn fetch(
+    req: &DiscoveryRequest,
+    catalog: &Catalog,
+    default_mode: ValidationMode,
+) -> Result<DiscoveryResponse, Vec<String>> {
+    let mode = match &req.node {
+        Some(node) if disables_spiffe_validation(node) => ValidationMode::TrustedCa,
+        _ => default_mode,
+    };
+    let mut missing = Vec::new();
+    let mut resources = Vec::new();
+    if req.resource_names.is_empty() {
+        for name in catalog.canonical_names() {
+            if let Some(r) = catalog.get(name, mode) {
+                resources.push(r.any.clone());
+            }
+        }
+    }
+    for name in &req.resource_names {
+        match ResourceName::parse(name)
+            .ok()
+            .and_then(|n| catalog.get(&n, mode).cloned())
+        {
+            Some(r) => resources.push(r.any.clone()),
+            None => missing.push(name.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(missing);
+    }
+    Ok(DiscoveryResponse {
+        resources,
+        type_url: SECRET_TYPE_URL.to_owned(),
+        ..Default::default()
+    })
+}
+
+fn disables_spiffe_validation(node: &Node) -> bool {
+    let Some(value) = node
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get(DISABLE_SPIFFE_VALIDATION_KEY))
+    else {
+        return false;
+    };
+    match &value.kind {
+        Some(Kind::BoolValue(b)) => *b,
+        Some(Kind::StringValue(s)) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+    use envoy_types::pb::google::protobuf::{Struct, Value};
+    use envoy_types::pb::google::rpc::Status;
+    use prost::Message as _;
+
+    use super::*;
+    use crate::catalog::RootCaBundles;
+    use crate::testing::{authority, snapshot};
+
+    fn req(names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            version_info: version.to_owned(),
+            resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+            type_url: SECRET_TYPE_URL.to_owned(),
+            response_nonce: nonce.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    fn istio_node(metadata: &[(&str, Kind)]) -> Node {
+        Node {
+            id: "sidecar~10.0.0.1~web.default~default.svc.cluster.local".to_owned(),
+            metadata: Some(Struct {
+                fields: metadata
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            (*k).to_owned(),
+                            Value {
+                                kind: Some(v.clone()),
+                            },
+                        )
+                    })
+                    .collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn names(resp: &DiscoveryResponse) -> Vec<String> {
+        resp.resources
+            .iter()
+            .map(|a| Secret::decode(a.value.as_slice()).unwrap().name)
+            .collect()
+    }
+
+    struct World {
+        own: dev_agent::Authority,
+        generation: u64,
+    }
+
+    impl World {
+        fn new() -> Self {
+            Self {
+                own: authority("example.org"),
+                generation: 0,
+            }
+        }
+        /// A fresh SVID (a rotation) with the same bundle.
+        fn rotate(&mut self) -> Catalog {
+            self.generation += 1;
+            let ctx = snapshot(&self.own, &["spiffe://example.org/web"], &[]);
+            Catalog::build(&ctx, RootCaBundles::Own, self.generation)
+        }
+    }
+
+    #[test]
+    fn istio_shape_node_once_then_acks_and_rotation_pushes_only_the_changed_secret() {
+        let mut w = World::new();
+        let cat = w.rotate();
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        let mut first = req(&["default", "ROOTCA"], "", "");
+        first.node = Some(istio_node(&[]));
+        let h = s.on_request(first, Some(&cat));
+        assert_eq!(h.kind, RequestKind::Initial);
+        let r1 = h.response.unwrap();
+        assert_eq!(names(&r1), ["ROOTCA", "default"]);
+        assert_eq!(r1.version_info, "1");
+        assert_eq!(r1.type_url, SECRET_TYPE_URL);
+
+        // ACK without node (Istio sends it once): the node is kept, nothing is re-sent.
+        let h = s.on_request(req(&["default", "ROOTCA"], "1", &r1.nonce), Some(&cat));
+        assert!(matches!(h.kind, RequestKind::Ack { .. }));
+        assert!(h.response.is_none());
+        assert!(s.node().unwrap().id.starts_with("sidecar~"));
+
+        // Rotation: only `default` changed.
+        let cat2 = w.rotate();
+        let r2 = s.on_catalog(&cat2).unwrap();
+        assert_eq!(names(&r2), ["default"]);
+        assert_eq!(r2.version_info, "2");
+        assert_ne!(r2.nonce, r1.nonce);
+        // The same snapshot again pushes nothing.
+        assert!(s.on_catalog(&cat2).is_none());
+    }
+
+    #[test]
+    fn requests_before_the_first_svid_are_answered_when_it_arrives() {
+        let mut w = World::new();
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        let h = s.on_request(req(&["default"], "", ""), None);
+        assert!(h.response.is_none());
+        let r = s.on_catalog(&w.rotate()).unwrap();
+        assert_eq!(names(&r), ["default"]);
+    }
+
+    #[test]
+    fn stale_replies_are_ignored() {
+        let mut w = World::new();
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        let r1 = s
+            .on_request(req(&["default"], "", ""), Some(&w.rotate()))
+            .response
+            .unwrap();
+        let r2 = s.on_catalog(&w.rotate()).unwrap();
+        // Envoy's ACK of r1 crosses r2 on the wire: stale, even if it changes names.
+        let h = s.on_request(req(&["default", "ROOTCA"], "1", &r1.nonce), None);
+        assert_eq!(h.kind, RequestKind::Stale);
+        assert!(h.response.is_none());
+        let h = s.on_request(req(&["default"], "2", &r2.nonce), None);
+        assert!(matches!(h.kind, RequestKind::Ack { .. }));
+    }
+
+    #[test]
+    fn a_nack_is_reported_and_not_answered_with_the_same_secret() {
+        let mut w = World::new();
+        let cat = w.rotate();
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        let r1 = s
+            .on_request(req(&["default"], "", ""), Some(&cat))
+            .response
+            .unwrap();
+        let mut nack = req(&["default"], "", &r1.nonce);
+        nack.error_detail = Some(Status {
+            code: 3,
+            message: "Failed to load certificate chain".to_owned(),
+            details: Vec::new(),
+        });
+        let h = s.on_request(nack.clone(), Some(&cat));
+        assert_eq!(
+            h.kind,
+            RequestKind::Nack {
+                detail: "Failed to load certificate chain".to_owned()
+            }
+        );
+        assert!(h.response.is_none(), "no push loop on NACK");
+        // The next rotation is pushed normally.
+        assert!(s.on_catalog(&w.rotate()).is_some());
+    }
+
+    #[test]
+    fn unknown_names_do_not_disturb_the_others() {
+        let mut w = World::new();
+        let cat = w.rotate();
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        let h = s.on_request(
+            req(
+                &[
+                    "default",
+                    "bogus",
+                    "spiffe://other.test/x",
+                    "spiffe://other.test",
+                ],
+                "",
+                "",
+            ),
+            Some(&cat),
+        );
+        let r = h.response.unwrap();
+        assert_eq!(names(&r), ["default"]);
+        // An ACK with the unknown names still listed: nothing more, no spin.
+        let h = s.on_request(
+            req(
+                &[
+                    "default",
+                    "bogus",
+                    "spiffe://other.test/x",
+                    "spiffe://other.test",
+                ],
+                "1",
+                &r.nonce,
+            ),
+            Some(&cat),
+        );
+        assert!(h.response.is_none());
+    }
+
+    #[test]
+    fn subscription_changes_push_new_names_and_re_added_names_again() {
+        let mut w = World::new();
+        let cat = w.rotate();
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        let r1 = s
+            .on_request(req(&["default"], "", ""), Some(&cat))
+            .response
+            .unwrap();
+        let r2 = s
+            .on_request(req(&["default", "ROOTCA"], "1", &r1.nonce), Some(&cat))
+            .response
+            .unwrap();
+        assert_eq!(names(&r2), ["ROOTCA"]);
+        let r3 = s.on_request(req(&["ROOTCA"], "2", &r2.nonce), Some(&cat));
+        assert!(r3.response.is_none());
+        let r3_nonce = r2.nonce.clone();
+        let r4 = s
+            .on_request(req(&["ROOTCA", "default"], "2", &r3_nonce), Some(&cat))
+            .response
+            .unwrap();
+        assert_eq!(names(&r4), ["default"]);
+    }
+
+    #[test]
+    fn node_metadata_selects_trusted_ca() {
+        let mut w = World::new();
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        let mut first = req(&["ROOTCA"], "", "");
+        first.node = Some(istio_node(&[(
+            DISABLE_SPIFFE_VALIDATION_KEY,
+            Kind::BoolValue(true),
+        )]));
+        let r = s.on_request(first, Some(&w.rotate())).response.unwrap();
+        let secret = Secret::decode(r.resources[0].value.as_slice()).unwrap();
+        let Some(secret::Type::ValidationContext(vc)) = secret.r#type else {
+            panic!("not a validation context");
+        };
+        assert!(vc.trusted_ca.is_some() && vc.custom_validator_config.is_none());
+    }
+
+    #[test]
+    fn wildcard_first_request_gets_canonical_names() {
+        let mut w = World::new();
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        let r = s
+            .on_request(req(&[], "", ""), Some(&w.rotate()))
+            .response
+            .unwrap();
+        assert_eq!(
+            names(&r),
+            ["spiffe://example.org", "spiffe://example.org/web"]
+        );
+    }
+
+    #[test]
+    fn versions_continue_above_what_a_reconnecting_envoy_holds() {
+        let mut w = World::new();
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        let r = s
+            .on_request(req(&["default"], "41", ""), Some(&w.rotate()))
+            .response
+            .unwrap();
+        assert_eq!(r.version_info, "42");
+    }
+
+    #[test]
+    fn other_types_are_ignored() {
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        let mut r = req(&["default"], "", "");
+        r.type_url = "type.googleapis.com/envoy.config.cluster.v3.Cluster".to_owned();
+        assert!(matches!(
+            s.on_request(r, None).kind,
+            RequestKind::WrongType(_)
+        ));
+    }
+
+    #[test]
+    fn fetch_answers_known_names_and_lists_missing_ones() {
+        let mut w = World::new();
+        let cat = w.rotate();
+        let ok = fetch(
+            &req(&["default", "ROOTCA"], "", ""),
+            &cat,
+            ValidationMode::Spiffe,
+        )
+        .unwrap();
+        assert_eq!(names(&ok), ["default", "ROOTCA"]);
+        assert!(ok.nonce.is_empty());
+        let missing = fetch(
+            &req(&["default", "nope"], "", ""),
+            &cat,
+            ValidationMode::Spiffe,
+        )
+        .unwrap_err();
+        assert_eq!(missing, ["nope"]);
+    }
+}
