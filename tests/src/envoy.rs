@@ -57,6 +57,14 @@ impl Envoy {
     /// up to 30 s until admin `/ready` answers `200 LIVE` (listeners bound, static clusters
     /// initialised). The admin port is the first `port_value` after the YAML's `admin:` line.
     pub fn start(name: &str, dir: &Path, bootstrap_yaml: &str) -> Self {
+        let mut envoy = Self::spawn(name, dir, bootstrap_yaml);
+        envoy.wait_live(Duration::from_secs(30));
+        envoy
+    }
+
+    /// Like [`Envoy::start`], but returns as soon as the admin listener answers at all: for
+    /// Envoys whose listeners are still warming (e.g. waiting for SDS secrets).
+    pub fn spawn(name: &str, dir: &Path, bootstrap_yaml: &str) -> Self {
         let admin_port = admin_port(bootstrap_yaml)
             .unwrap_or_else(|| panic!("no admin port_value in bootstrap:\n{bootstrap_yaml}"));
         let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
@@ -71,12 +79,11 @@ impl Envoy {
             .args(["--concurrency", "1", "-l", "warning"]);
         let mut proc = Proc::spawn(name, cmd, dir);
         wait_until(
-            &format!("envoy {name} admin /ready = LIVE"),
+            &format!("envoy {name} admin to answer"),
             Duration::from_secs(30),
             || {
                 proc.assert_running();
-                request(admin, "GET", "/ready", &[])
-                    .is_some_and(|r| r.status == 200 && r.body.trim() == "LIVE")
+                request(admin, "GET", "/ready", &[]).is_some()
             },
         );
         Self {
@@ -84,6 +91,18 @@ impl Envoy {
             admin,
             config,
         }
+    }
+
+    /// Waits until admin `/ready` answers `200 LIVE`.
+    pub fn wait_live(&mut self, timeout: Duration) {
+        let admin = self.admin;
+        let name = self.config.display().to_string();
+        let proc = &mut self.proc;
+        wait_until(&format!("envoy {name} /ready = LIVE"), timeout, || {
+            proc.assert_running();
+            request(admin, "GET", "/ready", &[])
+                .is_some_and(|r| r.status == 200 && r.body.trim() == "LIVE")
+        });
     }
 
     /// A counter or gauge by its full name (e.g. `http.ingress_http.ext_authz.denied`), from

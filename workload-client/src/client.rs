@@ -103,6 +103,41 @@ type Inner = SpiffeWorkloadApiClient<InterceptedService<Channel, SecurityHeader>
 /// this: they read the JWT cache instead.
 pub const DEFAULT_UNARY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A gRPC channel to `endpoint` (Unix socket or TCP) that dials on first use and re-dials after
+/// a broken connection: how every client in this suite reaches a local gRPC server.
+pub fn lazy_channel(endpoint: &Endpoint) -> Channel {
+    match endpoint {
+        Endpoint::Unix(path) => {
+            let path = path.clone();
+            // The URI is a placeholder: the connector ignores it and dials the socket.
+            TonicEndpoint::from_static("http://workload-api.invalid")
+                .connect_timeout(Duration::from_secs(2))
+                .connect_with_connector_lazy(tower::service_fn(move |_| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(stream))
+                    }
+                }))
+        }
+        Endpoint::Tcp(addr) => {
+            // An IP:port always forms a valid authority, so this cannot fail; fall back to a
+            // closed port rather than panicking if it ever did.
+            let uri = format!("http://{addr}");
+            TonicEndpoint::from_shared(uri)
+                .unwrap_or_else(|_| TonicEndpoint::from_static("http://127.0.0.1:1"))
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                // A half-open TCP connection would otherwise look "connected" forever, with
+                // a stale snapshot; pings detect it. (A Unix socket cannot be half-open.)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .keep_alive_while_idle(true)
+                .connect_lazy()
+        }
+    }
+}
+
 /// A cheap-to-clone handle to the Workload API at one endpoint.
 #[derive(Clone, Debug)]
 pub struct WorkloadApiClient {
@@ -115,36 +150,7 @@ impl WorkloadApiClient {
     /// A client for `endpoint`. Nothing is dialled until the first call, and a broken connection
     /// is re-dialled on the next call, so this succeeds even while the agent is down.
     pub fn new(endpoint: Endpoint) -> Self {
-        let channel = match &endpoint {
-            Endpoint::Unix(path) => {
-                let path = path.clone();
-                // The URI is a placeholder: the connector ignores it and dials the socket.
-                TonicEndpoint::from_static("http://workload-api.invalid")
-                    .connect_timeout(Duration::from_secs(2))
-                    .connect_with_connector_lazy(tower::service_fn(move |_| {
-                        let path = path.clone();
-                        async move {
-                            let stream = tokio::net::UnixStream::connect(path).await?;
-                            Ok::<_, std::io::Error>(TokioIo::new(stream))
-                        }
-                    }))
-            }
-            Endpoint::Tcp(addr) => {
-                // An IP:port always forms a valid authority, so this cannot fail; fall back to a
-                // closed port rather than panicking if it ever did.
-                let uri = format!("http://{addr}");
-                TonicEndpoint::from_shared(uri)
-                    .unwrap_or_else(|_| TonicEndpoint::from_static("http://127.0.0.1:1"))
-                    .connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    // A half-open TCP connection would otherwise look "connected" forever, with
-                    // a stale snapshot; pings detect it. (A Unix socket cannot be half-open.)
-                    .http2_keep_alive_interval(Duration::from_secs(30))
-                    .keep_alive_timeout(Duration::from_secs(10))
-                    .keep_alive_while_idle(true)
-                    .connect_lazy()
-            }
-        };
+        let channel = lazy_channel(&endpoint);
         Self {
             endpoint,
             inner: SpiffeWorkloadApiClient::with_interceptor(channel, SecurityHeader),

@@ -18,7 +18,7 @@ pub mod jwt;
 pub mod watcher;
 pub mod x509;
 
-pub use client::{ClientError, WorkloadApiClient};
+pub use client::{ClientError, WorkloadApiClient, lazy_channel};
 pub use endpoint::{
     Endpoint, EndpointError, EndpointSource, Env, ProcessEnv, ResolveError, resolve_endpoint,
     resolve_endpoint_from,

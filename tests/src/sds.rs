@@ -1,0 +1,353 @@
+//! sds-bridge harness: the bridge process, and Envoy bootstraps whose certificates and
+//! validation contexts come from it over SDS.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{Proc, bin, free_port, http, wait_until};
+
+/// A running `sds-bridge` serving SDS on `<dir>/<name>.sock`.
+#[derive(Debug)]
+pub struct SdsBridge {
+    /// The process.
+    pub proc: Proc,
+    /// The SDS socket.
+    pub socket: PathBuf,
+    /// Admin address.
+    pub admin: SocketAddr,
+}
+
+impl SdsBridge {
+    /// Starts a bridge fed by the Workload API at `workload_api` and waits until its socket
+    /// accepts connections and its admin answers (not until it has an SVID: see
+    /// [`SdsBridge::wait_ready`]).
+    pub fn start(name: &str, dir: &Path, workload_api: &str, args: &[&str]) -> Self {
+        let socket = dir.join(format!("{name}.sock"));
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(bin("sds-bridge"));
+        cmd.arg("--listen")
+            .arg(format!("unix://{}", socket.display()))
+            .args(["--socket", workload_api])
+            .args(["--admin-listen", &admin.to_string()])
+            .args(args)
+            .env("RUST_LOG", "info,sds_bridge=debug");
+        let mut proc = Proc::spawn(name, cmd, dir);
+        wait_until(
+            &format!("{name} to listen"),
+            Duration::from_secs(10),
+            || {
+                proc.assert_running();
+                std::os::unix::net::UnixStream::connect(&socket).is_ok()
+                    && http(admin, "GET", "/healthz").is_some_and(|(s, _)| s == 200)
+            },
+        );
+        Self {
+            proc,
+            socket,
+            admin,
+        }
+    }
+
+    /// `/readyz` status code.
+    pub fn readyz(&self) -> u16 {
+        http(self.admin, "GET", "/readyz").map_or(0, |(s, _)| s)
+    }
+
+    /// Waits until `/readyz` is 200 (it holds an SVID).
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let admin = self.admin;
+        let proc = &mut self.proc;
+        wait_until("sds-bridge ready", timeout, || {
+            proc.assert_running();
+            http(admin, "GET", "/readyz").is_some_and(|(s, _)| s == 200)
+        });
+    }
+
+    /// A sample from `/metrics` by its series name (e.g. `sds_bridge_nacks_total`); 0 if absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (status, body) = http(self.admin, "GET", "/metrics").expect("bridge /metrics");
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series).then(|| value.parse().ok())?
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+/// The SDS cluster for a bridge socket (column-0 YAML list item).
+pub fn sds_cluster(name: &str, socket: &Path) -> String {
+    format!(
+        r#"- name: {name}
+  type: STATIC
+  connect_timeout: 1s
+  typed_extension_protocol_options:
+    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+      "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+      explicit_http_config:
+        http2_protocol_options: {{}}
+  load_assignment:
+    cluster_name: {name}
+    endpoints:
+    - lb_endpoints:
+      - endpoint:
+          address:
+            pipe: {{ path: "{path}" }}"#,
+        path = socket.display()
+    )
+}
+
+/// How an Envoy asks for its secrets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// Istio's proxy: `default` + `ROOTCA` in a combined validation context, the node only on
+    /// the first request of a stream.
+    Istio,
+    /// Seed `002`'s VM Envoy: the SPIFFE ID and `spiffe://<td>`.
+    Vm,
+    /// `default` + `ALL` (federation).
+    All,
+    /// `default` and no validation of the peer at all (to prove the *other* side refuses).
+    NoValidation,
+}
+
+/// The `common_tls_context` of a side using SDS cluster `sds` for `shape` (indented for
+/// placement under `common_tls_context:` at column 8).
+pub fn common_tls_context(shape: Shape, sds: &str, spiffe_id: &str, td: &str) -> String {
+    let source = |first_only: bool| {
+        format!(
+            "sds_config:
+  resource_api_version: V3
+  api_config_source:
+    api_type: GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: {first_only}
+    grpc_services:
+    - envoy_grpc: {{ cluster_name: {sds} }}"
+        )
+    };
+    let indented = |s: String, n: usize| {
+        s.lines()
+            .map(|l| format!("{}{l}", " ".repeat(n)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let cert = |name: &str, first_only: bool| {
+        format!(
+            "tls_certificate_sds_secret_configs:\n- name: \"{name}\"\n{}",
+            indented(source(first_only), 2)
+        )
+    };
+    let validation = |name: &str, first_only: bool| {
+        format!(
+            "validation_context_sds_secret_config:\n  name: \"{name}\"\n{}",
+            indented(source(first_only), 2)
+        )
+    };
+    match shape {
+        Shape::Istio => format!(
+            "{}\ncombined_validation_context:\n  default_validation_context: {{}}\n{}",
+            cert("default", true),
+            indented(validation("ROOTCA", true), 2)
+        ),
+        Shape::Vm => format!(
+            "{}\n{}",
+            cert(spiffe_id, false),
+            validation(&format!("spiffe://{td}"), false)
+        ),
+        Shape::All => format!("{}\n{}", cert("default", false), validation("ALL", false)),
+        Shape::NoValidation => cert("default", false),
+    }
+}
+
+/// An upstream cluster to `addr` over TLS with `tls` (a [`common_tls_context`]) and at most
+/// `requests_per_connection` requests per connection (so rotations reach new connections).
+pub fn tls_cluster(
+    name: &str,
+    addr: SocketAddr,
+    tls: &str,
+    requests_per_connection: u32,
+) -> String {
+    let tls = tls
+        .lines()
+        .map(|l| format!("        {l}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    format!(
+        r#"- name: {name}
+  type: STATIC
+  connect_timeout: 1s
+  typed_extension_protocol_options:
+    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+      "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+      common_http_protocol_options:
+        max_requests_per_connection: {requests_per_connection}
+      explicit_http_config:
+        http_protocol_options: {{}}
+  transport_socket:
+    name: envoy.transport_sockets.tls
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+      common_tls_context:
+{tls}
+  load_assignment:
+    cluster_name: {name}
+    endpoints:
+    - lb_endpoints:
+      - endpoint:
+          address:
+            socket_address: {{ address: {ip}, port_value: {port} }}"#,
+        ip = addr.ip(),
+        port = addr.port()
+    )
+}
+
+/// A plain HTTP listener on `port` routing path prefixes to clusters (column-0 list item).
+pub fn http_listener(name: &str, port: u16, routes: &[(&str, &str)]) -> String {
+    let routes: String = routes
+        .iter()
+        .map(|(prefix, cluster)| {
+            format!(
+                "\n              - match: {{ prefix: \"{prefix}\" }}\n                route: {{ cluster: {cluster}, prefix_rewrite: \"/\" }}"
+            )
+        })
+        .collect();
+    format!(
+        r#"- name: {name}
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+  filter_chains:
+  - filters:
+    - name: envoy.filters.network.http_connection_manager
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        stat_prefix: {name}
+        route_config:
+          virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:{routes}
+        http_filters:
+        - name: envoy.filters.http.router
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#
+    )
+}
+
+/// An mTLS listener on `port` (client certificate required, validated per `tls`) forwarding
+/// to cluster `upstream` with the client's URI SAN and certificate in
+/// `x-forwarded-client-cert` (column-0 list item).
+pub fn mtls_listener(name: &str, port: u16, tls: &str) -> String {
+    let tls = tls
+        .lines()
+        .map(|l| format!("          {l}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    format!(
+        r#"- name: {name}
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+  filter_chains:
+  - transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+        require_client_certificate: true
+        common_tls_context:
+{tls}
+    filters:
+    - name: envoy.filters.network.http_connection_manager
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        stat_prefix: {name}
+        forward_client_cert_details: SANITIZE_SET
+        set_current_client_cert_details: {{ uri: true, cert: true }}
+        route_config:
+          virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+            - match: {{ prefix: "/" }}
+              route: {{ cluster: upstream }}
+        http_filters:
+        - name: envoy.filters.http.router
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#
+    )
+}
+
+/// A bootstrap with admin on `admin`, `node_id`, and the given listeners and clusters
+/// (column-0 list items).
+pub fn bootstrap(admin: u16, node_id: &str, listeners: &[String], clusters: &[String]) -> String {
+    let list = |items: &[String]| -> String {
+        items
+            .iter()
+            .map(|i| i.lines().map(|l| format!("  {l}\n")).collect::<String>())
+            .collect()
+    };
+    format!(
+        r#"node:
+  id: {node_id}
+  cluster: sds-tests
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
+static_resources:
+  listeners:
+{listeners}  clusters:
+{clusters}overload_manager:
+  resource_monitors:
+  - name: envoy.resource_monitors.global_downstream_max_connections
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
+      max_active_downstream_connections: 50000
+"#,
+        listeners = list(listeners),
+        clusters = list(clusters),
+    )
+}
+
+/// The client certificate's URI SAN and serial number from an `x-forwarded-client-cert` value
+/// (`By=…;Hash=…;Cert="<url-encoded PEM>";URI=spiffe://…`).
+pub fn xfcc_uri_and_serial(xfcc: &str) -> (String, String) {
+    let mut uri = String::new();
+    let mut cert = String::new();
+    for part in xfcc.split(';') {
+        if let Some(v) = part.strip_prefix("URI=") {
+            uri = v.to_owned();
+        } else if let Some(v) = part.strip_prefix("Cert=") {
+            cert = percent_decode(v.trim_matches('"'));
+        }
+    }
+    let der = pem_to_der(&cert);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("XFCC Cert is X.509");
+    (uri, parsed.raw_serial_as_string())
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).unwrap());
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn pem_to_der(pem: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .expect("PEM body")
+}
