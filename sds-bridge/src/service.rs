@@ -196,7 +196,8 @@ fn record(kind: &RequestKind, names: usize, state: &SdsStream, metrics: &Metrics
         }
         RequestKind::Ack { latency } => {
             metrics.acked(*latency);
-            tracing::debug!(latency_us = latency.as_micros(), "secrets acknowledged");
+            let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+            tracing::debug!(latency_us, "secrets acknowledged");
         }
         RequestKind::Nack { detail } => {
             metrics.nacked();

@@ -187,6 +187,10 @@ fn bench() -> Result {
     run(
         "bench-authz",
         Command::new(target.join("bench-authz")).env("SUITE_VENV", &venv),
+    )?;
+    run(
+        "bench-sds",
+        Command::new(target.join("bench-sds")).env("SUITE_VENV", &venv),
     )
 }
 

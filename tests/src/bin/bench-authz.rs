@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use suite_tests::envoy::{
     EchoServer, Envoy, ext_authz_proxy, ext_authz_proxy_envoy_grpc, plain_proxy,
 };
+use suite_tests::procfs::rss_kib;
 use suite_tests::sidecars::{JwtHelper, check_request};
 use suite_tests::{DevAgent, Proc, bin, free_port, wait_until};
 
@@ -142,16 +143,6 @@ fn parse_wrk_duration(s: &str) -> Duration {
         "s" => v,
         _ => panic!("unit {unit}"),
     })
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 fn us(d: Duration) -> String {
