@@ -90,6 +90,15 @@ impl Collector for X509Collector {
             None,
             updates.metric_type(),
         )?)?;
+        if let Some(at) = status.last_update {
+            let age = ConstGauge::new(at.elapsed().as_secs_f64());
+            age.encode(encoder.encode_descriptor(
+                "workload_api_x509_last_update_age_seconds",
+                "Seconds since the last X.509 SVID snapshot arrived",
+                None,
+                age.metric_type(),
+            )?)?;
+        }
         if let Some(ctx) = self.0.current() {
             let left = ConstGauge::new(ctx.remaining(SystemTime::now()).as_secs_f64());
             left.encode(encoder.encode_descriptor(

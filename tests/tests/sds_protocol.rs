@@ -117,6 +117,11 @@ async fn istio_shaped_stream_survives_unknown_names_and_nacks_and_pushes_only_ch
     tx.send(request(&with_all, "3", &r3.nonce)).await.unwrap();
 
     assert_eq!(bridge.metric("sds_bridge_nacks_total"), 1.0);
+    let expiry = bridge.metric("sds_bridge_x509_svid_expiry_seconds");
+    assert!(expiry > 60.0, "SVID expiry exported: {expiry}");
+    let age = bridge.metric("sds_bridge_workload_api_x509_last_update_age_seconds");
+    assert!(age > 0.0 && age < 60.0, "last update age exported: {age}");
+    assert!(bridge.metric("sds_bridge_push_ack_seconds_count") >= 2.0);
     assert_eq!(bridge.metric("sds_bridge_streams"), 1.0);
     assert!(
         bridge.proc.log().contains("simulated: failed to apply"),
