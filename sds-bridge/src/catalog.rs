@@ -155,7 +155,8 @@ impl Catalog {
     }
 }
 
-fn render(secret: Secret) -> Rendered {
+/// Packs `secret` and fingerprints its bytes.
+pub(crate) fn render(secret: Secret) -> Rendered {
     let any = pack_any(secret);
     let mut h = DefaultHasher::new();
     any.value.hash(&mut h);

@@ -1,5 +1,6 @@
 //! Configuration: flags > `SDS_BRIDGE_*` environment > defaults, parsed once into typed values.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 
@@ -22,6 +23,8 @@ pub const ENV_ADMIN_LISTEN: &str = "SDS_BRIDGE_ADMIN_LISTEN";
 pub const ENV_VALIDATION_CONTEXT: &str = "SDS_BRIDGE_VALIDATION_CONTEXT";
 /// Env: `own` or `all`.
 pub const ENV_ROOTCA_BUNDLES: &str = "SDS_BRIDGE_ROOTCA_BUNDLES";
+/// Env: comma-separated audiences Envoy may have JWT-SVIDs for (default: any).
+pub const ENV_ALLOW_JWT_AUDIENCES: &str = "SDS_BRIDGE_ALLOW_JWT_AUDIENCES";
 /// Env: `text` or `json`.
 pub const ENV_LOG_FORMAT: &str = "SDS_BRIDGE_LOG_FORMAT";
 
@@ -42,7 +45,7 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
              bundles under the SPIRE agent's resource names and pushes every rotation",
     after_help = "Resource names: default, ROOTCA, ALL, spiffe://<trust domain>, <SPIFFE ID>.\n\
 Environment: SDS_BRIDGE_{LISTEN,SOCKET_MODE,SOCKET_PATH,ADMIN_LISTEN,VALIDATION_CONTEXT,\n\
-ROOTCA_BUNDLES,LOG_FORMAT}; the Workload API falls back to SPIFFE_ENDPOINT_SOCKET, then\n\
+ROOTCA_BUNDLES,ALLOW_JWT_AUDIENCES,LOG_FORMAT}; the Workload API falls back to SPIFFE_ENDPOINT_SOCKET, then\n\
 unix:///run/secrets/workload-spiffe-uds/socket. In Istio that default is also the SDS socket\n\
 path: mount the Workload API elsewhere for the bridge and point --socket at it."
 )]
@@ -69,6 +72,10 @@ pub struct Cli {
     /// [default: own].
     #[arg(long)]
     pub rootca_bundles: Option<String>,
+    /// Only serve JWT-SVIDs (jwt-svid:<audience> names) for this audience; repeatable
+    /// [default: any audience: the socket's permissions are the boundary].
+    #[arg(long)]
+    pub allow_jwt_audience: Vec<String>,
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<String>,
@@ -98,6 +105,8 @@ pub struct Config {
     pub validation_mode: ValidationMode,
     /// What ROOTCA carries.
     pub rootca_bundles: RootCaBundles,
+    /// Audiences JWT-SVIDs may be served for (`None`: any).
+    pub allow_jwt_audiences: Option<BTreeSet<String>>,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -207,6 +216,28 @@ impl Config {
             },
         };
 
+        let allow_jwt_audiences = if cli.allow_jwt_audience.is_empty() {
+            env.var(ENV_ALLOW_JWT_AUDIENCES).map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_owned)
+                    .collect::<BTreeSet<_>>()
+            })
+        } else {
+            Some(cli.allow_jwt_audience.iter().cloned().collect())
+        };
+        if allow_jwt_audiences
+            .as_ref()
+            .is_some_and(|a| a.iter().any(String::is_empty) || a.is_empty())
+        {
+            return Err(ConfigError::new(
+                ENV_ALLOW_JWT_AUDIENCES,
+                "",
+                "the audience allow-list is empty; unset it to allow any audience",
+            ));
+        }
+
         let log_format = match pick(
             cli.log_format.as_deref(),
             "--log-format",
@@ -226,6 +257,7 @@ impl Config {
             admin_listen,
             validation_mode,
             rootca_bundles,
+            allow_jwt_audiences,
             log_format,
         })
     }
@@ -332,6 +364,19 @@ mod tests {
         assert_eq!(c.validation_mode, ValidationMode::TrustedCa);
         assert_eq!(c.rootca_bundles, RootCaBundles::All);
         assert_eq!(c.admin_listen, None);
+        assert_eq!(c.allow_jwt_audiences, None);
+        let c = load(
+            &["--socket", "unix:///tmp/a.sock"],
+            &[(ENV_ALLOW_JWT_AUDIENCES, "backend, sts.amazonaws.com")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.allow_jwt_audiences
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["backend", "sts.amazonaws.com"]
+        );
     }
 
     #[test]
@@ -346,6 +391,7 @@ mod tests {
             ((ENV_VALIDATION_CONTEXT, "x509"), ENV_VALIDATION_CONTEXT),
             ((ENV_ROOTCA_BUNDLES, "some"), ENV_ROOTCA_BUNDLES),
             ((ENV_LOG_FORMAT, "xml"), ENV_LOG_FORMAT),
+            ((ENV_ALLOW_JWT_AUDIENCES, " , "), ENV_ALLOW_JWT_AUDIENCES),
         ] {
             let err = load(&[], &[agent, env]).unwrap_err();
             assert_eq!(err.setting, setting, "{err}");

@@ -4,12 +4,14 @@
 //! - [`listen`]: the atomically created Unix socket (or loopback TCP);
 //! - [`names`]: SDS resource names and their meaning (SPIRE agent compatible);
 //! - [`catalog`]: every secret of one X.509 snapshot, rendered once for all streams;
+//! - [`jwt`]: JWT-SVIDs from the shared cache as generic secrets (credential_injector);
 //! - [`stream`]: the state-of-the-world state machine of one Envoy stream;
 //! - [`service`]: the gRPC service running one stream task per Envoy stream;
 //! - [`metrics`]: stream, push, ACK and NACK metrics.
 
 pub mod catalog;
 pub mod config;
+pub mod jwt;
 pub mod listen;
 pub mod metrics;
 pub mod names;

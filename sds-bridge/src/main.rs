@@ -9,13 +9,14 @@ use clap::Parser as _;
 use prometheus_client::registry::Registry;
 use sds_bridge::catalog;
 use sds_bridge::config::{Cli, Config, Listen};
+use sds_bridge::jwt::JwtSecrets;
 use sds_bridge::listen;
 use sds_bridge::metrics::Metrics;
 use sds_bridge::service::SdsService;
-use sidecar_runtime::metrics::X509Collector;
+use sidecar_runtime::metrics::{JwtCacheCollector, X509Collector};
 use sidecar_runtime::{Admin, Readiness, Shutdown};
 use tokio_stream::wrappers::UnixListenerStream;
-use workload_client::{ProcessEnv, WorkloadApiClient, X509Watcher};
+use workload_client::{CacheConfig, JwtSvidCache, ProcessEnv, WorkloadApiClient, X509Watcher};
 
 /// How long a unary FetchSecrets waits for the first SVID (Envoy's own fetch timeout is 5 s).
 const FETCH_WAIT: Duration = Duration::from_secs(4);
@@ -72,12 +73,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     let client = WorkloadApiClient::new(config.socket.endpoint.clone());
-    let watcher = X509Watcher::x509(client);
+    let watcher = X509Watcher::x509(client.clone());
     let catalog = catalog::publish(&watcher, config.rootca_bundles);
+    // JWT-SVIDs are fetched only for audiences Envoy asks for (jwt-svid:<audience> names).
+    let jwt_cache = JwtSvidCache::new(client, CacheConfig::default());
+    let jwt = JwtSecrets::new(jwt_cache.clone(), config.allow_jwt_audiences.clone());
 
     let mut registry = Registry::with_prefix("sds_bridge");
     let metrics = Arc::new(Metrics::register(&mut registry));
     registry.register_collector(Box::new(X509Collector(watcher.clone())));
+    registry.register_collector(Box::new(JwtCacheCollector(jwt_cache)));
 
     if let Some(listener) = admin_listener {
         let ready = {
@@ -101,6 +106,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let service = SdsService::new(
         catalog,
+        jwt,
         config.validation_mode,
         FETCH_WAIT,
         metrics,

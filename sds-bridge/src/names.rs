@@ -9,9 +9,15 @@
 //! | `ALL` | own and federated bundles in one SPIFFE validator |
 //! | `spiffe://<td>` | that trust domain's bundle |
 //! | `spiffe://<td>/<path>` | that X.509-SVID, when the workload has several |
+//! | `jwt-svid:<aud>[,<aud>…][;spiffe_id=<id>]` | a JWT-SVID for those audiences (generic secret) |
+//!
+//! SDS requests carry only names, so a JWT-SVID's audiences travel in the name (REFERENCE §3,
+//! spire#5931). Audiences are percent-decoded: write `%2C` for a comma, `%3B` for a semicolon
+//! and `%25` for a percent sign inside one audience.
 
 use std::fmt;
 
+use workload_client::JwtKey;
 use workload_client::spiffe::{SpiffeId, TrustDomain};
 
 /// The workload's default X.509-SVID.
@@ -20,6 +26,12 @@ pub const DEFAULT_SVID: &str = "default";
 pub const ROOT_CA: &str = "ROOTCA";
 /// Every bundle the workload trusts.
 pub const ALL_BUNDLES: &str = "ALL";
+/// Prefix of JWT-SVID resource names.
+pub const JWT_SVID_PREFIX: &str = "jwt-svid:";
+/// At most this many audiences in one JWT-SVID name.
+pub const MAX_AUDIENCES: usize = 16;
+/// Longest accepted resource name, in bytes.
+pub const MAX_NAME_LEN: usize = 2048;
 
 /// A resource name Envoy asked for, parsed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,6 +46,8 @@ pub enum ResourceName {
     TrustDomain(TrustDomain),
     /// `spiffe://<td>/<path>`.
     Svid(SpiffeId),
+    /// `jwt-svid:<audiences>[;spiffe_id=<id>]`.
+    JwtSvid(JwtKey),
 }
 
 /// A name that can never name a secret: logged once per stream and otherwise ignored (the
@@ -49,6 +63,11 @@ pub enum NameError {
     /// Looks like a SPIFFE ID or trust domain, but is not a valid one.
     #[error("malformed SPIFFE ID: {0}")]
     MalformedSpiffeId(String),
+    /// A `jwt-svid:` name that does not follow the scheme.
+    #[error(
+        "malformed JWT-SVID name ({0}); expected jwt-svid:<audience>[,<audience>…][;spiffe_id=<SPIFFE ID>]"
+    )]
+    MalformedJwtSvid(String),
 }
 
 // === impl ResourceName ===
@@ -56,6 +75,9 @@ pub enum NameError {
 impl ResourceName {
     /// Parses one requested name. Case matters, as in SPIRE (`rootca` is not `ROOTCA`).
     pub fn parse(name: &str) -> Result<Self, NameError> {
+        if let Some(rest) = name.strip_prefix(JWT_SVID_PREFIX) {
+            return parse_jwt_svid(name, rest).map(Self::JwtSvid);
+        }
         match name {
             DEFAULT_SVID => return Ok(Self::DefaultSvid),
             ROOT_CA => return Ok(Self::RootCa),
@@ -90,8 +112,90 @@ impl fmt::Display for ResourceName {
             Self::AllBundles => f.write_str(ALL_BUNDLES),
             Self::TrustDomain(td) => write!(f, "{}", td.id_string()),
             Self::Svid(id) => write!(f, "{id}"),
+            Self::JwtSvid(key) => {
+                f.write_str(JWT_SVID_PREFIX)?;
+                for (i, aud) in key.audiences().iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    f.write_str(&escape(aud))?;
+                }
+                if let Some(id) = key.spiffe_id() {
+                    write!(f, ";spiffe_id={id}")?;
+                }
+                Ok(())
+            }
         }
     }
+}
+
+fn parse_jwt_svid(name: &str, rest: &str) -> Result<JwtKey, NameError> {
+    let bad = |why: &str| NameError::MalformedJwtSvid(why.to_owned());
+    if name.len() > MAX_NAME_LEN {
+        return Err(bad("name too long"));
+    }
+    let mut parts = rest.split(';');
+    let audiences = parts.next().unwrap_or_default();
+    let mut spiffe_id = None;
+    for param in parts {
+        match param.split_once('=') {
+            Some(("spiffe_id", v)) if spiffe_id.is_none() => {
+                spiffe_id = Some(SpiffeId::new(v).map_err(|e| bad(&format!("spiffe_id: {e}")))?);
+            }
+            _ => return Err(bad("unknown or repeated parameter")),
+        }
+    }
+    let audiences = audiences
+        .split(',')
+        .map(unescape)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    if audiences.len() > MAX_AUDIENCES {
+        return Err(bad("too many audiences"));
+    }
+    if audiences.iter().any(|a| a.is_empty()) {
+        return Err(bad("empty audience"));
+    }
+    if audiences
+        .iter()
+        .any(|a| a.chars().any(|c| c.is_control() || c.is_whitespace()))
+    {
+        return Err(bad("whitespace or control character in an audience"));
+    }
+    let key = JwtKey::new(audiences).map_err(|e| bad(&e.to_string()))?;
+    Ok(match spiffe_id {
+        Some(id) => key.with_spiffe_id(id),
+        None => key,
+    })
+}
+
+/// Percent-decodes one audience (`%XX`, upper or lower case hex).
+fn unescape(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| "bad percent escape".to_owned())?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "audience is not UTF-8 after decoding".to_owned())
+}
+
+/// The inverse of [`unescape`] for the characters the scheme reserves.
+fn escape(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace(',', "%2C")
+        .replace(';', "%3B")
 }
 
 #[cfg(test)]
@@ -114,6 +218,65 @@ mod tests {
             ResourceName::parse("spiffe://example.org").unwrap(),
             ResourceName::TrustDomain(TrustDomain::new("example.org").unwrap())
         );
+    }
+
+    #[test]
+    fn jwt_svid_names_carry_audiences_and_an_optional_spiffe_id() {
+        let ResourceName::JwtSvid(key) =
+            ResourceName::parse("jwt-svid:https://sts.amazonaws.com").unwrap()
+        else {
+            panic!("not a JWT-SVID name");
+        };
+        assert_eq!(key.audiences(), ["https://sts.amazonaws.com"]);
+        assert_eq!(key.spiffe_id(), None);
+
+        let ResourceName::JwtSvid(key) =
+            ResourceName::parse("jwt-svid:b,a%2Cc;spiffe_id=spiffe://example.org/web").unwrap()
+        else {
+            panic!("not a JWT-SVID name");
+        };
+        assert_eq!(key.audiences(), ["a,c", "b"]);
+        assert_eq!(
+            key.spiffe_id().unwrap().to_string(),
+            "spiffe://example.org/web"
+        );
+        // Display is canonical (sorted, escaped) and parses back to the same key.
+        let shown = ResourceName::JwtSvid(key.clone()).to_string();
+        assert_eq!(shown, "jwt-svid:a%2Cc,b;spiffe_id=spiffe://example.org/web");
+        assert_eq!(
+            ResourceName::parse(&shown).unwrap(),
+            ResourceName::JwtSvid(key)
+        );
+    }
+
+    #[test]
+    fn malformed_jwt_svid_names_are_refused() {
+        for name in [
+            "jwt-svid:",
+            "jwt-svid:a,,b",
+            "jwt-svid:a b",
+            "jwt-svid:a%2",
+            "jwt-svid:a%zz",
+            "jwt-svid:a;spiffe_id=not-an-id",
+            "jwt-svid:a;aud=b",
+            "jwt-svid:a;spiffe_id=spiffe://x.org/a;spiffe_id=spiffe://x.org/b",
+            "jwt-svid:%ff",
+        ] {
+            assert!(
+                matches!(
+                    ResourceName::parse(name),
+                    Err(NameError::MalformedJwtSvid(_))
+                ),
+                "{name} accepted"
+            );
+        }
+        let many = format!(
+            "jwt-svid:{}",
+            (0..17).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+        );
+        assert!(ResourceName::parse(&many).is_err());
+        let long = format!("jwt-svid:{}", "a".repeat(MAX_NAME_LEN));
+        assert!(ResourceName::parse(&long).is_err());
     }
 
     #[test]

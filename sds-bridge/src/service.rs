@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
 use crate::catalog::{Catalog, ValidationMode};
+use crate::jwt::JwtSecrets;
 use crate::metrics::Metrics;
 use crate::stream::{self, RequestKind, SdsStream};
 
@@ -38,6 +39,7 @@ pub struct SdsService {
 #[derive(Debug)]
 struct Inner {
     catalog: CatalogRx,
+    jwt: JwtSecrets,
     default_mode: ValidationMode,
     fetch_wait: Duration,
     metrics: Arc<Metrics>,
@@ -52,6 +54,7 @@ impl SdsService {
     /// waits for the first snapshot; streams wait as long as Envoy keeps them open.
     pub fn new(
         catalog: CatalogRx,
+        jwt: JwtSecrets,
         default_mode: ValidationMode,
         fetch_wait: Duration,
         metrics: Arc<Metrics>,
@@ -60,6 +63,7 @@ impl SdsService {
         Self {
             inner: Arc::new(Inner {
                 catalog,
+                jwt,
                 default_mode,
                 fetch_wait,
                 metrics,
@@ -124,7 +128,7 @@ impl SecretDiscoveryService for SdsService {
         .ok_or_else(|| {
             Status::unavailable("no X.509-SVID from the Workload API yet; retry shortly")
         })?;
-        stream::fetch(&req, &catalog, self.inner.default_mode)
+        stream::fetch(&req, &catalog, &self.inner.jwt, self.inner.default_mode)
             .map(Response::new)
             .map_err(|missing| {
                 Status::not_found(format!(
@@ -146,6 +150,9 @@ async fn run_stream(
     let _connected = metrics.stream_opened();
     let mut catalog = inner.catalog.clone();
     let mut state = SdsStream::new(inner.default_mode);
+    // One refresh watch per subscribed JWT-SVID key.
+    let mut jwt_keys = Vec::new();
+    let mut jwt_watches: Vec<watch::Receiver<u64>> = Vec::new();
     tracing::debug!("stream opened");
     loop {
         let response = tokio::select! {
@@ -153,8 +160,13 @@ async fn run_stream(
                 Ok(Some(req)) => {
                     let names = req.resource_names.len();
                     let current = catalog.borrow_and_update().clone();
-                    let handled = state.on_request(req, current.as_deref());
+                    let handled = state.on_request(req, current.as_deref(), &inner.jwt);
                     record(&handled.kind, names, &state, metrics);
+                    let keys = state.jwt_keys(&inner.jwt);
+                    if keys != jwt_keys {
+                        jwt_watches = keys.iter().map(|k| inner.jwt.subscribe(k)).collect();
+                        jwt_keys = keys;
+                    }
                     handled.response
                 }
                 Ok(None) => {
@@ -171,7 +183,14 @@ async fn run_stream(
                     break;
                 }
                 let current = catalog.borrow_and_update().clone();
-                current.and_then(|c| state.on_catalog(&c))
+                current.and_then(|c| state.on_catalog(&c, &inner.jwt))
+            }
+            () = any_changed(&mut jwt_watches), if !jwt_watches.is_empty() => {
+                // Re-subscribing marks the key used (no idle eviction while Envoy holds it)
+                // and replaces a watch whose entry was evicted anyway.
+                jwt_watches = jwt_keys.iter().map(|k| inner.jwt.subscribe(k)).collect();
+                let current = catalog.borrow().clone();
+                state.on_jwt(current.as_deref(), &inner.jwt)
             }
             () = inner.shutdown.wait() => break,
             () = tx.closed() => break,
@@ -186,6 +205,12 @@ async fn run_stream(
         }
     }
     tracing::debug!("stream closed");
+}
+
+/// Resolves when any of `watches` changes or its sender is gone.
+async fn any_changed(watches: &mut [watch::Receiver<u64>]) {
+    let changes = watches.iter_mut().map(|w| Box::pin(w.changed()));
+    let _ = futures_util::future::select_all(changes).await;
 }
 
 fn record(kind: &RequestKind, names: usize, state: &SdsStream, metrics: &Metrics) {

@@ -17,7 +17,9 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::value::Kind;
 
-use crate::catalog::{Catalog, ValidationMode};
+use workload_client::JwtKey;
+
+use crate::catalog::{Catalog, Rendered, ValidationMode};
 use crate::names::{NameError, ResourceName};
 
 /// The only resource type SDS serves.
@@ -27,6 +29,27 @@ pub const SECRET_TYPE_URL: &str =
 /// The node metadata key (SPIRE's) with which one Envoy asks for `trusted_ca` validation
 /// contexts instead of the SPIFFE validator.
 pub const DISABLE_SPIFFE_VALIDATION_KEY: &str = "disable_spiffe_cert_validation";
+
+/// Where JWT-SVID secrets come from: the shared per-audience cache in the bridge.
+pub trait JwtSource {
+    /// Whether this workload's policy lets Envoy have tokens for `key` (audience allow-list).
+    fn allowed(&self, key: &JwtKey) -> bool;
+    /// The current token for `key` as a generic secret named `name`, if one is valid now.
+    fn secret(&self, name: &str, key: &JwtKey) -> Option<Rendered>;
+}
+
+/// A source with no tokens, for streams that do not ask for any.
+#[derive(Debug)]
+pub struct NoJwt;
+
+impl JwtSource for NoJwt {
+    fn allowed(&self, _: &JwtKey) -> bool {
+        false
+    }
+    fn secret(&self, _: &str, _: &JwtKey) -> Option<Rendered> {
+        None
+    }
+}
 
 /// What an incoming request turned out to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,8 +137,13 @@ impl SdsStream {
         self.mode
     }
 
-    /// Handles one request; `catalog` is the current snapshot, if there is one yet.
-    pub fn on_request(&mut self, req: DiscoveryRequest, catalog: Option<&Catalog>) -> Handled {
+    /// Handles one request; `catalog` is the current X.509 snapshot, if there is one yet.
+    pub fn on_request(
+        &mut self,
+        req: DiscoveryRequest,
+        catalog: Option<&Catalog>,
+        jwt: &dyn JwtSource,
+    ) -> Handled {
         if !req.type_url.is_empty() && req.type_url != SECRET_TYPE_URL {
             return Handled {
                 kind: RequestKind::WrongType(req.type_url),
@@ -162,13 +190,41 @@ impl SdsStream {
         };
 
         self.subscribe(req.resource_names);
-        let response = catalog.and_then(|c| self.push(c, Instant::now()));
+        let response = self.push(catalog, jwt, Instant::now());
         Handled { kind, response }
     }
 
-    /// A new snapshot: the response pushing whatever changed among the subscribed names.
-    pub fn on_catalog(&mut self, catalog: &Catalog) -> Option<DiscoveryResponse> {
-        self.push(catalog, catalog.received)
+    /// A new X.509 snapshot: the response pushing whatever changed among the subscribed names.
+    pub fn on_catalog(
+        &mut self,
+        catalog: &Catalog,
+        jwt: &dyn JwtSource,
+    ) -> Option<DiscoveryResponse> {
+        self.push(Some(catalog), jwt, catalog.received)
+    }
+
+    /// A JWT-SVID was refreshed: the response pushing whichever subscribed token changed.
+    pub fn on_jwt(
+        &mut self,
+        catalog: Option<&Catalog>,
+        jwt: &dyn JwtSource,
+    ) -> Option<DiscoveryResponse> {
+        self.push(catalog, jwt, Instant::now())
+    }
+
+    /// The JWT-SVID keys this stream subscribes to and may have, so the service can watch
+    /// their refreshes.
+    pub fn jwt_keys(&self, jwt: &dyn JwtSource) -> Vec<JwtKey> {
+        match &self.subscription {
+            Subscription::Names(names) => names
+                .values()
+                .filter_map(|n| match n {
+                    Ok(ResourceName::JwtSvid(key)) if jwt.allowed(key) => Some(key.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     fn subscribe(&mut self, names: Vec<String>) {
@@ -196,11 +252,17 @@ impl SdsStream {
 
     /// Builds a response with every subscribed secret that differs from what this stream last
     /// got, or `None` if nothing changed.
-    fn push(&mut self, catalog: &Catalog, cause: Instant) -> Option<DiscoveryResponse> {
+    fn push(
+        &mut self,
+        catalog: Option<&Catalog>,
+        jwt: &dyn JwtSource,
+        cause: Instant,
+    ) -> Option<DiscoveryResponse> {
         let wanted: Vec<(String, Result<ResourceName, NameError>)> = match &self.subscription {
             Subscription::Unset => return None,
             Subscription::Wildcard => catalog
-                .canonical_names()
+                .into_iter()
+                .flat_map(Catalog::canonical_names)
                 .map(|n| (n.to_string(), Ok(n.clone())))
                 .collect(),
             Subscription::Names(names) => {
@@ -209,20 +271,34 @@ impl SdsStream {
         };
         let mut resources = Vec::new();
         for (name, parsed) in wanted {
-            let rendered = match parsed {
-                Ok(parsed) => catalog.get(&parsed, self.mode),
+            let found = match parsed {
                 Err(e) => {
                     if self.reported.insert(name.clone()) {
                         tracing::warn!(resource = %name, error = %e, "ignoring unknown SDS resource name");
                     }
                     continue;
                 }
+                Ok(ResourceName::JwtSvid(key)) => {
+                    if !jwt.allowed(&key) {
+                        if self.reported.insert(name.clone()) {
+                            tracing::warn!(
+                                resource = %name,
+                                "refusing a JWT-SVID for an audience outside --allow-jwt-audience"
+                            );
+                        }
+                        continue;
+                    }
+                    jwt.secret(&name, &key).map(std::sync::Arc::new)
+                }
+                Ok(parsed) => catalog.and_then(|c| c.get(&parsed, self.mode).cloned()),
             };
-            let Some(rendered) = rendered else {
-                if self.reported.insert(name.clone()) {
+            let Some(rendered) = found else {
+                // Before the first snapshot (or token) everything is pending: only warn about
+                // names a snapshot exists for and still does not have.
+                if catalog.is_some() && self.reported.insert(name.clone()) {
                     tracing::warn!(
                         resource = %name,
-                        "the workload has no such SVID or bundle (yet); will push it when it appears"
+                        "the workload has no such secret (yet); will push it when it appears"
                     );
                 }
                 continue;
@@ -251,11 +327,12 @@ impl SdsStream {
     }
 }
 
-/// Answers a unary FetchSecrets: every requested name the catalog has (no version, no nonce).
-/// Returns the names it could not serve as the error.
+/// Answers a unary FetchSecrets: every requested name the catalog (or the JWT cache) has, with
+/// no version and no nonce. Returns the names it could not serve as the error.
 pub fn fetch(
     req: &DiscoveryRequest,
     catalog: &Catalog,
+    jwt: &dyn JwtSource,
     default_mode: ValidationMode,
 ) -> Result<DiscoveryResponse, Vec<String>> {
     let mode = match &req.node {
@@ -272,11 +349,15 @@ pub fn fetch(
         }
     }
     for name in &req.resource_names {
-        match ResourceName::parse(name)
-            .ok()
-            .and_then(|n| catalog.get(&n, mode).cloned())
-        {
-            Some(r) => resources.push(r.any.clone()),
+        let found = match ResourceName::parse(name) {
+            Ok(ResourceName::JwtSvid(key)) if jwt.allowed(&key) => {
+                jwt.secret(name, &key).map(|r| r.any)
+            }
+            Ok(ResourceName::JwtSvid(_)) | Err(_) => None,
+            Ok(n) => catalog.get(&n, mode).map(|r| r.any.clone()),
+        };
+        match found {
+            Some(any) => resources.push(any),
             None => missing.push(name.clone()),
         }
     }
@@ -346,11 +427,111 @@ mod tests {
         }
     }
 
+    fn names_of(resp: &DiscoveryResponse) -> Vec<String> {
+        names(resp)
+    }
+
     fn names(resp: &DiscoveryResponse) -> Vec<String> {
         resp.resources
             .iter()
             .map(|a| Secret::decode(a.value.as_slice()).unwrap().name)
             .collect()
+    }
+
+    /// The X.509-only paths, with no JWT source.
+    trait X509Only {
+        fn on_request_x(&mut self, r: DiscoveryRequest, c: Option<&Catalog>) -> Handled;
+        fn on_catalog_x(&mut self, c: &Catalog) -> Option<DiscoveryResponse>;
+    }
+
+    impl X509Only for SdsStream {
+        fn on_request_x(&mut self, r: DiscoveryRequest, c: Option<&Catalog>) -> Handled {
+            self.on_request(r, c, &NoJwt)
+        }
+        fn on_catalog_x(&mut self, c: &Catalog) -> Option<DiscoveryResponse> {
+            self.on_catalog(c, &NoJwt)
+        }
+    }
+
+    /// Tokens by audience list, and an optional audience allow-list.
+    #[derive(Default)]
+    struct Tokens {
+        tokens: std::collections::HashMap<JwtKey, String>,
+        allow: Option<Vec<String>>,
+    }
+
+    impl JwtSource for Tokens {
+        fn allowed(&self, key: &JwtKey) -> bool {
+            self.allow
+                .as_ref()
+                .is_none_or(|a| key.audiences().iter().all(|k| a.contains(k)))
+        }
+        fn secret(&self, name: &str, key: &JwtKey) -> Option<Rendered> {
+            self.tokens
+                .get(key)
+                .map(|t| crate::jwt::generic_secret(name, t))
+        }
+    }
+
+    fn token_of(resp: &DiscoveryResponse, name: &str) -> String {
+        use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+        for a in &resp.resources {
+            let s = Secret::decode(a.value.as_slice()).unwrap();
+            if s.name == name {
+                let Some(secret::Type::GenericSecret(g)) = s.r#type else {
+                    panic!("{name} is not a generic secret");
+                };
+                let Some(Specifier::InlineString(t)) = g.secret.unwrap().specifier else {
+                    panic!("token not inline");
+                };
+                return t;
+            }
+        }
+        panic!("{name} not in the response");
+    }
+
+    #[test]
+    fn jwt_svid_names_are_served_without_x509_and_pushed_on_refresh() {
+        let key = |a: &[&str]| JwtKey::new(a.iter().copied()).unwrap();
+        let mut tokens = Tokens::default();
+        tokens
+            .tokens
+            .insert(key(&["backend"]), "token-1".to_owned());
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        let names = ["jwt-svid:backend", "jwt-svid:other", "jwt-svid:a,,b"];
+        let r1 = s
+            .on_request(req(&names, "", ""), None, &tokens)
+            .response
+            .unwrap();
+        assert_eq!(token_of(&r1, "jwt-svid:backend"), "token-1");
+        assert_eq!(names_of(&r1), ["jwt-svid:backend"]);
+        assert_eq!(s.jwt_keys(&tokens), [key(&["backend"]), key(&["other"])]);
+
+        // The same token again: nothing. A refreshed one, and the other audience's first.
+        assert!(s.on_jwt(None, &tokens).is_none());
+        tokens
+            .tokens
+            .insert(key(&["backend"]), "token-2".to_owned());
+        tokens.tokens.insert(key(&["other"]), "token-x".to_owned());
+        let r2 = s.on_jwt(None, &tokens).unwrap();
+        assert_eq!(token_of(&r2, "jwt-svid:backend"), "token-2");
+        assert_eq!(token_of(&r2, "jwt-svid:other"), "token-x");
+        assert_eq!(r2.version_info, "2");
+    }
+
+    #[test]
+    fn audiences_outside_the_allow_list_are_never_served() {
+        let mut tokens = Tokens {
+            allow: Some(vec!["backend".to_owned()]),
+            ..Default::default()
+        };
+        tokens
+            .tokens
+            .insert(JwtKey::new(["secret-service"]).unwrap(), "t".to_owned());
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        let h = s.on_request(req(&["jwt-svid:secret-service"], "", ""), None, &tokens);
+        assert!(h.response.is_none());
+        assert!(s.jwt_keys(&tokens).is_empty(), "not even fetched");
     }
 
     struct World {
@@ -380,7 +561,7 @@ mod tests {
         let mut s = SdsStream::new(ValidationMode::Spiffe);
         let mut first = req(&["default", "ROOTCA"], "", "");
         first.node = Some(istio_node(&[]));
-        let h = s.on_request(first, Some(&cat));
+        let h = s.on_request_x(first, Some(&cat));
         assert_eq!(h.kind, RequestKind::Initial);
         let r1 = h.response.unwrap();
         assert_eq!(names(&r1), ["ROOTCA", "default"]);
@@ -388,28 +569,28 @@ mod tests {
         assert_eq!(r1.type_url, SECRET_TYPE_URL);
 
         // ACK without node (Istio sends it once): the node is kept, nothing is re-sent.
-        let h = s.on_request(req(&["default", "ROOTCA"], "1", &r1.nonce), Some(&cat));
+        let h = s.on_request_x(req(&["default", "ROOTCA"], "1", &r1.nonce), Some(&cat));
         assert!(matches!(h.kind, RequestKind::Ack { .. }));
         assert!(h.response.is_none());
         assert!(s.node().unwrap().id.starts_with("sidecar~"));
 
         // Rotation: only `default` changed.
         let cat2 = w.rotate();
-        let r2 = s.on_catalog(&cat2).unwrap();
+        let r2 = s.on_catalog_x(&cat2).unwrap();
         assert_eq!(names(&r2), ["default"]);
         assert_eq!(r2.version_info, "2");
         assert_ne!(r2.nonce, r1.nonce);
         // The same snapshot again pushes nothing.
-        assert!(s.on_catalog(&cat2).is_none());
+        assert!(s.on_catalog_x(&cat2).is_none());
     }
 
     #[test]
     fn requests_before_the_first_svid_are_answered_when_it_arrives() {
         let mut w = World::new();
         let mut s = SdsStream::new(ValidationMode::Spiffe);
-        let h = s.on_request(req(&["default"], "", ""), None);
+        let h = s.on_request_x(req(&["default"], "", ""), None);
         assert!(h.response.is_none());
-        let r = s.on_catalog(&w.rotate()).unwrap();
+        let r = s.on_catalog_x(&w.rotate()).unwrap();
         assert_eq!(names(&r), ["default"]);
     }
 
@@ -418,15 +599,15 @@ mod tests {
         let mut w = World::new();
         let mut s = SdsStream::new(ValidationMode::Spiffe);
         let r1 = s
-            .on_request(req(&["default"], "", ""), Some(&w.rotate()))
+            .on_request_x(req(&["default"], "", ""), Some(&w.rotate()))
             .response
             .unwrap();
-        let r2 = s.on_catalog(&w.rotate()).unwrap();
+        let r2 = s.on_catalog_x(&w.rotate()).unwrap();
         // Envoy's ACK of r1 crosses r2 on the wire: stale, even if it changes names.
-        let h = s.on_request(req(&["default", "ROOTCA"], "1", &r1.nonce), None);
+        let h = s.on_request_x(req(&["default", "ROOTCA"], "1", &r1.nonce), None);
         assert_eq!(h.kind, RequestKind::Stale);
         assert!(h.response.is_none());
-        let h = s.on_request(req(&["default"], "2", &r2.nonce), None);
+        let h = s.on_request_x(req(&["default"], "2", &r2.nonce), None);
         assert!(matches!(h.kind, RequestKind::Ack { .. }));
     }
 
@@ -436,7 +617,7 @@ mod tests {
         let cat = w.rotate();
         let mut s = SdsStream::new(ValidationMode::Spiffe);
         let r1 = s
-            .on_request(req(&["default"], "", ""), Some(&cat))
+            .on_request_x(req(&["default"], "", ""), Some(&cat))
             .response
             .unwrap();
         let mut nack = req(&["default"], "", &r1.nonce);
@@ -445,7 +626,7 @@ mod tests {
             message: "Failed to load certificate chain".to_owned(),
             details: Vec::new(),
         });
-        let h = s.on_request(nack.clone(), Some(&cat));
+        let h = s.on_request_x(nack.clone(), Some(&cat));
         assert_eq!(
             h.kind,
             RequestKind::Nack {
@@ -454,7 +635,7 @@ mod tests {
         );
         assert!(h.response.is_none(), "no push loop on NACK");
         // The next rotation is pushed normally.
-        assert!(s.on_catalog(&w.rotate()).is_some());
+        assert!(s.on_catalog_x(&w.rotate()).is_some());
     }
 
     #[test]
@@ -462,7 +643,7 @@ mod tests {
         let mut w = World::new();
         let cat = w.rotate();
         let mut s = SdsStream::new(ValidationMode::Spiffe);
-        let h = s.on_request(
+        let h = s.on_request_x(
             req(
                 &[
                     "default",
@@ -478,7 +659,7 @@ mod tests {
         let r = h.response.unwrap();
         assert_eq!(names(&r), ["default"]);
         // An ACK with the unknown names still listed: nothing more, no spin.
-        let h = s.on_request(
+        let h = s.on_request_x(
             req(
                 &[
                     "default",
@@ -500,19 +681,19 @@ mod tests {
         let cat = w.rotate();
         let mut s = SdsStream::new(ValidationMode::Spiffe);
         let r1 = s
-            .on_request(req(&["default"], "", ""), Some(&cat))
+            .on_request_x(req(&["default"], "", ""), Some(&cat))
             .response
             .unwrap();
         let r2 = s
-            .on_request(req(&["default", "ROOTCA"], "1", &r1.nonce), Some(&cat))
+            .on_request_x(req(&["default", "ROOTCA"], "1", &r1.nonce), Some(&cat))
             .response
             .unwrap();
         assert_eq!(names(&r2), ["ROOTCA"]);
-        let r3 = s.on_request(req(&["ROOTCA"], "2", &r2.nonce), Some(&cat));
+        let r3 = s.on_request_x(req(&["ROOTCA"], "2", &r2.nonce), Some(&cat));
         assert!(r3.response.is_none());
         let r3_nonce = r2.nonce.clone();
         let r4 = s
-            .on_request(req(&["ROOTCA", "default"], "2", &r3_nonce), Some(&cat))
+            .on_request_x(req(&["ROOTCA", "default"], "2", &r3_nonce), Some(&cat))
             .response
             .unwrap();
         assert_eq!(names(&r4), ["default"]);
@@ -527,7 +708,7 @@ mod tests {
             DISABLE_SPIFFE_VALIDATION_KEY,
             Kind::BoolValue(true),
         )]));
-        let r = s.on_request(first, Some(&w.rotate())).response.unwrap();
+        let r = s.on_request_x(first, Some(&w.rotate())).response.unwrap();
         let secret = Secret::decode(r.resources[0].value.as_slice()).unwrap();
         let Some(secret::Type::ValidationContext(vc)) = secret.r#type else {
             panic!("not a validation context");
@@ -540,7 +721,7 @@ mod tests {
         let mut w = World::new();
         let mut s = SdsStream::new(ValidationMode::Spiffe);
         let r = s
-            .on_request(req(&[], "", ""), Some(&w.rotate()))
+            .on_request_x(req(&[], "", ""), Some(&w.rotate()))
             .response
             .unwrap();
         assert_eq!(
@@ -554,7 +735,7 @@ mod tests {
         let mut w = World::new();
         let mut s = SdsStream::new(ValidationMode::Spiffe);
         let r = s
-            .on_request(req(&["default"], "41", ""), Some(&w.rotate()))
+            .on_request_x(req(&["default"], "41", ""), Some(&w.rotate()))
             .response
             .unwrap();
         assert_eq!(r.version_info, "42");
@@ -566,7 +747,7 @@ mod tests {
         let mut r = req(&["default"], "", "");
         r.type_url = "type.googleapis.com/envoy.config.cluster.v3.Cluster".to_owned();
         assert!(matches!(
-            s.on_request(r, None).kind,
+            s.on_request_x(r, None).kind,
             RequestKind::WrongType(_)
         ));
     }
@@ -578,6 +759,7 @@ mod tests {
         let ok = fetch(
             &req(&["default", "ROOTCA"], "", ""),
             &cat,
+            &NoJwt,
             ValidationMode::Spiffe,
         )
         .unwrap();
@@ -586,6 +768,7 @@ mod tests {
         let missing = fetch(
             &req(&["default", "nope"], "", ""),
             &cat,
+            &NoJwt,
             ValidationMode::Spiffe,
         )
         .unwrap_err();

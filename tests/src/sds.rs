@@ -351,3 +351,51 @@ fn pem_to_der(pem: &str) -> Vec<u8> {
         .decode(body.trim())
         .expect("PEM body")
 }
+
+/// A plain HTTP listener on `port` whose `envoy.filters.http.credential_injector` stamps
+/// `Authorization: Bearer <generic secret>` from SDS resource `secret` (via cluster `sds`) on
+/// every request, then routes to cluster `upstream` (column-0 list item).
+pub fn credential_injector_listener(name: &str, port: u16, sds: &str, secret: &str) -> String {
+    format!(
+        r#"- name: {name}
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+  filter_chains:
+  - filters:
+    - name: envoy.filters.network.http_connection_manager
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        stat_prefix: {name}
+        route_config:
+          virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+            - match: {{ prefix: "/" }}
+              route: {{ cluster: upstream }}
+        http_filters:
+        - name: envoy.filters.http.credential_injector
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector
+            overwrite: true
+            allow_request_without_credential: false
+            credential:
+              name: envoy.http.injected_credentials.generic
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic
+                credential:
+                  name: "{secret}"
+                  sds_config:
+                    resource_api_version: V3
+                    api_config_source:
+                      api_type: GRPC
+                      transport_api_version: V3
+                      grpc_services:
+                      - envoy_grpc: {{ cluster_name: {sds} }}
+                header: Authorization
+                header_value_prefix: "Bearer "
+        - name: envoy.filters.http.router
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#
+    )
+}

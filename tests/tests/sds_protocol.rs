@@ -209,3 +209,54 @@ async fn fetch_and_delta_and_waiting_for_the_first_svid() {
     assert_eq!(missing.code(), tonic::Code::NotFound);
     assert!(missing.message().contains("nope"), "{}", missing.message());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_disallowed_jwt_svid_names_leave_the_others_working() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = DevAgent::start(
+        tmp.path(),
+        &[
+            "--trust-domain",
+            "example.org",
+            "--spiffe-id",
+            "spiffe://example.org/web",
+        ],
+    );
+    let mut bridge = SdsBridge::start(
+        "sds-bridge",
+        tmp.path(),
+        &agent.endpoint,
+        &["--allow-jwt-audience", "backend"],
+    );
+    bridge.wait_ready(Duration::from_secs(10));
+    let (tx, rx) = mpsc::channel(8);
+    let mut responses = client(&bridge)
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let subscribed = [
+        "jwt-svid:a,,b",
+        "jwt-svid:payroll",
+        "jwt-svid:backend",
+        "default",
+    ];
+    tx.send(request(&subscribed, "", "")).await.unwrap();
+    // The X.509 secret is there at once; the token follows its first fetch.
+    let mut got = Vec::new();
+    while !got.contains(&"jwt-svid:backend".to_owned()) {
+        let r = next(&mut responses).await;
+        got.extend(names(&r));
+        tx.send(request(&subscribed, &r.version_info, &r.nonce))
+            .await
+            .unwrap();
+    }
+    got.sort();
+    assert_eq!(got, ["default", "jwt-svid:backend"]);
+    let log = bridge.proc.log();
+    assert!(log.contains("malformed JWT-SVID name"), "{log}");
+    assert!(log.contains("refusing a JWT-SVID"), "{log}");
+    // The refused audience was never even fetched.
+    assert_eq!(agent.jwt_fetches(), 1);
+    bridge.proc.assert_running();
+}
