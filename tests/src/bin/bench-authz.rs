@@ -3,7 +3,8 @@
 //! 1. gRPC Check latency and throughput: the helper (injection, token cached) against
 //!    `noop-authz`, a server on the same stack that allows everything. Rounds alternate between
 //!    the two so drift on a shared machine hits both alike; figures are reported as ratios.
-//! 2. End to end with wrk: Envoy → echo upstream, with and without the helper as ext_authz.
+//! 2. End to end with wrk: Envoy → echo upstream alone, with the helper as ext_authz, and with
+//!    credential_injector fed a JWT-SVID by sds-bridge (no per-request call at all).
 //! 3. Idle RSS of the helper.
 //!
 //! Absolute times on a shared 2-core machine drift; the ratios are the result.
@@ -20,9 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use suite_tests::envoy::{
-    EchoServer, Envoy, ext_authz_proxy, ext_authz_proxy_envoy_grpc, plain_proxy,
+    EchoServer, Envoy, ext_authz_proxy, ext_authz_proxy_envoy_grpc, plain_proxy, static_cluster,
 };
 use suite_tests::procfs::rss_kib;
+use suite_tests::sds::{self, SdsBridge, credential_injector_listener, sds_cluster};
 use suite_tests::sidecars::{JwtHelper, check_request};
 use suite_tests::{DevAgent, Proc, bin, free_port, wait_until};
 
@@ -209,31 +211,59 @@ async fn main() {
     } else {
         let upstream = EchoServer::start();
         let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-        type Build = fn(u16, u16, SocketAddr, SocketAddr) -> String;
-        let setups: [(&str, Option<(Build, SocketAddr)>); 4] = [
-            ("Envoy alone", None),
-            (
-                "Envoy + noop-authz (google_grpc)",
-                Some((ext_authz_proxy as Build, noop_addr)),
-            ),
-            (
-                "Envoy + helper (google_grpc)",
-                Some((ext_authz_proxy as Build, helper.listen)),
-            ),
-            (
-                "Envoy + helper (envoy_grpc)",
-                Some((ext_authz_proxy_envoy_grpc as Build, helper.listen)),
-            ),
-        ];
-        let mut envoys = Vec::new();
-        for (i, (_, authz)) in setups.iter().enumerate() {
-            let port = free_port();
-            let yaml = match authz {
-                None => plain_proxy(free_port(), port, upstream.addr),
-                Some((build, server)) => build(free_port(), port, upstream.addr, *server),
+        // The no-round-trip alternative: Envoy's credential_injector reading the JWT-SVID as
+        // an SDS generic secret from sds-bridge (issue 7).
+        let mut bridge = SdsBridge::start("sds-bridge", dir.path(), &agent.endpoint, &[]);
+        bridge.wait_ready(Duration::from_secs(10));
+        let injector = |admin: u16, port: u16| {
+            sds::bootstrap(
+                admin,
+                "bench",
+                &[credential_injector_listener(
+                    "ingress",
+                    port,
+                    "sds",
+                    "jwt-svid:bench",
+                )],
+                &[
+                    sds_cluster("sds", &bridge.socket),
+                    static_cluster("upstream", upstream.addr, false),
+                ],
+            )
+        };
+        let mut setups: Vec<(&str, String, u16)> = Vec::new();
+        for name in [
+            "Envoy alone",
+            "Envoy + credential_injector (SDS)",
+            "Envoy + noop-authz (google_grpc)",
+            "Envoy + helper (google_grpc)",
+            "Envoy + helper (envoy_grpc)",
+        ] {
+            let (admin, port) = (free_port(), free_port());
+            let yaml = match name {
+                "Envoy alone" => plain_proxy(admin, port, upstream.addr),
+                "Envoy + credential_injector (SDS)" => injector(admin, port),
+                "Envoy + noop-authz (google_grpc)" => {
+                    ext_authz_proxy(admin, port, upstream.addr, noop_addr)
+                }
+                "Envoy + helper (google_grpc)" => {
+                    ext_authz_proxy(admin, port, upstream.addr, helper.listen)
+                }
+                _ => ext_authz_proxy_envoy_grpc(admin, port, upstream.addr, helper.listen),
             };
-            envoys.push((Envoy::start(&format!("envoy-{i}"), dir.path(), &yaml), port));
+            setups.push((name, yaml, port));
         }
+        let mut envoys = Vec::new();
+        for (i, (_, yaml, port)) in setups.iter().enumerate() {
+            envoys.push((Envoy::start(&format!("envoy-{i}"), dir.path(), yaml), *port));
+        }
+        // The injector stamps a token (checked once, so the figures are for working setups).
+        let stamped = suite_tests::envoy::request(addr(setups[1].2), "GET", "/", &[]).unwrap();
+        assert!(
+            stamped.body.contains("\"authorization\":\"Bearer ey"),
+            "credential_injector did not stamp a JWT-SVID: {}",
+            stamped.body
+        );
         // 1 connection: latency without queueing; 16: saturation of this 2-core machine.
         for connections in [1u32, 16] {
             println!(
@@ -261,7 +291,7 @@ async fn main() {
                 })
                 .collect();
             let (base50, _, base_rps) = stats[0];
-            for ((name, _), (p50, p99, rps)) in setups.iter().zip(&stats) {
+            for ((name, _, _), (p50, p99, rps)) in setups.iter().zip(&stats) {
                 println!(
                     "   {name:<34} p50 {:>8}  p99 {:>8}  {rps:>7.0} req/s  added p50 {:>7}  throughput {:.2}x",
                     us(Duration::from_secs_f64(*p50)),
