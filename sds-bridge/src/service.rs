@@ -16,7 +16,11 @@ use sidecar_runtime::Shutdown;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::BufferSettings;
+use tonic::codegen::http;
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
+use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 use tracing::Instrument as _;
 
 use crate::catalog::{Catalog, ValidationMode};
@@ -74,10 +78,95 @@ impl SdsService {
     }
 
     /// The tonic server for this service.
-    pub fn into_server(self) -> SecretDiscoveryServiceServer<Self> {
-        // Secrets are a few KiB; bundles of large federations can be bigger than the 4 MiB
-        // default decode limit only in theory, and requests are tiny.
-        SecretDiscoveryServiceServer::new(self)
+    pub fn into_server(self) -> SdsServer {
+        SdsServer {
+            generated: SecretDiscoveryServiceServer::new(self.clone()),
+            service: self,
+        }
+    }
+}
+
+// === impl SdsServer ===
+
+/// The gRPC path of the one long-lived RPC.
+const STREAM_SECRETS: &str = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
+
+/// Codec buffers per stream. tonic's default is 8 KiB each way, allocated for the life of the
+/// stream; SDS requests are a few hundred bytes and responses a few KiB, and one bridge may
+/// hold thousands of streams (measured: 21.5 KiB per stream with the defaults). Buffers grow
+/// when a message needs it.
+fn stream_buffers() -> BufferSettings {
+    BufferSettings::new(1024, 32 * 1024)
+}
+
+/// The generated SDS server, except that `StreamSecrets` runs with small codec buffers.
+#[derive(Clone, Debug)]
+pub struct SdsServer {
+    service: SdsService,
+    generated: SecretDiscoveryServiceServer<SdsService>,
+}
+
+impl NamedService for SdsServer {
+    const NAME: &'static str = "envoy.service.secret.v3.SecretDiscoveryService";
+}
+
+impl<B> tower::Service<http::Request<B>> for SdsServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != STREAM_SECRETS {
+            return self.generated.call(req);
+        }
+        let method = StreamSecretsMethod(self.service.clone());
+        Box::pin(async move {
+            let codec = SdsCodec;
+            Ok(tonic::server::Grpc::new(codec).streaming(method, req).await)
+        })
+    }
+}
+
+struct StreamSecretsMethod(SdsService);
+
+impl tonic::server::StreamingService<DiscoveryRequest> for StreamSecretsMethod {
+    type Response = DiscoveryResponse;
+    type ResponseStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type Future = tonic::codegen::BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<DiscoveryRequest>>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.stream_secrets(request).await })
+    }
+}
+
+/// Prost encoding with [`stream_buffers`].
+#[derive(Clone, Copy, Debug)]
+struct SdsCodec;
+
+impl tonic::codec::Codec for SdsCodec {
+    type Encode = DiscoveryResponse;
+    type Decode = DiscoveryRequest;
+    type Encoder = ProstEncoder<DiscoveryResponse>;
+    type Decoder = ProstDecoder<DiscoveryRequest>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstCodec::<DiscoveryResponse, DiscoveryRequest>::raw_encoder(stream_buffers())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<DiscoveryResponse, DiscoveryRequest>::raw_decoder(stream_buffers())
     }
 }
 
