@@ -53,7 +53,7 @@ impl Collector for JwtCacheCollector {
         }
         let mut family = encoder.encode_descriptor(
             "jwt_svid_expiry_seconds",
-            "Seconds until the cached JWT-SVID for an audience expires",
+            "Seconds until the cached JWT-SVID for an audience (and requested SPIFFE ID) expires",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
@@ -61,7 +61,16 @@ impl Collector for JwtCacheCollector {
             let Some(left) = entry.expires_in else {
                 continue;
             };
-            let labels = [("audience", entry.key.audiences().join(","))];
+            // The requested identity; empty for the workload's default SVID.
+            let spiffe_id = entry
+                .key
+                .spiffe_id()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let labels = [
+                ("audience", entry.key.audiences().join(",")),
+                ("spiffe_id", spiffe_id),
+            ];
             ConstGauge::new(left.as_secs_f64()).encode(family.encode_family(&labels)?)?;
         }
         Ok(())

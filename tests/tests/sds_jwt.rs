@@ -121,6 +121,12 @@ fn credential_injector_stamps_refreshed_jwt_svids_for_two_audiences() {
         tokens.len()
     );
     assert_eq!(bridge.metric("sds_bridge_nacks_total"), 0.0);
+    let left =
+        bridge.metric(r#"sds_bridge_jwt_svid_expiry_seconds{audience="backend",spiffe_id=""}"#);
+    assert!(
+        left > 0.0 && left <= TTL_SECS as f64,
+        "token expiry exported: {left}"
+    );
     // Tokens never reach the logs.
     let log = bridge.proc.log();
     for t in &tokens {
