@@ -1,0 +1,868 @@
+//! Configuration: flags > environment > defaults, read through [`Env`] so tests never touch
+//! the process environment. Every error names the flag or variable and exits with code 2.
+//!
+//! The environment names are the seed's Istio template contract (REFERENCE §4):
+//! `SPIFFE_IAM_BROKER_AUDIENCE`, `SPIFFE_IAM_BROKER_ROLE_ARN` from pod annotations; the
+//! container-credentials token uses the SDKs' own `AWS_CONTAINER_AUTHORIZATION_TOKEN(_FILE)` so
+//! one variable in the pod spec serves both the broker and the application.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sidecar_runtime::config::{self, pick};
+use sidecar_runtime::{ConfigError, LogFormat};
+use workload_client::endpoint::{EndpointSource, ResolvedEndpoint};
+use workload_client::{Env, resolve_endpoint_from};
+
+use crate::provider::aws::AwsSettings;
+use crate::secret::Secret;
+use crate::session_name::SessionName;
+
+/// Env: the JWT-SVID audience to request (what the cloud's trust policy expects).
+pub const ENV_AUDIENCE: &str = "SPIFFE_IAM_BROKER_AUDIENCE";
+/// Env: the IAM role to assume.
+pub const ENV_ROLE_ARN: &str = "SPIFFE_IAM_BROKER_ROLE_ARN";
+/// Env: Workload API address.
+pub const ENV_SOCKET: &str = "SPIFFE_IAM_BROKER_SOCKET_PATH";
+/// Env: credentials listen address.
+pub const ENV_LISTEN: &str = "SPIFFE_IAM_BROKER_LISTEN";
+/// Env: admin listen address, or `off`.
+pub const ENV_ADMIN_LISTEN: &str = "SPIFFE_IAM_BROKER_ADMIN_LISTEN";
+/// Env: AWS region (then `AWS_REGION`, `AWS_DEFAULT_REGION`).
+pub const ENV_REGION: &str = "SPIFFE_IAM_BROKER_REGION";
+/// Env: STS endpoint URL override.
+pub const ENV_STS_ENDPOINT: &str = "SPIFFE_IAM_BROKER_STS_ENDPOINT";
+/// Env: session duration.
+pub const ENV_DURATION: &str = "SPIFFE_IAM_BROKER_DURATION";
+/// Env: fixed `RoleSessionName`.
+pub const ENV_SESSION_NAME: &str = "SPIFFE_IAM_BROKER_SESSION_NAME";
+/// Env: how long a request waits for credentials not held yet.
+pub const ENV_FETCH_WAIT: &str = "SPIFFE_IAM_BROKER_FETCH_WAIT";
+/// Env: `text` or `json`.
+pub const ENV_LOG_FORMAT: &str = "SPIFFE_IAM_BROKER_LOG_FORMAT";
+/// Env (the SDKs' name): the container-credentials token.
+pub const ENV_CONTAINER_TOKEN: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN";
+/// Env (the SDKs' name): a file holding the container-credentials token.
+pub const ENV_CONTAINER_TOKEN_FILE: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE";
+
+/// The seed's contract: `credential_process = curl -s http://localhost:9876/v1/creds`.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9876);
+/// Admin (probes, metrics) next to it.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9877);
+/// STS's default session length.
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(3600);
+/// STS's limits on `DurationSeconds`.
+pub const DURATION_RANGE: std::ops::RangeInclusive<u64> = 900..=43_200;
+/// Region when none is configured (STS is global; us-east-1 hosts its global endpoint).
+pub const DEFAULT_REGION: &str = "us-east-1";
+/// A cold request waits this long for the first credentials before answering 503.
+pub const DEFAULT_FETCH_WAIT: Duration = Duration::from_secs(10);
+
+const AFTER_HELP: &str = "\
+Precedence: flag > environment > default. Environment: SPIFFE_IAM_BROKER_{AUDIENCE,ROLE_ARN,\n\
+SOCKET_PATH,LISTEN,ADMIN_LISTEN,REGION,STS_ENDPOINT,DURATION,SESSION_NAME,FETCH_WAIT,LOG_FORMAT};\n\
+the socket falls back to SPIFFE_ENDPOINT_SOCKET, then unix:///run/secrets/workload-spiffe-uds/socket;\n\
+the region to AWS_REGION, AWS_DEFAULT_REGION, then us-east-1; the container token comes from\n\
+AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE or AWS_CONTAINER_AUTHORIZATION_TOKEN (as the SDKs read them).";
+
+/// Command line: `iam-broker aws [flags]`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "iam-broker",
+    version,
+    about = "Trades the workload's JWT-SVID for cloud credentials and serves them on loopback",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// The cloud to get credentials from.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// One subcommand per cloud.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// AWS: AssumeRoleWithWebIdentity; serves credential_process JSON on /v1/creds and the
+    /// container-credentials format on /v1/container-creds.
+    #[command(after_help = AFTER_HELP)]
+    Aws(AwsArgs),
+}
+
+/// Flags every provider shares.
+#[derive(Debug, Default, clap::Args)]
+pub struct CommonArgs {
+    /// JWT-SVID audience to request (what the role's trust policy checks as `aud`).
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// Workload API address: unix:///path or tcp://IP:PORT.
+    #[arg(long)]
+    pub socket: Option<String>,
+    /// Credentials listen address (loopback!) [default: 127.0.0.1:9876].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Admin HTTP address for /healthz, /readyz, /metrics, or "off" [default: 127.0.0.1:9877].
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+    /// How long a request waits for credentials not held yet before answering 503 [default: 10s].
+    #[arg(long)]
+    pub fetch_wait: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long)]
+    pub log_format: Option<String>,
+}
+
+/// `aws` flags.
+#[derive(Debug, Default, clap::Args)]
+pub struct AwsArgs {
+    /// Shared flags.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// IAM role to assume: arn:aws:iam::ACCOUNT:role/NAME.
+    #[arg(long)]
+    pub role_arn: Option<String>,
+    /// AWS region of the STS endpoint [default: AWS_REGION, AWS_DEFAULT_REGION, us-east-1].
+    #[arg(long)]
+    pub region: Option<String>,
+    /// STS endpoint URL (regional or VPC endpoint; plain http only to loopback, for tests).
+    #[arg(long)]
+    pub sts_endpoint: Option<String>,
+    /// Session duration, 900–43200 s, as seconds or e.g. 1h [default: 3600].
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Fixed RoleSessionName [default: derived from the SPIFFE ID].
+    #[arg(long)]
+    pub session_name: Option<String>,
+    /// Token required in the Authorization header of /v1/container-creds (prefer the
+    /// environment or a file: flags are visible in the process list).
+    #[arg(long, value_parser = secret_arg)]
+    pub container_token: Option<Secret>,
+    /// File holding that token (re-read when it changes, for rotation).
+    #[arg(long)]
+    pub container_token_file: Option<PathBuf>,
+}
+
+fn secret_arg(s: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(s))
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Settings every provider shares.
+    pub common: Common,
+    /// The provider and its settings.
+    pub provider: ProviderConfig,
+}
+
+/// Settings every provider shares.
+#[derive(Clone, Debug)]
+pub struct Common {
+    /// JWT-SVID audience.
+    pub audience: String,
+    /// Workload API endpoint and the setting it came from.
+    pub socket: ResolvedEndpoint,
+    /// Credentials listen address.
+    pub listen: SocketAddr,
+    /// Admin listen address (`None`: off).
+    pub admin_listen: Option<SocketAddr>,
+    /// Cold-request wait bound.
+    pub fetch_wait: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// The provider chosen by the subcommand (exhaustive on purpose: a new provider must be wired).
+#[derive(Clone, Debug)]
+pub enum ProviderConfig {
+    /// AWS STS.
+    Aws(AwsConfig),
+}
+
+/// `aws` settings.
+#[derive(Clone, Debug)]
+pub struct AwsConfig {
+    /// What the provider needs.
+    pub sts: AwsSettings,
+    /// Guard of `/v1/container-creds` (`None`: that endpoint answers 404).
+    pub container_token: Option<ContainerToken>,
+}
+
+/// Where the container-credentials token comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ContainerToken {
+    /// A fixed value.
+    Value(Secret),
+    /// A file, re-read when a request does not match (so it can rotate).
+    File(PathBuf),
+}
+
+impl fmt::Debug for ContainerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Value(_) => f.write_str("Value(<redacted>)"),
+            Self::File(p) => write!(f, "File({})", p.display()),
+        }
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Builds the configuration from the command line and `env`.
+    pub fn load(cli: &Cli, env: &dyn Env) -> Result<Self, ConfigError> {
+        match &cli.command {
+            Command::Aws(args) => {
+                let common = Common::load(&args.common, env)?;
+                let aws = AwsConfig::load(args, env)?;
+                Ok(Self {
+                    common,
+                    provider: ProviderConfig::Aws(aws),
+                })
+            }
+        }
+    }
+}
+
+impl Common {
+    fn load(args: &CommonArgs, env: &dyn Env) -> Result<Self, ConfigError> {
+        let audience = match pick(args.audience.as_deref(), "--audience", env, ENV_AUDIENCE) {
+            Some((setting, v)) if v.trim().is_empty() => {
+                return Err(ConfigError::new(setting, v, "audience must not be empty"));
+            }
+            Some((_, v)) => v,
+            None => {
+                return Err(ConfigError::new(
+                    ENV_AUDIENCE,
+                    "",
+                    "an audience is required (--audience or SPIFFE_IAM_BROKER_AUDIENCE)",
+                ));
+            }
+        };
+
+        let socket_candidates = pick(args.socket.as_deref(), "--socket", env, ENV_SOCKET)
+            .map(|(setting, v)| (EndpointSource::Setting(setting), v));
+        let socket = resolve_endpoint_from(socket_candidates, env).map_err(|e| {
+            ConfigError::new(
+                e.source_name,
+                e.value,
+                format!("invalid Workload API address: {}", e.error),
+            )
+        })?;
+
+        let listen = match pick(args.listen.as_deref(), "--listen", env, ENV_LISTEN) {
+            Some((setting, v)) => config::socket_addr(&setting, &v)?,
+            None => DEFAULT_LISTEN,
+        };
+        let admin_listen = match pick(
+            args.admin_listen.as_deref(),
+            "--admin-listen",
+            env,
+            ENV_ADMIN_LISTEN,
+        ) {
+            Some((setting, v)) => config::admin_listen(&setting, &v)?,
+            None => Some(DEFAULT_ADMIN_LISTEN),
+        };
+        if admin_listen == Some(listen) {
+            return Err(ConfigError::new(
+                "--admin-listen",
+                listen.to_string(),
+                "must differ from the credentials listen address",
+            ));
+        }
+
+        let fetch_wait = match pick(
+            args.fetch_wait.as_deref(),
+            "--fetch-wait",
+            env,
+            ENV_FETCH_WAIT,
+        ) {
+            Some((setting, v)) => {
+                let d = config::duration(&setting, &v)?;
+                if d > Duration::from_secs(60) {
+                    return Err(ConfigError::new(
+                        setting,
+                        v,
+                        "at most 60s (clients have their own timeouts)",
+                    ));
+                }
+                d
+            }
+            None => DEFAULT_FETCH_WAIT,
+        };
+
+        let log_format = match pick(
+            args.log_format.as_deref(),
+            "--log-format",
+            env,
+            ENV_LOG_FORMAT,
+        ) {
+            Some((setting, v)) => v
+                .parse()
+                .map_err(|e: String| ConfigError::new(setting, &v, e))?,
+            None => LogFormat::Text,
+        };
+
+        Ok(Self {
+            audience,
+            socket,
+            listen,
+            admin_listen,
+            fetch_wait,
+            log_format,
+        })
+    }
+}
+
+impl AwsConfig {
+    fn load(args: &AwsArgs, env: &dyn Env) -> Result<Self, ConfigError> {
+        let role_arn = match pick(args.role_arn.as_deref(), "--role-arn", env, ENV_ROLE_ARN) {
+            Some((setting, v)) => {
+                validate_role_arn(&v).map_err(|reason| ConfigError::new(setting, &v, reason))?;
+                v
+            }
+            None => {
+                return Err(ConfigError::new(
+                    ENV_ROLE_ARN,
+                    "",
+                    "a role ARN is required (--role-arn or SPIFFE_IAM_BROKER_ROLE_ARN)",
+                ));
+            }
+        };
+
+        let region = pick(args.region.as_deref(), "--region", env, ENV_REGION)
+            .or_else(|| env.var("AWS_REGION").map(|v| ("AWS_REGION".to_owned(), v)))
+            .or_else(|| {
+                env.var("AWS_DEFAULT_REGION")
+                    .map(|v| ("AWS_DEFAULT_REGION".to_owned(), v))
+            });
+        let region = match region {
+            Some((setting, v)) => {
+                let ok = !v.is_empty()
+                    && v.len() <= 32
+                    && v.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                if !ok {
+                    return Err(ConfigError::new(
+                        setting,
+                        v,
+                        "expected a region name like eu-west-1",
+                    ));
+                }
+                v
+            }
+            None => DEFAULT_REGION.to_owned(),
+        };
+
+        let sts_endpoint = match pick(
+            args.sts_endpoint.as_deref(),
+            "--sts-endpoint",
+            env,
+            ENV_STS_ENDPOINT,
+        ) {
+            Some((setting, v)) => Some(
+                validate_endpoint(&v).map_err(|reason| ConfigError::new(setting, &v, reason))?,
+            ),
+            None => None,
+        };
+
+        let duration = match pick(args.duration.as_deref(), "--duration", env, ENV_DURATION) {
+            Some((setting, v)) => {
+                let d = match v.parse::<u64>() {
+                    Ok(secs) => Duration::from_secs(secs),
+                    Err(_) => config::duration(&setting, &v)?,
+                };
+                if !DURATION_RANGE.contains(&d.as_secs()) || d.subsec_nanos() != 0 {
+                    return Err(ConfigError::new(
+                        setting,
+                        v,
+                        "must be whole seconds from 900 (15m) to 43200 (12h), and at most the role's MaxSessionDuration",
+                    ));
+                }
+                d
+            }
+            None => DEFAULT_DURATION,
+        };
+
+        let session_name = match pick(
+            args.session_name.as_deref(),
+            "--session-name",
+            env,
+            ENV_SESSION_NAME,
+        ) {
+            Some((setting, v)) => Some(
+                SessionName::parse(&v).map_err(|reason| ConfigError::new(setting, &v, reason))?,
+            ),
+            None => None,
+        };
+
+        let container_token = container_token(args, env)?;
+
+        Ok(Self {
+            sts: AwsSettings {
+                role_arn,
+                region,
+                sts_endpoint,
+                duration,
+                session_name,
+            },
+            container_token,
+        })
+    }
+}
+
+/// Flags before variables; within each, the file before the value (as the SDKs read
+/// `_TOKEN_FILE` before `_TOKEN`).
+fn container_token(args: &AwsArgs, env: &dyn Env) -> Result<Option<ContainerToken>, ConfigError> {
+    enum Source {
+        File(String, PathBuf),
+        Value(String, Secret),
+    }
+    let flag_value = args.container_token.clone().filter(|s| !s.is_empty());
+    let source = if let Some(path) = &args.container_token_file {
+        Source::File("--container-token-file".to_owned(), path.clone())
+    } else if let Some(token) = flag_value {
+        Source::Value("--container-token".to_owned(), token)
+    } else if let Some(path) = env.var(ENV_CONTAINER_TOKEN_FILE) {
+        Source::File(ENV_CONTAINER_TOKEN_FILE.to_owned(), PathBuf::from(path))
+    } else if let Some(token) = env.var(ENV_CONTAINER_TOKEN) {
+        Source::Value(ENV_CONTAINER_TOKEN.to_owned(), Secret::new(token))
+    } else {
+        return Ok(None);
+    };
+    match source {
+        Source::File(setting, path) => {
+            let shown = path.display().to_string();
+            let token = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::new(&setting, &shown, format!("cannot read: {e}")))?;
+            check_token(token.trim())
+                .map_err(|reason| ConfigError::new(&setting, &shown, reason))?;
+            Ok(Some(ContainerToken::File(path)))
+        }
+        Source::Value(setting, token) => {
+            // Never echo the token itself.
+            check_token(token.expose())
+                .map_err(|reason| ConfigError::new(&setting, "<redacted>", reason))?;
+            Ok(Some(ContainerToken::Value(token)))
+        }
+    }
+}
+
+/// A token must fit in an HTTP header value, as the SDKs send it verbatim.
+pub fn check_token(token: &str) -> Result<(), String> {
+    if token.is_empty() {
+        return Err("the container-credentials token must not be empty".to_owned());
+    }
+    if token.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+        return Err(
+            "the container-credentials token must be printable ASCII (it is sent as a header)"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME` (REFERENCE §4; IAM's name rules).
+pub fn validate_role_arn(arn: &str) -> Result<(), String> {
+    const EXPECTED: &str = "expected arn:aws:iam::123456789012:role/NAME";
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let [scheme, partition, service, region, account, resource] = parts[..] else {
+        return Err(EXPECTED.to_owned());
+    };
+    if scheme != "arn" || service != "iam" {
+        return Err(format!("not an IAM ARN: {EXPECTED}"));
+    }
+    let partition_ok = partition == "aws"
+        || partition.strip_prefix("aws-").is_some_and(|p| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        });
+    if !partition_ok {
+        return Err(format!("unknown partition {partition:?}: {EXPECTED}"));
+    }
+    if !region.is_empty() {
+        return Err(format!("IAM ARNs have no region: {EXPECTED}"));
+    }
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("the account must be 12 digits: {EXPECTED}"));
+    }
+    let Some(path) = resource.strip_prefix("role/") else {
+        return Err(format!("not a role: {EXPECTED}"));
+    };
+    let name = path.rsplit('/').next().unwrap_or("");
+    let name_ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c));
+    let path_ok = path
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-/".contains(c))
+        && !path.contains("//");
+    if !name_ok || !path_ok {
+        return Err(format!(
+            "invalid role name {name:?} (1–64 of letters, digits and _+=,.@-): {EXPECTED}"
+        ));
+    }
+    Ok(())
+}
+
+/// `https://host[:port][/]`, or `http://` to a loopback address only: the request carries the
+/// JWT-SVID, which must not cross a network in clear.
+pub fn validate_endpoint(url: &str) -> Result<String, String> {
+    let uri: axum::http::Uri = url
+        .parse()
+        .map_err(|e| format!("not a URL ({e}): expected https://sts.REGION.amazonaws.com"))?;
+    let scheme = uri.scheme_str().unwrap_or("");
+    let Some(host) = uri.host() else {
+        return Err("expected a URL with a host, e.g. https://sts.eu-west-1.amazonaws.com".into());
+    };
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err("expected no path or query".to_owned());
+    }
+    match scheme {
+        "https" => {}
+        "http" if is_loopback_name(host) => {}
+        "http" => {
+            return Err(
+                "plain http is allowed only to a loopback address (the JWT-SVID would cross the network in clear)"
+                    .to_owned(),
+            );
+        }
+        _ => return Err("expected an https:// URL".to_owned()),
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// `localhost`, `127.0.0.0/8` or `::1` (brackets allowed).
+pub fn is_loopback_name(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use clap::Parser;
+
+    use super::*;
+
+    const ARN: &str = "arn:aws:iam::123456789012:role/demo";
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn load(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let cli = Cli::try_parse_from(["iam-broker", "aws"].iter().chain(args.iter())).unwrap();
+        Config::load(&cli, &env(vars))
+    }
+
+    fn aws(c: &Config) -> &AwsConfig {
+        let ProviderConfig::Aws(a) = &c.provider;
+        a
+    }
+
+    const TEMPLATE: &[(&str, &str)] = &[(ENV_AUDIENCE, "sts.amazonaws.com"), (ENV_ROLE_ARN, ARN)];
+
+    #[test]
+    fn defaults_match_the_seed_template() {
+        let c = load(&[], TEMPLATE).unwrap();
+        assert_eq!(c.common.audience, "sts.amazonaws.com");
+        assert_eq!(c.common.listen, "127.0.0.1:9876".parse().unwrap());
+        assert_eq!(
+            c.common.admin_listen,
+            Some("127.0.0.1:9877".parse().unwrap())
+        );
+        assert_eq!(
+            c.common.socket.endpoint.to_string(),
+            "unix:///run/secrets/workload-spiffe-uds/socket"
+        );
+        assert_eq!(c.common.fetch_wait, DEFAULT_FETCH_WAIT);
+        let a = aws(&c);
+        assert_eq!(a.sts.role_arn, ARN);
+        assert_eq!(a.sts.region, "us-east-1");
+        assert_eq!(a.sts.duration, Duration::from_secs(3600));
+        assert_eq!(a.sts.sts_endpoint, None);
+        assert_eq!(a.sts.session_name, None);
+        assert_eq!(a.container_token, None);
+    }
+
+    #[test]
+    fn precedence_is_flag_env_default() {
+        let c = load(
+            &[
+                "--audience",
+                "flag-aud",
+                "--socket",
+                "unix:///flag.sock",
+                "--region",
+                "eu-west-1",
+                "--duration",
+                "2h",
+                "--admin-listen",
+                "off",
+            ],
+            &[
+                (ENV_AUDIENCE, "env-aud"),
+                (ENV_ROLE_ARN, ARN),
+                (ENV_SOCKET, "unix:///env.sock"),
+                ("AWS_REGION", "us-west-2"),
+                (ENV_DURATION, "900"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.common.audience, "flag-aud");
+        assert_eq!(c.common.socket.endpoint.to_string(), "unix:///flag.sock");
+        assert_eq!(c.common.admin_listen, None);
+        assert_eq!(aws(&c).sts.region, "eu-west-1");
+        assert_eq!(aws(&c).sts.duration, Duration::from_secs(7200));
+
+        let c = load(
+            &[],
+            &[
+                (ENV_AUDIENCE, "a"),
+                (ENV_ROLE_ARN, ARN),
+                ("SPIFFE_ENDPOINT_SOCKET", "unix:///std.sock"),
+                ("AWS_DEFAULT_REGION", "ap-south-1"),
+                ("AWS_REGION", "us-west-2"),
+                (ENV_DURATION, "900"),
+                (ENV_STS_ENDPOINT, "http://127.0.0.1:5000/"),
+                (ENV_SESSION_NAME, "fixed@name"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.common.socket.endpoint.to_string(), "unix:///std.sock");
+        let a = aws(&c);
+        assert_eq!(
+            a.sts.region, "us-west-2",
+            "AWS_REGION before AWS_DEFAULT_REGION"
+        );
+        assert_eq!(a.sts.duration, Duration::from_secs(900));
+        assert_eq!(a.sts.sts_endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        assert_eq!(a.sts.session_name.as_ref().unwrap().as_str(), "fixed@name");
+
+        let own_var_first = load(
+            &[],
+            &[
+                (ENV_AUDIENCE, "a"),
+                (ENV_ROLE_ARN, ARN),
+                (ENV_SOCKET, "unix:///own.sock"),
+                ("SPIFFE_ENDPOINT_SOCKET", "unix:///std.sock"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            own_var_first.common.socket.endpoint.to_string(),
+            "unix:///own.sock"
+        );
+    }
+
+    #[test]
+    fn container_token_follows_the_sdk_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "file-token\n").unwrap();
+        let f = file.to_str().unwrap();
+
+        let c = load(
+            &[],
+            &[TEMPLATE, &[(ENV_CONTAINER_TOKEN, "env-token")]].concat(),
+        )
+        .unwrap();
+        assert_eq!(
+            aws(&c).container_token,
+            Some(ContainerToken::Value(Secret::new("env-token")))
+        );
+        // _FILE wins over the value, as in the SDKs.
+        let c = load(
+            &[],
+            &[
+                TEMPLATE,
+                &[
+                    (ENV_CONTAINER_TOKEN, "env-token"),
+                    (ENV_CONTAINER_TOKEN_FILE, f),
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(
+            aws(&c).container_token,
+            Some(ContainerToken::File(file.clone()))
+        );
+        // A flag wins over the environment.
+        let c = load(
+            &["--container-token", "flag-token"],
+            &[TEMPLATE, &[(ENV_CONTAINER_TOKEN_FILE, f)]].concat(),
+        )
+        .unwrap();
+        assert_eq!(
+            aws(&c).container_token,
+            Some(ContainerToken::Value(Secret::new("flag-token")))
+        );
+        assert!(!format!("{c:?}").contains("flag-token"), "Debug redacts");
+    }
+
+    #[test]
+    fn bad_settings_refuse_to_start_naming_the_setting() {
+        type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+        let t = TEMPLATE;
+        let cases: &[Case<'_>] = &[
+            (
+                &[],
+                &[(ENV_ROLE_ARN, ARN)],
+                "SPIFFE_IAM_BROKER_AUDIENCE: an audience is required",
+            ),
+            (
+                &["--audience", " "],
+                &[(ENV_ROLE_ARN, ARN)],
+                "--audience: audience must not be empty",
+            ),
+            (
+                &[],
+                &[(ENV_AUDIENCE, "a")],
+                "SPIFFE_IAM_BROKER_ROLE_ARN: a role ARN is required",
+            ),
+            (
+                &[],
+                &[(ENV_AUDIENCE, "a"), (ENV_ROLE_ARN, "demo")],
+                "SPIFFE_IAM_BROKER_ROLE_ARN: expected arn:aws:iam::",
+            ),
+            (
+                &["--role-arn", "arn:aws:iam::12345:role/demo"],
+                &[(ENV_AUDIENCE, "a")],
+                "--role-arn: the account must be 12 digits",
+            ),
+            (
+                &["--role-arn", "arn:aws:iam::123456789012:user/bob"],
+                &[(ENV_AUDIENCE, "a")],
+                "--role-arn: not a role",
+            ),
+            (
+                &["--role-arn", "arn:aws:s3:::bucket"],
+                &[(ENV_AUDIENCE, "a")],
+                "--role-arn: not an IAM ARN",
+            ),
+            (
+                &["--role-arn", "arn:aws:iam::123456789012:role/bad name"],
+                &[(ENV_AUDIENCE, "a")],
+                "--role-arn: invalid role name",
+            ),
+            (
+                &["--duration", "899"],
+                t,
+                "--duration: must be whole seconds from 900",
+            ),
+            (
+                &["--duration", "43201"],
+                t,
+                "--duration: must be whole seconds from 900",
+            ),
+            (
+                &[],
+                &[t[0], t[1], (ENV_DURATION, "13h")],
+                "SPIFFE_IAM_BROKER_DURATION: must be",
+            ),
+            (
+                &["--duration", "soon"],
+                t,
+                "--duration: expected a duration",
+            ),
+            (
+                &["--region", "EU West"],
+                t,
+                "--region: expected a region name",
+            ),
+            (
+                &["--sts-endpoint", "http://sts.example.com"],
+                t,
+                "--sts-endpoint: plain http is allowed only to a loopback address",
+            ),
+            (
+                &["--sts-endpoint", "sts.amazonaws.com"],
+                t,
+                "--sts-endpoint: expected",
+            ),
+            (
+                &["--sts-endpoint", "https://sts.amazonaws.com/path"],
+                t,
+                "--sts-endpoint: expected no path",
+            ),
+            (
+                &["--session-name", "a"],
+                t,
+                "--session-name: must be 2 to 64",
+            ),
+            (
+                &["--session-name", "a/b"],
+                t,
+                "--session-name: character '/'",
+            ),
+            (
+                &["--listen", "localhost:9876"],
+                t,
+                "--listen: expected IP:PORT",
+            ),
+            (
+                &["--admin-listen", "nope"],
+                t,
+                "--admin-listen: expected IP:PORT",
+            ),
+            (
+                &["--listen", "127.0.0.1:9877"],
+                t,
+                "--admin-listen: must differ from the credentials listen address",
+            ),
+            (
+                &[],
+                &[t[0], t[1], (ENV_SOCKET, "unix:rel.sock")],
+                "SPIFFE_IAM_BROKER_SOCKET_PATH: invalid",
+            ),
+            (&["--fetch-wait", "5m"], t, "--fetch-wait: at most 60s"),
+            (
+                &["--log-format", "xml"],
+                t,
+                "--log-format: unknown log format",
+            ),
+            (
+                &["--container-token-file", "/nonexistent/token"],
+                t,
+                "--container-token-file: cannot read",
+            ),
+            (
+                &[],
+                &[t[0], t[1], (ENV_CONTAINER_TOKEN, "two\nlines")],
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN: the container-credentials token must be printable ASCII (it is sent as a header) (got \"<redacted>\")",
+            ),
+        ];
+        for (args, vars, want) in cases {
+            let err = load(args, vars).unwrap_err().to_string();
+            assert!(err.contains(want), "{args:?} {vars:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn role_arns_in_other_partitions_and_with_paths_are_accepted() {
+        for arn in [
+            "arn:aws:iam::123456789012:role/demo",
+            "arn:aws-cn:iam::123456789012:role/team/app/demo",
+            "arn:aws-us-gov:iam::123456789012:role/a+b=c,d.e@f-g_h",
+        ] {
+            assert_eq!(validate_role_arn(arn), Ok(()), "{arn}");
+        }
+        assert!(validate_role_arn("arn:aws:iam::123456789012:role/").is_err());
+        assert!(
+            validate_role_arn(&format!(
+                "arn:aws:iam::123456789012:role/{}",
+                "a".repeat(65)
+            ))
+            .is_err()
+        );
+    }
+}
