@@ -8,6 +8,8 @@
 //! - `venv`: only create/refresh the venv.
 #![allow(clippy::print_stdout)] // A command-line tool talks on stdout.
 
+mod image;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -20,11 +22,12 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("demo") => demo(),
         Some("regen") => regen(),
-        Some("bench") => bench(),
+        Some("bench") => bench(&args[1..]),
         Some("venv") => venv().map(|_| ()),
+        Some("image") => image::image(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|regen|venv>\n\n  test   venv + fmt + clippy + all tests (what CI runs)\n  demo   start the dev agent and fetch SVIDs through workload-client\n  bench  jwt-auth-helper against a no-op ext_authz server and Envoy alone (release build)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers"
+                "usage: cargo xtask <test|demo|bench|image|regen|venv>\n\n  test   venv + fmt + clippy + all tests (what CI runs)\n  demo   start the dev agent and fetch SVIDs through workload-client\n  bench  [authz|sds|creds]: each sidecar against a same-run baseline (release build)\n  image  static binaries + one podman image per sidecar (Containerfile)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers"
             );
             return ExitCode::from(2);
         }
@@ -131,6 +134,8 @@ fn test(extra: &[String]) -> Result {
         "cargo build --bins",
         cargo().args(["build", "--workspace", "--bins", "--locked"]),
     )?;
+    // tests/container_image.rs checks the images and runs the binaries copied out of them.
+    image::image()?;
     let nextest = cargo()
         .args(["nextest", "--version"])
         .stdout(Stdio::null())
@@ -167,7 +172,7 @@ fn test(extra: &[String]) -> Result {
 }
 
 /// Benchmarks run on release builds; figures are ratios against baselines in the same run.
-fn bench() -> Result {
+fn bench(only: &[String]) -> Result {
     let venv = venv()?;
     run(
         "cargo build --release (sidecars, agent, no-op baseline, bench driver)",
@@ -184,14 +189,18 @@ fn bench() -> Result {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root().join("target"), PathBuf::from)
         .join("release");
-    run(
-        "bench-authz",
-        Command::new(target.join("bench-authz")).env("SUITE_VENV", &venv),
-    )?;
-    run(
-        "bench-sds",
-        Command::new(target.join("bench-sds")).env("SUITE_VENV", &venv),
-    )
+    // `cargo xtask bench [authz|sds|creds]…`: all of them by default.
+    let all = ["bench-authz", "bench-sds", "bench-creds"];
+    for name in all {
+        let short = name.trim_start_matches("bench-");
+        if only.is_empty() || only.iter().any(|o| o == short || o == name) {
+            run(
+                name,
+                Command::new(target.join(name)).env("SUITE_VENV", &venv),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn regen() -> Result {
