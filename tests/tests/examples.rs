@@ -1,28 +1,237 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! Every Envoy configuration under `examples/envoy/` passes `envoy --mode validate`.
+//! Every file under `examples/` is checked: YAML parses (PyYAML), Envoy configurations pass
+//! `envoy --mode validate` (EnvoyFilter patches inside an equivalent bootstrap), the injection
+//! template only uses settings the sidecars read and probes their admin ports, and the AWS
+//! examples match the broker's contract.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
 use suite_tests::envoy::Envoy;
-use suite_tests::root;
+use suite_tests::{python_with, root};
+
+fn files(dir: &str, ext: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every document of every YAML file, parsed by PyYAML.
+fn yaml_docs(paths: &[PathBuf]) -> BTreeMap<String, Vec<Value>> {
+    let python = python_with(&["yaml"]);
+    let out = Command::new(python)
+        .arg(root().join("tests/py/yaml_to_json.py"))
+        .args(paths)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "YAML does not parse: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn yaml_str(text: &str, dir: &Path) -> Vec<Value> {
+    let file = dir.join("embedded.yaml");
+    std::fs::write(&file, text).unwrap();
+    yaml_docs(&[file]).into_values().next().unwrap()
+}
 
 #[test]
-fn every_example_envoy_config_validates() {
+fn every_example_envoy_bootstrap_validates() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = root().join("examples/envoy");
-    let mut checked = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            let yaml = std::fs::read_to_string(&path).unwrap();
-            if let Err(out) = Envoy::validate(tmp.path(), &yaml) {
-                panic!("{} does not validate:\n{out}", path.display());
-            }
-            checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    let paths = files("examples/envoy", "yaml");
+    let names: Vec<String> = paths
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.contains(&"credential-injector.yaml".to_owned())
+            && names.contains(&"vm-mtls.yaml".to_owned()),
+        "{names:?}"
+    );
+    yaml_docs(&paths);
+    for path in paths {
+        let yaml = std::fs::read_to_string(&path).unwrap();
+        if let Err(out) = Envoy::validate(tmp.path(), &yaml) {
+            panic!("{} does not validate:\n{out}", path.display());
         }
     }
-    checked.sort();
+}
+
+/// A bootstrap (JSON is YAML) with one HTTP listener running `filters` then the router, and
+/// `clusters`, for validating EnvoyFilter patches.
+fn bootstrap_with(filters: &[Value], clusters: &[Value]) -> String {
+    let mut http_filters = filters.to_vec();
+    http_filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+    }));
+    let mut all_clusters = clusters.to_vec();
+    all_clusters.push(json!({
+        "name": "app", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 8080}}}}
+        ]}]}
+    }));
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "sidecar",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 15006}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "sidecar",
+                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
+                        "http_filters": http_filters
+                    }
+                }]}]
+            }],
+            "clusters": all_clusters
+        }
+    })
+    .to_string()
+}
+
+#[test]
+fn istio_examples_parse_and_envoy_filter_patches_validate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = yaml_docs(&files("examples/istio", "yaml"));
+    let mut filters_checked = 0;
+    for (path, docs) in &docs {
+        for doc in docs {
+            assert!(
+                doc["apiVersion"].is_string() && doc["kind"].is_string(),
+                "{path}: {doc}"
+            );
+            if doc["kind"] != "EnvoyFilter" {
+                continue;
+            }
+            let patches = doc["spec"]["configPatches"].as_array().unwrap();
+            let value = |kind: &str| -> Vec<Value> {
+                patches
+                    .iter()
+                    .filter(|p| p["applyTo"] == kind)
+                    .map(|p| p["patch"]["value"].clone())
+                    .collect()
+            };
+            let filters = value("HTTP_FILTER");
+            assert!(!filters.is_empty(), "{path}: no HTTP filter patch");
+            let yaml = bootstrap_with(&filters, &value("CLUSTER"));
+            if let Err(out) = Envoy::validate(tmp.path(), &yaml) {
+                panic!("{path}: the patch does not validate in Envoy:\n{out}");
+            }
+            filters_checked += 1;
+        }
+    }
+    assert_eq!(
+        filters_checked, 2,
+        "outbound injection and inbound validation filters"
+    );
+}
+
+/// The string literals of a sidecar's configuration source: every variable it reads.
+fn source(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap()
+}
+
+#[test]
+fn injection_template_uses_only_settings_the_sidecars_read_and_probes_their_admin_ports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = yaml_docs(&[root().join("examples/istio/istio-spire-template.yaml")]);
+    let istio = &docs.values().next().unwrap()[0];
+    assert_eq!(istio["kind"], "Istio");
+    let templates = istio["spec"]["values"]["sidecarInjectorWebhook"]["templates"]
+        .as_object()
+        .unwrap();
+    let configs = [
+        ("sds-bridge", source("sds-bridge/src/config.rs")),
+        ("iam-broker", source("iam-broker/src/config.rs")),
+        ("jwt-auth-helper", source("jwt-auth-helper/src/config.rs")),
+    ];
+    let mut sidecars = 0;
+    for (name, template) in templates {
+        let spec = &yaml_str(template.as_str().unwrap(), tmp.path())[0]["spec"];
+        for c in spec["initContainers"].as_array().unwrap() {
+            let Some(image) = c["image"].as_str() else {
+                continue; // istio-proxy: only a volume mount is added
+            };
+            let (_, config) = configs
+                .iter()
+                .find(|(n, _)| image.contains(&format!("/{n}:")))
+                .unwrap_or_else(|| panic!("{name}: unknown image {image}"));
+            sidecars += 1;
+            assert_eq!(c["restartPolicy"], "Always", "{image}: a native sidecar");
+            let mut admin_port = None;
+            for env in c["env"].as_array().unwrap() {
+                let var = env["name"].as_str().unwrap();
+                assert!(
+                    config.contains(&format!("\"{var}\"")),
+                    "{name}/{image}: the sidecar does not read {var}"
+                );
+                if var.ends_with("_ADMIN_LISTEN") {
+                    let addr: std::net::SocketAddr =
+                        env["value"].as_str().unwrap().parse().unwrap();
+                    admin_port = Some(addr.port());
+                }
+            }
+            let port = admin_port.unwrap_or_else(|| panic!("{image}: admin listen not set"));
+            for probe in ["readinessProbe", "livenessProbe"] {
+                assert_eq!(
+                    c[probe]["httpGet"]["port"].as_u64(),
+                    Some(u64::from(port)),
+                    "{image}: {probe} on the admin port"
+                );
+            }
+            assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+            assert!(
+                c["resources"]["requests"]["memory"].is_string(),
+                "{image}: requests"
+            );
+            assert_eq!(c["securityContext"]["runAsNonRoot"], true, "{image}");
+        }
+    }
+    assert_eq!(
+        sidecars, 4,
+        "sds-bridge, iam-broker, jwt-auth-helper and the validator"
+    );
     assert!(
-        checked.contains(&"credential-injector.yaml".to_owned())
-            && checked.contains(&"vm-mtls.yaml".to_owned()),
-        "examples found: {checked:?}"
+        templates["spire"].as_str().unwrap().contains("args: [aws]"),
+        "the broker runs the aws provider, as in the seed"
+    );
+}
+
+#[test]
+fn aws_examples_match_the_broker_contract() {
+    let docs = yaml_docs(&[root().join("examples/aws/aws-config.yaml")]);
+    let config = docs.values().next().unwrap()[0]["data"]["config"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        config.contains("credential_process = curl -sf http://localhost:9876/v1/creds"),
+        "{config}"
+    );
+    let policy: Value =
+        serde_json::from_str(&source("examples/aws/iam-trust-policy.json")).unwrap();
+    let statement = &policy["Statement"][0];
+    assert_eq!(statement["Action"], "sts:AssumeRoleWithWebIdentity");
+    let conditions = statement["Condition"]["StringEquals"].as_object().unwrap();
+    assert!(conditions.keys().any(|k| k.ends_with(":aud")));
+    assert!(
+        conditions
+            .iter()
+            .any(|(k, v)| k.ends_with(":sub") && v.as_str().unwrap().starts_with("spiffe://"))
     );
 }
