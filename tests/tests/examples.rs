@@ -235,3 +235,98 @@ fn aws_examples_match_the_broker_contract() {
             .any(|(k, v)| k.ends_with(":sub") && v.as_str().unwrap().starts_with("spiffe://"))
     );
 }
+
+/// GitHub's heading anchor: lower case, spaces to `-`, other punctuation dropped.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// All Rust sources of the sidecars, for checking that a metric name is really exported.
+fn all_sources() -> String {
+    let mut text = String::new();
+    for dir in [
+        "sidecar-runtime/src",
+        "jwt-auth-helper/src",
+        "sds-bridge/src",
+        "iam-broker/src",
+    ] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                text.push_str(&std::fs::read_to_string(path).unwrap());
+            }
+        }
+    }
+    text
+}
+
+#[test]
+fn alerts_use_exported_metrics_and_link_existing_runbooks() {
+    let docs = yaml_docs(&[root().join("examples/operations/alerts.yaml")]);
+    let rules = &docs.values().next().unwrap()[0]["groups"][0]["rules"];
+    let runbooks = source("examples/operations/runbooks.md");
+    let anchors: Vec<String> = runbooks
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(anchor)
+        .collect();
+    let sources = all_sources();
+    let metric = |name: &str| -> bool {
+        let base = ["jwt_auth_helper_", "sds_bridge_", "iam_broker_"]
+            .iter()
+            .find_map(|p| name.strip_prefix(p))
+            .unwrap_or(name);
+        let base = ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| base.strip_suffix(s))
+            .unwrap_or(base);
+        sources.contains(&format!("\"{base}\""))
+    };
+    let mut alerts = 0;
+    for rule in rules.as_array().unwrap() {
+        let name = rule["alert"].as_str().unwrap();
+        alerts += 1;
+        assert!(rule["labels"]["severity"].is_string(), "{name}: severity");
+        let link = rule["annotations"]["runbook"].as_str().unwrap();
+        let (_, fragment) = link.split_once('#').unwrap();
+        assert!(
+            anchors.iter().any(|a| a == fragment),
+            "{name}: no runbook section #{fragment}"
+        );
+        let expr = rule["expr"].as_str().unwrap();
+        let names: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| {
+                ["jwt_auth_helper_", "sds_bridge_", "iam_broker_"]
+                    .iter()
+                    .any(|p| w.starts_with(p))
+            })
+            .collect();
+        assert!(!names.is_empty(), "{name}: no sidecar metric in {expr}");
+        for m in names {
+            assert!(metric(m), "{name}: {m} is not exported by any sidecar");
+        }
+    }
+    assert!(alerts >= 8, "alerts: {alerts}");
+    for section in [
+        "agent-unreachable",
+        "workload-not-registered",
+        "sts-accessdenied-or-invalididentitytoken",
+        "clock-skew",
+        "envoy-nacking-a-secret",
+    ] {
+        assert!(
+            anchors.iter().any(|a| a == section),
+            "runbook {section} missing"
+        );
+    }
+}
