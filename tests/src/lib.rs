@@ -93,6 +93,23 @@ pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool
     }
 }
 
+/// Every child spawned through [`Proc`] and not yet stopped, for [`kill_all_children`].
+static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn forget_child(pid: u32) {
+    CHILDREN.lock().unwrap().retain(|p| *p != pid);
+}
+
+/// SIGKILLs every child still running: for a signal handler, where no destructor runs.
+pub fn kill_all_children() {
+    let pids: Vec<u32> = std::mem::take(&mut *CHILDREN.lock().unwrap());
+    for pid in pids {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}
+
 /// A child process killed (and reaped) on drop, its stderr kept in a file for failure reports.
 #[derive(Debug)]
 pub struct Proc {
@@ -110,6 +127,7 @@ impl Proc {
             .stderr(file)
             .stdin(Stdio::null());
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        CHILDREN.lock().unwrap().push(child.id());
         Self {
             name: name.to_owned(),
             child: Some(child),
@@ -130,6 +148,7 @@ impl Proc {
     /// Kills it at once (SIGKILL: a crash, not a graceful stop).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            forget_child(c.id());
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -140,6 +159,7 @@ impl Proc {
         let Some(mut c) = self.child.take() else {
             return false;
         };
+        forget_child(c.id());
         let _ = Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
             .status();

@@ -2,7 +2,7 @@
 //!
 //! - `test`: create the project venv with the real peers (tests/requirements.txt), then
 //!   `cargo fmt --check`, `cargo clippy -D warnings`, and every test. What CI runs.
-//! - `demo`: build, start the dev agent and show SVIDs fetched through workload-client.
+//! - `demo`: the three sidecars with real Envoy, moto and the AWS CLI, step by step.
 //! - `regen`: regenerate the committed Workload API code (needs nothing installed: the
 //!   regen test uses a vendored protoc).
 //! - `venv`: only create/refresh the venv.
@@ -11,8 +11,7 @@
 mod image;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitCode, Stdio};
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -27,7 +26,7 @@ fn main() -> ExitCode {
         Some("image") => image::image(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|image|regen|venv>\n\n  test   venv + fmt + clippy + all tests (what CI runs)\n  demo   start the dev agent and fetch SVIDs through workload-client\n  bench  [authz|sds|creds]: each sidecar against a same-run baseline (release build)\n  image  static binaries + one podman image per sidecar (Containerfile)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers"
+                "usage: cargo xtask <test|demo|bench|image|regen|venv>\n\n  test   venv + fmt + clippy + all tests (what CI runs)\n  demo   the three sidecars with real Envoy, moto and the AWS CLI, step by step\n  bench  [authz|sds|creds]: each sidecar against a same-run baseline (release build)\n  image  static binaries + one podman image per sidecar (Containerfile)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers"
             );
             return ExitCode::from(2);
         }
@@ -212,70 +211,21 @@ fn regen() -> Result {
     )
 }
 
-/// Kills the child on drop, so Ctrl-C or an error never leaves an agent behind.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// The README's first command: peers into the venv, the binaries, then the `demo` binary
+/// (tests/src/bin/demo.rs), which runs every step against real Envoy, moto and the AWS CLI.
 fn demo() -> Result {
+    let venv = venv()?;
     run(
-        "build",
-        cargo().args([
-            "build",
-            "--quiet",
-            "--locked",
-            "--bins",
-            "--example",
-            "show-svids",
-            "-p",
-            "dev-agent",
-            "-p",
-            "workload-client",
-        ]),
+        "cargo build --bins",
+        cargo().args(["build", "--workspace", "--bins", "--locked"]),
     )?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root().join("target"), PathBuf::from)
         .join("debug");
-    let dir = std::env::temp_dir().join(format!("spiffe-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let socket = dir.join("agent.sock");
-    let endpoint = format!("unix://{}", socket.display());
-
-    println!("==> starting spiffe-dev-agent on {endpoint}");
-    let agent = Guard(
-        Command::new(target.join("spiffe-dev-agent"))
-            .args(["--socket", &endpoint, "--trust-domain", "example.org"])
-            .args(["--spiffe-id", "spiffe://example.org/ns/demo/sa/client"])
-            .args(["--x509-ttl", "1h", "--jwt-ttl", "5m"])
-            .spawn()
-            .map_err(|e| format!("start spiffe-dev-agent: {e}"))?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        if Instant::now() > deadline {
-            return Err("dev agent did not create its socket within 10 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-
-    println!("==> fetching an X.509-SVID and a JWT-SVID through workload-client");
-    let result = run(
-        "show-svids",
-        Command::new(target.join("examples/show-svids")).args([
-            "--socket",
-            &endpoint,
-            "--audience",
-            "demo-backend",
-        ]),
-    );
-    drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
-    result?;
-    println!("==> demo finished: agent stopped, temporary files removed");
-    Ok(())
+    run(
+        "demo",
+        Command::new(target.join("demo"))
+            .env("SUITE_VENV", &venv)
+            .env("RUST_LOG", "warn"),
+    )
 }

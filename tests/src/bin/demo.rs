@@ -1,0 +1,348 @@
+//! `cargo xtask demo`: the three sidecars with real Envoy, the AWS CLI and a local STS, all on
+//! loopback, step by step:
+//!
+//! 1. jwt-auth-helper stamps `authorization: Bearer <JWT-SVID>` on a plain request through the
+//!    outbound Envoy; the inbound Envoy's `jwt_authn` (issuer and JWKS from the dev agent's OIDC
+//!    discovery) accepts it; the same request without the helper gets 401 (seed 000);
+//! 2. two Envoys talk mTLS with certificates from sds-bridge, and keep talking through a forced
+//!    rotation (seed 002's VM);
+//! 3. `aws sts get-caller-identity` through `credential_process = curl -sf …/v1/creds` served
+//!    by iam-broker, against moto as STS (seed 002's DynamoDB step).
+//!
+//! Exits non-zero if a step fails; every process it started is stopped on exit, on failure and
+//! on Ctrl-C / SIGTERM.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use suite_tests::aws::{Broker, Moto, caller_identity, credential_process_profile, require_curl};
+use suite_tests::envoy::{EchoServer, Envoy, Response, ext_authz_proxy, jwt_authn_proxy, request};
+use suite_tests::sds::{
+    SdsBridge, Shape, bootstrap, common_tls_context, http_listener, mtls_listener, sds_cluster,
+    tls_cluster, xfcc_uri_and_serial,
+};
+use suite_tests::sidecars::{JwtHelper, jwt_claims};
+use suite_tests::{DevAgent, free_port, kill_all_children, wait_until};
+
+const TD: &str = "demo.example";
+const CLIENT: &str = "spiffe://demo.example/ns/demo/sa/client";
+const SERVER: &str = "spiffe://demo.example/ns/demo/sa/server";
+const BACKEND_AUDIENCE: &str = "demo-backend";
+
+static WORKDIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn get(port: u16, path: &str) -> Option<Response> {
+    request(addr(port), "GET", path, &[])
+}
+
+fn step(n: u8, title: &str) {
+    println!("\n=== {n}. {title}");
+}
+
+fn ok(what: &str) {
+    println!("  ok  {what}");
+}
+
+/// The token with its middle elided: enough to recognise, useless to steal.
+fn elide(token: &str) -> String {
+    format!(
+        "{}…{}",
+        &token[..12.min(token.len())],
+        &token[token.len().saturating_sub(8)..]
+    )
+}
+
+/// Stops every child and removes the work directory on Ctrl-C or SIGTERM.
+fn on_signal_clean_up() {
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        println!("\ninterrupted: stopping everything the demo started");
+        kill_all_children();
+        if let Some(dir) = WORKDIR.get() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        std::process::exit(130);
+    });
+}
+
+fn jwt_step(dir: &Path, client_agent: &DevAgent, issuer: &str, oidc: u16) {
+    step(
+        1,
+        "JWT-SVID stamped by jwt-auth-helper (ext_authz), checked by Envoy jwt_authn",
+    );
+    let mut helper = JwtHelper::start(
+        dir,
+        &client_agent.endpoint,
+        &["--audience", BACKEND_AUDIENCE],
+    );
+    helper.wait_ready(Duration::from_secs(20));
+    ok(&format!(
+        "jwt-auth-helper ready on {} (audience {BACKEND_AUDIENCE})",
+        helper.listen
+    ));
+    let backend = EchoServer::start();
+    let inbound_port = free_port();
+    let _inbound = Envoy::start(
+        "envoy-inbound",
+        dir,
+        &jwt_authn_proxy(
+            free_port(),
+            inbound_port,
+            backend.addr,
+            issuer,
+            &[BACKEND_AUDIENCE],
+            addr(oidc),
+        ),
+    );
+    let outbound_port = free_port();
+    let _outbound = Envoy::start(
+        "envoy-outbound",
+        dir,
+        &ext_authz_proxy(
+            free_port(),
+            outbound_port,
+            addr(inbound_port),
+            helper.listen,
+        ),
+    );
+    ok(&format!(
+        "outbound Envoy :{outbound_port} (ext_authz -> helper) -> inbound Envoy :{inbound_port} (jwt_authn, JWKS {issuer}/keys) -> backend"
+    ));
+
+    let r = get(outbound_port, "/hello").expect("outbound Envoy answered");
+    assert_eq!(
+        r.status, 200,
+        "request through the helper: {} {}",
+        r.status, r.body
+    );
+    let echoed = r.json();
+    let header = echoed["headers"]["authorization"]
+        .as_str()
+        .expect("authorization reached the backend");
+    let token = header.strip_prefix("Bearer ").expect("a Bearer token");
+    let claims = jwt_claims(token);
+    assert_eq!(claims["sub"], CLIENT);
+    ok(&format!(
+        "GET via outbound Envoy -> 200; backend saw authorization: Bearer {}",
+        elide(token)
+    ));
+    println!(
+        "      claims: sub={} aud={} iss={} exp in {}s",
+        claims["sub"],
+        claims["aud"],
+        claims["iss"],
+        claims["exp"].as_i64().unwrap_or(0) - suite_tests::sidecars::unix_now()
+    );
+    let r = get(inbound_port, "/hello").expect("inbound Envoy answered");
+    assert_eq!(
+        r.status, 401,
+        "request without the helper must be refused: {}",
+        r.body
+    );
+    ok("GET straight to the inbound Envoy, no token -> 401 (jwt_authn)");
+}
+
+fn mtls_step(dir: &Path, client_agent: &DevAgent, server_agent: &DevAgent) {
+    step(
+        2,
+        "mTLS between two Envoys, certificates from sds-bridge, through a rotation",
+    );
+    let mut client_bridge = SdsBridge::start("sds-bridge-client", dir, &client_agent.endpoint, &[]);
+    let mut server_bridge = SdsBridge::start("sds-bridge-server", dir, &server_agent.endpoint, &[]);
+    client_bridge.wait_ready(Duration::from_secs(20));
+    server_bridge.wait_ready(Duration::from_secs(20));
+    ok("sds-bridge per side, serving SDS on a Unix socket from its own Workload API identity");
+    let backend = EchoServer::start();
+    let mtls_port = free_port();
+    let _server = Envoy::start(
+        "envoy-server",
+        dir,
+        &bootstrap(
+            free_port(),
+            "server",
+            // Seed 002's VM shape: certificate = the SPIFFE ID, validation = spiffe://<td>.
+            &[mtls_listener(
+                "mtls",
+                mtls_port,
+                &common_tls_context(Shape::Vm, "sds", SERVER, TD),
+            )],
+            &[
+                sds_cluster("sds", &server_bridge.socket),
+                suite_tests::envoy::static_cluster("upstream", backend.addr, false),
+            ],
+        ),
+    );
+    let client_port = free_port();
+    let _client = Envoy::start(
+        "envoy-client",
+        dir,
+        &bootstrap(
+            free_port(),
+            "client",
+            &[http_listener("out", client_port, &[("/", "mtls")])],
+            &[
+                sds_cluster("sds", &client_bridge.socket),
+                // One request per connection, so every request shows the current certificate.
+                tls_cluster(
+                    "mtls",
+                    addr(mtls_port),
+                    &common_tls_context(Shape::Istio, "sds", "", ""),
+                    1,
+                ),
+            ],
+        ),
+    );
+    let seen = || {
+        let r = get(client_port, "/").expect("client Envoy answered");
+        assert_eq!(r.status, 200, "mTLS request: {} {}", r.status, r.body);
+        xfcc_uri_and_serial(
+            r.json()["headers"]["x-forwarded-client-cert"]
+                .as_str()
+                .unwrap(),
+        )
+    };
+    let (uri, serial) = seen();
+    assert_eq!(uri, CLIENT);
+    ok(&format!(
+        "client Envoy :{client_port} -> server Envoy :{mtls_port} (mTLS) -> backend: 200"
+    ));
+    println!("      server saw client {uri}, certificate serial {serial}");
+
+    println!("      forcing a rotation at both agents while requests keep flowing …");
+    let started = Instant::now();
+    client_agent.post("/rotate/x509");
+    server_agent.post("/rotate/x509");
+    let mut requests = 0;
+    let mut new_serial = serial.clone();
+    wait_until(
+        "the rotated client certificate at the server",
+        Duration::from_secs(20),
+        || {
+            requests += 1;
+            new_serial = seen().1;
+            new_serial != serial
+        },
+    );
+    ok(&format!(
+        "rotated without a restart: serial {serial} -> {new_serial} after {:?}, {requests} requests, none failed",
+        started.elapsed()
+    ));
+    assert_eq!(server_bridge.metric("sds_bridge_nacks_total"), 0.0);
+}
+
+fn aws_step(dir: &Path, client_agent: &DevAgent) {
+    step(
+        3,
+        "aws sts get-caller-identity with credentials from iam-broker (moto as STS)",
+    );
+    require_curl();
+    let moto = Moto::start(dir);
+    ok(&format!("moto STS on {}", moto.url()));
+    let mut broker = Broker::start(dir, &client_agent.endpoint, &moto.url(), &[], &[]);
+    broker.wait_ready(Duration::from_secs(30));
+    ok(&format!(
+        "iam-broker aws serving {}/v1/creds",
+        broker.listen
+    ));
+    let command = format!("curl -sf http://{}/v1/creds", broker.listen);
+    let config = credential_process_profile(dir, &command);
+    println!("      ~/.aws/config: credential_process = {command}");
+    let config_env = config.display().to_string();
+    let arn = caller_identity(dir, &moto, &[("AWS_CONFIG_FILE", &config_env)])
+        .unwrap_or_else(|e| panic!("aws sts get-caller-identity failed:\n{e}"));
+    ok(&format!("aws sts get-caller-identity -> {arn}"));
+    assert!(arn.contains(":assumed-role/demo/"), "{arn}");
+}
+
+fn main() -> ExitCode {
+    on_signal_clean_up();
+    let tmp = tempfile::Builder::new()
+        .prefix("spiffe-demo-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().to_path_buf();
+    let _ = WORKDIR.set(dir.clone());
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        step(
+            0,
+            "dev SPIFFE agents (client and server identities of trust domain demo.example)",
+        );
+        let state = dir.join("state");
+        let oidc = free_port();
+        let issuer = format!("http://127.0.0.1:{oidc}");
+        let (client_dir, server_dir) = (dir.join("client"), dir.join("server"));
+        std::fs::create_dir_all(&client_dir).unwrap();
+        std::fs::create_dir_all(&server_dir).unwrap();
+        let state_arg = state.display().to_string();
+        let client_agent = DevAgent::start(
+            &client_dir,
+            &[
+                "--trust-domain",
+                TD,
+                "--spiffe-id",
+                CLIENT,
+                "--state-dir",
+                &state_arg,
+                "--oidc-listen",
+                &format!("127.0.0.1:{oidc}"),
+                "--jwt-issuer",
+                &issuer,
+            ],
+        );
+        let server_agent = DevAgent::start(
+            &server_dir,
+            &[
+                "--trust-domain",
+                TD,
+                "--spiffe-id",
+                SERVER,
+                "--state-dir",
+                &state_arg,
+            ],
+        );
+        ok(&format!(
+            "client agent {} (OIDC discovery {issuer})",
+            client_agent.endpoint
+        ));
+        ok(&format!("server agent {}", server_agent.endpoint));
+        jwt_step(&dir, &client_agent, &issuer, oidc);
+        mtls_step(&dir, &client_agent, &server_agent);
+        aws_step(&dir, &client_agent);
+    }));
+    // Every guard has dropped by now: processes stopped.
+    drop(tmp);
+    match result {
+        Ok(()) => {
+            println!("\ndemo finished: every process stopped, temporary files removed");
+            ExitCode::SUCCESS
+        }
+        Err(_) => {
+            println!("\ndemo FAILED (see the message above); every process stopped");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,90 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The README's first command: `cargo xtask demo` runs the `demo` binary. It must pass from a
+//! clean machine (the test command installs its peers), and clean up after itself, also when
+//! interrupted.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use suite_tests::{bin, venv};
+
+fn demo() -> Command {
+    let mut cmd = Command::new(bin("demo"));
+    cmd.env("SUITE_VENV", venv()).env("RUST_LOG", "warn");
+    cmd
+}
+
+#[test]
+fn demo_runs_all_three_steps_and_exits_zero() {
+    let out = demo().output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "backend saw authorization: Bearer ey",
+        "no token -> 401",
+        "(mTLS) -> backend: 200",
+        "rotated without a restart",
+        "assumed-role/demo/demo.example@ns@demo@sa@client",
+        "every process stopped, temporary files removed",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn interrupted_demo_stops_every_process_and_removes_its_files() {
+    let mut child = demo().stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The work directory is in the agents' socket paths: "ok  client agent unix:///tmp/…".
+    let mut workdir = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("unix://").nth(1) {
+            let path = rest.split_whitespace().next().unwrap();
+            workdir = Some(
+                std::path::PathBuf::from(path)
+                    .parent()
+                    .unwrap()
+                    .parent()
+                    .unwrap()
+                    .to_path_buf(),
+            );
+        }
+        if line.starts_with("=== 1.") {
+            break;
+        }
+    }
+    let workdir = workdir.expect("the demo printed its agent socket");
+    assert!(workdir.exists());
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "exit status after SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = Command::new("pgrep")
+            .args(["-f", workdir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        if left.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes left behind: {}",
+            String::from_utf8_lossy(&left.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!workdir.exists(), "{} left behind", workdir.display());
+}
