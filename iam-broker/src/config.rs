@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use sidecar_runtime::config::{self, pick};
 use sidecar_runtime::{ConfigError, LogFormat};
-use workload_client::endpoint::{EndpointSource, ResolvedEndpoint};
-use workload_client::{Env, resolve_endpoint_from};
+use workload_client::Env;
+use workload_client::endpoint::ResolvedEndpoint;
 
 use crate::provider::aws::AwsSettings;
 use crate::secret::Secret;
@@ -241,15 +241,10 @@ impl Common {
             }
         };
 
-        let socket_candidates = pick(args.socket.as_deref(), "--socket", env, ENV_SOCKET)
-            .map(|(setting, v)| (EndpointSource::Setting(setting), v));
-        let socket = resolve_endpoint_from(socket_candidates, env).map_err(|e| {
-            ConfigError::new(
-                e.source_name,
-                e.value,
-                format!("invalid Workload API address: {}", e.error),
-            )
-        })?;
+        let socket = config::workload_api(
+            pick(args.socket.as_deref(), "--socket", env, ENV_SOCKET),
+            env,
+        )?;
 
         let listen = match pick(args.listen.as_deref(), "--listen", env, ENV_LISTEN) {
             Some((setting, v)) => config::socket_addr(&setting, &v)?,
@@ -292,17 +287,12 @@ impl Common {
             None => DEFAULT_FETCH_WAIT,
         };
 
-        let log_format = match pick(
+        let log_format = config::log_format(pick(
             args.log_format.as_deref(),
             "--log-format",
             env,
             ENV_LOG_FORMAT,
-        ) {
-            Some((setting, v)) => v
-                .parse()
-                .map_err(|e: String| ConfigError::new(setting, &v, e))?,
-            None => LogFormat::Text,
-        };
+        ))?;
 
         Ok(Self {
             audience,

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sidecar_runtime::{ConfigError, LogFormat, config};
-use workload_client::endpoint::{EndpointSource, ResolvedEndpoint};
+use workload_client::Env;
+use workload_client::endpoint::ResolvedEndpoint;
 use workload_client::spiffe::{SpiffeId, TrustDomain};
-use workload_client::{Env, resolve_endpoint_from};
 
 /// Env: the audience to request (injection) or require (validation).
 pub const ENV_AUDIENCE: &str = "SPIRE_ENVOY_JWT_HELPER_AUDIENCE";
@@ -268,21 +268,15 @@ impl Config {
             }
         };
 
-        let socket_candidates = src
-            .pick(
+        let socket = config::workload_api(
+            src.pick(
                 cli.socket.as_ref(),
                 "--socket",
                 ENV_SOCKET,
                 Some("socket_path"),
-            )
-            .map(|(setting, v)| (EndpointSource::Setting(setting), v));
-        let socket = resolve_endpoint_from(socket_candidates, env).map_err(|e| {
-            ConfigError::new(
-                e.source_name,
-                e.value,
-                format!("invalid Workload API address: {}", e.error),
-            )
-        })?;
+            ),
+            env,
+        )?;
 
         let listen = match src.pick(cli.listen.as_ref(), "--listen", ENV_LISTEN, None) {
             Some((setting, v)) => config::socket_addr(&setting, &v)?,
@@ -394,17 +388,12 @@ impl Config {
             Some((setting, v)) => config::duration(&setting, &v)?,
             None => DEFAULT_TOKEN_WAIT,
         };
-        let log_format = match src.pick(
+        let log_format = config::log_format(src.pick(
             cli.log_format.as_ref(),
             "--log-format",
             ENV_LOG_FORMAT,
             None,
-        ) {
-            Some((setting, v)) => v
-                .parse()
-                .map_err(|e: String| ConfigError::new(setting, &v, e))?,
-            None => LogFormat::Text,
-        };
+        ))?;
 
         Ok(Self {
             mode,

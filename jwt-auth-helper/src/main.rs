@@ -93,13 +93,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 Err(reason) => Readiness::NotReady(reason),
             }
         };
-        let admin = Admin::new(registry, ready);
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = admin.serve(listener, shutdown).await {
-                tracing::error!(error = %e, "admin listener failed");
-            }
-        });
+        Admin::new(registry, ready).spawn(listener, shutdown.clone());
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -6,8 +6,8 @@ use std::path::{Component, Path, PathBuf};
 
 use sidecar_runtime::config::{self, pick};
 use sidecar_runtime::{ConfigError, LogFormat};
-use workload_client::endpoint::{EndpointSource, ResolvedEndpoint};
-use workload_client::{Endpoint, Env, resolve_endpoint_from};
+use workload_client::endpoint::ResolvedEndpoint;
+use workload_client::{Endpoint, Env};
 
 use crate::catalog::{RootCaBundles, ValidationMode};
 
@@ -143,15 +143,10 @@ impl Config {
             }
         };
 
-        let socket_candidates = pick(cli.socket.as_deref(), "--socket", env, ENV_SOCKET)
-            .map(|(setting, v)| (EndpointSource::Setting(setting), v));
-        let socket = resolve_endpoint_from(socket_candidates, env).map_err(|e| {
-            ConfigError::new(
-                e.source_name,
-                e.value,
-                format!("invalid Workload API address: {}", e.error),
-            )
-        })?;
+        let socket = config::workload_api(
+            pick(cli.socket.as_deref(), "--socket", env, ENV_SOCKET),
+            env,
+        )?;
         if let (Listen::Unix(ours), Some(theirs)) = (&listen, socket.endpoint.unix_path())
             && same_path(ours, theirs)
         {
@@ -238,17 +233,12 @@ impl Config {
             ));
         }
 
-        let log_format = match pick(
+        let log_format = config::log_format(pick(
             cli.log_format.as_deref(),
             "--log-format",
             env,
             ENV_LOG_FORMAT,
-        ) {
-            None => LogFormat::Text,
-            Some((setting, v)) => v
-                .parse()
-                .map_err(|e: String| ConfigError::new(setting, v, e))?,
-        };
+        ))?;
 
         Ok(Self {
             listen,

@@ -70,6 +70,16 @@ impl Admin {
         TcpListener::bind(addr).await
     }
 
+    /// Serves on `listener` in the background until `shutdown` triggers; a failure is logged
+    /// (the sidecar's own work goes on without its probes).
+    pub fn spawn(self, listener: TcpListener, shutdown: Shutdown) {
+        tokio::spawn(async move {
+            if let Err(e) = self.serve(listener, shutdown).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+    }
+
     /// Serves until `shutdown` triggers.
     pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> std::io::Result<()> {
         axum::serve(listener, self.router())

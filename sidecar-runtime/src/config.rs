@@ -3,7 +3,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use workload_client::Env;
+use workload_client::endpoint::{EndpointSource, ResolvedEndpoint};
+use workload_client::{Env, resolve_endpoint_from};
+
+use crate::LogFormat;
 
 /// A configuration value that cannot be used. Printed as one line at start-up, after which the
 /// sidecar exits non-zero: a misconfigured sidecar must not come up half-working.
@@ -57,6 +60,33 @@ pub fn admin_listen(setting: &str, value: &str) -> Result<Option<SocketAddr>, Co
         .map_err(|e| ConfigError::new(setting, value, format!("{} or off", e.reason)))
 }
 
+/// The Workload API endpoint: `picked` (the sidecar's flag, variable or file key, already
+/// chosen), else `SPIFFE_ENDPOINT_SOCKET`, else the CSI default (REFERENCE §1); a malformed
+/// address is an error naming the setting it came from, never a fall-through.
+pub fn workload_api(
+    picked: Option<(String, String)>,
+    env: &dyn Env,
+) -> Result<ResolvedEndpoint, ConfigError> {
+    let candidates = picked.map(|(setting, v)| (EndpointSource::Setting(setting), v));
+    resolve_endpoint_from(candidates, env).map_err(|e| {
+        ConfigError::new(
+            e.source_name,
+            e.value,
+            format!("invalid Workload API address: {}", e.error),
+        )
+    })
+}
+
+/// `text` or `json`; unset means text.
+pub fn log_format(picked: Option<(String, String)>) -> Result<LogFormat, ConfigError> {
+    match picked {
+        None => Ok(LogFormat::Text),
+        Some((setting, v)) => v
+            .parse()
+            .map_err(|e: String| ConfigError::new(setting, &v, e)),
+    }
+}
+
 /// `IP:PORT` (IP literal; a sidecar binds loopback by default and must not resolve names).
 pub fn socket_addr(setting: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value
@@ -107,6 +137,18 @@ mod tests {
             Some(("SIDECAR_X".to_owned(), "from-env".to_owned()))
         );
         assert_eq!(pick(None, "--x", &env, "OTHER"), None);
+    }
+
+    #[test]
+    fn workload_api_and_log_format_errors_name_the_setting() {
+        let env = [("SPIFFE_ENDPOINT_SOCKET", "unix:///run/agent.sock")];
+        let e = workload_api(Some(("--socket".into(), "unix://rel".into())), &env).unwrap_err();
+        assert_eq!(e.setting, "--socket");
+        let ok = workload_api(None, &env).unwrap();
+        assert_eq!(ok.endpoint.to_string(), "unix:///run/agent.sock");
+        assert_eq!(log_format(None).unwrap(), LogFormat::Text);
+        let e = log_format(Some(("X_LOG".into(), "xml".into()))).unwrap_err();
+        assert_eq!(e.setting, "X_LOG");
     }
 
     #[test]

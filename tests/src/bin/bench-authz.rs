@@ -26,6 +26,7 @@ use suite_tests::envoy::{
 use suite_tests::procfs::rss_kib;
 use suite_tests::sds::{self, SdsBridge, credential_injector_listener, sds_cluster};
 use suite_tests::sidecars::{JwtHelper, check_request};
+use suite_tests::wrk::{self, Wrk};
 use suite_tests::{DevAgent, Proc, bin, free_port, wait_until};
 
 const ROUNDS: usize = 3;
@@ -95,56 +96,6 @@ async fn grpc_round(addr: SocketAddr) -> Sample {
     }
     sample.elapsed = start.elapsed();
     sample
-}
-
-struct Wrk {
-    p50: Duration,
-    p99: Duration,
-    rps: f64,
-}
-
-fn wrk(addr: SocketAddr, connections: u32) -> Wrk {
-    let out = Command::new("wrk")
-        .args([
-            "-t1",
-            &format!("-c{connections}"),
-            "-d4s",
-            "--latency",
-            &format!("http://{addr}/bench"),
-        ])
-        .output()
-        .expect("wrk missing: apt-get install wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let find = |label: &str| -> Duration {
-        let line = text
-            .lines()
-            .find(|l| l.trim_start().starts_with(label))
-            .unwrap_or_else(|| panic!("{label} in {text}"));
-        parse_wrk_duration(line.split_whitespace().nth(1).unwrap())
-    };
-    let rps = text
-        .lines()
-        .find(|l| l.starts_with("Requests/sec:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("Requests/sec in {text}"));
-    assert!(!text.contains("Non-2xx"), "errors during wrk run: {text}");
-    Wrk {
-        p50: find("50%"),
-        p99: find("99%"),
-        rps,
-    }
-}
-
-fn parse_wrk_duration(s: &str) -> Duration {
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap());
-    let v: f64 = num.parse().unwrap();
-    Duration::from_secs_f64(match unit {
-        "us" => v / 1e6,
-        "ms" => v / 1e3,
-        "s" => v,
-        _ => panic!("unit {unit}"),
-    })
 }
 
 fn us(d: Duration) -> String {
@@ -272,7 +223,7 @@ async fn main() {
             let mut runs: Vec<Vec<Wrk>> = setups.iter().map(|_| Vec::new()).collect();
             for _ in 0..ROUNDS {
                 for (i, (_, port)) in envoys.iter().enumerate() {
-                    runs[i].push(wrk(addr(*port), connections));
+                    runs[i].push(wrk::run(addr(*port), "/bench", connections, 4));
                 }
             }
             let med = |v: &[Wrk], f: fn(&Wrk) -> f64| {

@@ -16,59 +16,10 @@ use std::time::Duration;
 
 use suite_tests::DevAgent;
 use suite_tests::aws::{Broker, Moto};
+use suite_tests::wrk::{self, Wrk};
 
 const ROUNDS: usize = 3;
 const SECONDS: u32 = 4;
-
-struct Wrk {
-    p50: Duration,
-    p99: Duration,
-    rps: f64,
-}
-
-fn wrk(addr: SocketAddr, connections: u32) -> Wrk {
-    let out = Command::new("wrk")
-        .args([
-            "-t1",
-            &format!("-c{connections}"),
-            &format!("-d{SECONDS}s"),
-            "--latency",
-            &format!("http://{addr}/v1/creds"),
-        ])
-        .output()
-        .expect("wrk missing: apt-get install wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("Non-2xx"), "errors during wrk run: {text}");
-    let find = |label: &str| -> Duration {
-        let line = text
-            .lines()
-            .find(|l| l.trim_start().starts_with(label))
-            .unwrap_or_else(|| panic!("{label} in {text}"));
-        parse_duration(line.split_whitespace().nth(1).unwrap())
-    };
-    let rps = text
-        .lines()
-        .find(|l| l.starts_with("Requests/sec:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("Requests/sec in {text}"));
-    Wrk {
-        p50: find("50%"),
-        p99: find("99%"),
-        rps,
-    }
-}
-
-fn parse_duration(s: &str) -> Duration {
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap());
-    let v: f64 = num.parse().unwrap();
-    Duration::from_secs_f64(match unit {
-        "us" => v / 1e6,
-        "ms" => v / 1e3,
-        "s" => v,
-        _ => panic!("unit {unit}"),
-    })
-}
 
 fn us(secs: f64) -> String {
     format!("{:.0} µs", secs * 1e6)
@@ -134,10 +85,10 @@ fn main() {
             "== wrk -t1 -c{connections}, {ROUNDS} alternating rounds of {SECONDS}s; medians of rounds"
         );
         let mut runs: [Vec<Wrk>; 2] = [Vec::new(), Vec::new()];
-        wrk(broker.listen, connections); // warm-up
+        wrk::run(broker.listen, "/v1/creds", connections, SECONDS); // warm-up
         for _ in 0..ROUNDS {
-            runs[0].push(wrk(base, connections));
-            runs[1].push(wrk(broker.listen, connections));
+            runs[0].push(wrk::run(base, "/v1/creds", connections, SECONDS));
+            runs[1].push(wrk::run(broker.listen, "/v1/creds", connections, SECONDS));
         }
         let med = |v: &[Wrk], f: fn(&Wrk) -> f64| {
             let mut xs: Vec<f64> = v.iter().map(f).collect();
