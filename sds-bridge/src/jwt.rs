@@ -35,6 +35,11 @@ impl JwtSecrets {
     pub fn subscribe(&self, key: &JwtKey) -> watch::Receiver<u64> {
         self.cache.subscribe(key)
     }
+
+    /// Makes sure `key` has a token, waiting at most `max_wait` for its first fetch.
+    pub async fn warm(&self, key: &JwtKey, max_wait: std::time::Duration) {
+        let _ = self.cache.get(key, max_wait).await;
+    }
 }
 
 impl JwtSource for JwtSecrets {

@@ -88,6 +88,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let ready = {
             let watcher = watcher.clone();
             move || match watcher.current() {
+                _ if watcher.status().gave_up => Readiness::NotReady(format!(
+                    "the Workload API refused the X.509 stream: {}",
+                    watcher.status().last_error.unwrap_or_default()
+                )),
                 None => Readiness::NotReady("no X.509-SVID from the Workload API yet".into()),
                 Some(ctx) if ctx.remaining(SystemTime::now()).is_zero() => Readiness::NotReady(
                     "the X.509-SVID has expired and the Workload API has not renewed it".into(),

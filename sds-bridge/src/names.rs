@@ -178,6 +178,7 @@ fn unescape(s: &str) -> Result<String, String> {
         if bytes[i] == b'%' {
             let hex = bytes
                 .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| "bad percent escape".to_owned())?;
@@ -261,6 +262,7 @@ mod tests {
             "jwt-svid:a;aud=b",
             "jwt-svid:a;spiffe_id=spiffe://x.org/a;spiffe_id=spiffe://x.org/b",
             "jwt-svid:%ff",
+            "jwt-svid:%+F",
         ] {
             assert!(
                 matches!(

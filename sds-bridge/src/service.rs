@@ -26,7 +26,8 @@ use tracing::Instrument as _;
 use crate::catalog::{Catalog, ValidationMode};
 use crate::jwt::JwtSecrets;
 use crate::metrics::Metrics;
-use crate::stream::{self, RequestKind, SdsStream};
+use crate::names::ResourceName;
+use crate::stream::{self, JwtSource as _, RequestKind, SdsStream};
 
 /// The catalog as streams see it: `None` until the first X.509 snapshot.
 pub type CatalogRx = watch::Receiver<Option<Arc<Catalog>>>;
@@ -217,6 +218,15 @@ impl SecretDiscoveryService for SdsService {
         .ok_or_else(|| {
             Status::unavailable("no X.509-SVID from the Workload API yet; retry shortly")
         })?;
+        // A unary fetch may be the first to ask for a token: fetch it (bounded) before
+        // answering, rather than answering NotFound from an empty cache forever.
+        for name in &req.resource_names {
+            if let Ok(ResourceName::JwtSvid(key)) = ResourceName::parse(name)
+                && self.inner.jwt.allowed(&key)
+            {
+                self.inner.jwt.warm(&key, self.inner.fetch_wait).await;
+            }
+        }
         stream::fetch(&req, &catalog, &self.inner.jwt, self.inner.default_mode)
             .map(Response::new)
             .map_err(|missing| {
@@ -238,25 +248,32 @@ async fn run_stream(
     let metrics = &inner.metrics;
     let _connected = metrics.stream_opened();
     let mut catalog = inner.catalog.clone();
+    // The catalog closes only if the X.509 watcher gave up (the agent refused the request
+    // itself); JWT-SVID names keep working then, so only that branch is switched off.
+    let mut catalog_open = true;
     let mut state = SdsStream::new(inner.default_mode);
     // One refresh watch per subscribed JWT-SVID key.
     let mut jwt_keys = Vec::new();
     let mut jwt_watches: Vec<watch::Receiver<u64>> = Vec::new();
     tracing::debug!("stream opened");
     loop {
-        let response = tokio::select! {
+        let mut responses = Vec::with_capacity(2);
+        tokio::select! {
             message = requests.message() => match message {
                 Ok(Some(req)) => {
                     let names = req.resource_names.len();
                     let current = catalog.borrow_and_update().clone();
                     let handled = state.on_request(req, current.as_deref(), &inner.jwt);
                     record(&handled.kind, names, &state, metrics);
+                    responses.extend(handled.response);
                     let keys = state.jwt_keys(&inner.jwt);
                     if keys != jwt_keys {
                         jwt_watches = keys.iter().map(|k| inner.jwt.subscribe(k)).collect();
                         jwt_keys = keys;
+                        // A fetch that completed between the response above and these
+                        // subscriptions woke nobody: look again now that we are subscribed.
+                        responses.extend(state.on_jwt(current.as_deref(), &inner.jwt));
                     }
-                    handled.response
                 }
                 Ok(None) => {
                     tracing::debug!("Envoy closed the stream");
@@ -267,29 +284,30 @@ async fn run_stream(
                     break;
                 }
             },
-            changed = catalog.changed() => {
+            changed = catalog.changed(), if catalog_open => {
                 if changed.is_err() {
-                    break;
+                    catalog_open = false;
+                    continue;
                 }
                 let current = catalog.borrow_and_update().clone();
-                current.and_then(|c| state.on_catalog(&c, &inner.jwt))
+                responses.extend(current.and_then(|c| state.on_catalog(&c, &inner.jwt)));
             }
             () = any_changed(&mut jwt_watches), if !jwt_watches.is_empty() => {
                 // Re-subscribing marks the key used (no idle eviction while Envoy holds it)
                 // and replaces a watch whose entry was evicted anyway.
                 jwt_watches = jwt_keys.iter().map(|k| inner.jwt.subscribe(k)).collect();
                 let current = catalog.borrow().clone();
-                state.on_jwt(current.as_deref(), &inner.jwt)
+                responses.extend(state.on_jwt(current.as_deref(), &inner.jwt));
             }
             () = inner.shutdown.wait() => break,
             () = tx.closed() => break,
-        };
-        if let Some(response) = response {
+        }
+        for response in responses {
             let count = response.resources.len();
             tracing::debug!(version = %response.version_info, resources = count, "pushing secrets");
             metrics.pushed(count);
             if tx.send(Ok(response)).await.is_err() {
-                break;
+                return;
             }
         }
     }

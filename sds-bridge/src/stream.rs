@@ -74,13 +74,33 @@ pub enum RequestKind {
 }
 
 /// The outcome of one request: what it was, and the response to send, if any.
-#[derive(Debug)]
 pub struct Handled {
     /// What the request was.
     pub kind: RequestKind,
     /// A response to send now.
     pub response: Option<DiscoveryResponse>,
 }
+
+// The response carries private keys and tokens: Debug shows only its shape.
+impl std::fmt::Debug for Handled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handled")
+            .field("kind", &self.kind)
+            .field(
+                "response",
+                &self
+                    .response
+                    .as_ref()
+                    .map(|r| (r.version_info.as_str(), r.resources.len())),
+            )
+            .finish()
+    }
+}
+
+/// Most names one stream may subscribe to; more are ignored (logged). Envoy asks for a handful.
+pub const MAX_NAMES: usize = 256;
+/// Most JWT-SVID keys one stream may hold: each is a cache entry and a refresh task at the agent.
+pub const MAX_JWT_KEYS: usize = 32;
 
 #[derive(Debug, Default)]
 enum Subscription {
@@ -222,6 +242,8 @@ impl SdsStream {
                     Ok(ResourceName::JwtSvid(key)) if jwt.allowed(key) => Some(key.clone()),
                     _ => None,
                 })
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
                 .collect(),
             _ => Vec::new(),
         }
@@ -233,13 +255,33 @@ impl SdsStream {
             (Subscription::Unset, true) => self.subscription = Subscription::Wildcard,
             (Subscription::Wildcard, true) => {}
             _ => {
+                if names.len() > MAX_NAMES {
+                    tracing::warn!(
+                        names = names.len(),
+                        max = MAX_NAMES,
+                        "too many SDS resource names on one stream; ignoring the rest"
+                    );
+                }
                 let mut parsed = BTreeMap::new();
-                for name in names {
+                let mut jwt_keys = 0;
+                for name in names.into_iter().take(MAX_NAMES) {
                     let value = match &self.subscription {
                         Subscription::Names(old) => old.get(&name).cloned(),
                         _ => None,
                     }
                     .unwrap_or_else(|| ResourceName::parse(&name));
+                    let value = match value {
+                        Ok(ResourceName::JwtSvid(_)) if jwt_keys == MAX_JWT_KEYS => {
+                            Err(NameError::MalformedJwtSvid(format!(
+                                "more than {MAX_JWT_KEYS} JWT-SVID names on one stream"
+                            )))
+                        }
+                        Ok(ResourceName::JwtSvid(key)) => {
+                            jwt_keys += 1;
+                            Ok(ResourceName::JwtSvid(key))
+                        }
+                        other => other,
+                    };
                     parsed.insert(name, value);
                 }
                 // A name dropped and asked for again must be pushed again.
@@ -293,9 +335,11 @@ impl SdsStream {
                 Ok(parsed) => catalog.and_then(|c| c.get(&parsed, self.mode).cloned()),
             };
             let Some(rendered) = found else {
-                // Before the first snapshot (or token) everything is pending: only warn about
-                // names a snapshot exists for and still does not have.
-                if catalog.is_some() && self.reported.insert(name.clone()) {
+                // Before the first snapshot everything is pending, and a token is pending
+                // until its first fetch completes: only warn about X.509 names a snapshot
+                // exists for and still does not have.
+                let pending_token = name.starts_with(crate::names::JWT_SVID_PREFIX);
+                if catalog.is_some() && !pending_token && self.reported.insert(name.clone()) {
                     tracing::warn!(
                         resource = %name,
                         "the workload has no such secret (yet); will push it when it appears"
@@ -517,6 +561,29 @@ mod tests {
         assert_eq!(token_of(&r2, "jwt-svid:backend"), "token-2");
         assert_eq!(token_of(&r2, "jwt-svid:other"), "token-x");
         assert_eq!(r2.version_info, "2");
+    }
+
+    #[test]
+    fn jwt_keys_per_stream_are_capped_and_deduplicated() {
+        let tokens = Tokens::default();
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        let mut names: Vec<String> = (0..40).map(|i| format!("jwt-svid:aud-{i}")).collect();
+        names.push("jwt-svid:x,y".to_owned());
+        names.push("jwt-svid:y,x".to_owned());
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        s.on_request(req(&refs, "", ""), None, &tokens);
+        assert_eq!(s.jwt_keys(&tokens).len(), MAX_JWT_KEYS);
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        s.on_request(
+            req(&["jwt-svid:x,y", "jwt-svid:y,x"], "", ""),
+            None,
+            &tokens,
+        );
+        assert_eq!(
+            s.jwt_keys(&tokens).len(),
+            1,
+            "one key for the same audience set"
+        );
     }
 
     #[test]

@@ -208,6 +208,13 @@ async fn fetch_and_delta_and_waiting_for_the_first_svid() {
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
     assert!(missing.message().contains("nope"), "{}", missing.message());
+    // A unary fetch may be the first to ask for a token: it waits for the first fetch.
+    let cold = sds
+        .fetch_secrets(request(&["jwt-svid:cold-audience"], "", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(names(&cold), ["jwt-svid:cold-audience"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
