@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use futures_util::FutureExt as _;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
@@ -382,7 +383,18 @@ async fn refresh_loop<P: CredentialProvider>(shared: Arc<Shared<P::Credentials>>
     loop {
         shared.in_flight.store(true, Ordering::SeqCst);
         shared.awaiting_demand.store(false, Ordering::SeqCst);
-        let result = provider.fetch().await.and_then(Held::new);
+        // A panic inside the provider (the SDK, say) must not kill the only task that
+        // refreshes: count it as a transient failure and carry on.
+        let result = match std::panic::AssertUnwindSafe(provider.fetch())
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result.and_then(Held::new),
+            Err(_) => Err(ProviderError::new(
+                ErrorKind::Transient,
+                "the credential provider panicked; retrying",
+            )),
+        };
         let mut demand_only = false;
         let next = match result {
             Ok(held) => {
@@ -524,6 +536,40 @@ mod tests {
                 }
             })
         }
+    }
+
+    /// Panics on its first call (a bug inside the SDK, say), then succeeds.
+    struct PanicsOnce(Arc<AtomicU64>);
+
+    impl CredentialProvider for PanicsOnce {
+        type Credentials = Creds;
+        fn name(&self) -> &'static str {
+            "panics-once"
+        }
+        fn fetch(&self) -> BoxFuture<'_, Result<Creds, ProviderError>> {
+            Box::pin(async move {
+                let id = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+                assert!(id > 1, "simulated panic inside the provider");
+                Ok(Creds {
+                    id,
+                    expiration: OffsetDateTime::now_utc() + HOUR,
+                })
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_provider_does_not_stop_the_refresh_task() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let c = CredentialCache::start(PanicsOnce(calls.clone()), CacheConfig::default());
+        // The first attempt's panic is reported like any transient failure …
+        let first = c.get(WAIT).await.unwrap_err();
+        assert!(format!("{first:?}").contains("panicked"), "{first:?}");
+        // … and the task lives on: its backoff retry succeeds.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let held = c.get(WAIT).await.unwrap();
+        assert_eq!(held.credentials().id, 2, "retried after the panic");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     const HOUR: Duration = Duration::from_secs(3600);

@@ -322,31 +322,32 @@ impl TokenCheck {
     }
 
     async fn matches(&self, presented: &[u8]) -> bool {
-        if self.current.load().constant_time_eq(presented) {
-            return true;
-        }
-        let Some(path) = &self.file else {
-            return false;
-        };
-        {
-            let mut last = self
-                .last_read
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if last.elapsed() < TOKEN_REREAD {
-                return false;
-            }
-            *last = std::time::Instant::now();
-        }
-        match tokio::fs::read_to_string(path).await {
-            Ok(text) if check_token(text.trim()).is_ok() => {
-                self.current.store(Arc::new(Secret::new(text.trim())));
-            }
-            Ok(_) => {
-                tracing::warn!(file = %path.display(), "container token file holds no valid token")
-            }
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "cannot re-read the container token file")
+        // A token file is re-read at most once a second, whether or not this request matches:
+        // a rotated-out token must stop working even if no client presents the new one yet.
+        if let Some(path) = &self.file {
+            let due = {
+                let mut last = self
+                    .last_read
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let due = last.elapsed() >= TOKEN_REREAD;
+                if due {
+                    *last = std::time::Instant::now();
+                }
+                due
+            };
+            if due {
+                match tokio::fs::read_to_string(path).await {
+                    Ok(text) if check_token(text.trim()).is_ok() => {
+                        self.current.store(Arc::new(Secret::new(text.trim())));
+                    }
+                    Ok(_) => {
+                        tracing::warn!(file = %path.display(), "container token file holds no valid token")
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot re-read the container token file")
+                    }
+                }
             }
         }
         self.current.load().constant_time_eq(presented)

@@ -69,6 +69,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     registry.register_collector(Box::new(JwtCacheCollector(jwt_cache.clone())));
 
     let ProviderConfig::Aws(aws) = &config.provider;
+    if aws.sts.duration < std::time::Duration::from_secs(30 * 60) {
+        // The SDKs refresh when less than 15 minutes remain, and the broker refreshes at
+        // half-life for short sessions: clients would shell out on nearly every AWS call.
+        tracing::warn!(
+            duration = ?aws.sts.duration,
+            "sessions under 30 minutes reach the SDKs' 15-minute refresh window early; prefer 1h"
+        );
+    }
     let provider = AwsStsProvider::new(
         aws.sts.clone(),
         JwtSource::new(jwt_cache, client, key),

@@ -26,14 +26,7 @@ impl Secret {
     /// Compares with `other` in time independent of where they differ (the length may leak,
     /// which tells an attacker nothing useful about a random token).
     pub fn constant_time_eq(&self, other: &[u8]) -> bool {
-        let mine = self.0.as_bytes();
-        if mine.len() != other.len() {
-            return false;
-        }
-        mine.iter()
-            .zip(other)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        aws_lc_rs::constant_time::verify_slices_are_equal(self.0.as_bytes(), other).is_ok()
     }
 }
 

@@ -205,7 +205,9 @@ impl JwtSource {
     }
 
     async fn fresh(&self) -> Result<JwtSvid, ProviderError> {
-        let call = self.client.fetch_jwt_svid(self.key.audiences(), None);
+        let call = self
+            .client
+            .fetch_jwt_svid(self.key.audiences(), self.key.spiffe_id());
         match tokio::time::timeout(FRESH_TOKEN_TIMEOUT, call).await {
             Ok(Ok(svid)) => Ok(svid),
             Ok(Err(e)) => Err(ProviderError::new(
@@ -266,6 +268,14 @@ impl AwsStsProvider {
                     "STS refused the JWT-SVID; retrying once with a freshly fetched one"
                 );
                 let fresh = self.jwt.fresh().await?;
+                // SPIRE hands out its cached token until half its life: the same token again
+                // would only be refused again. Back off instead; the cache refreshes it.
+                if fresh.token() == token.token() {
+                    return Err(ProviderError::new(
+                        ErrorKind::Transient,
+                        format!("{message}; the agent returned the same JWT-SVID"),
+                    ));
+                }
                 self.assume(&fresh)
                     .await
                     .map_err(Failure::into_provider_error)
@@ -416,6 +426,9 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> StsErrorClass {
     match status {
         None => StsErrorClass::Retry,
         Some(s) if s >= 500 || s == 429 => StsErrorClass::Retry,
+        // A reply that did not parse although the status was not an error (cut off mid-body,
+        // a proxy's page): nothing says the request is wrong, so it is worth another try.
+        Some(s) if s < 400 => StsErrorClass::Retry,
         // A 4xx without a code we know, or with one we do not retry.
         Some(_) => StsErrorClass::Reject,
     }
@@ -515,6 +528,8 @@ mod tests {
             (Some("RegionDisabledException"), Some(403), Reject),
             (None, Some(400), Reject),
             (None, Some(404), Reject),
+            // An unparseable reply with a success status (cut off, a proxy's page).
+            (None, Some(200), Retry),
             // A code we do not know on a 5xx is still a server failure.
             (Some("SomethingNew"), Some(500), Retry),
         ];
