@@ -20,28 +20,16 @@ use workload_client::{
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli, &ProcessEnv) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("iam-broker: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    sidecar_runtime::logging::init(config.common.log_format, "info");
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "iam-broker failed");
-            ExitCode::FAILURE
-        }
-    }
+    sidecar_runtime::run_sidecar(
+        "iam-broker",
+        Config::load(&cli, &ProcessEnv),
+        |c| c.common.log_format,
+        run,
+    )
+    .await
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let shutdown = Shutdown::new();
-    shutdown
-        .listen_for_signals()
-        .context("installing signal handlers")?;
+async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let common = &config.common;
 
     // Bind first: a busy port is a start-up error, not a half-started sidecar.

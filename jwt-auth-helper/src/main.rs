@@ -22,29 +22,16 @@ const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli, &ProcessEnv) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("jwt-auth-helper: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    sidecar_runtime::logging::init(config.log_format, "info");
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "jwt-auth-helper failed");
-            ExitCode::FAILURE
-        }
-    }
+    sidecar_runtime::run_sidecar(
+        "jwt-auth-helper",
+        Config::load(&cli, &ProcessEnv),
+        |c| c.log_format,
+        run,
+    )
+    .await
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let shutdown = Shutdown::new();
-    shutdown
-        .listen_for_signals()
-        .context("installing signal handlers")?;
-
+async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     // Bind first: a busy port is a start-up error, not a half-started sidecar.
     let listener = TcpListener::bind(config.listen)
         .await

@@ -24,29 +24,16 @@ const FETCH_WAIT: Duration = Duration::from_secs(4);
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli, &ProcessEnv) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("sds-bridge: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    sidecar_runtime::logging::init(config.log_format, "info");
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "sds-bridge failed");
-            ExitCode::FAILURE
-        }
-    }
+    sidecar_runtime::run_sidecar(
+        "sds-bridge",
+        Config::load(&cli, &ProcessEnv),
+        |c| c.log_format,
+        run,
+    )
+    .await
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let shutdown = Shutdown::new();
-    shutdown
-        .listen_for_signals()
-        .context("installing signal handlers")?;
-
+async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     // The SDS socket comes first, before the Workload API is even dialled: Istio's
     // pilot-agent probes for it once, early (REFERENCE §3). Requests wait for the first SVID.
     enum Bound {

@@ -3,15 +3,18 @@
 //! - [`logging`]: `tracing` to stderr, text or JSON, filtered by `RUST_LOG`;
 //! - [`admin`]: the admin HTTP listener with `/healthz`, `/readyz` and `/metrics`;
 //! - [`shutdown`]: SIGTERM/SIGINT as a future, fanned out to every server;
-//! - [`config`]: typed values parsed from strings with errors that name the setting.
+//! - [`config`]: typed values parsed from strings with errors that name the setting;
+//! - [`entry`]: config errors to exit code 2, logging, signals, the run's exit code.
 
 pub mod admin;
 pub mod config;
+pub mod entry;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;
 
 pub use admin::{Admin, Readiness};
 pub use config::ConfigError;
+pub use entry::run_sidecar;
 pub use logging::LogFormat;
 pub use shutdown::Shutdown;

@@ -267,3 +267,32 @@ async fn malformed_and_disallowed_jwt_svid_names_leave_the_others_working() {
     assert_eq!(agent.jwt_fetches(), 1);
     bridge.proc.assert_running();
 }
+
+#[test]
+fn bad_configuration_exits_2_naming_the_setting() {
+    for (args, setting) in [
+        // Istio's defaults make the Workload API socket the SDS socket: refused.
+        (vec![], "default endpoint"),
+        (
+            vec!["--socket", "unix:///tmp/a.sock", "--socket-mode", "0400"],
+            "--socket-mode",
+        ),
+        (
+            vec!["--socket", "unix:///tmp/a.sock", "--listen", "http://x"],
+            "--listen",
+        ),
+    ] {
+        let out = std::process::Command::new(suite_tests::bin("sds-bridge"))
+            .args(&args)
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("sds-bridge: {setting}: ")),
+            "{stderr}"
+        );
+    }
+}

@@ -1,0 +1,43 @@
+//! The start and end of every sidecar binary, so each `main` is one call.
+
+use std::fmt;
+use std::future::Future;
+use std::process::ExitCode;
+
+use crate::{ConfigError, LogFormat, Shutdown};
+
+/// Runs a sidecar: a configuration error is one line on stderr and exit code 2 (nothing
+/// starts half-configured); otherwise logging is installed, SIGTERM/SIGINT trigger the
+/// [`Shutdown`] handed to `run`, and `run`'s error is logged with its cause chain (exit 1).
+pub async fn run_sidecar<C, E, Fut>(
+    name: &str,
+    config: Result<C, ConfigError>,
+    log_format: impl FnOnce(&C) -> LogFormat,
+    run: impl FnOnce(C, Shutdown) -> Fut,
+) -> ExitCode
+where
+    Fut: Future<Output = Result<(), E>>,
+    E: fmt::Display,
+{
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::logging::init(log_format(&config), "info");
+    let shutdown = Shutdown::new();
+    if let Err(e) = shutdown.listen_for_signals() {
+        tracing::error!(error = %e, "{name}: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    }
+    match run(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints an anyhow error with its causes.
+            tracing::error!(error = format!("{e:#}"), "{name} failed");
+            ExitCode::FAILURE
+        }
+    }
+}
