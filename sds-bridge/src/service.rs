@@ -306,7 +306,12 @@ async fn run_stream(
             let count = response.resources.len();
             tracing::debug!(version = %response.version_info, resources = count, "pushing secrets");
             metrics.pushed(count);
-            if tx.send(Ok(response)).await.is_err() {
+            // An Envoy that stops reading must not hold up shutdown.
+            let sent = tokio::select! {
+                sent = tx.send(Ok(response)) => sent.is_ok(),
+                () = inner.shutdown.wait() => false,
+            };
+            if !sent {
                 return;
             }
         }
