@@ -30,8 +30,8 @@ impl JwtSecrets {
         Self { cache, allowed }
     }
 
-    /// Wakes after every fetch attempt for `key`, and keeps the key from being evicted as idle
-    /// (each call counts as a use).
+    /// Wakes after every fetch attempt for `key`; the cache keeps the key while the receiver
+    /// lives.
     pub fn subscribe(&self, key: &JwtKey) -> watch::Receiver<u64> {
         self.cache.subscribe(key)
     }

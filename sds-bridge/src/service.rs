@@ -292,10 +292,12 @@ async fn run_stream(
                 let current = catalog.borrow_and_update().clone();
                 responses.extend(current.and_then(|c| state.on_catalog(&c, &inner.jwt)));
             }
-            () = any_changed(&mut jwt_watches), if !jwt_watches.is_empty() => {
-                // Re-subscribing marks the key used (no idle eviction while Envoy holds it)
-                // and replaces a watch whose entry was evicted anyway.
-                jwt_watches = jwt_keys.iter().map(|k| inner.jwt.subscribe(k)).collect();
+            open = any_changed(&mut jwt_watches), if !jwt_watches.is_empty() => {
+                // The cache keeps subscribed keys (no idle eviction), so a watch closes only
+                // when the cache itself is going away: stop watching rather than spin.
+                if !open {
+                    jwt_watches.clear();
+                }
                 let current = catalog.borrow().clone();
                 responses.extend(state.on_jwt(current.as_deref(), &inner.jwt));
             }
@@ -319,10 +321,10 @@ async fn run_stream(
     tracing::debug!("stream closed");
 }
 
-/// Resolves when any of `watches` changes or its sender is gone.
-async fn any_changed(watches: &mut [watch::Receiver<u64>]) {
+/// Resolves when any of `watches` changes (`true`) or one's sender is gone (`false`).
+async fn any_changed(watches: &mut [watch::Receiver<u64>]) -> bool {
     let changes = watches.iter_mut().map(|w| Box::pin(w.changed()));
-    let _ = futures_util::future::select_all(changes).await;
+    futures_util::future::select_all(changes).await.0.is_ok()
 }
 
 fn record(kind: &RequestKind, names: usize, state: &SdsStream, metrics: &Metrics) {

@@ -371,7 +371,10 @@ async fn idle_keys_are_evicted() {
         .get(&JwtKey::new(["used-once"]).unwrap(), Duration::from_secs(5))
         .await
         .unwrap();
-    assert_eq!(cache.stats().entries.len(), 2);
+    // Subscribed (as an SDS stream is), never asked for with `get`.
+    let watched = JwtKey::new(["watched"]).unwrap();
+    let mut refreshes = cache.subscribe(&watched);
+    assert_eq!(cache.stats().entries.len(), 3);
     tokio::time::timeout(Duration::from_secs(10), async {
         while cache.stats().evictions == 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -379,7 +382,17 @@ async fn idle_keys_are_evicted() {
     })
     .await
     .expect("idle key evicted");
+    // The first fetch, then the half-life refresh of a 2 s token, which comes after the
+    // 500 ms idle check: an evicted entry would have closed the watch instead.
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(10), refreshes.changed())
+            .await
+            .expect("a refresh")
+            .expect("the subscribed key is still cached");
+    }
     let stats = cache.stats();
-    assert_eq!(stats.entries.len(), 1);
-    assert_eq!(stats.entries[0].key, pinned, "pinned keys stay");
+    let mut kept: Vec<&JwtKey> = stats.entries.iter().map(|e| &e.key).collect();
+    kept.sort();
+    assert_eq!(kept, [&pinned, &watched], "pinned and subscribed keys stay");
+    assert_eq!(stats.evictions, 1);
 }

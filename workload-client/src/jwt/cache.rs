@@ -287,7 +287,7 @@ impl JwtSvidCache {
     }
 
     /// Wakes whenever a fetch attempt for `key` completes (e.g. to push refreshed tokens over
-    /// SDS). Creates the entry if needed.
+    /// SDS). Creates the entry if needed; while the receiver lives the key is never evicted.
     pub fn subscribe(&self, key: &JwtKey) -> watch::Receiver<u64> {
         self.live_entry(key).attempts.subscribe()
     }
@@ -388,7 +388,12 @@ impl Inner {
         let idle_ms = self
             .now_ms()
             .saturating_sub(entry.last_used.load(Ordering::SeqCst));
-        if entry.pinned.load(Ordering::SeqCst) || Duration::from_millis(idle_ms) < idle_after {
+        // A key someone subscribed to (an SDS stream pushing its refreshes) is in use for as
+        // long as the subscription lives, however long since the last `get`.
+        if entry.pinned.load(Ordering::SeqCst)
+            || entry.attempts.receiver_count() > 0
+            || Duration::from_millis(idle_ms) < idle_after
+        {
             return false;
         }
         entry.evicted.store(true, Ordering::SeqCst);
