@@ -208,7 +208,7 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// Indents every non-empty line of `s` by `n` spaces (for splicing column-0 YAML blocks).
-fn indent(s: &str, n: usize) -> String {
+pub(crate) fn indent(s: &str, n: usize) -> String {
     let pad = " ".repeat(n);
     s.lines()
         .map(|l| {

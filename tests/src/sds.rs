@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::envoy::indent;
 use crate::{Proc, bin, free_port, http, wait_until};
 
 /// A running `sds-bridge` serving SDS on `<dir>/<name>.sock`.
@@ -114,44 +115,40 @@ pub enum Shape {
     NoValidation,
 }
 
-/// The `common_tls_context` of a side using SDS cluster `sds` for `shape` (indented for
-/// placement under `common_tls_context:` at column 8).
-pub fn common_tls_context(shape: Shape, sds: &str, spiffe_id: &str, td: &str) -> String {
-    let source = |first_only: bool| {
-        format!(
-            "sds_config:
+/// An `sds_config:` block (column 0) reaching the bridge through cluster `cluster`.
+fn sds_config(cluster: &str, node_on_first_message_only: bool) -> String {
+    format!(
+        "sds_config:
   resource_api_version: V3
   api_config_source:
     api_type: GRPC
     transport_api_version: V3
-    set_node_on_first_message_only: {first_only}
+    set_node_on_first_message_only: {node_on_first_message_only}
     grpc_services:
-    - envoy_grpc: {{ cluster_name: {sds} }}"
-        )
-    };
-    let indented = |s: String, n: usize| {
-        s.lines()
-            .map(|l| format!("{}{l}", " ".repeat(n)))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    - envoy_grpc: {{ cluster_name: {cluster} }}"
+    )
+}
+
+/// The `common_tls_context` of a side using SDS cluster `sds` for `shape` (column 0, for
+/// placement under `common_tls_context:`).
+pub fn common_tls_context(shape: Shape, sds: &str, spiffe_id: &str, td: &str) -> String {
     let cert = |name: &str, first_only: bool| {
         format!(
             "tls_certificate_sds_secret_configs:\n- name: \"{name}\"\n{}",
-            indented(source(first_only), 2)
+            indent(&sds_config(sds, first_only), 2)
         )
     };
     let validation = |name: &str, first_only: bool| {
         format!(
             "validation_context_sds_secret_config:\n  name: \"{name}\"\n{}",
-            indented(source(first_only), 2)
+            indent(&sds_config(sds, first_only), 2)
         )
     };
     match shape {
         Shape::Istio => format!(
             "{}\ncombined_validation_context:\n  default_validation_context: {{}}\n{}",
             cert("default", true),
-            indented(validation("ROOTCA", true), 2)
+            indent(&validation("ROOTCA", true), 2)
         ),
         Shape::Vm => format!(
             "{}\n{}",
@@ -171,11 +168,7 @@ pub fn tls_cluster(
     tls: &str,
     requests_per_connection: u32,
 ) -> String {
-    let tls = tls
-        .lines()
-        .map(|l| format!("        {l}"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let tls = indent(tls, 8);
     format!(
         r#"- name: {name}
   type: STATIC
@@ -205,17 +198,19 @@ pub fn tls_cluster(
     )
 }
 
-/// A plain HTTP listener on `port` routing path prefixes to clusters (column-0 list item).
-pub fn http_listener(name: &str, port: u16, routes: &[(&str, &str)]) -> String {
-    let routes: String = routes
-        .iter()
-        .map(|(prefix, cluster)| {
-            format!(
-                "\n              - match: {{ prefix: \"{prefix}\" }}\n                route: {{ cluster: {cluster}, prefix_rewrite: \"/\" }}"
-            )
-        })
-        .collect();
-    format!(
+/// A loopback listener on `port`: one filter chain with an HTTP connection manager carrying
+/// `options` (HCM fields), `routes` (route list items) and `filters` (HTTP filter list items,
+/// the router is appended), and `transport_socket` if given; all arguments at column 0.
+/// Returns a column-0 list item.
+fn hcm_listener(
+    name: &str,
+    port: u16,
+    options: &str,
+    routes: &str,
+    filters: &str,
+    transport_socket: Option<&str>,
+) -> String {
+    let mut out = format!(
         r#"- name: {name}
   address:
     socket_address: {{ address: 127.0.0.1, port_value: {port} }}
@@ -225,57 +220,67 @@ pub fn http_listener(name: &str, port: u16, routes: &[(&str, &str)]) -> String {
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
         stat_prefix: {name}
-        route_config:
-          virtual_hosts:
-          - name: all
-            domains: ["*"]
-            routes:{routes}
-        http_filters:
-        - name: envoy.filters.http.router
-          typed_config:
-            "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#
-    )
+"#
+    );
+    if !options.is_empty() {
+        out.push_str(&indent(options, 8));
+        out.push('\n');
+    }
+    out.push_str(
+        "        route_config:\n          virtual_hosts:\n          - name: all\n            domains: [\"*\"]\n            routes:\n",
+    );
+    out.push_str(&indent(routes, 12));
+    out.push_str("\n        http_filters:\n");
+    if !filters.is_empty() {
+        out.push_str(&indent(filters, 8));
+        out.push('\n');
+    }
+    out.push_str(
+        "        - name: envoy.filters.http.router\n          typed_config:\n            \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+    );
+    if let Some(socket) = transport_socket {
+        out.push_str("\n    transport_socket:\n");
+        out.push_str(&indent(socket, 6));
+    }
+    out
 }
+
+/// A plain HTTP listener on `port` routing path prefixes to clusters (column-0 list item).
+pub fn http_listener(name: &str, port: u16, routes: &[(&str, &str)]) -> String {
+    let routes: Vec<String> = routes
+        .iter()
+        .map(|(prefix, cluster)| {
+            format!(
+                "- match: {{ prefix: \"{prefix}\" }}\n  route: {{ cluster: {cluster}, prefix_rewrite: \"/\" }}"
+            )
+        })
+        .collect();
+    hcm_listener(name, port, "", &routes.join("\n"), "", None)
+}
+
+/// Every route to cluster `upstream` (a route list item at column 0).
+const TO_UPSTREAM: &str = "- match: { prefix: \"/\" }\n  route: { cluster: upstream }";
 
 /// An mTLS listener on `port` (client certificate required, validated per `tls`) forwarding
 /// to cluster `upstream` with the client's URI SAN and certificate in
 /// `x-forwarded-client-cert` (column-0 list item).
 pub fn mtls_listener(name: &str, port: u16, tls: &str) -> String {
-    let tls = tls
-        .lines()
-        .map(|l| format!("          {l}"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    format!(
-        r#"- name: {name}
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: {port} }}
-  filter_chains:
-  - transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-        require_client_certificate: true
-        common_tls_context:
-{tls}
-    filters:
-    - name: envoy.filters.network.http_connection_manager
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-        stat_prefix: {name}
-        forward_client_cert_details: SANITIZE_SET
-        set_current_client_cert_details: {{ uri: true, cert: true }}
-        route_config:
-          virtual_hosts:
-          - name: all
-            domains: ["*"]
-            routes:
-            - match: {{ prefix: "/" }}
-              route: {{ cluster: upstream }}
-        http_filters:
-        - name: envoy.filters.http.router
-          typed_config:
-            "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#
+    let transport = format!(
+        "name: envoy.transport_sockets.tls
+typed_config:
+  \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+  require_client_certificate: true
+  common_tls_context:
+{}",
+        indent(tls, 4)
+    );
+    hcm_listener(
+        name,
+        port,
+        "forward_client_cert_details: SANITIZE_SET\nset_current_client_cert_details: { uri: true, cert: true }",
+        TO_UPSTREAM,
+        "",
+        Some(&transport),
     )
 }
 
@@ -356,46 +361,22 @@ fn pem_to_der(pem: &str) -> Vec<u8> {
 /// `Authorization: Bearer <generic secret>` from SDS resource `secret` (via cluster `sds`) on
 /// every request, then routes to cluster `upstream` (column-0 list item).
 pub fn credential_injector_listener(name: &str, port: u16, sds: &str, secret: &str) -> String {
-    format!(
-        r#"- name: {name}
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: {port} }}
-  filter_chains:
-  - filters:
-    - name: envoy.filters.network.http_connection_manager
+    let filter = format!(
+        r#"- name: envoy.filters.http.credential_injector
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector
+    overwrite: true
+    allow_request_without_credential: false
+    credential:
+      name: envoy.http.injected_credentials.generic
       typed_config:
-        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-        stat_prefix: {name}
-        route_config:
-          virtual_hosts:
-          - name: all
-            domains: ["*"]
-            routes:
-            - match: {{ prefix: "/" }}
-              route: {{ cluster: upstream }}
-        http_filters:
-        - name: envoy.filters.http.credential_injector
-          typed_config:
-            "@type": type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector
-            overwrite: true
-            allow_request_without_credential: false
-            credential:
-              name: envoy.http.injected_credentials.generic
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic
-                credential:
-                  name: "{secret}"
-                  sds_config:
-                    resource_api_version: V3
-                    api_config_source:
-                      api_type: GRPC
-                      transport_api_version: V3
-                      grpc_services:
-                      - envoy_grpc: {{ cluster_name: {sds} }}
-                header: Authorization
-                header_value_prefix: "Bearer "
-        - name: envoy.filters.http.router
-          typed_config:
-            "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#
-    )
+        "@type": type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic
+        credential:
+          name: "{secret}"
+{}
+        header: Authorization
+        header_value_prefix: "Bearer ""#,
+        indent(&sds_config(sds, false), 10)
+    );
+    hcm_listener(name, port, "", TO_UPSTREAM, &filter, None)
 }
