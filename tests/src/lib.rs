@@ -94,20 +94,41 @@ pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool
     }
 }
 
-/// Every child spawned through [`Proc`] and not yet stopped, for [`kill_all_children`].
-static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
-
-fn forget_child(pid: u32) {
-    CHILDREN.lock().unwrap().retain(|p| *p != pid);
+/// Every child spawned through [`Proc`] and not yet stopped, for [`kill_all_children`];
+/// `closed` once that ran, so a spawn racing with it cannot leave a child behind.
+struct Children {
+    pids: Vec<u32>,
+    closed: bool,
 }
 
-/// SIGKILLs every child still running: for a signal handler, where no destructor runs.
+static CHILDREN: std::sync::Mutex<Children> = std::sync::Mutex::new(Children {
+    pids: Vec::new(),
+    closed: false,
+});
+
+fn children() -> std::sync::MutexGuard<'static, Children> {
+    CHILDREN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn forget_child(pid: u32) {
+    children().pids.retain(|p| *p != pid);
+}
+
+fn sigkill(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+}
+
+/// SIGKILLs every child still running, and every child spawned from now on: for a signal
+/// handler, where no destructor runs.
 pub fn kill_all_children() {
-    let pids: Vec<u32> = std::mem::take(&mut *CHILDREN.lock().unwrap());
-    for pid in pids {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
+    let mut children = children();
+    children.closed = true;
+    for pid in std::mem::take(&mut children.pids) {
+        sigkill(pid);
     }
 }
 
@@ -127,8 +148,17 @@ impl Proc {
         cmd.stdout(file.try_clone().unwrap())
             .stderr(file)
             .stdin(Stdio::null());
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        CHILDREN.lock().unwrap().push(child.id());
+        // Spawn and register under one lock, so kill_all_children sees every child.
+        let child = {
+            let mut children = children();
+            let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+            if children.closed {
+                sigkill(child.id());
+            } else {
+                children.pids.push(child.id());
+            }
+            child
+        };
         Self {
             name: name.to_owned(),
             child: Some(child),
