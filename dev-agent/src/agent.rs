@@ -9,7 +9,7 @@ use tokio::{
     task::JoinHandle,
     time::Instant,
 };
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::TcpListenerStream;
 use workload_proto::{
     JwtBundlesResponse, X509BundlesResponse, X509svid, X509svidResponse,
     spiffe_workload_api_server::SpiffeWorkloadApiServer,
@@ -20,7 +20,7 @@ use crate::{
     authority::{Authority, DEFAULT_CA_VALIDITY},
     config::{Config, Endpoint},
     jwt_keys::SigningKey,
-    listen::{Incoming, bind_tcp, bind_workload_api, remove_socket},
+    listen::{Incoming, bind_tcp, bind_workload_api},
     metrics::{Method, Metrics},
     rotation,
     service::WorkloadApiService,
@@ -258,6 +258,10 @@ impl Agent {
 
         // Bind everything before spawning anything, so a bind error leaves nothing running.
         let (incoming, endpoint) = bind_workload_api(&config).await?;
+        let socket_file = match &incoming {
+            Incoming::Unix(_, file) => Some(file.clone()),
+            Incoming::Tcp(_) => None,
+        };
         let oidc = match config.oidc_listen {
             Some(addr) => Some(bind_tcp("OIDC discovery", addr).await?),
             None => None,
@@ -312,6 +316,7 @@ impl Agent {
         Ok(RunningAgent {
             shared,
             endpoint,
+            socket_file,
             oidc_addr,
             admin_addr,
             tasks,
@@ -354,12 +359,12 @@ async fn serve_workload_api(shared: Arc<Shared>, incoming: Incoming) {
     let service = SpiffeWorkloadApiServer::new(WorkloadApiService::new(Arc::clone(&shared)));
     let signal = stopping(shared.shutdown.subscribe());
     let router = tonic::transport::Server::builder().add_service(service);
-    let (result, socket_path) = match incoming {
-        Incoming::Unix(listener, path) => (
+    let (result, socket_file) = match incoming {
+        Incoming::Unix(listener, file) => (
             router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal)
+                .serve_with_incoming_shutdown(sidecar_runtime::uds::incoming(listener), signal)
                 .await,
-            Some(path),
+            Some(file),
         ),
         Incoming::Tcp(listener) => (
             router
@@ -372,8 +377,8 @@ async fn serve_workload_api(shared: Arc<Shared>, incoming: Incoming) {
         tracing::error!(%error, "Workload API server failed");
         shared.shutdown.send_replace(true);
     }
-    if let Some(path) = socket_path {
-        remove_socket(&path).await;
+    if let Some(file) = socket_file {
+        file.remove().await;
     }
 }
 
@@ -408,6 +413,8 @@ pub(crate) async fn stopping(mut rx: watch::Receiver<bool>) {
 pub struct RunningAgent {
     shared: Arc<Shared>,
     endpoint: Endpoint,
+    /// The socket file, removed at shutdown if the server task was aborted before it could.
+    socket_file: Option<sidecar_runtime::uds::SocketFile>,
     oidc_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
@@ -489,8 +496,8 @@ impl RunningAgent {
             tracing::warn!("connections did not drain in time, aborting");
             aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
-        if let Some(path) = self.endpoint.unix_path() {
-            remove_socket(path).await;
+        if let Some(file) = self.socket_file.take() {
+            file.remove().await;
         }
         tracing::info!("stopped");
     }

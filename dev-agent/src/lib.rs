@@ -49,8 +49,6 @@ pub use secret::SecretBytes;
 pub use service::check_security_header;
 pub use state::{StateDir, StateError};
 
-use std::path::PathBuf;
-
 /// Why the agent could not start or an operation on it failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -75,12 +73,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// Another server answers on the Unix socket path.
-    #[error("{} is in use by a running server", .0.display())]
-    SocketInUse(PathBuf),
-    /// The socket path exists and is not a socket; it is not ours to delete.
-    #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
-    NotASocket(PathBuf),
+    /// The Workload API socket could not be created: another server answers on it, the
+    /// path is not a socket, or the file system refused.
+    #[error("Workload API socket: {0}")]
+    Listen(#[from] sidecar_runtime::uds::ListenError),
     /// A background task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),

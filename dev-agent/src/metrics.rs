@@ -115,6 +115,30 @@ impl Metrics {
             "dev_agent_jwt_key_rotations_total {}",
             self.jwt_key_rotations()
         );
+        // What the Unix-socket adapter did (sidecar_runtime::uds), as the sidecars export it.
+        let uds = sidecar_runtime::uds::counters();
+        for (name, help, value) in [
+            (
+                "dev_agent_grpc_unix_connections_total",
+                "gRPC connections accepted on the Unix socket.",
+                uds.connections,
+            ),
+            (
+                "dev_agent_grpc_unix_authority_rewrites_total",
+                "Request header blocks whose :authority h2 would refuse was replaced with localhost.",
+                uds.authority_rewrites,
+            ),
+            (
+                "dev_agent_grpc_unix_passthrough_connections_total",
+                "Connections handed to h2 unchanged after a frame the adapter does not rewrite.",
+                uds.passthrough_connections,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
         out
     }
 }

@@ -8,6 +8,7 @@ use std::{path::Path, time::Duration};
 use dev_agent::{Agent, Config, Endpoint, Error, JwtAlg, Method, RunningAgent};
 use futures_util::StreamExt as _;
 use hyper_util::rt::TokioIo;
+use sidecar_runtime::uds::ListenError;
 use spiffe::{JwtBundle, JwtBundleSet, JwtSvid, SpiffeId, TrustDomain, X509Svid};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::{Code, Request, transport::Channel};
@@ -465,12 +466,18 @@ async fn stale_socket_is_replaced_but_a_live_one_is_not() {
     assert_eq!(mode & 0o777, 0o660);
 
     let second = Agent::start(config(dir.path())).await;
-    assert!(matches!(second, Err(Error::SocketInUse(_))), "{second:?}");
+    assert!(
+        matches!(second, Err(Error::Listen(ListenError::InUse { .. }))),
+        "{second:?}"
+    );
     agent.shutdown().await;
 
     std::fs::write(&path, b"not a socket").unwrap();
     let third = Agent::start(config(dir.path())).await;
-    assert!(matches!(third, Err(Error::NotASocket(_))), "{third:?}");
+    assert!(
+        matches!(third, Err(Error::Listen(ListenError::NotASocket { .. }))),
+        "{third:?}"
+    );
 }
 
 #[tokio::test]

@@ -1,7 +1,6 @@
 //! `sds-bridge`: an Envoy SDS v3 server fed by the SPIFFE Workload API (REFERENCE §3).
 //!
 //! - [`config`]: flags and `SDS_BRIDGE_*` variables, parsed once;
-//! - [`listen`]: the atomically created Unix socket (or loopback TCP);
 //! - [`names`]: SDS resource names and their meaning (SPIRE agent compatible);
 //! - [`catalog`]: every secret of one X.509 snapshot, rendered once for all streams;
 //! - [`jwt`]: JWT-SVIDs from the shared cache as generic secrets (credential_injector);
@@ -12,7 +11,6 @@
 pub mod catalog;
 pub mod config;
 pub mod jwt;
-pub mod listen;
 pub mod metrics;
 pub mod names;
 pub mod service;

@@ -10,12 +10,11 @@ use prometheus_client::registry::Registry;
 use sds_bridge::catalog;
 use sds_bridge::config::{Cli, Config, Listen};
 use sds_bridge::jwt::JwtSecrets;
-use sds_bridge::listen;
 use sds_bridge::metrics::Metrics;
 use sds_bridge::service::SdsService;
 use sidecar_runtime::metrics::{JwtCacheCollector, X509Collector};
+use sidecar_runtime::uds::{self, SocketFile, UnixGrpcCollector};
 use sidecar_runtime::{Admin, Readiness, Shutdown};
-use tokio_stream::wrappers::UnixListenerStream;
 use workload_client::{CacheConfig, JwtSvidCache, ProcessEnv, WorkloadApiClient, X509Watcher};
 
 /// How long a unary FetchSecrets waits for the first SVID (Envoy's own fetch timeout is 5 s).
@@ -37,18 +36,22 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     // The SDS socket comes first, before the Workload API is even dialled: Istio's
     // pilot-agent probes for it once, early (REFERENCE §3). Requests wait for the first SVID.
     enum Bound {
-        Unix(tokio::net::UnixListener, listen::SocketFile),
+        Unix(tokio::net::UnixListener, SocketFile),
         Tcp(tokio::net::TcpListener),
     }
     let bound = match &config.listen {
         Listen::Unix(path) => {
-            let (l, f) = listen::bind_unix(path, config.socket_mode)
+            let (l, f) = uds::bind_unix(path, config.socket_mode)
                 .await
                 .context("SDS listener")?
                 .into_parts();
             Bound::Unix(l, f)
         }
-        Listen::Tcp(addr) => Bound::Tcp(listen::bind_tcp(*addr).await.context("SDS listener")?),
+        Listen::Tcp(addr) => Bound::Tcp(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("SDS listener: binding {addr}"))?,
+        ),
     };
     let admin_listener = match config.admin_listen {
         Some(addr) => Some(
@@ -70,6 +73,7 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::register(&mut registry));
     registry.register_collector(Box::new(X509Collector(watcher.clone())));
     registry.register_collector(Box::new(JwtCacheCollector(jwt_cache)));
+    registry.register_collector(Box::new(UnixGrpcCollector));
 
     if let Some(listener) = admin_listener {
         let ready = {
@@ -116,7 +120,7 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     match bound {
         Bound::Unix(listener, file) => {
             let result = server
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.wait())
+                .serve_with_incoming_shutdown(uds::incoming(listener), shutdown.wait())
                 .await;
             file.remove().await;
             result.context("SDS server")?;

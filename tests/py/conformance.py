@@ -1,6 +1,8 @@
 """Checks the dev agent with independent implementations: py-spiffe as the Workload API
 client, PyJWT for the JWT-SVID, `cryptography` for the X.509 chain, raw grpcio for the
-security-header rule. Exits non-zero with a message on the first failed check.
+security-header rule and the three streaming/unary calls. Every client keeps its default
+options: grpc-core sends the socket path as `:authority` on Unix sockets (grpc/grpc#38142),
+and the agent must accept that as SPIRE does. Exits non-zero on the first failed check.
 
 usage: conformance.py SOCKET_URI EXPECTED_SPIFFE_ID [FEDERATED_TD ...]
 """
@@ -18,19 +20,6 @@ from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 AUDIENCE = "conformance-check"
 
-# grpc-core >= 1.57 sends the percent-encoded socket path as :authority on Unix sockets
-# (grpc/grpc#38142), which the Rust h2 server behind tonic rejects with PROTOCOL_ERROR
-# (hyperium/h2#487). Real SPIRE (Go) accepts it; our dev agent cannot yet, so the independent
-# client is given the `localhost` authority that grpc-go, h2 and Kubernetes use for UDS.
-_insecure_channel = grpc.insecure_channel
-
-
-def _uds_channel(target, options=None, compression=None):
-    options = list(options or []) + [("grpc.default_authority", "localhost")]
-    return _insecure_channel(target, options=options, compression=compression)
-
-
-grpc.insecure_channel = _uds_channel
 checks = 0
 
 
@@ -139,8 +128,28 @@ def main():
         except grpc.RpcError as e:
             check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, "stream without header: INVALID_ARGUMENT")
 
+    # --- raw grpcio, default channel options, both unix target spellings ----------------------
+    md = (("workload.spiffe.io", "true"),)
+    raw = 0
+    for target in (f"unix:{path}", f"unix://{path}"):
+        with grpc.insecure_channel(target) as channel:
+            stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+            first = next(stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=md, timeout=10))
+            check(first.svids and first.svids[0].spiffe_id == expected_id,
+                  f"raw FetchX509SVID over {target}")
+            resp = stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=[AUDIENCE]),
+                                     metadata=md, timeout=10)
+            check(resp.svids and resp.svids[0].spiffe_id == expected_id,
+                  f"raw FetchJWTSVID over {target}")
+            bundles = next(stub.FetchJWTBundles(workload_pb2.JWTBundlesRequest(), metadata=md,
+                                                timeout=10))
+            check(f"spiffe://{td.name}" in bundles.bundles or td.name in bundles.bundles,
+                  f"raw FetchJWTBundles over {target}: {list(bundles.bundles)}")
+            raw += 3
+
     client.close()
-    print(json.dumps({"checks": checks, "spiffe_id": expected_id, "jwt_alg": header["alg"]}))
+    print(json.dumps({"checks": checks, "raw_calls": raw, "spiffe_id": expected_id,
+                      "jwt_alg": header["alg"]}))
 
 
 if __name__ == "__main__":

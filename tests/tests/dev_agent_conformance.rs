@@ -1,5 +1,6 @@
 //! The dev agent speaks the real Workload API: checked by py-spiffe, PyJWT, `cryptography` and
-//! raw grpcio (tests/py/conformance.py), none of which share code with us.
+//! raw grpcio (tests/py/conformance.py), none of which share code with us, all with their
+//! default options: grpc-core's socket-path `:authority` is accepted (REFERENCE §11).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
 
@@ -42,6 +43,14 @@ fn py_spiffe_fetches_and_verifies_everything_es256() {
     let summary = run_conformance(&agent, id, &["partner.org"]);
     assert_eq!(summary["jwt_alg"], "ES256");
     assert!(summary["checks"].as_u64().unwrap() >= 25, "{summary}");
+    assert_eq!(summary["raw_calls"], 6, "{summary}");
+    // Every grpcio call sent the socket path as :authority and the adapter replaced it.
+    let rewrites = agent.metric("dev_agent_grpc_unix_authority_rewrites_total");
+    assert!(rewrites >= 6, "authority rewrites counted: {rewrites}");
+    assert_eq!(
+        agent.metric("dev_agent_grpc_unix_passthrough_connections_total"),
+        0
+    );
 }
 
 #[test]
