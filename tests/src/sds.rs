@@ -115,8 +115,22 @@ pub enum Shape {
     NoValidation,
 }
 
-/// An `sds_config:` block (column 0) reaching the bridge through cluster `cluster`.
+/// An `sds_config:` block (column 0) reaching the bridge through cluster `cluster` with
+/// Envoy's own gRPC client, or, when `cluster` is a `unix:` target, with `google_grpc`
+/// (gRPC C-core, which sends the socket path as `:authority`).
 fn sds_config(cluster: &str, node_on_first_message_only: bool) -> String {
+    if cluster.starts_with("unix:") {
+        return format!(
+            "sds_config:
+  resource_api_version: V3
+  api_config_source:
+    api_type: GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: {node_on_first_message_only}
+    grpc_services:
+    - google_grpc: {{ target_uri: \"{cluster}\", stat_prefix: sds }}"
+        );
+    }
     format!(
         "sds_config:
   resource_api_version: V3
