@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sidecar_runtime::config::Listen;
 use sidecar_runtime::{ConfigError, LogFormat, config};
 use workload_client::Env;
 use workload_client::endpoint::ResolvedEndpoint;
@@ -23,8 +24,10 @@ pub const ENV_MODE: &str = "SPIRE_ENVOY_JWT_HELPER_JWT_MODE";
 pub const ENV_SOCKET: &str = "SPIRE_ENVOY_JWT_HELPER_SOCKET_PATH";
 /// Env: path of an upstream-format HCL file.
 pub const ENV_CONFIG: &str = "SPIRE_ENVOY_JWT_HELPER_CONFIG";
-/// Env: ext_authz gRPC listen address.
+/// Env: ext_authz gRPC listen address (`IP:PORT` or `unix:///path`).
 pub const ENV_LISTEN: &str = "SPIRE_ENVOY_JWT_HELPER_LISTEN";
+/// Env: permission bits of the ext_authz Unix socket.
+pub const ENV_SOCKET_MODE: &str = "SPIRE_ENVOY_JWT_HELPER_SOCKET_MODE";
 /// Env: admin HTTP listen address, or `off`.
 pub const ENV_ADMIN_LISTEN: &str = "SPIRE_ENVOY_JWT_HELPER_ADMIN_LISTEN";
 /// Env: `deny`, `keep` or `replace`.
@@ -42,8 +45,12 @@ pub const ENV_LOG_FORMAT: &str = "SPIRE_ENVOY_JWT_HELPER_LOG_FORMAT";
 
 /// The seed's EnvoyFilter points ext_authz at this address.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9010);
-/// Admin (probes, metrics) next to it.
+/// Admin (probes, metrics) next to it: by default one port above a TCP ext_authz port (so two
+/// helpers started from upstream HCL files on 9010 and 9020 get 9011 and 9021), and this
+/// address when ext_authz is on a Unix socket.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9011);
+/// The ext_authz socket carries JWT-SVIDs for anyone who connects: owner only by default.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 /// Envoy's ext_authz timeout in the seed is 0.5 s; a check answers 503 itself before that.
 pub const DEFAULT_TOKEN_WAIT: Duration = Duration::from_millis(400);
 
@@ -55,7 +62,7 @@ pub const DEFAULT_TOKEN_WAIT: Duration = Duration::from_millis(400);
     version,
     about = "Envoy ext_authz server that stamps (jwt_injection) or checks (jwt_svid_validator) JWT-SVIDs from the SPIFFE Workload API",
     after_help = "Precedence: flag > environment > --config file > default.\n\
-Environment: SPIRE_ENVOY_JWT_HELPER_{AUDIENCE,JWT_MODE,SOCKET_PATH,CONFIG,LISTEN,ADMIN_LISTEN,\n\
+Environment: SPIRE_ENVOY_JWT_HELPER_{AUDIENCE,JWT_MODE,SOCKET_PATH,CONFIG,LISTEN,SOCKET_MODE,ADMIN_LISTEN,\n\
 EXISTING_AUTHORIZATION,AUDIENCE_FOR,ALLOW_SPIFFE_IDS,ALLOW_TRUST_DOMAINS,TOKEN_WAIT,LOG_FORMAT};\n\
 the socket falls back to SPIFFE_ENDPOINT_SOCKET, then unix:///run/secrets/workload-spiffe-uds/socket."
 )]
@@ -72,10 +79,14 @@ pub struct Cli {
     /// Workload API address: unix:///path or tcp://IP:PORT.
     #[arg(long)]
     pub socket: Option<String>,
-    /// ext_authz gRPC listen address [default: 127.0.0.1:9010].
+    /// ext_authz gRPC listen address: IP:PORT or unix:///path [default: 127.0.0.1:9010].
     #[arg(long)]
     pub listen: Option<String>,
-    /// Admin HTTP address for /healthz, /readyz, /metrics, or "off" [default: 127.0.0.1:9011].
+    /// Permission bits of the ext_authz Unix socket, octal [default: 0600].
+    #[arg(long)]
+    pub socket_mode: Option<String>,
+    /// Admin HTTP address for /healthz, /readyz, /metrics, or "off" [default: the ext_authz
+    /// port + 1 on 127.0.0.1, e.g. 127.0.0.1:9011; 127.0.0.1:9011 with a Unix socket].
     #[arg(long)]
     pub admin_listen: Option<String>,
     /// Injection: what to do when the request already has an authorization header:
@@ -140,7 +151,9 @@ pub struct Config {
     /// Workload API endpoint and where it came from.
     pub socket: ResolvedEndpoint,
     /// ext_authz listen address.
-    pub listen: SocketAddr,
+    pub listen: Listen,
+    /// Permission bits of the ext_authz socket when `listen` is a Unix socket.
+    pub socket_mode: u32,
     /// Admin listen address (`None`: off).
     pub admin_listen: Option<SocketAddr>,
     /// Injection: existing authorization header policy.
@@ -278,9 +291,19 @@ impl Config {
             env,
         )?;
 
-        let listen = match src.pick(cli.listen.as_ref(), "--listen", ENV_LISTEN, None) {
-            Some((setting, v)) => config::socket_addr(&setting, &v)?,
-            None => listen_from_file(&src)?,
+        let (listen, listen_setting) =
+            match src.pick(cli.listen.as_ref(), "--listen", ENV_LISTEN, None) {
+                Some((setting, v)) => (config::listen(&setting, &v)?, setting),
+                None => (Listen::Tcp(listen_from_file(&src)?), "host/port".to_owned()),
+            };
+        let socket_mode = match src.pick(
+            cli.socket_mode.as_ref(),
+            "--socket-mode",
+            ENV_SOCKET_MODE,
+            None,
+        ) {
+            Some((setting, v)) => config::socket_mode(&setting, &v)?,
+            None => DEFAULT_SOCKET_MODE,
         };
 
         let admin_listen = match src.pick(
@@ -291,12 +314,14 @@ impl Config {
         ) {
             Some((_, v)) if v.eq_ignore_ascii_case("off") => None,
             Some((setting, v)) => Some(config::socket_addr(&setting, &v)?),
-            None => Some(DEFAULT_ADMIN_LISTEN),
+            None => Some(default_admin_listen(&listen, &listen_setting)?),
         };
-        if admin_listen.is_some() && admin_listen == Some(listen) {
+        if let (Some(admin), Listen::Tcp(ext_authz)) = (admin_listen, &listen)
+            && admin == *ext_authz
+        {
             return Err(ConfigError::new(
                 "--admin-listen",
-                listen.to_string(),
+                admin.to_string(),
                 "must differ from the ext_authz listen address",
             ));
         }
@@ -400,6 +425,7 @@ impl Config {
             audience,
             socket,
             listen,
+            socket_mode,
             admin_listen,
             existing_authorization,
             audience_for,
@@ -408,6 +434,27 @@ impl Config {
             token_wait,
             log_format,
         })
+    }
+}
+
+/// The admin address when none is set: the port after a TCP ext_authz port, on loopback, so
+/// that any number of helpers configured the upstream way (an HCL file with only `port`) can
+/// share a network namespace (a pod that stamps outbound and checks inbound runs two).
+fn default_admin_listen(listen: &Listen, setting: &str) -> Result<SocketAddr, ConfigError> {
+    match listen {
+        Listen::Unix(_) => Ok(DEFAULT_ADMIN_LISTEN),
+        Listen::Tcp(addr) => addr
+            .port()
+            .checked_add(1)
+            .map(|port| SocketAddr::new(DEFAULT_ADMIN_LISTEN.ip(), port))
+            .ok_or_else(|| {
+                ConfigError::new(
+                    setting,
+                    addr.to_string(),
+                    "the admin port defaults to the ext_authz port + 1, which does not exist \
+                     for 65535: set --admin-listen",
+                )
+            }),
     }
 }
 
@@ -459,14 +506,45 @@ mod tests {
     fn defaults_match_the_seed() {
         let c = load(&[], &[(ENV_AUDIENCE, "spiffe://example.org/backend")]).unwrap();
         assert_eq!(c.mode, Mode::Injection);
-        assert_eq!(c.listen, "127.0.0.1:9010".parse().unwrap());
+        assert_eq!(c.listen, Listen::Tcp("127.0.0.1:9010".parse().unwrap()));
         assert_eq!(c.admin_listen, Some("127.0.0.1:9011".parse().unwrap()));
+        assert_eq!(c.socket_mode, 0o600);
         assert_eq!(
             c.socket.endpoint.to_string(),
             "unix:///run/secrets/workload-spiffe-uds/socket"
         );
         assert_eq!(c.existing_authorization, ExistingAuthorization::Deny);
         assert_eq!(c.token_wait, DEFAULT_TOKEN_WAIT);
+    }
+
+    #[test]
+    fn the_admin_port_follows_the_ext_authz_port_unless_set() {
+        let at = |args: &[&str]| load(args, &[(ENV_AUDIENCE, "a")]).unwrap();
+        let second = at(&["--listen", "127.0.0.1:9020"]);
+        assert_eq!(second.admin_listen, Some("127.0.0.1:9021".parse().unwrap()));
+        let unix = at(&["--listen", "unix:///run/authz.sock"]);
+        assert_eq!(unix.listen, Listen::Unix("/run/authz.sock".into()));
+        assert_eq!(unix.admin_listen, Some(DEFAULT_ADMIN_LISTEN));
+        let explicit = at(&[
+            "--listen",
+            "127.0.0.1:9020",
+            "--admin-listen",
+            "127.0.0.1:9999",
+        ]);
+        assert_eq!(
+            explicit.admin_listen,
+            Some("127.0.0.1:9999".parse().unwrap())
+        );
+        let from_env = load(
+            &[],
+            &[
+                (ENV_AUDIENCE, "a"),
+                (ENV_LISTEN, "unix:///x"),
+                (ENV_SOCKET_MODE, "0660"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(from_env.socket_mode, 0o660);
     }
 
     #[test]
@@ -483,7 +561,14 @@ mod tests {
         let only_file = load(&["--config", f], &[(ENV_AUDIENCE, "")]).unwrap();
         assert_eq!(only_file.audience, "file-aud");
         assert_eq!(only_file.mode, Mode::Validator);
-        assert_eq!(only_file.listen, "127.0.0.2:7000".parse().unwrap());
+        assert_eq!(
+            only_file.listen,
+            Listen::Tcp("127.0.0.2:7000".parse().unwrap())
+        );
+        assert_eq!(
+            only_file.admin_listen,
+            Some("127.0.0.1:7001".parse().unwrap())
+        );
         assert_eq!(only_file.socket.endpoint.to_string(), "unix:///file.sock");
 
         let env_over_file = load(
@@ -522,7 +607,10 @@ mod tests {
             flag_over_env.socket.endpoint.to_string(),
             "unix:///flag.sock"
         );
-        assert_eq!(flag_over_env.listen, "127.0.0.1:7100".parse().unwrap());
+        assert_eq!(
+            flag_over_env.listen,
+            Listen::Tcp("127.0.0.1:7100".parse().unwrap())
+        );
 
         // The file beats SPIFFE_ENDPOINT_SOCKET; SPIFFE_ENDPOINT_SOCKET beats the default.
         let std_after_file = load(
@@ -564,7 +652,29 @@ mod tests {
             (
                 &["--audience", "a", "--listen", "localhost:9010"],
                 &[],
-                "--listen: expected IP:PORT",
+                "--listen: expected unix:///path, tcp://IP:PORT or IP:PORT",
+            ),
+            (
+                &["--audience", "a", "--listen", "unix://relative.sock"],
+                &[],
+                "--listen: expected unix:///path",
+            ),
+            (
+                &[
+                    "--audience",
+                    "a",
+                    "--listen",
+                    "unix:///s",
+                    "--socket-mode",
+                    "0400",
+                ],
+                &[],
+                "--socket-mode: expected octal permission bits",
+            ),
+            (
+                &["--audience", "a", "--listen", "127.0.0.1:65535"],
+                &[],
+                "--listen: the admin port defaults to the ext_authz port + 1",
             ),
             (
                 &[],

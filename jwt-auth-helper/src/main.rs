@@ -10,11 +10,18 @@ use jwt_auth_helper::authz::{AuthzService, Checker, Injector, Validator};
 use jwt_auth_helper::config::{Cli, Config, Mode};
 use jwt_auth_helper::metrics::Metrics;
 use prometheus_client::registry::Registry;
+use sidecar_runtime::config::Listen;
 use sidecar_runtime::metrics::JwtCacheCollector;
+use sidecar_runtime::uds::{self, UnixGrpcCollector};
 use sidecar_runtime::{Admin, Readiness, Shutdown};
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 use workload_client::{CacheConfig, JwtBundleWatcher, JwtSvidCache, ProcessEnv, WorkloadApiClient};
+
+enum Bound {
+    Tcp(TcpListener),
+    Unix(tokio::net::UnixListener, uds::SocketFile),
+}
 
 /// The gRPC service name Envoy health-checks (and `""`, the server as a whole).
 const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
@@ -33,9 +40,20 @@ async fn main() -> ExitCode {
 
 async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     // Bind first: a busy port is a start-up error, not a half-started sidecar.
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding the ext_authz listener on {}", config.listen))?;
+    let listener = match &config.listen {
+        Listen::Tcp(addr) => Bound::Tcp(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the ext_authz listener on {addr}"))?,
+        ),
+        Listen::Unix(path) => {
+            let (listener, file) = uds::bind_unix(path, config.socket_mode)
+                .await
+                .context("ext_authz listener")?
+                .into_parts();
+            Bound::Unix(listener, file)
+        }
+    };
     let admin_listener = match config.admin_listen {
         Some(addr) => Some(
             Admin::bind(addr)
@@ -49,6 +67,9 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let client = WorkloadApiClient::new(config.socket.endpoint.clone());
     let mut registry = Registry::with_prefix("jwt_auth_helper");
     let metrics = Arc::new(Metrics::register(&mut registry));
+    if matches!(config.listen, Listen::Unix(_)) {
+        registry.register_collector(Box::new(UnixGrpcCollector));
+    }
     let checker = Arc::new(match config.mode {
         Mode::Injection => {
             let cache = JwtSvidCache::new(client, CacheConfig::default());
@@ -117,22 +138,34 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         audience = %config.audience,
         "serving ext_authz"
     );
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         // Envoy multiplexes every check over one HTTP/2 connection: no small stream cap
         // (the upstream helper allows 10).
         .max_concurrent_streams(Some(4096))
         .add_service(health_service)
         .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
             AuthzService::new(checker, metrics),
-        ))
-        .serve_with_incoming_shutdown(
-            // TCP_NODELAY: without it small check responses wait on Nagle + delayed ACK
-            // (~40 ms per check, measured by `cargo xtask bench`).
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.wait(),
-        )
-        .await
-        .context("ext_authz server")?;
+        ));
+    match listener {
+        Bound::Tcp(listener) => router
+            .serve_with_incoming_shutdown(
+                // TCP_NODELAY: without it small check responses wait on Nagle + delayed ACK
+                // (~40 ms per check, measured by `cargo xtask bench`).
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown.wait(),
+            )
+            .await
+            .context("ext_authz server")?,
+        Bound::Unix(listener, file) => {
+            // Envoy's google_grpc client sends the socket path as :authority: the adapter
+            // in uds::incoming makes it acceptable to h2 (REFERENCE §11).
+            let served = router
+                .serve_with_incoming_shutdown(uds::incoming(listener), shutdown.wait())
+                .await;
+            file.remove().await;
+            served.context("ext_authz server")?;
+        }
+    }
     tracing::info!("stopped; in-flight checks drained");
     Ok(())
 }

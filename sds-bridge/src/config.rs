@@ -6,8 +6,8 @@ use std::path::{Component, Path, PathBuf};
 
 use sidecar_runtime::config::{self, pick};
 use sidecar_runtime::{ConfigError, LogFormat};
+use workload_client::Env;
 use workload_client::endpoint::ResolvedEndpoint;
-use workload_client::{Endpoint, Env};
 
 use crate::catalog::{RootCaBundles, ValidationMode};
 
@@ -81,14 +81,8 @@ pub struct Cli {
     pub log_format: Option<String>,
 }
 
-/// Where SDS is served.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Listen {
-    /// A Unix socket file.
-    Unix(PathBuf),
-    /// A TCP address.
-    Tcp(SocketAddr),
-}
+/// Where SDS is served: the listen address every gRPC server of ours parses alike.
+pub use sidecar_runtime::config::Listen;
 
 /// Validated configuration.
 #[derive(Clone, Debug)]
@@ -117,8 +111,8 @@ impl Config {
     /// Builds the configuration from flags and environment.
     pub fn load(cli: &Cli, env: &dyn Env) -> Result<Self, ConfigError> {
         let listen = match pick(cli.listen.as_deref(), "--listen", env, ENV_LISTEN) {
-            Some((setting, v)) => parse_listen(&setting, &v)?,
-            None => parse_listen("default --listen", DEFAULT_LISTEN)?,
+            Some((setting, v)) => config::listen(&setting, &v)?,
+            None => config::listen("default --listen", DEFAULT_LISTEN)?,
         };
 
         let socket_mode = match pick(
@@ -128,19 +122,7 @@ impl Config {
             ENV_SOCKET_MODE,
         ) {
             None => DEFAULT_SOCKET_MODE,
-            Some((setting, v)) => {
-                let digits = v.strip_prefix("0o").unwrap_or(&v);
-                match u32::from_str_radix(digits, 8) {
-                    Ok(m) if m <= 0o777 && m & 0o600 == 0o600 => m,
-                    _ => {
-                        return Err(ConfigError::new(
-                            setting,
-                            v,
-                            "expected octal permission bits with owner read/write, e.g. 0600 or 0660",
-                        ));
-                    }
-                }
-            }
+            Some((setting, v)) => config::socket_mode(&setting, &v)?,
         };
 
         let socket = config::workload_api(
@@ -250,18 +232,6 @@ impl Config {
             allow_jwt_audiences,
             log_format,
         })
-    }
-}
-
-fn parse_listen(setting: &str, value: &str) -> Result<Listen, ConfigError> {
-    match Endpoint::parse(value) {
-        Ok(Endpoint::Unix(path)) => Ok(Listen::Unix(path)),
-        Ok(Endpoint::Tcp(addr)) => Ok(Listen::Tcp(addr)),
-        Err(e) => Err(ConfigError::new(
-            setting,
-            value,
-            format!("expected unix:///path or tcp://IP:PORT: {e}"),
-        )),
     }
 }
 

@@ -1,9 +1,11 @@
 //! Parsing typed configuration values so that every error names the setting and the value.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use workload_client::endpoint::{EndpointSource, ResolvedEndpoint};
+use workload_client::endpoint::{Endpoint, EndpointSource, ResolvedEndpoint};
 use workload_client::{Env, resolve_endpoint_from};
 
 use crate::LogFormat;
@@ -94,6 +96,55 @@ pub fn socket_addr(setting: &str, value: &str) -> Result<SocketAddr, ConfigError
         .map_err(|_| ConfigError::new(setting, value, "expected IP:PORT, e.g. 127.0.0.1:9010"))
 }
 
+/// Where a gRPC server of ours listens: a Unix socket (served through [`crate::uds`]) or TCP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// A Unix socket file (`unix:///path`).
+    Unix(PathBuf),
+    /// A TCP address (`IP:PORT` or `tcp://IP:PORT`).
+    Tcp(SocketAddr),
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "unix://{}", path.display()),
+            Self::Tcp(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// `unix:///absolute/path`, `tcp://IP:PORT` or plain `IP:PORT`, with the Workload API's
+/// address rules (REFERENCE §1: absolute paths, IP literals, no query or fragment).
+pub fn listen(setting: &str, value: &str) -> Result<Listen, ConfigError> {
+    if let Ok(addr) = value.parse() {
+        return Ok(Listen::Tcp(addr));
+    }
+    match Endpoint::parse(value) {
+        Ok(Endpoint::Unix(path)) => Ok(Listen::Unix(path)),
+        Ok(Endpoint::Tcp(addr)) => Ok(Listen::Tcp(addr)),
+        Err(e) => Err(ConfigError::new(
+            setting,
+            value,
+            format!("expected unix:///path, tcp://IP:PORT or IP:PORT: {e}"),
+        )),
+    }
+}
+
+/// Octal permission bits for a socket file (`0600`, `0o660`); the owner must keep read and
+/// write, and nothing past `0777` (no setuid, sticky) is accepted.
+pub fn socket_mode(setting: &str, value: &str) -> Result<u32, ConfigError> {
+    let digits = value.strip_prefix("0o").unwrap_or(value);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 && m & 0o600 == 0o600 => Ok(m),
+        _ => Err(ConfigError::new(
+            setting,
+            value,
+            "expected octal permission bits with owner read/write, e.g. 0600 or 0660",
+        )),
+    }
+}
+
 /// A duration like `500ms`, `30s`, `5m`.
 pub fn duration(setting: &str, value: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(value).map_err(|e| {
@@ -149,6 +200,36 @@ mod tests {
         assert_eq!(log_format(None).unwrap(), LogFormat::Text);
         let e = log_format(Some(("X_LOG".into(), "xml".into()))).unwrap_err();
         assert_eq!(e.setting, "X_LOG");
+    }
+
+    #[test]
+    fn listen_takes_unix_tcp_and_bare_addresses_and_names_the_setting() {
+        assert_eq!(
+            listen("L", "unix:///run/x.sock").unwrap(),
+            Listen::Unix("/run/x.sock".into())
+        );
+        assert_eq!(
+            listen("L", "tcp://127.0.0.1:1").unwrap(),
+            Listen::Tcp("127.0.0.1:1".parse().unwrap())
+        );
+        assert_eq!(
+            listen("L", "[::1]:2").unwrap(),
+            Listen::Tcp("[::1]:2".parse().unwrap())
+        );
+        assert_eq!(listen("L", "unix:///a").unwrap().to_string(), "unix:///a");
+        for bad in [
+            "unix://relative",
+            "localhost:1",
+            "tcp://host:1",
+            "/run/x.sock",
+            "",
+        ] {
+            assert_eq!(listen("L", bad).unwrap_err().setting, "L", "{bad}");
+        }
+        assert_eq!(socket_mode("M", "0o660").unwrap(), 0o660);
+        for bad in ["0400", "1777", "rw", "0"] {
+            assert_eq!(socket_mode("M", bad).unwrap_err().setting, "M", "{bad}");
+        }
     }
 
     #[test]

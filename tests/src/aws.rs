@@ -509,14 +509,7 @@ impl Broker {
 
     /// A sample from `/metrics`, e.g. `iam_broker_sts_calls_total{outcome="success"}`.
     pub fn metric(&self, series: &str) -> u64 {
-        let (status, body) = http(self.admin, "GET", "/metrics").expect("broker /metrics");
-        assert_eq!(status, 200);
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            })
-            .map_or(0, |v| v as u64)
+        crate::scrape(self.admin, series) as u64
     }
 }
 

@@ -251,6 +251,29 @@ pub fn static_cluster(name: &str, addr: SocketAddr, http2: bool) -> String {
     )
 }
 
+/// A `STATIC` HTTP/2 cluster to the Unix socket at `path` (Envoy `pipe` address), for
+/// `envoy_grpc` clients of our socket servers. Column-0 YAML list item.
+pub fn pipe_cluster(name: &str, path: &std::path::Path) -> String {
+    format!(
+        r#"- name: {name}
+  type: STATIC
+  connect_timeout: 1s
+  typed_extension_protocol_options:
+    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+      "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+      explicit_http_config:
+        http2_protocol_options: {{}}
+  load_assignment:
+    cluster_name: {name}
+    endpoints:
+    - lb_endpoints:
+      - endpoint:
+          address:
+            pipe: {{ path: {path} }}"#,
+        path = q(&path.display().to_string())
+    )
+}
+
 /// The general shape every builder uses: admin on `127.0.0.1:admin`; one HTTP listener on
 /// `127.0.0.1:listen` (HCM `stat_prefix: ingress_http`, every route to cluster `upstream`)
 /// running `http_filters` (column-0 YAML list items, each `- name: …`) and then the router;
@@ -312,14 +335,55 @@ pub fn plain_proxy(admin: u16, listen: u16, upstream: SocketAddr) -> String {
     bootstrap(admin, listen, upstream, &[], &[])
 }
 
-/// The seed's EnvoyFilter (`google_grpc` client, `target_uri: 127.0.0.1:PORT`): ext_authz v3,
-/// 0.5 s timeout, `failure_mode_allow: false`, `include_peer_certificate: true`, then router.
+/// Where Envoy's ext_authz filter finds the helper, and with which gRPC client.
+#[derive(Clone, Copy, Debug)]
+pub enum AuthzVia<'a> {
+    /// `google_grpc` (gRPC C-core), `target_uri: IP:PORT`: the seed's EnvoyFilter.
+    GoogleTcp(SocketAddr),
+    /// `envoy_grpc` with a static HTTP/2 cluster to `IP:PORT`.
+    EnvoyTcp(SocketAddr),
+    /// `google_grpc`, `target_uri: unix:///path` (sends the path as `:authority`).
+    GoogleUnix(&'a std::path::Path),
+    /// `envoy_grpc` with a `pipe` cluster to the socket.
+    EnvoyUnix(&'a std::path::Path),
+}
+
+/// The seed's ext_authz (0.5 s timeout, `failure_mode_allow: false`,
+/// `include_peer_certificate: true`), then router, reaching the helper `via`.
+pub fn ext_authz_proxy_via(
+    admin: u16,
+    listen: u16,
+    upstream: SocketAddr,
+    via: AuthzVia<'_>,
+) -> String {
+    let google = |target: String| {
+        format!(
+            "google_grpc:\n  target_uri: {}\n  stat_prefix: ext_authz",
+            q(&target)
+        )
+    };
+    let envoy = "envoy_grpc:\n  cluster_name: ext_authz";
+    let (client, clusters) = match via {
+        AuthzVia::GoogleTcp(addr) => (google(addr.to_string()), vec![]),
+        AuthzVia::EnvoyTcp(addr) => (
+            envoy.to_owned(),
+            vec![static_cluster("ext_authz", addr, true)],
+        ),
+        AuthzVia::GoogleUnix(path) => (google(format!("unix://{}", path.display())), vec![]),
+        AuthzVia::EnvoyUnix(path) => (envoy.to_owned(), vec![pipe_cluster("ext_authz", path)]),
+    };
+    bootstrap(
+        admin,
+        listen,
+        upstream,
+        &[ext_authz_filter(&client)],
+        &clusters,
+    )
+}
+
+/// The seed's EnvoyFilter (`google_grpc` client, `target_uri: 127.0.0.1:PORT`).
 pub fn ext_authz_proxy(admin: u16, listen: u16, upstream: SocketAddr, authz: SocketAddr) -> String {
-    let grpc = format!(
-        "google_grpc:\n  target_uri: {q}\n  stat_prefix: ext_authz",
-        q = q(&authz.to_string())
-    );
-    bootstrap(admin, listen, upstream, &[ext_authz_filter(&grpc)], &[])
+    ext_authz_proxy_via(admin, listen, upstream, AuthzVia::GoogleTcp(authz))
 }
 
 /// [`ext_authz_proxy`] with Envoy's own gRPC client (`envoy_grpc`) and a static HTTP/2 cluster
@@ -330,13 +394,7 @@ pub fn ext_authz_proxy_envoy_grpc(
     upstream: SocketAddr,
     authz: SocketAddr,
 ) -> String {
-    bootstrap(
-        admin,
-        listen,
-        upstream,
-        &[ext_authz_filter("envoy_grpc:\n  cluster_name: ext_authz")],
-        &[static_cluster("ext_authz", authz, true)],
-    )
+    ext_authz_proxy_via(admin, listen, upstream, AuthzVia::EnvoyTcp(authz))
 }
 
 /// The ext_authz HTTP filter (column-0 list item) with `client` (a `google_grpc:`/`envoy_grpc:`

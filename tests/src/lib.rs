@@ -82,6 +82,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port `p` such that `p` and `p + 1` are both free right now (a jwt-auth-helper
+/// configured the upstream way serves admin on the port after ext_authz).
+pub fn free_port_pair() -> u16 {
+    loop {
+        let first = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Polls `ready` every 10 ms until it returns true or `timeout` passes (then panics with `what`).
 pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -297,14 +309,7 @@ impl DevAgent {
 
     /// A counter from `/metrics`, e.g. `dev_agent_rpc_total{method="FetchJWTSVID"}`.
     pub fn metric(&self, series: &str) -> u64 {
-        let (status, body) = http(self.admin, "GET", "/metrics").expect("agent /metrics");
-        assert_eq!(status, 200);
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            })
-            .map_or(0, |v| v as u64)
+        scrape(self.admin, series) as u64
     }
 
     /// FetchJWTSVID calls the agent has accepted.
@@ -317,6 +322,20 @@ impl DevAgent {
         let (status, body) = http(self.admin, "POST", path).expect("agent admin");
         assert!((200..300).contains(&status), "{path}: {status} {body}");
     }
+}
+
+/// One sample from the Prometheus text at `http://admin/metrics`, e.g.
+/// `dev_agent_rpc_total{method="FetchJWTSVID"}`; 0 when the series is absent (counters not yet
+/// incremented). Panics if the endpoint does not answer 200.
+pub fn scrape(admin: SocketAddr, series: &str) -> f64 {
+    let (status, body) = http(admin, "GET", "/metrics").expect("admin /metrics");
+    assert_eq!(status, 200, "{admin}/metrics");
+    body.lines()
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
 }
 
 /// A minimal HTTP/1.1 request on loopback: `(status, body)`; `None` if the connection fails.

@@ -68,37 +68,13 @@ impl SdsBridge {
 
     /// A sample from `/metrics` by its series name (e.g. `sds_bridge_nacks_total`); 0 if absent.
     pub fn metric(&self, series: &str) -> f64 {
-        let (status, body) = http(self.admin, "GET", "/metrics").expect("bridge /metrics");
-        assert_eq!(status, 200);
-        body.lines()
-            .find_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                (name == series).then(|| value.parse().ok())?
-            })
-            .unwrap_or(0.0)
+        crate::scrape(self.admin, series)
     }
 }
 
 /// The SDS cluster for a bridge socket (column-0 YAML list item).
 pub fn sds_cluster(name: &str, socket: &Path) -> String {
-    format!(
-        r#"- name: {name}
-  type: STATIC
-  connect_timeout: 1s
-  typed_extension_protocol_options:
-    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-      "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-      explicit_http_config:
-        http2_protocol_options: {{}}
-  load_assignment:
-    cluster_name: {name}
-    endpoints:
-    - lb_endpoints:
-      - endpoint:
-          address:
-            pipe: {{ path: "{path}" }}"#,
-        path = socket.display()
-    )
+    crate::envoy::pipe_cluster(name, socket)
 }
 
 /// How an Envoy asks for its secrets.

@@ -68,6 +68,42 @@ impl JwtHelper {
         });
     }
 
+    /// Starts the helper serving ext_authz on the Unix socket `dir/authz.sock` (admin on a free
+    /// port) with `args`, and waits until both accept connections. Returns the socket path.
+    pub fn start_unix(dir: &Path, socket: &str, args: &[&str]) -> (Self, std::path::PathBuf) {
+        let path = dir.join("authz.sock");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(bin("jwt-auth-helper"));
+        cmd.args(["--socket", socket])
+            .args([
+                "--listen",
+                &format!("unix://{}", path.display()),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .args(args)
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .env("RUST_LOG", "info");
+        let mut proc = Proc::spawn("jwt-auth-helper", cmd, dir);
+        wait_until("jwt-auth-helper socket", Duration::from_secs(20), || {
+            proc.assert_running();
+            http(admin, "GET", "/healthz").is_some_and(|(s, _)| s == 200)
+                && std::os::unix::net::UnixStream::connect(&path).is_ok()
+        });
+        let helper = Self {
+            proc,
+            // No TCP ext_authz port: the unspecified address connects nowhere.
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin,
+        };
+        (helper, path)
+    }
+
+    /// A counter or gauge from the admin `/metrics` (0 when absent).
+    pub fn metric(&self, series: &str) -> f64 {
+        crate::scrape(self.admin, series)
+    }
+
     /// A gRPC client to the ext_authz port.
     pub async fn client(&self) -> AuthorizationClient<tonic::transport::Channel> {
         AuthorizationClient::connect(format!("http://{}", self.listen))
