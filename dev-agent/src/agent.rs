@@ -259,7 +259,7 @@ impl Agent {
         // Bind everything before spawning anything, so a bind error leaves nothing running.
         let (incoming, endpoint) = bind_workload_api(&config).await?;
         let socket_file = match &incoming {
-            Incoming::Unix(_, file) => Some(file.clone()),
+            Incoming::Unix(_, file, _) => Some(file.clone()),
             Incoming::Tcp(_) => None,
         };
         let oidc = match config.oidc_listen {
@@ -360,9 +360,12 @@ async fn serve_workload_api(shared: Arc<Shared>, incoming: Incoming) {
     let signal = stopping(shared.shutdown.subscribe());
     let router = tonic::transport::Server::builder().add_service(service);
     let (result, socket_file) = match incoming {
-        Incoming::Unix(listener, file) => (
+        Incoming::Unix(listener, file, adapter) => (
             router
-                .serve_with_incoming_shutdown(sidecar_runtime::uds::incoming(listener), signal)
+                .serve_with_incoming_shutdown(
+                    sidecar_runtime::uds::incoming(listener, adapter),
+                    signal,
+                )
                 .await,
             Some(file),
         ),

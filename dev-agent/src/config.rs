@@ -121,6 +121,9 @@ pub struct Config {
     pub jwt_key_rotation: Duration,
     /// Where to serve `/metrics`, `/healthz` and `/rotate/*`; port 0 picks a free port.
     pub admin_listen: Option<SocketAddr>,
+    /// Whether Unix-socket connections go through the `:authority` adapter that lets gRPC
+    /// C-core and grpc-java clients in (`sidecar_runtime::uds`); off only for comparisons.
+    pub unix_authority_adapter: bool,
 }
 
 /// Default Unix socket permission bits (see [`Config::socket_mode`]).
@@ -150,6 +153,7 @@ impl Config {
             jwt_alg: JwtAlg::Es256,
             jwt_key_rotation: DEFAULT_JWT_KEY_ROTATION,
             admin_listen: None,
+            unix_authority_adapter: true,
         }
     }
 
@@ -263,6 +267,14 @@ pub struct Cli {
     /// Log format on stderr (filter with RUST_LOG).
     #[arg(long, env = "DEV_AGENT_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// The Unix-socket :authority adapter: on, or off (only to compare; gRPC C-core and
+    /// grpc-java clients are then refused).
+    #[arg(long, env = "SIDECAR_UNIX_AUTHORITY_ADAPTER", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub unix_authority_adapter: bool,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    sidecar_runtime::config::on_off("--unix-authority-adapter", s).map_err(|e| e.reason)
 }
 
 fn parse_octal_mode(s: &str) -> Result<u32, String> {
@@ -310,6 +322,7 @@ impl Cli {
             jwt_alg: self.jwt_alg,
             jwt_key_rotation: self.jwt_key_rotation,
             admin_listen: self.admin_listen,
+            unix_authority_adapter: self.unix_authority_adapter,
         };
         config.validate()?;
         Ok(config)

@@ -14,7 +14,8 @@ use crate::{
 };
 
 pub(crate) enum Incoming {
-    Unix(UnixListener, SocketFile),
+    /// The listener, its file, and whether the `:authority` adapter is on.
+    Unix(UnixListener, SocketFile, bool),
     Tcp(TcpListener),
 }
 
@@ -22,7 +23,10 @@ pub(crate) async fn bind_workload_api(config: &Config) -> Result<(Incoming, Endp
     match &config.socket {
         Endpoint::Unix(path) => {
             let (listener, file) = bind_unix(path, config.socket_mode).await?.into_parts();
-            Ok((Incoming::Unix(listener, file), config.socket.clone()))
+            Ok((
+                Incoming::Unix(listener, file, config.unix_authority_adapter),
+                config.socket.clone(),
+            ))
         }
         Endpoint::Tcp(addr) => {
             let (listener, bound) = bind_tcp("Workload API", *addr).await?;

@@ -168,6 +168,9 @@ pub struct Config {
     pub token_wait: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Whether Unix-socket connections go through the `:authority` adapter
+    /// (`SIDECAR_UNIX_AUTHORITY_ADAPTER`, default on).
+    pub unix_authority_adapter: bool,
 }
 
 /// One value and the setting it came from (for error messages).
@@ -420,6 +423,8 @@ impl Config {
             None,
         ))?;
 
+        let unix_authority_adapter = config::unix_authority_adapter(env)?;
+
         Ok(Self {
             mode,
             audience,
@@ -433,6 +438,7 @@ impl Config {
             allow_trust_domains,
             token_wait,
             log_format,
+            unix_authority_adapter,
         })
     }
 }

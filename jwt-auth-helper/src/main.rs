@@ -160,7 +160,10 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             // Envoy's google_grpc client sends the socket path as :authority: the adapter
             // in uds::incoming makes it acceptable to h2 (REFERENCE §11).
             let served = router
-                .serve_with_incoming_shutdown(uds::incoming(listener), shutdown.wait())
+                .serve_with_incoming_shutdown(
+                    uds::incoming(listener, config.unix_authority_adapter),
+                    shutdown.wait(),
+                )
                 .await;
             file.remove().await;
             served.context("ext_authz server")?;

@@ -103,6 +103,9 @@ pub struct Config {
     pub allow_jwt_audiences: Option<BTreeSet<String>>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Whether Unix-socket connections go through the `:authority` adapter
+    /// (`SIDECAR_UNIX_AUTHORITY_ADAPTER`, default on).
+    pub unix_authority_adapter: bool,
 }
 
 // === impl Config ===
@@ -222,6 +225,8 @@ impl Config {
             ENV_LOG_FORMAT,
         ))?;
 
+        let unix_authority_adapter = config::unix_authority_adapter(env)?;
+
         Ok(Self {
             listen,
             socket_mode,
@@ -231,6 +236,7 @@ impl Config {
             rootca_bundles,
             allow_jwt_audiences,
             log_format,
+            unix_authority_adapter,
         })
     }
 }

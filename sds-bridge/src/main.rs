@@ -120,7 +120,10 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     match bound {
         Bound::Unix(listener, file) => {
             let result = server
-                .serve_with_incoming_shutdown(uds::incoming(listener), shutdown.wait())
+                .serve_with_incoming_shutdown(
+                    uds::incoming(listener, config.unix_authority_adapter),
+                    shutdown.wait(),
+                )
                 .await;
             file.remove().await;
             result.context("SDS server")?;

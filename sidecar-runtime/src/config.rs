@@ -145,6 +145,26 @@ pub fn socket_mode(setting: &str, value: &str) -> Result<u32, ConfigError> {
     }
 }
 
+/// Env, read by every gRPC server on a Unix socket: `off` turns the `:authority` adapter
+/// ([`crate::uds::GrpcUnixStream`]) off. An escape hatch, and the benchmarks' baseline; with
+/// it off, gRPC C-core and grpc-java clients are refused again (REFERENCE §11).
+pub const ENV_UNIX_AUTHORITY_ADAPTER: &str = "SIDECAR_UNIX_AUTHORITY_ADAPTER";
+
+/// `on` or `off` (any case).
+pub fn on_off(setting: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(ConfigError::new(setting, value, "expected on or off")),
+    }
+}
+
+/// Whether Unix-socket connections go through the `:authority` adapter (default on).
+pub fn unix_authority_adapter(env: &dyn Env) -> Result<bool, ConfigError> {
+    env.var(ENV_UNIX_AUTHORITY_ADAPTER)
+        .map_or(Ok(true), |v| on_off(ENV_UNIX_AUTHORITY_ADAPTER, &v))
+}
+
 /// A duration like `500ms`, `30s`, `5m`.
 pub fn duration(setting: &str, value: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(value).map_err(|e| {
@@ -227,6 +247,10 @@ mod tests {
             assert_eq!(listen("L", bad).unwrap_err().setting, "L", "{bad}");
         }
         assert_eq!(socket_mode("M", "0o660").unwrap(), 0o660);
+        assert!(unix_authority_adapter(&[("OTHER", "x")]).unwrap());
+        assert!(!unix_authority_adapter(&[(ENV_UNIX_AUTHORITY_ADAPTER, "OFF")]).unwrap());
+        let e = unix_authority_adapter(&[(ENV_UNIX_AUTHORITY_ADAPTER, "no")]).unwrap_err();
+        assert_eq!(e.setting, ENV_UNIX_AUTHORITY_ADAPTER);
         for bad in ["0400", "1777", "rw", "0"] {
             assert_eq!(socket_mode("M", bad).unwrap_err().setting, "M", "{bad}");
         }

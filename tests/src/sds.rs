@@ -25,6 +25,17 @@ impl SdsBridge {
     /// accepts connections and its admin answers (not until it has an SVID: see
     /// [`SdsBridge::wait_ready`]).
     pub fn start(name: &str, dir: &Path, workload_api: &str, args: &[&str]) -> Self {
+        Self::start_with_env(name, dir, workload_api, args, &[])
+    }
+
+    /// [`SdsBridge::start`] with extra environment variables.
+    pub fn start_with_env(
+        name: &str,
+        dir: &Path,
+        workload_api: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
         let socket = dir.join(format!("{name}.sock"));
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(bin("sds-bridge"));
@@ -33,6 +44,7 @@ impl SdsBridge {
             .args(["--socket", workload_api])
             .args(["--admin-listen", &admin.to_string()])
             .args(args)
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "info,sds_bridge=debug");
         let mut proc = Proc::spawn(name, cmd, dir);
         wait_until(

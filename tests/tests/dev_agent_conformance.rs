@@ -71,3 +71,36 @@ fn py_spiffe_verifies_rs256_tokens() {
     let summary = run_conformance(&agent, id, &[]);
     assert_eq!(summary["jwt_alg"], "RS256");
 }
+
+/// One FetchJWTSVID with grpcio's defaults; prints `OK` or the status code name.
+fn grpcio_fetch(target: &str) -> String {
+    let python = python_with(&["spiffe", "grpc"]);
+    let script = r#"
+import sys, grpc
+from spiffe._proto import workload_pb2, workload_pb2_grpc
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+    try:
+        stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["a"]),
+                          metadata=(("workload.spiffe.io", "true"),), timeout=10)
+        print("OK")
+    except grpc.RpcError as e:
+        print(e.code().name)
+"#;
+    let mut cmd = Command::new(python);
+    cmd.args(["-c", script, target]);
+    let out = output(cmd);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn grpc_core_is_refused_without_the_authority_adapter_and_served_with_it() {
+    // The same agent binary with the adapter switched off is h2 as upstream ships it: grpc-core
+    // sends the socket path as :authority and h2 resets the stream (hyperium/h2#487).
+    for (adapter, expected) in [("off", "INTERNAL"), ("on", "OK")] {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = DevAgent::start(dir.path(), &["--unix-authority-adapter", adapter]);
+        let target = format!("unix:{}", agent.socket.display());
+        assert_eq!(grpcio_fetch(&target), expected, "adapter {adapter}");
+    }
+}

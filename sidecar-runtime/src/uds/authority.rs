@@ -129,6 +129,14 @@ impl<IO> GrpcUnixStream<IO> {
         }
     }
 
+    /// Wraps a connection without rewriting anything: h2 sees the client's bytes as they are.
+    pub fn passthrough(io: IO) -> Self {
+        Self {
+            mode: Mode::Passthrough,
+            ..Self::new(io)
+        }
+    }
+
     /// The wrapped connection.
     pub fn get_ref(&self) -> &IO {
         &self.io

@@ -41,11 +41,21 @@ static STATS: Stats = Stats {
 };
 
 /// The listener's connections, each wrapped in [`GrpcUnixStream`], for tonic's
-/// `serve_with_incoming*`.
+/// `serve_with_incoming*`. With `adapter` false (see
+/// [`crate::config::ENV_UNIX_AUTHORITY_ADAPTER`]) every byte passes through untouched.
 pub fn incoming(
     listener: UnixListener,
+    adapter: bool,
 ) -> impl tokio_stream::Stream<Item = io::Result<GrpcUnixStream<UnixStream>>> {
-    UnixListenerStream::new(listener).map(|conn| conn.map(GrpcUnixStream::new))
+    UnixListenerStream::new(listener).map(move |conn| {
+        conn.map(|io| {
+            if adapter {
+                GrpcUnixStream::new(io)
+            } else {
+                GrpcUnixStream::passthrough(io)
+            }
+        })
+    })
 }
 
 /// The adapter's counters so far, for binaries that render metrics by hand.

@@ -3,8 +3,9 @@
 //! 1. gRPC Check latency and throughput: the helper (injection, token cached) against
 //!    `noop-authz`, a server on the same stack that allows everything. Rounds alternate between
 //!    the two so drift on a shared machine hits both alike; figures are reported as ratios.
-//! 2. End to end with wrk: Envoy → echo upstream alone, with the helper as ext_authz, and with
-//!    credential_injector fed a JWT-SVID by sds-bridge (no per-request call at all).
+//! 2. End to end with wrk: Envoy → echo upstream alone, with the helper as ext_authz over TCP
+//!    and over a Unix socket, each with Envoy's two gRPC clients (`envoy_grpc`, `google_grpc`),
+//!    and with credential_injector fed a JWT-SVID by sds-bridge (no per-request call at all).
 //! 3. Idle RSS of the helper.
 //!
 //! Absolute times on a shared 2-core machine drift; the ratios are the result.
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use suite_tests::envoy::{
-    EchoServer, Envoy, ext_authz_proxy, ext_authz_proxy_envoy_grpc, plain_proxy, static_cluster,
+    AuthzVia, EchoServer, Envoy, ext_authz_proxy, ext_authz_proxy_via, plain_proxy, static_cluster,
 };
 use suite_tests::procfs::rss_kib;
 use suite_tests::sds::{self, SdsBridge, credential_injector_listener, sds_cluster};
@@ -165,6 +166,15 @@ async fn main() {
         // The no-round-trip alternative: Envoy's credential_injector reading the JWT-SVID as
         // an SDS generic secret from sds-bridge (issue 7).
         let mut bridge = SdsBridge::start("sds-bridge", dir.path(), &agent.endpoint, &[]);
+        // The same helper on a Unix socket (issue 12), as Envoy reaches it in a pod.
+        let uds_dir = dir.path().join("uds");
+        std::fs::create_dir_all(&uds_dir).unwrap();
+        let (mut uds_helper, uds_socket) = JwtHelper::start_unix(
+            &uds_dir,
+            &agent.endpoint,
+            &["--audience", "bench", "--log-format", "json"],
+        );
+        uds_helper.wait_ready(Duration::from_secs(10));
         bridge.wait_ready(Duration::from_secs(10));
         let injector = |admin: u16, port: u16| {
             sds::bootstrap(
@@ -187,20 +197,23 @@ async fn main() {
             "Envoy alone",
             "Envoy + credential_injector (SDS)",
             "Envoy + noop-authz (google_grpc)",
-            "Envoy + helper (google_grpc)",
-            "Envoy + helper (envoy_grpc)",
+            "Envoy + helper TCP (google_grpc)",
+            "Envoy + helper TCP (envoy_grpc)",
+            "Envoy + helper UDS (google_grpc)",
+            "Envoy + helper UDS (envoy_grpc)",
         ] {
             let (admin, port) = (free_port(), free_port());
+            let via = |v| ext_authz_proxy_via(admin, port, upstream.addr, v);
             let yaml = match name {
                 "Envoy alone" => plain_proxy(admin, port, upstream.addr),
                 "Envoy + credential_injector (SDS)" => injector(admin, port),
                 "Envoy + noop-authz (google_grpc)" => {
                     ext_authz_proxy(admin, port, upstream.addr, noop_addr)
                 }
-                "Envoy + helper (google_grpc)" => {
-                    ext_authz_proxy(admin, port, upstream.addr, helper.listen)
-                }
-                _ => ext_authz_proxy_envoy_grpc(admin, port, upstream.addr, helper.listen),
+                "Envoy + helper TCP (google_grpc)" => via(AuthzVia::GoogleTcp(helper.listen)),
+                "Envoy + helper TCP (envoy_grpc)" => via(AuthzVia::EnvoyTcp(helper.listen)),
+                "Envoy + helper UDS (google_grpc)" => via(AuthzVia::GoogleUnix(&uds_socket)),
+                _ => via(AuthzVia::EnvoyUnix(&uds_socket)),
             };
             setups.push((name, yaml, port));
         }

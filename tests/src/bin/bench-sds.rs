@@ -4,7 +4,8 @@
 //!    the dev agent; for each, the time from the bridge receiving the new SVID to Envoy's ACK
 //!    (measured by the bridge, read from its debug log), and the time from asking the agent to
 //!    rotate to the ACK showing in the bridge's metrics (end to end, including the agent
-//!    issuing the certificate). The agent-to-bridge hop alone is the baseline.
+//!    issuing the certificate). Three stacks in turn: Envoy's own client with the Unix-socket
+//!    `:authority` adapter off (the baseline) and on, and `google_grpc` (which needs it).
 //! 2. 1,000 concurrent SDS streams (one connection each, as 1,000 Istio proxies would open),
 //!    subscribed to `default` and `ROOTCA`: the bridge's RSS against its idle RSS, then one
 //!    rotation pushed to all of them: fan-out time and the bridge's CPU time for it.
@@ -71,9 +72,23 @@ fn log_values(log: &str, message: &str, field: &str) -> Vec<Duration> {
         .collect()
 }
 
-fn push_to_ack(dir: &std::path::Path) {
+/// One stack for push-to-ACK: a dev agent, a bridge and an Envoy subscribed to `default` and
+/// `ROOTCA` over `client` (`envoy_grpc` through a pipe cluster, or `google_grpc`).
+struct Stack {
+    label: &'static str,
+    agent: DevAgent,
+    bridge: SdsBridge,
+    _envoy: Envoy,
+    _echo: EchoServer,
+    to_bridge: Vec<Duration>,
+    end_to_end: Vec<Duration>,
+}
+
+fn stack(dir: &std::path::Path, label: &'static str, adapter: &str, google: bool) -> Stack {
+    let dir = dir.join(label.replace(|c: char| !c.is_ascii_alphanumeric(), "-"));
+    std::fs::create_dir_all(&dir).unwrap();
     let agent = DevAgent::start(
-        dir,
+        &dir,
         &[
             "--trust-domain",
             "example.org",
@@ -81,24 +96,27 @@ fn push_to_ack(dir: &std::path::Path) {
             "spiffe://example.org/bench",
         ],
     );
-    let mut bridge = SdsBridge::start(
+    let mut bridge = SdsBridge::start_with_env(
         "sds-bridge",
-        dir,
+        &dir,
         &agent.endpoint,
         &["--log-format", "json"],
+        &[("SIDECAR_UNIX_AUTHORITY_ADAPTER", adapter)],
     );
     bridge.wait_ready(Duration::from_secs(10));
     let echo = EchoServer::start();
-    let _envoy = Envoy::start(
+    let target = format!("unix://{}", bridge.socket.display());
+    let sds = if google { target.as_str() } else { "sds" };
+    let envoy = Envoy::start(
         "envoy",
-        dir,
+        &dir,
         &bootstrap(
             free_port(),
             "bench",
             &[mtls_listener(
                 "mtls",
                 free_port(),
-                &common_tls_context(Shape::Istio, "sds", "", ""),
+                &common_tls_context(Shape::Istio, sds, "", ""),
             )],
             &[
                 sds_cluster("sds", &bridge.socket),
@@ -106,50 +124,84 @@ fn push_to_ack(dir: &std::path::Path) {
             ],
         ),
     );
-    let acks = || bridge.metric("sds_bridge_push_ack_seconds_count");
-    let updates = || bridge.metric("sds_bridge_workload_api_x509_updates_total");
     wait_until("Envoy's first ACK", Duration::from_secs(10), || {
-        acks() >= 1.0
+        bridge.metric("sds_bridge_push_ack_seconds_count") >= 1.0
     });
-    let mut to_bridge = Vec::new();
-    let mut end_to_end = Vec::new();
-    for _ in 0..ROTATIONS {
-        let (acked, updated) = (acks(), updates());
-        let start = Instant::now();
-        agent.post("/rotate/x509");
-        spin_until(|| updates() > updated);
-        to_bridge.push(start.elapsed());
-        spin_until(|| acks() > acked);
-        end_to_end.push(start.elapsed());
+    Stack {
+        label,
+        agent,
+        bridge,
+        _envoy: envoy,
+        _echo: echo,
+        to_bridge: Vec::new(),
+        end_to_end: Vec::new(),
     }
-    let log = bridge.proc.log();
-    // Skip the initial subscription's ACK: it measures from the request, not a snapshot.
-    let mut bridge_to_ack: Vec<Duration> = log_values(&log, "secrets acknowledged", "latency_us")
-        .into_iter()
-        .skip(1)
-        .collect();
-    assert!(
-        bridge_to_ack.len() >= ROTATIONS,
-        "one ACK per rotation in the log"
-    );
-    println!("push-to-ACK, real Envoy 1.40, {ROTATIONS} rotations:");
-    println!(
-        "  new SVID at the bridge -> Envoy ACK:  p50 {}  p99 {}  max {}",
-        ms(quantile(&mut bridge_to_ack, 0.5)),
-        ms(quantile(&mut bridge_to_ack, 0.99)),
-        ms(quantile(&mut bridge_to_ack, 1.0)),
-    );
-    println!(
-        "  rotate request -> SVID at the bridge (baseline: agent issuing + Workload API push):  p50 {}  p99 {}",
-        ms(quantile(&mut to_bridge, 0.5)),
-        ms(quantile(&mut to_bridge, 0.99)),
-    );
-    println!(
-        "  rotate request -> Envoy ACK:  p50 {}  p99 {}  (x{:.2} of the baseline at p50; both polled via /metrics, ~0.2 ms per poll)",
-        ms(quantile(&mut end_to_end, 0.5)),
-        ms(quantile(&mut end_to_end, 0.99)),
-        quantile(&mut end_to_end, 0.5).as_secs_f64() / quantile(&mut to_bridge, 0.5).as_secs_f64(),
-    );
+}
+
+/// One forced rotation on `s`, timed to the SVID at the bridge and to Envoy's ACK.
+fn rotate(s: &mut Stack) {
+    let acks = || s.bridge.metric("sds_bridge_push_ack_seconds_count");
+    let updates = || {
+        s.bridge
+            .metric("sds_bridge_workload_api_x509_updates_total")
+    };
+    let (acked, updated) = (acks(), updates());
+    let start = Instant::now();
+    s.agent.post("/rotate/x509");
+    spin_until(|| updates() > updated);
+    let to_bridge = start.elapsed();
+    spin_until(|| acks() > acked);
+    let end_to_end = start.elapsed();
+    s.to_bridge.push(to_bridge);
+    s.end_to_end.push(end_to_end);
+}
+
+/// Push-to-ACK through the `:authority` adapter and without it, in one run: three stacks,
+/// rotations taken in turn so drift on the machine hits all alike. Baseline: Envoy's own
+/// client (a valid `:authority`) with the adapter off.
+fn push_to_ack(dir: &std::path::Path) {
+    let mut stacks = [
+        stack(dir, "envoy_grpc, adapter off (baseline)", "off", false),
+        stack(dir, "envoy_grpc, adapter on", "on", false),
+        stack(dir, "google_grpc, adapter on (rewrites)", "on", true),
+    ];
+    for _ in 0..ROTATIONS {
+        for s in &mut stacks {
+            rotate(s);
+        }
+    }
+    println!("push-to-ACK, real Envoy 1.40, {ROTATIONS} rotations per stack, taken in turn:");
+    let mut base_ack = None;
+    for s in &mut stacks {
+        // Skip the initial subscription's ACK: it measures from the request, not a snapshot.
+        let mut bridge_to_ack: Vec<Duration> =
+            log_values(&s.bridge.proc.log(), "secrets acknowledged", "latency_us")
+                .into_iter()
+                .skip(1)
+                .collect();
+        assert!(
+            bridge_to_ack.len() >= ROTATIONS,
+            "one ACK per rotation in the log"
+        );
+        let p50 = quantile(&mut bridge_to_ack, 0.5);
+        let base = *base_ack.get_or_insert(p50);
+        println!("  {}:", s.label);
+        println!(
+            "    new SVID at the bridge -> Envoy ACK:  p50 {}  p99 {}  max {}  (x{:.2} of the baseline's p50)",
+            ms(p50),
+            ms(quantile(&mut bridge_to_ack, 0.99)),
+            ms(quantile(&mut bridge_to_ack, 1.0)),
+            p50.as_secs_f64() / base.as_secs_f64(),
+        );
+        println!(
+            "    rotate request -> SVID at the bridge:  p50 {}   rotate request -> Envoy ACK:  p50 {}  p99 {}  (x{:.2})",
+            ms(quantile(&mut s.to_bridge, 0.5)),
+            ms(quantile(&mut s.end_to_end, 0.5)),
+            ms(quantile(&mut s.end_to_end, 0.99)),
+            quantile(&mut s.end_to_end, 0.5).as_secs_f64()
+                / quantile(&mut s.to_bridge, 0.5).as_secs_f64(),
+        );
+    }
 }
 
 /// `STREAMS` streams over `connections` connections (1,000 proxies with one stream each, or
