@@ -101,6 +101,10 @@ impl std::fmt::Debug for Handled {
 pub const MAX_NAMES: usize = 256;
 /// Most JWT-SVID keys one stream may hold: each is a cache entry and a refresh task at the agent.
 pub const MAX_JWT_KEYS: usize = 32;
+/// Highest `version_info` taken over from a reconnecting Envoy. Versions are per-stream
+/// counters that start near zero, so anything above this was not sent by a bridge; leaving
+/// half the range above it means counting up from it can never overflow.
+pub const MAX_PLAUSIBLE_VERSION: u64 = u64::MAX / 2;
 
 #[derive(Debug, Default)]
 enum Subscription {
@@ -201,9 +205,16 @@ impl SdsStream {
             }
             _ => {
                 // A reconnecting Envoy reports the version it holds: continue above it so
-                // versions keep increasing across streams.
-                if let Ok(v) = req.version_info.parse::<u64>() {
-                    self.version = self.version.max(v);
+                // versions keep increasing across streams. A value no bridge could have sent
+                // (a client can put anything here, e.g. u64::MAX) is ignored, so the count
+                // never overflows; the secrets are served either way.
+                match req.version_info.parse::<u64>() {
+                    Ok(v) if v <= MAX_PLAUSIBLE_VERSION => self.version = self.version.max(v),
+                    Ok(v) => tracing::debug!(
+                        version = v,
+                        "ignoring an implausible version_info; counting from this stream's own"
+                    ),
+                    Err(_) => {}
                 }
                 RequestKind::Initial
             }
@@ -357,7 +368,9 @@ impl SdsStream {
         if resources.is_empty() {
             return None;
         }
-        self.version += 1;
+        // Saturating: cannot overflow given MAX_PLAUSIBLE_VERSION, but a stream must never
+        // panic on arithmetic a client influences.
+        self.version = self.version.saturating_add(1);
         let nonce = format!("{:016x}", fastrand::u64(..));
         self.last_nonce = Some(nonce.clone());
         self.last_push_cause = Some(cause);
@@ -806,6 +819,32 @@ mod tests {
             .response
             .unwrap();
         assert_eq!(r.version_info, "42");
+    }
+
+    #[test]
+    fn an_implausible_version_from_envoy_is_ignored_and_the_secrets_still_served() {
+        let mut w = World::new();
+        let cat = w.rotate();
+        // u64::MAX overflowed the count (a panic in debug builds, the stream ending with no
+        // response); now the stream counts from its own versions instead.
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        let r = s
+            .on_request_x(req(&["default"], &u64::MAX.to_string(), ""), Some(&cat))
+            .response
+            .unwrap();
+        assert_eq!(names(&r), ["default"]);
+        assert_eq!(r.version_info, "1");
+        assert_eq!(s.on_catalog_x(&w.rotate()).unwrap().version_info, "2");
+        // The highest plausible value is still continued above.
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        let r = s
+            .on_request_x(
+                req(&["default"], &MAX_PLAUSIBLE_VERSION.to_string(), ""),
+                Some(&cat),
+            )
+            .response
+            .unwrap();
+        assert_eq!(r.version_info, (MAX_PLAUSIBLE_VERSION + 1).to_string());
     }
 
     #[test]
