@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sidecar_runtime::{ConfigError, LogFormat, config};
+use sidecar_runtime::{ConfigError, ListenPolicy, LogFormat, config};
 use workload_client::Env;
 use workload_client::endpoint::ResolvedEndpoint;
 use workload_client::spiffe::{SpiffeId, TrustDomain};
@@ -39,6 +39,8 @@ pub const ENV_ALLOW_TRUST_DOMAINS: &str = "SPIRE_ENVOY_JWT_HELPER_ALLOW_TRUST_DO
 pub const ENV_TOKEN_WAIT: &str = "SPIRE_ENVOY_JWT_HELPER_TOKEN_WAIT";
 /// Env: `text` or `json`.
 pub const ENV_LOG_FORMAT: &str = "SPIRE_ENVOY_JWT_HELPER_LOG_FORMAT";
+/// Env: `true` to allow a non-loopback ext_authz listen address.
+pub const ENV_ALLOW_NON_LOOPBACK_LISTEN: &str = "SPIRE_ENVOY_JWT_HELPER_ALLOW_NON_LOOPBACK_LISTEN";
 
 /// The seed's EnvoyFilter points ext_authz at this address.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9010);
@@ -56,7 +58,8 @@ pub const DEFAULT_TOKEN_WAIT: Duration = Duration::from_millis(400);
     about = "Envoy ext_authz server that stamps (jwt_injection) or checks (jwt_svid_validator) JWT-SVIDs from the SPIFFE Workload API",
     after_help = "Precedence: flag > environment > --config file > default.\n\
 Environment: SPIRE_ENVOY_JWT_HELPER_{AUDIENCE,JWT_MODE,SOCKET_PATH,CONFIG,LISTEN,ADMIN_LISTEN,\n\
-EXISTING_AUTHORIZATION,AUDIENCE_FOR,ALLOW_SPIFFE_IDS,ALLOW_TRUST_DOMAINS,TOKEN_WAIT,LOG_FORMAT};\n\
+EXISTING_AUTHORIZATION,AUDIENCE_FOR,ALLOW_SPIFFE_IDS,ALLOW_TRUST_DOMAINS,TOKEN_WAIT,LOG_FORMAT,\n\
+ALLOW_NON_LOOPBACK_LISTEN};\n\
 the socket falls back to SPIFFE_ENDPOINT_SOCKET, then unix:///run/secrets/workload-spiffe-uds/socket."
 )]
 pub struct Cli {
@@ -98,6 +101,10 @@ pub struct Cli {
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Allow a non-loopback ext_authz address (--listen or the file's host): whoever reaches
+    /// it gets JWT-SVIDs stamped, unauthenticated [default: loopback only].
+    #[arg(long)]
+    pub allow_non_loopback_listen: bool,
 }
 
 /// What the helper does with each request.
@@ -155,6 +162,8 @@ pub struct Config {
     pub token_wait: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Whether `listen` may be non-loopback.
+    pub listen_policy: ListenPolicy,
 }
 
 /// One value and the setting it came from (for error messages).
@@ -278,10 +287,20 @@ impl Config {
             env,
         )?;
 
-        let listen = match src.pick(cli.listen.as_ref(), "--listen", ENV_LISTEN, None) {
-            Some((setting, v)) => config::socket_addr(&setting, &v)?,
-            None => listen_from_file(&src)?,
-        };
+        let listen_policy = ListenPolicy::load(
+            cli.allow_non_loopback_listen,
+            env,
+            ENV_ALLOW_NON_LOOPBACK_LISTEN,
+        )?;
+        let (listen_setting, listen) =
+            match src.pick(cli.listen.as_ref(), "--listen", ENV_LISTEN, None) {
+                Some((setting, v)) => {
+                    let addr = config::socket_addr(&setting, &v)?;
+                    (setting, addr)
+                }
+                None => listen_from_file(&src)?,
+            };
+        let listen = listen_policy.check(&listen_setting, listen)?;
 
         let admin_listen = match src.pick(
             cli.admin_listen.as_ref(),
@@ -407,12 +426,14 @@ impl Config {
             allow_trust_domains,
             token_wait,
             log_format,
+            listen_policy,
         })
     }
 }
 
-/// `host` + `port` from the upstream file, each defaulting to 127.0.0.1 / 9010.
-fn listen_from_file(src: &Sources<'_>) -> Result<SocketAddr, ConfigError> {
+/// `host` + `port` from the upstream file, each defaulting to 127.0.0.1 / 9010, with the
+/// setting that chose the address (for the loopback check's error).
+fn listen_from_file(src: &Sources<'_>) -> Result<(String, SocketAddr), ConfigError> {
     let setting = |key: &str| format!("{key} in {}", src.file_name);
     let ip = match src.file.get("host").map(String::as_str) {
         None => DEFAULT_LISTEN.ip(),
@@ -429,7 +450,12 @@ fn listen_from_file(src: &Sources<'_>) -> Result<SocketAddr, ConfigError> {
                 ConfigError::new(setting("port"), p, "expected a port in 1..=65535")
             })?,
         };
-    Ok(SocketAddr::new(ip, port))
+    let setting = if src.file.contains_key("host") {
+        setting("host")
+    } else {
+        "default --listen".to_owned()
+    };
+    Ok((setting, SocketAddr::new(ip, port)))
 }
 
 #[cfg(test)]
@@ -614,6 +640,36 @@ mod tests {
             assert!(err.contains(want), "{args:?} {vars:?}: {err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn a_non_loopback_listen_address_needs_the_opt_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("helper.conf");
+        std::fs::write(&file, "host = \"0.0.0.0\"\nport = 7000\naudience = \"a\"\n").unwrap();
+        let f = file.to_str().unwrap();
+        let err = load(&["--config", f], &[]).unwrap_err();
+        assert_eq!(err.setting, format!("host in {f}"));
+        assert!(err.reason.contains(ENV_ALLOW_NON_LOOPBACK_LISTEN), "{err}");
+        let err = load(&["--audience", "a", "--listen", "0.0.0.0:9010"], &[]).unwrap_err();
+        assert_eq!(err.setting, "--listen");
+        let err = load(&[], &[(ENV_AUDIENCE, "a"), (ENV_LISTEN, "10.0.0.7:9010")]).unwrap_err();
+        assert_eq!(err.setting, ENV_LISTEN);
+
+        let by_flag = load(&["--config", f, "--allow-non-loopback-listen"], &[]).unwrap();
+        assert_eq!(by_flag.listen, "0.0.0.0:7000".parse().unwrap());
+        let by_env = load(
+            &["--audience", "a", "--listen", "[::]:9010"],
+            &[(ENV_ALLOW_NON_LOOPBACK_LISTEN, "1")],
+        )
+        .unwrap();
+        assert_eq!(by_env.listen, "[::]:9010".parse().unwrap());
+        let err = load(
+            &["--audience", "a"],
+            &[(ENV_ALLOW_NON_LOOPBACK_LISTEN, "perhaps")],
+        )
+        .unwrap_err();
+        assert_eq!(err.setting, ENV_ALLOW_NON_LOOPBACK_LISTEN);
     }
 
     #[test]

@@ -36,6 +36,9 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the ext_authz listener on {}", config.listen))?;
+    config
+        .listen_policy
+        .warn_if_exposed("ext_authz", config.listen);
     let admin_listener = match config.admin_listen {
         Some(addr) => Some(
             Admin::bind(addr)

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 
 use sidecar_runtime::config::{self, pick};
-use sidecar_runtime::{ConfigError, LogFormat};
+use sidecar_runtime::{ConfigError, ListenPolicy, LogFormat};
 use workload_client::endpoint::ResolvedEndpoint;
 use workload_client::{Endpoint, Env};
 
@@ -27,6 +27,8 @@ pub const ENV_ROOTCA_BUNDLES: &str = "SDS_BRIDGE_ROOTCA_BUNDLES";
 pub const ENV_ALLOW_JWT_AUDIENCES: &str = "SDS_BRIDGE_ALLOW_JWT_AUDIENCES";
 /// Env: `text` or `json`.
 pub const ENV_LOG_FORMAT: &str = "SDS_BRIDGE_LOG_FORMAT";
+/// Env: `true` to allow `--listen tcp://` on a non-loopback address.
+pub const ENV_ALLOW_NON_LOOPBACK_LISTEN: &str = "SDS_BRIDGE_ALLOW_NON_LOOPBACK_LISTEN";
 
 /// Istio's `WORKLOAD_IDENTITY_SOCKET_FILE` directory and default file name.
 pub const DEFAULT_LISTEN: &str = "unix:///var/run/secrets/workload-spiffe-uds/socket";
@@ -45,7 +47,7 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
              bundles under the SPIRE agent's resource names and pushes every rotation",
     after_help = "Resource names: default, ROOTCA, ALL, spiffe://<trust domain>, <SPIFFE ID>.\n\
 Environment: SDS_BRIDGE_{LISTEN,SOCKET_MODE,SOCKET_PATH,ADMIN_LISTEN,VALIDATION_CONTEXT,\n\
-ROOTCA_BUNDLES,ALLOW_JWT_AUDIENCES,LOG_FORMAT}; the Workload API falls back to SPIFFE_ENDPOINT_SOCKET, then\n\
+ROOTCA_BUNDLES,ALLOW_JWT_AUDIENCES,LOG_FORMAT,ALLOW_NON_LOOPBACK_LISTEN}; the Workload API falls back to SPIFFE_ENDPOINT_SOCKET, then\n\
 unix:///run/secrets/workload-spiffe-uds/socket. In Istio that default is also the SDS socket\n\
 path: mount the Workload API elsewhere for the bridge and point --socket at it."
 )]
@@ -79,6 +81,10 @@ pub struct Cli {
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Allow --listen tcp:// on a non-loopback address: whoever reaches it gets this
+    /// workload's private keys and tokens, unauthenticated [default: loopback only].
+    #[arg(long)]
+    pub allow_non_loopback_listen: bool,
 }
 
 /// Where SDS is served.
@@ -109,6 +115,8 @@ pub struct Config {
     pub allow_jwt_audiences: Option<BTreeSet<String>>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Whether `listen` may be a non-loopback TCP address.
+    pub listen_policy: ListenPolicy,
 }
 
 // === impl Config ===
@@ -116,8 +124,16 @@ pub struct Config {
 impl Config {
     /// Builds the configuration from flags and environment.
     pub fn load(cli: &Cli, env: &dyn Env) -> Result<Self, ConfigError> {
+        let listen_policy = ListenPolicy::load(
+            cli.allow_non_loopback_listen,
+            env,
+            ENV_ALLOW_NON_LOOPBACK_LISTEN,
+        )?;
         let listen = match pick(cli.listen.as_deref(), "--listen", env, ENV_LISTEN) {
-            Some((setting, v)) => parse_listen(&setting, &v)?,
+            Some((setting, v)) => match parse_listen(&setting, &v)? {
+                Listen::Tcp(addr) => Listen::Tcp(listen_policy.check(&setting, addr)?),
+                unix @ Listen::Unix(_) => unix,
+            },
             None => parse_listen("default --listen", DEFAULT_LISTEN)?,
         };
 
@@ -249,6 +265,7 @@ impl Config {
             rootca_bundles,
             allow_jwt_audiences,
             log_format,
+            listen_policy,
         })
     }
 }
@@ -382,10 +399,43 @@ mod tests {
             ((ENV_ROOTCA_BUNDLES, "some"), ENV_ROOTCA_BUNDLES),
             ((ENV_LOG_FORMAT, "xml"), ENV_LOG_FORMAT),
             ((ENV_ALLOW_JWT_AUDIENCES, " , "), ENV_ALLOW_JWT_AUDIENCES),
+            (
+                (ENV_ALLOW_NON_LOOPBACK_LISTEN, "maybe"),
+                ENV_ALLOW_NON_LOOPBACK_LISTEN,
+            ),
         ] {
             let err = load(&[], &[agent, env]).unwrap_err();
             assert_eq!(err.setting, setting, "{err}");
         }
+    }
+
+    #[test]
+    fn a_non_loopback_tcp_listener_needs_the_opt_in() {
+        let agent = ("SPIFFE_ENDPOINT_SOCKET", "unix:///run/agent.sock");
+        let err = load(&["--listen", "tcp://0.0.0.0:8300"], &[agent]).unwrap_err();
+        assert_eq!(err.setting, "--listen");
+        assert!(err.reason.contains(ENV_ALLOW_NON_LOOPBACK_LISTEN), "{err}");
+        let err = load(&[], &[agent, (ENV_LISTEN, "tcp://10.0.0.7:8300")]).unwrap_err();
+        assert_eq!(err.setting, ENV_LISTEN);
+        let by_flag = load(
+            &[
+                "--listen",
+                "tcp://0.0.0.0:8300",
+                "--allow-non-loopback-listen",
+            ],
+            &[agent],
+        )
+        .unwrap();
+        assert_eq!(by_flag.listen, Listen::Tcp("0.0.0.0:8300".parse().unwrap()));
+        let by_env = load(
+            &["--listen", "tcp://[::]:8300"],
+            &[agent, (ENV_ALLOW_NON_LOOPBACK_LISTEN, "true")],
+        )
+        .unwrap();
+        assert_eq!(by_env.listen, Listen::Tcp("[::]:8300".parse().unwrap()));
+        // Loopback and Unix sockets need nothing.
+        assert!(load(&["--listen", "tcp://127.0.0.1:8300"], &[agent]).is_ok());
+        assert!(load(&["--listen", "unix:///tmp/sds.sock"], &[agent]).is_ok());
     }
 
     #[test]

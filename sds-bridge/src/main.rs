@@ -104,6 +104,9 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(service.into_server());
 
+    if let Listen::Tcp(addr) = &config.listen {
+        config.listen_policy.warn_if_exposed("SDS", *addr);
+    }
     tracing::info!(
         listen = ?config.listen,
         admin = ?config.admin_listen,

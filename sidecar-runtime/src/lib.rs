@@ -14,7 +14,7 @@ pub mod metrics;
 pub mod shutdown;
 
 pub use admin::{Admin, Readiness};
-pub use config::ConfigError;
+pub use config::{ConfigError, ListenPolicy};
 pub use entry::run_sidecar;
 pub use logging::LogFormat;
 pub use shutdown::Shutdown;

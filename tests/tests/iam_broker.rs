@@ -537,7 +537,14 @@ fn readyz_flips_once_credentials_are_held_and_sigterm_exits_cleanly() {
 #[test]
 fn bad_configuration_exits_2_naming_the_setting() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    // Before, a non-loopback --listen only logged a warning and served credentials.
+    let anywhere = format!("0.0.0.0:{}", free_port());
     let cases: &[Case<'_>] = &[
+        (
+            &["aws", "--audience", "a", "--role-arn", ROLE_ARN],
+            &[("SPIFFE_IAM_BROKER_LISTEN", &anywhere)],
+            "SPIFFE_IAM_BROKER_LISTEN: not a loopback address",
+        ),
         (
             &["aws"],
             &[("SPIFFE_IAM_BROKER_ROLE_ARN", ROLE_ARN)],

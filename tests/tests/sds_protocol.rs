@@ -270,7 +270,18 @@ async fn malformed_and_disallowed_jwt_svid_names_leave_the_others_working() {
 
 #[test]
 fn bad_configuration_exits_2_naming_the_setting() {
+    // Serving keys and tokens beyond loopback needs --allow-non-loopback-listen.
+    let anywhere = format!("tcp://0.0.0.0:{}", suite_tests::free_port());
     for (args, setting) in [
+        (
+            vec![
+                "--socket",
+                "unix:///tmp/a.sock",
+                "--listen",
+                anywhere.as_str(),
+            ],
+            "--listen",
+        ),
         // Istio's defaults make the Workload API socket the SDS socket: refused.
         (vec![], "default endpoint"),
         (
