@@ -10,6 +10,7 @@ use workload_client::endpoint::ResolvedEndpoint;
 use workload_client::{Endpoint, Env};
 
 use crate::catalog::{RootCaBundles, ValidationMode};
+use crate::limits::DEFAULT_MAX_JWT_KEYS_TOTAL;
 
 /// Env: where to serve SDS.
 pub const ENV_LISTEN: &str = "SDS_BRIDGE_LISTEN";
@@ -27,6 +28,8 @@ pub const ENV_ROOTCA_BUNDLES: &str = "SDS_BRIDGE_ROOTCA_BUNDLES";
 pub const ENV_ALLOW_JWT_AUDIENCES: &str = "SDS_BRIDGE_ALLOW_JWT_AUDIENCES";
 /// Env: `text` or `json`.
 pub const ENV_LOG_FORMAT: &str = "SDS_BRIDGE_LOG_FORMAT";
+/// Env: most distinct JWT-SVID keys (audience sets) the bridge holds.
+pub const ENV_MAX_JWT_KEYS: &str = "SDS_BRIDGE_MAX_JWT_KEYS";
 /// Env: `true` to allow `--listen tcp://` on a non-loopback address.
 pub const ENV_ALLOW_NON_LOOPBACK_LISTEN: &str = "SDS_BRIDGE_ALLOW_NON_LOOPBACK_LISTEN";
 
@@ -34,6 +37,8 @@ pub const ENV_ALLOW_NON_LOOPBACK_LISTEN: &str = "SDS_BRIDGE_ALLOW_NON_LOOPBACK_L
 pub const DEFAULT_LISTEN: &str = "unix:///var/run/secrets/workload-spiffe-uds/socket";
 /// Admin (probes, metrics); 9010/9011 are jwt-auth-helper's.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9012);
+/// Highest `--max-jwt-keys`: each key is a token refreshed at the agent at every half-life.
+pub const MAX_JWT_KEYS_SETTING: usize = 65_536;
 /// Owner only: the socket hands out private keys (and, later, bearer tokens). Run the bridge
 /// as Envoy's user (1337 in Istio), or widen to 0660 with a shared group.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
@@ -47,7 +52,7 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
              bundles under the SPIRE agent's resource names and pushes every rotation",
     after_help = "Resource names: default, ROOTCA, ALL, spiffe://<trust domain>, <SPIFFE ID>.\n\
 Environment: SDS_BRIDGE_{LISTEN,SOCKET_MODE,SOCKET_PATH,ADMIN_LISTEN,VALIDATION_CONTEXT,\n\
-ROOTCA_BUNDLES,ALLOW_JWT_AUDIENCES,LOG_FORMAT,ALLOW_NON_LOOPBACK_LISTEN}; the Workload API falls back to SPIFFE_ENDPOINT_SOCKET, then\n\
+ROOTCA_BUNDLES,ALLOW_JWT_AUDIENCES,MAX_JWT_KEYS,LOG_FORMAT,ALLOW_NON_LOOPBACK_LISTEN}; the Workload API falls back to SPIFFE_ENDPOINT_SOCKET, then\n\
 unix:///run/secrets/workload-spiffe-uds/socket. In Istio that default is also the SDS socket\n\
 path: mount the Workload API elsewhere for the bridge and point --socket at it."
 )]
@@ -78,6 +83,10 @@ pub struct Cli {
     /// [default: any audience: the socket's permissions are the boundary].
     #[arg(long)]
     pub allow_jwt_audience: Vec<String>,
+    /// Most distinct JWT-SVID audience sets served at once, all clients together (each is a
+    /// token kept fresh at the agent); new ones are refused beyond it [default: 256].
+    #[arg(long)]
+    pub max_jwt_keys: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<String>,
@@ -113,6 +122,8 @@ pub struct Config {
     pub rootca_bundles: RootCaBundles,
     /// Audiences JWT-SVIDs may be served for (`None`: any).
     pub allow_jwt_audiences: Option<BTreeSet<String>>,
+    /// Most distinct JWT-SVID keys held at once.
+    pub max_jwt_keys: usize,
     /// Log format.
     pub log_format: LogFormat,
     /// Whether `listen` may be a non-loopback TCP address.
@@ -249,6 +260,28 @@ impl Config {
             ));
         }
 
+        let max_jwt_keys = match pick(
+            cli.max_jwt_keys.as_deref(),
+            "--max-jwt-keys",
+            env,
+            ENV_MAX_JWT_KEYS,
+        ) {
+            None => DEFAULT_MAX_JWT_KEYS_TOTAL,
+            Some((setting, v)) => match v.trim().parse::<usize>() {
+                Ok(n) if (1..=MAX_JWT_KEYS_SETTING).contains(&n) => n,
+                _ => {
+                    return Err(ConfigError::new(
+                        setting,
+                        v,
+                        format!(
+                            "expected a number of JWT-SVID keys from 1 to {MAX_JWT_KEYS_SETTING} \
+                             (to serve no tokens, use --allow-jwt-audience)"
+                        ),
+                    ));
+                }
+            },
+        };
+
         let log_format = config::log_format(pick(
             cli.log_format.as_deref(),
             "--log-format",
@@ -264,6 +297,7 @@ impl Config {
             validation_mode,
             rootca_bundles,
             allow_jwt_audiences,
+            max_jwt_keys,
             log_format,
             listen_policy,
         })
@@ -372,6 +406,7 @@ mod tests {
         assert_eq!(c.rootca_bundles, RootCaBundles::All);
         assert_eq!(c.admin_listen, None);
         assert_eq!(c.allow_jwt_audiences, None);
+        assert_eq!(c.max_jwt_keys, DEFAULT_MAX_JWT_KEYS_TOTAL);
         let c = load(
             &["--socket", "unix:///tmp/a.sock"],
             &[(ENV_ALLOW_JWT_AUDIENCES, "backend, sts.amazonaws.com")],
@@ -403,10 +438,21 @@ mod tests {
                 (ENV_ALLOW_NON_LOOPBACK_LISTEN, "maybe"),
                 ENV_ALLOW_NON_LOOPBACK_LISTEN,
             ),
+            ((ENV_MAX_JWT_KEYS, "0"), ENV_MAX_JWT_KEYS),
+            ((ENV_MAX_JWT_KEYS, "lots"), ENV_MAX_JWT_KEYS),
         ] {
             let err = load(&[], &[agent, env]).unwrap_err();
             assert_eq!(err.setting, setting, "{err}");
         }
+    }
+
+    #[test]
+    fn max_jwt_keys_from_flag_or_env() {
+        let agent = ("SPIFFE_ENDPOINT_SOCKET", "unix:///run/agent.sock");
+        let c = load(&["--max-jwt-keys", "64"], &[agent, (ENV_MAX_JWT_KEYS, "8")]).unwrap();
+        assert_eq!(c.max_jwt_keys, 64);
+        let c = load(&[], &[agent, (ENV_MAX_JWT_KEYS, "8")]).unwrap();
+        assert_eq!(c.max_jwt_keys, 8);
     }
 
     #[test]
