@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sidecar_runtime::config::{self, pick};
-use sidecar_runtime::{ConfigError, LogFormat};
+use sidecar_runtime::{ConfigError, ListenPolicy, LogFormat};
 use workload_client::Env;
 use workload_client::endpoint::ResolvedEndpoint;
 
@@ -40,6 +40,8 @@ pub const ENV_DURATION: &str = "SPIFFE_IAM_BROKER_DURATION";
 pub const ENV_SESSION_NAME: &str = "SPIFFE_IAM_BROKER_SESSION_NAME";
 /// Env: how long a request waits for credentials not held yet.
 pub const ENV_FETCH_WAIT: &str = "SPIFFE_IAM_BROKER_FETCH_WAIT";
+/// Env: `true` to allow a non-loopback credentials listen address.
+pub const ENV_ALLOW_NON_LOOPBACK_LISTEN: &str = "SPIFFE_IAM_BROKER_ALLOW_NON_LOOPBACK_LISTEN";
 /// Env: `text` or `json`.
 pub const ENV_LOG_FORMAT: &str = "SPIFFE_IAM_BROKER_LOG_FORMAT";
 /// Env (the SDKs' name): the container-credentials token.
@@ -62,7 +64,8 @@ pub const DEFAULT_FETCH_WAIT: Duration = Duration::from_secs(10);
 
 const AFTER_HELP: &str = "\
 Precedence: flag > environment > default. Environment: SPIFFE_IAM_BROKER_{AUDIENCE,ROLE_ARN,\n\
-SOCKET_PATH,LISTEN,ADMIN_LISTEN,REGION,STS_ENDPOINT,DURATION,SESSION_NAME,FETCH_WAIT,LOG_FORMAT};\n\
+SOCKET_PATH,LISTEN,ADMIN_LISTEN,REGION,STS_ENDPOINT,DURATION,SESSION_NAME,FETCH_WAIT,LOG_FORMAT,\n\
+ALLOW_NON_LOOPBACK_LISTEN};\n\
 the socket falls back to SPIFFE_ENDPOINT_SOCKET, then unix:///run/secrets/workload-spiffe-uds/socket;\n\
 the region to AWS_REGION, AWS_DEFAULT_REGION, then us-east-1; the container token comes from\n\
 AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE or AWS_CONTAINER_AUTHORIZATION_TOKEN (as the SDKs read them).";
@@ -111,6 +114,10 @@ pub struct CommonArgs {
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Allow a non-loopback --listen address: whoever reaches it gets cloud credentials
+    /// (/v1/creds has no authentication) [default: loopback only].
+    #[arg(long)]
+    pub allow_non_loopback_listen: bool,
 }
 
 /// `aws` flags.
@@ -171,6 +178,8 @@ pub struct Common {
     pub fetch_wait: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Whether `listen` may be non-loopback.
+    pub listen_policy: ListenPolicy,
 }
 
 /// The provider chosen by the subcommand (exhaustive on purpose: a new provider must be wired).
@@ -246,8 +255,15 @@ impl Common {
             env,
         )?;
 
+        let listen_policy = ListenPolicy::load(
+            args.allow_non_loopback_listen,
+            env,
+            ENV_ALLOW_NON_LOOPBACK_LISTEN,
+        )?;
         let listen = match pick(args.listen.as_deref(), "--listen", env, ENV_LISTEN) {
-            Some((setting, v)) => config::socket_addr(&setting, &v)?,
+            Some((setting, v)) => {
+                listen_policy.check(&setting, config::socket_addr(&setting, &v)?)?
+            }
             None => DEFAULT_LISTEN,
         };
         let admin_listen = match pick(
@@ -301,6 +317,7 @@ impl Common {
             admin_listen,
             fetch_wait,
             log_format,
+            listen_policy,
         })
     }
 }
@@ -580,6 +597,27 @@ mod tests {
         assert_eq!(a.sts.sts_endpoint, None);
         assert_eq!(a.sts.session_name, None);
         assert_eq!(a.container_token, None);
+    }
+
+    #[test]
+    fn a_non_loopback_listen_address_needs_the_opt_in() {
+        let err = load(&["--listen", "0.0.0.0:9876"], TEMPLATE).unwrap_err();
+        assert_eq!(err.setting, "--listen");
+        assert!(err.reason.contains(ENV_ALLOW_NON_LOOPBACK_LISTEN), "{err}");
+        let err = load(&[], &[TEMPLATE, &[(ENV_LISTEN, "10.0.0.7:9876")]].concat()).unwrap_err();
+        assert_eq!(err.setting, ENV_LISTEN);
+        let c = load(
+            &["--listen", "0.0.0.0:9876", "--allow-non-loopback-listen"],
+            TEMPLATE,
+        )
+        .unwrap();
+        assert_eq!(c.common.listen, "0.0.0.0:9876".parse().unwrap());
+        let c = load(
+            &["--listen", "[::]:9876"],
+            &[TEMPLATE, &[(ENV_ALLOW_NON_LOOPBACK_LISTEN, "true")]].concat(),
+        )
+        .unwrap();
+        assert_eq!(c.common.listen, "[::]:9876".parse().unwrap());
     }
 
     #[test]

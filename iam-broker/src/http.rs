@@ -12,7 +12,9 @@
 //!
 //! Guards, in order (the peers anchoring them: aws-vault's local server, eks-pod-identity-agent):
 //! the `Host` must be a loopback name or address (403: a web page that rebinds its DNS name to
-//! 127.0.0.1 still sends its own name), the method must be GET (405), and request heads are
+//! 127.0.0.1 still sends its own name) and appear once (400), the method must be GET (405),
+//! `/v1/container-creds` needs the token (401/403; 503 while a token file is unusable), and
+//! request heads are
 //! bounded by hyper (431 over [`Limits::max_header_bytes`] or [`Limits::max_headers`]; a
 //! slow head is cut off after [`Limits::header_read_timeout`]). No request body is read.
 
@@ -22,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -144,8 +146,22 @@ fn result_label(status: StatusCode) -> &'static str {
 }
 
 /// The `Host` header (and an absolute-form URI's authority, if any) must name loopback:
-/// `Some(response)` rejects the request.
+/// `Some(response)` rejects the request. More than one `Host` is a bad request (RFC 9112
+/// §3.2): reading only the first would let `Host: localhost` vouch for a second, foreign one.
 fn reject_host(request: &Request) -> Option<Response> {
+    if request
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "more than one Host header",
+        ));
+    }
     if let Some(host) = request.uri().host()
         && !is_loopback_host(host)
     {
@@ -226,12 +242,23 @@ async fn container_creds(State(broker): State<Broker>, headers: HeaderMap) -> Re
             "missing Authorization header (set AWS_CONTAINER_AUTHORIZATION_TOKEN for the SDK)",
         );
     };
-    if !check.matches(presented.as_bytes()).await {
-        return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the Authorization header does not match the configured token",
-        );
+    match check.matches(presented.as_bytes()).await {
+        TokenMatch::Matches => {}
+        TokenMatch::Differs => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the Authorization header does not match the configured token",
+            );
+        }
+        TokenMatch::Unavailable => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token_unavailable",
+                "the container-credentials token file is missing, unreadable or invalid; \
+                 no token is accepted until it holds one again",
+            );
+        }
     }
     match broker.cache.get(broker.fetch_wait).await {
         Ok(held) => credentials(held.credentials().container_body()),
@@ -286,11 +313,25 @@ fn error(status: StatusCode, code: &str, message: impl fmt::Display) -> Response
 // === TokenCheck ===
 
 /// The container-credentials token, compared in constant time. A token file is re-read (at
-/// most once a second) when a request does not match, so a rotated file is picked up.
+/// most once a second), so a rotated file is picked up; a file that disappears, cannot be read
+/// or holds no valid token fails closed: no token is accepted until it holds one again (the
+/// operator deleting it means to revoke it).
 pub struct TokenCheck {
     file: Option<PathBuf>,
-    current: ArcSwap<Secret>,
+    /// `None`: the file has no usable token right now.
+    current: ArcSwapOption<Secret>,
     last_read: Mutex<std::time::Instant>,
+}
+
+/// The outcome of comparing a presented token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenMatch {
+    /// The presented token is the configured one.
+    Matches,
+    /// It is not.
+    Differs,
+    /// The token file has no usable token: every request is refused.
+    Unavailable,
 }
 
 impl fmt::Debug for TokenCheck {
@@ -316,12 +357,13 @@ impl TokenCheck {
         };
         Ok(Self {
             file,
-            current: ArcSwap::from_pointee(value),
+            current: ArcSwapOption::from_pointee(value),
             last_read: Mutex::new(std::time::Instant::now()),
         })
     }
 
-    async fn matches(&self, presented: &[u8]) -> bool {
+    /// Compares `presented` with the token, re-reading a token file first when it is due.
+    pub async fn matches(&self, presented: &[u8]) -> TokenMatch {
         // A token file is re-read at most once a second, whether or not this request matches:
         // a rotated-out token must stop working even if no client presents the new one yet.
         if let Some(path) = &self.file {
@@ -337,20 +379,35 @@ impl TokenCheck {
                 due
             };
             if due {
-                match tokio::fs::read_to_string(path).await {
+                let problem = match tokio::fs::read_to_string(path).await {
                     Ok(text) if check_token(text.trim()).is_ok() => {
-                        self.current.store(Arc::new(Secret::new(text.trim())));
+                        let was_unavailable = self.current.load().is_none();
+                        self.current.store(Some(Arc::new(Secret::new(text.trim()))));
+                        if was_unavailable {
+                            tracing::info!(file = %path.display(), "container token file readable again");
+                        }
+                        None
                     }
-                    Ok(_) => {
-                        tracing::warn!(file = %path.display(), "container token file holds no valid token")
-                    }
-                    Err(e) => {
-                        tracing::warn!(file = %path.display(), error = %e, "cannot re-read the container token file")
-                    }
+                    Ok(_) => Some("holds no valid token".to_owned()),
+                    Err(e) => Some(e.to_string()),
+                };
+                // Fail closed, and say so once per outage rather than once a second.
+                if let Some(problem) = problem
+                    && self.current.swap(None).is_some()
+                {
+                    tracing::warn!(
+                        file = %path.display(),
+                        error = %problem,
+                        "container token file unusable; refusing /v1/container-creds until it holds a token"
+                    );
                 }
             }
         }
-        self.current.load().constant_time_eq(presented)
+        match self.current.load().as_deref() {
+            Some(token) if token.constant_time_eq(presented) => TokenMatch::Matches,
+            Some(_) => TokenMatch::Differs,
+            None => TokenMatch::Unavailable,
+        }
     }
 }
 
@@ -467,20 +524,50 @@ mod tests {
         let path = dir.path().join("token");
         std::fs::write(&path, "first\n").unwrap();
         let check = TokenCheck::new(&ContainerToken::File(path.clone())).unwrap();
-        assert!(check.matches(b"first").await);
-        assert!(!check.matches(b"second").await);
+        assert_eq!(check.matches(b"first").await, TokenMatch::Matches);
+        assert_eq!(check.matches(b"second").await, TokenMatch::Differs);
         std::fs::write(&path, "second").unwrap();
         // Re-read at most once a second.
         *check.last_read.lock().unwrap() -= TOKEN_REREAD;
-        assert!(check.matches(b"second").await);
-        assert!(!check.matches(b"first").await);
+        assert_eq!(check.matches(b"second").await, TokenMatch::Matches);
+        assert_eq!(check.matches(b"first").await, TokenMatch::Differs);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_or_unreadable_token_file_fails_closed_until_it_is_readable_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first\n").unwrap();
+        let check = TokenCheck::new(&ContainerToken::File(path.clone())).unwrap();
+        assert_eq!(check.matches(b"first").await, TokenMatch::Matches);
+        let reread = || *check.last_read.lock().unwrap() -= TOKEN_REREAD;
+
+        // Deleted: the old token used to stay valid forever.
+        std::fs::remove_file(&path).unwrap();
+        reread();
+        assert_eq!(check.matches(b"first").await, TokenMatch::Unavailable);
+        // Still refused between re-reads.
+        assert_eq!(check.matches(b"first").await, TokenMatch::Unavailable);
+        // Unreadable (a directory in its place: EISDIR, even for root) or invalid content.
+        std::fs::create_dir(&path).unwrap();
+        reread();
+        assert_eq!(check.matches(b"first").await, TokenMatch::Unavailable);
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::write(&path, "").unwrap();
+        reread();
+        assert_eq!(check.matches(b"").await, TokenMatch::Unavailable);
+        // Readable again: the new token works, the old one does not.
+        std::fs::write(&path, "second").unwrap();
+        reread();
+        assert_eq!(check.matches(b"second").await, TokenMatch::Matches);
+        assert_eq!(check.matches(b"first").await, TokenMatch::Differs);
     }
 
     #[tokio::test]
     async fn value_token_is_compared_and_never_printed() {
         let check = TokenCheck::new(&ContainerToken::Value(Secret::new("s3cret"))).unwrap();
-        assert!(check.matches(b"s3cret").await);
-        assert!(!check.matches(b"s3cre").await);
+        assert_eq!(check.matches(b"s3cret").await, TokenMatch::Matches);
+        assert_eq!(check.matches(b"s3cre").await, TokenMatch::Differs);
         assert!(!format!("{check:?}").contains("s3cret"));
     }
 }

@@ -36,9 +36,9 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let listener = TcpListener::bind(common.listen)
         .await
         .with_context(|| format!("binding the credentials listener on {}", common.listen))?;
-    if !common.listen.ip().is_loopback() {
-        tracing::warn!(listen = %common.listen, "credentials are served on a non-loopback address");
-    }
+    common
+        .listen_policy
+        .warn_if_exposed("credentials", common.listen);
     let admin_listener = match common.admin_listen {
         Some(addr) => Some(
             Admin::bind(addr)

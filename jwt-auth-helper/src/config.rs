@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sidecar_runtime::config::Listen;
-use sidecar_runtime::{ConfigError, LogFormat, config};
+use sidecar_runtime::{ConfigError, ListenPolicy, LogFormat, config};
 use workload_client::Env;
 use workload_client::endpoint::ResolvedEndpoint;
 use workload_client::spiffe::{SpiffeId, TrustDomain};
@@ -42,6 +42,8 @@ pub const ENV_ALLOW_TRUST_DOMAINS: &str = "SPIRE_ENVOY_JWT_HELPER_ALLOW_TRUST_DO
 pub const ENV_TOKEN_WAIT: &str = "SPIRE_ENVOY_JWT_HELPER_TOKEN_WAIT";
 /// Env: `text` or `json`.
 pub const ENV_LOG_FORMAT: &str = "SPIRE_ENVOY_JWT_HELPER_LOG_FORMAT";
+/// Env: `true` to allow a non-loopback ext_authz listen address.
+pub const ENV_ALLOW_NON_LOOPBACK_LISTEN: &str = "SPIRE_ENVOY_JWT_HELPER_ALLOW_NON_LOOPBACK_LISTEN";
 
 /// The seed's EnvoyFilter points ext_authz at this address.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9010);
@@ -63,7 +65,8 @@ pub const DEFAULT_TOKEN_WAIT: Duration = Duration::from_millis(400);
     about = "Envoy ext_authz server that stamps (jwt_injection) or checks (jwt_svid_validator) JWT-SVIDs from the SPIFFE Workload API",
     after_help = "Precedence: flag > environment > --config file > default.\n\
 Environment: SPIRE_ENVOY_JWT_HELPER_{AUDIENCE,JWT_MODE,SOCKET_PATH,CONFIG,LISTEN,SOCKET_MODE,ADMIN_LISTEN,\n\
-EXISTING_AUTHORIZATION,AUDIENCE_FOR,ALLOW_SPIFFE_IDS,ALLOW_TRUST_DOMAINS,TOKEN_WAIT,LOG_FORMAT};\n\
+EXISTING_AUTHORIZATION,AUDIENCE_FOR,ALLOW_SPIFFE_IDS,ALLOW_TRUST_DOMAINS,TOKEN_WAIT,LOG_FORMAT,\n\
+ALLOW_NON_LOOPBACK_LISTEN};\n\
 the socket falls back to SPIFFE_ENDPOINT_SOCKET, then unix:///run/secrets/workload-spiffe-uds/socket."
 )]
 pub struct Cli {
@@ -109,6 +112,10 @@ pub struct Cli {
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Allow a non-loopback ext_authz address (--listen or the file's host): whoever reaches
+    /// it gets JWT-SVIDs stamped, unauthenticated [default: loopback only].
+    #[arg(long)]
+    pub allow_non_loopback_listen: bool,
 }
 
 /// What the helper does with each request.
@@ -171,6 +178,8 @@ pub struct Config {
     /// Whether Unix-socket connections go through the `:authority` adapter
     /// (`SIDECAR_UNIX_AUTHORITY_ADAPTER`, default on).
     pub unix_authority_adapter: bool,
+    /// Whether `listen` may be non-loopback.
+    pub listen_policy: ListenPolicy,
 }
 
 /// One value and the setting it came from (for error messages).
@@ -294,11 +303,26 @@ impl Config {
             env,
         )?;
 
-        let (listen, listen_setting) =
+        let listen_policy = ListenPolicy::load(
+            cli.allow_non_loopback_listen,
+            env,
+            ENV_ALLOW_NON_LOOPBACK_LISTEN,
+        )?;
+        let (listen_setting, listen) =
             match src.pick(cli.listen.as_ref(), "--listen", ENV_LISTEN, None) {
-                Some((setting, v)) => (config::listen(&setting, &v)?, setting),
-                None => (Listen::Tcp(listen_from_file(&src)?), "host/port".to_owned()),
+                Some((setting, v)) => {
+                    let listen = config::listen(&setting, &v)?;
+                    (setting, listen)
+                }
+                None => {
+                    let (setting, addr) = listen_from_file(&src)?;
+                    (setting, Listen::Tcp(addr))
+                }
             };
+        let listen = match listen {
+            Listen::Tcp(addr) => Listen::Tcp(listen_policy.check(&listen_setting, addr)?),
+            unix @ Listen::Unix(_) => unix,
+        };
         let socket_mode = match src.pick(
             cli.socket_mode.as_ref(),
             "--socket-mode",
@@ -439,6 +463,7 @@ impl Config {
             token_wait,
             log_format,
             unix_authority_adapter,
+            listen_policy,
         })
     }
 }
@@ -464,8 +489,9 @@ fn default_admin_listen(listen: &Listen, setting: &str) -> Result<SocketAddr, Co
     }
 }
 
-/// `host` + `port` from the upstream file, each defaulting to 127.0.0.1 / 9010.
-fn listen_from_file(src: &Sources<'_>) -> Result<SocketAddr, ConfigError> {
+/// `host` + `port` from the upstream file, each defaulting to 127.0.0.1 / 9010, with the
+/// setting that chose the address (for the loopback check's error).
+fn listen_from_file(src: &Sources<'_>) -> Result<(String, SocketAddr), ConfigError> {
     let setting = |key: &str| format!("{key} in {}", src.file_name);
     let ip = match src.file.get("host").map(String::as_str) {
         None => DEFAULT_LISTEN.ip(),
@@ -482,7 +508,12 @@ fn listen_from_file(src: &Sources<'_>) -> Result<SocketAddr, ConfigError> {
                 ConfigError::new(setting("port"), p, "expected a port in 1..=65535")
             })?,
         };
-    Ok(SocketAddr::new(ip, port))
+    let setting = if src.file.contains_key("host") {
+        setting("host")
+    } else {
+        "default --listen".to_owned()
+    };
+    Ok((setting, SocketAddr::new(ip, port)))
 }
 
 #[cfg(test)]
@@ -730,6 +761,36 @@ mod tests {
             assert!(err.contains(want), "{args:?} {vars:?}: {err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn a_non_loopback_listen_address_needs_the_opt_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("helper.conf");
+        std::fs::write(&file, "host = \"0.0.0.0\"\nport = 7000\naudience = \"a\"\n").unwrap();
+        let f = file.to_str().unwrap();
+        let err = load(&["--config", f], &[]).unwrap_err();
+        assert_eq!(err.setting, format!("host in {f}"));
+        assert!(err.reason.contains(ENV_ALLOW_NON_LOOPBACK_LISTEN), "{err}");
+        let err = load(&["--audience", "a", "--listen", "0.0.0.0:9010"], &[]).unwrap_err();
+        assert_eq!(err.setting, "--listen");
+        let err = load(&[], &[(ENV_AUDIENCE, "a"), (ENV_LISTEN, "10.0.0.7:9010")]).unwrap_err();
+        assert_eq!(err.setting, ENV_LISTEN);
+
+        let by_flag = load(&["--config", f, "--allow-non-loopback-listen"], &[]).unwrap();
+        assert_eq!(by_flag.listen, Listen::Tcp("0.0.0.0:7000".parse().unwrap()));
+        let by_env = load(
+            &["--audience", "a", "--listen", "[::]:9010"],
+            &[(ENV_ALLOW_NON_LOOPBACK_LISTEN, "1")],
+        )
+        .unwrap();
+        assert_eq!(by_env.listen, Listen::Tcp("[::]:9010".parse().unwrap()));
+        let err = load(
+            &["--audience", "a"],
+            &[(ENV_ALLOW_NON_LOOPBACK_LISTEN, "perhaps")],
+        )
+        .unwrap_err();
+        assert_eq!(err.setting, ENV_ALLOW_NON_LOOPBACK_LISTEN);
     }
 
     #[test]

@@ -41,11 +41,13 @@ async fn main() -> ExitCode {
 async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     // Bind first: a busy port is a start-up error, not a half-started sidecar.
     let listener = match &config.listen {
-        Listen::Tcp(addr) => Bound::Tcp(
-            TcpListener::bind(addr)
+        Listen::Tcp(addr) => {
+            let listener = TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("binding the ext_authz listener on {addr}"))?,
-        ),
+                .with_context(|| format!("binding the ext_authz listener on {addr}"))?;
+            config.listen_policy.warn_if_exposed("ext_authz", *addr);
+            Bound::Tcp(listener)
+        }
         Listen::Unix(path) => {
             let (listener, file) = uds::bind_unix(path, config.socket_mode)
                 .await

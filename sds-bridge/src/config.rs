@@ -5,11 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 
 use sidecar_runtime::config::{self, pick};
-use sidecar_runtime::{ConfigError, LogFormat};
+use sidecar_runtime::{ConfigError, ListenPolicy, LogFormat};
 use workload_client::Env;
 use workload_client::endpoint::ResolvedEndpoint;
 
 use crate::catalog::{RootCaBundles, ValidationMode};
+use crate::limits::DEFAULT_MAX_JWT_KEYS_TOTAL;
 
 /// Env: where to serve SDS.
 pub const ENV_LISTEN: &str = "SDS_BRIDGE_LISTEN";
@@ -27,11 +28,17 @@ pub const ENV_ROOTCA_BUNDLES: &str = "SDS_BRIDGE_ROOTCA_BUNDLES";
 pub const ENV_ALLOW_JWT_AUDIENCES: &str = "SDS_BRIDGE_ALLOW_JWT_AUDIENCES";
 /// Env: `text` or `json`.
 pub const ENV_LOG_FORMAT: &str = "SDS_BRIDGE_LOG_FORMAT";
+/// Env: most distinct JWT-SVID keys (audience sets) the bridge holds.
+pub const ENV_MAX_JWT_KEYS: &str = "SDS_BRIDGE_MAX_JWT_KEYS";
+/// Env: `true` to allow `--listen tcp://` on a non-loopback address.
+pub const ENV_ALLOW_NON_LOOPBACK_LISTEN: &str = "SDS_BRIDGE_ALLOW_NON_LOOPBACK_LISTEN";
 
 /// Istio's `WORKLOAD_IDENTITY_SOCKET_FILE` directory and default file name.
 pub const DEFAULT_LISTEN: &str = "unix:///var/run/secrets/workload-spiffe-uds/socket";
 /// Admin (probes, metrics); 9010/9011 are jwt-auth-helper's.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9012);
+/// Highest `--max-jwt-keys`: each key is a token refreshed at the agent at every half-life.
+pub const MAX_JWT_KEYS_SETTING: usize = 65_536;
 /// Owner only: the socket hands out private keys (and, later, bearer tokens). Run the bridge
 /// as Envoy's user (1337 in Istio), or widen to 0660 with a shared group.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
@@ -45,7 +52,7 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
              bundles under the SPIRE agent's resource names and pushes every rotation",
     after_help = "Resource names: default, ROOTCA, ALL, spiffe://<trust domain>, <SPIFFE ID>.\n\
 Environment: SDS_BRIDGE_{LISTEN,SOCKET_MODE,SOCKET_PATH,ADMIN_LISTEN,VALIDATION_CONTEXT,\n\
-ROOTCA_BUNDLES,ALLOW_JWT_AUDIENCES,LOG_FORMAT}; the Workload API falls back to SPIFFE_ENDPOINT_SOCKET, then\n\
+ROOTCA_BUNDLES,ALLOW_JWT_AUDIENCES,MAX_JWT_KEYS,LOG_FORMAT,ALLOW_NON_LOOPBACK_LISTEN}; the Workload API falls back to SPIFFE_ENDPOINT_SOCKET, then\n\
 unix:///run/secrets/workload-spiffe-uds/socket. In Istio that default is also the SDS socket\n\
 path: mount the Workload API elsewhere for the bridge and point --socket at it."
 )]
@@ -76,9 +83,17 @@ pub struct Cli {
     /// [default: any audience: the socket's permissions are the boundary].
     #[arg(long)]
     pub allow_jwt_audience: Vec<String>,
+    /// Most distinct JWT-SVID audience sets served at once, all clients together (each is a
+    /// token kept fresh at the agent); new ones are refused beyond it [default: 256].
+    #[arg(long)]
+    pub max_jwt_keys: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Allow --listen tcp:// on a non-loopback address: whoever reaches it gets this
+    /// workload's private keys and tokens, unauthenticated [default: loopback only].
+    #[arg(long)]
+    pub allow_non_loopback_listen: bool,
 }
 
 /// Where SDS is served: the listen address every gRPC server of ours parses alike.
@@ -101,11 +116,15 @@ pub struct Config {
     pub rootca_bundles: RootCaBundles,
     /// Audiences JWT-SVIDs may be served for (`None`: any).
     pub allow_jwt_audiences: Option<BTreeSet<String>>,
+    /// Most distinct JWT-SVID keys held at once.
+    pub max_jwt_keys: usize,
     /// Log format.
     pub log_format: LogFormat,
     /// Whether Unix-socket connections go through the `:authority` adapter
     /// (`SIDECAR_UNIX_AUTHORITY_ADAPTER`, default on).
     pub unix_authority_adapter: bool,
+    /// Whether `listen` may be a non-loopback TCP address.
+    pub listen_policy: ListenPolicy,
 }
 
 // === impl Config ===
@@ -113,8 +132,16 @@ pub struct Config {
 impl Config {
     /// Builds the configuration from flags and environment.
     pub fn load(cli: &Cli, env: &dyn Env) -> Result<Self, ConfigError> {
+        let listen_policy = ListenPolicy::load(
+            cli.allow_non_loopback_listen,
+            env,
+            ENV_ALLOW_NON_LOOPBACK_LISTEN,
+        )?;
         let listen = match pick(cli.listen.as_deref(), "--listen", env, ENV_LISTEN) {
-            Some((setting, v)) => config::listen(&setting, &v)?,
+            Some((setting, v)) => match config::listen(&setting, &v)? {
+                Listen::Tcp(addr) => Listen::Tcp(listen_policy.check(&setting, addr)?),
+                unix @ Listen::Unix(_) => unix,
+            },
             None => config::listen("default --listen", DEFAULT_LISTEN)?,
         };
 
@@ -218,6 +245,28 @@ impl Config {
             ));
         }
 
+        let max_jwt_keys = match pick(
+            cli.max_jwt_keys.as_deref(),
+            "--max-jwt-keys",
+            env,
+            ENV_MAX_JWT_KEYS,
+        ) {
+            None => DEFAULT_MAX_JWT_KEYS_TOTAL,
+            Some((setting, v)) => match v.trim().parse::<usize>() {
+                Ok(n) if (1..=MAX_JWT_KEYS_SETTING).contains(&n) => n,
+                _ => {
+                    return Err(ConfigError::new(
+                        setting,
+                        v,
+                        format!(
+                            "expected a number of JWT-SVID keys from 1 to {MAX_JWT_KEYS_SETTING} \
+                             (to serve no tokens, use --allow-jwt-audience)"
+                        ),
+                    ));
+                }
+            },
+        };
+
         let log_format = config::log_format(pick(
             cli.log_format.as_deref(),
             "--log-format",
@@ -235,8 +284,10 @@ impl Config {
             validation_mode,
             rootca_bundles,
             allow_jwt_audiences,
+            max_jwt_keys,
             log_format,
             unix_authority_adapter,
+            listen_policy,
         })
     }
 }
@@ -331,6 +382,7 @@ mod tests {
         assert_eq!(c.rootca_bundles, RootCaBundles::All);
         assert_eq!(c.admin_listen, None);
         assert_eq!(c.allow_jwt_audiences, None);
+        assert_eq!(c.max_jwt_keys, DEFAULT_MAX_JWT_KEYS_TOTAL);
         let c = load(
             &["--socket", "unix:///tmp/a.sock"],
             &[(ENV_ALLOW_JWT_AUDIENCES, "backend, sts.amazonaws.com")],
@@ -358,10 +410,54 @@ mod tests {
             ((ENV_ROOTCA_BUNDLES, "some"), ENV_ROOTCA_BUNDLES),
             ((ENV_LOG_FORMAT, "xml"), ENV_LOG_FORMAT),
             ((ENV_ALLOW_JWT_AUDIENCES, " , "), ENV_ALLOW_JWT_AUDIENCES),
+            (
+                (ENV_ALLOW_NON_LOOPBACK_LISTEN, "maybe"),
+                ENV_ALLOW_NON_LOOPBACK_LISTEN,
+            ),
+            ((ENV_MAX_JWT_KEYS, "0"), ENV_MAX_JWT_KEYS),
+            ((ENV_MAX_JWT_KEYS, "lots"), ENV_MAX_JWT_KEYS),
         ] {
             let err = load(&[], &[agent, env]).unwrap_err();
             assert_eq!(err.setting, setting, "{err}");
         }
+    }
+
+    #[test]
+    fn max_jwt_keys_from_flag_or_env() {
+        let agent = ("SPIFFE_ENDPOINT_SOCKET", "unix:///run/agent.sock");
+        let c = load(&["--max-jwt-keys", "64"], &[agent, (ENV_MAX_JWT_KEYS, "8")]).unwrap();
+        assert_eq!(c.max_jwt_keys, 64);
+        let c = load(&[], &[agent, (ENV_MAX_JWT_KEYS, "8")]).unwrap();
+        assert_eq!(c.max_jwt_keys, 8);
+    }
+
+    #[test]
+    fn a_non_loopback_tcp_listener_needs_the_opt_in() {
+        let agent = ("SPIFFE_ENDPOINT_SOCKET", "unix:///run/agent.sock");
+        let err = load(&["--listen", "tcp://0.0.0.0:8300"], &[agent]).unwrap_err();
+        assert_eq!(err.setting, "--listen");
+        assert!(err.reason.contains(ENV_ALLOW_NON_LOOPBACK_LISTEN), "{err}");
+        let err = load(&[], &[agent, (ENV_LISTEN, "tcp://10.0.0.7:8300")]).unwrap_err();
+        assert_eq!(err.setting, ENV_LISTEN);
+        let by_flag = load(
+            &[
+                "--listen",
+                "tcp://0.0.0.0:8300",
+                "--allow-non-loopback-listen",
+            ],
+            &[agent],
+        )
+        .unwrap();
+        assert_eq!(by_flag.listen, Listen::Tcp("0.0.0.0:8300".parse().unwrap()));
+        let by_env = load(
+            &["--listen", "tcp://[::]:8300"],
+            &[agent, (ENV_ALLOW_NON_LOOPBACK_LISTEN, "true")],
+        )
+        .unwrap();
+        assert_eq!(by_env.listen, Listen::Tcp("[::]:8300".parse().unwrap()));
+        // Loopback and Unix sockets need nothing.
+        assert!(load(&["--listen", "tcp://127.0.0.1:8300"], &[agent]).is_ok());
+        assert!(load(&["--listen", "unix:///tmp/sds.sock"], &[agent]).is_ok());
     }
 
     #[test]

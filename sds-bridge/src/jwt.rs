@@ -5,6 +5,7 @@
 //! fetch, so a refreshed token reaches Envoy well before the old one expires.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -14,31 +15,63 @@ use tokio::sync::watch;
 use workload_client::{JwtKey, JwtSvidCache};
 
 use crate::catalog::{Rendered, render};
+use crate::limits::{KeyLimit, Refusal, Refusals};
 use crate::stream::JwtSource;
 
-/// The cache plus the audience policy.
+/// The cache plus the audience policy and the bridge-wide key cap.
 #[derive(Clone, Debug)]
 pub struct JwtSecrets {
     cache: JwtSvidCache,
     /// `None`: any audience (the socket's permissions are the boundary).
     allowed: Option<BTreeSet<String>>,
+    /// Every key this bridge puts in the cache is admitted here first.
+    limit: Arc<KeyLimit>,
+    refusals: Refusals,
 }
 
 impl JwtSecrets {
-    /// Tokens from `cache`, restricted to `allowed` audiences if given.
-    pub fn new(cache: JwtSvidCache, allowed: Option<BTreeSet<String>>) -> Self {
-        Self { cache, allowed }
+    /// Tokens from `cache`, restricted to `allowed` audiences if given, with at most
+    /// `max_keys` distinct keys; refusals are counted in `refusals`.
+    pub fn new(
+        cache: JwtSvidCache,
+        allowed: Option<BTreeSet<String>>,
+        max_keys: usize,
+        refusals: Refusals,
+    ) -> Self {
+        Self {
+            cache,
+            allowed,
+            limit: Arc::new(KeyLimit::new(max_keys)),
+            refusals,
+        }
     }
 
     /// Wakes after every fetch attempt for `key`; the cache keeps the key while the receiver
-    /// lives.
-    pub fn subscribe(&self, key: &JwtKey) -> watch::Receiver<u64> {
-        self.cache.subscribe(key)
+    /// lives. `None` (counted, logged once) when the bridge already holds its maximum of keys.
+    pub fn subscribe(&self, key: &JwtKey) -> Option<watch::Receiver<u64>> {
+        let rx = self
+            .limit
+            .admit(key, &self.cache, || self.cache.subscribe(key));
+        if rx.is_none() {
+            self.refusals.refused(Refusal::JwtKeysTotal, 1);
+        }
+        rx
     }
 
-    /// Makes sure `key` has a token, waiting at most `max_wait` for its first fetch.
-    pub async fn warm(&self, key: &JwtKey, max_wait: std::time::Duration) {
+    /// Makes sure `key` has a token, waiting at most `max_wait` for its first fetch; `false`
+    /// (counted, logged once) when the bridge already holds its maximum of keys.
+    pub async fn warm(&self, key: &JwtKey, max_wait: std::time::Duration) -> bool {
+        // Hold a subscription while waiting, so the entry created on admission stays.
+        let Some(_subscribed) = self.subscribe(key) else {
+            return false;
+        };
         let _ = self.cache.get(key, max_wait).await;
+        true
+    }
+
+    /// The refusal counter, for the per-request limits the service enforces.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 }
 
@@ -69,4 +102,45 @@ pub fn generic_secret(name: &str, token: &str) -> Rendered {
             ..Default::default()
         })),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use workload_client::{CacheConfig, Endpoint, WorkloadApiClient};
+
+    use super::*;
+
+    fn key(aud: &str) -> JwtKey {
+        JwtKey::new([aud]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_bridge_wide_key_cap_refuses_new_audiences_and_keeps_serving_admitted_ones() {
+        // No agent: entries are created (and their fetches fail), which is all this counts.
+        let client = WorkloadApiClient::new(Endpoint::Unix("/nonexistent/agent.sock".into()));
+        let cache = JwtSvidCache::new(client, CacheConfig::default());
+        let refusals = Refusals::default();
+        let jwt = JwtSecrets::new(cache.clone(), None, 2, refusals.clone());
+
+        let _a = jwt.subscribe(&key("a")).unwrap();
+        assert!(jwt.warm(&key("b"), Duration::from_millis(10)).await);
+        // Full: a third audience is refused, before it reaches the cache.
+        assert!(jwt.subscribe(&key("c")).is_none());
+        assert!(!jwt.warm(&key("d"), Duration::from_millis(10)).await);
+        assert_eq!(cache.stats().entries.len(), 2);
+        // Admitted keys are still served to any client.
+        assert!(jwt.subscribe(&key("a")).is_some());
+        assert!(jwt.warm(&key("b"), Duration::from_millis(10)).await);
+
+        let mut registry = prometheus_client::registry::Registry::default();
+        refusals.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"refusals_total{reason="jwt_keys_total"} 2"#),
+            "{text}"
+        );
+    }
 }

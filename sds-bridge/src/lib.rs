@@ -4,6 +4,7 @@
 //! - [`names`]: SDS resource names and their meaning (SPIRE agent compatible);
 //! - [`catalog`]: every secret of one X.509 snapshot, rendered once for all streams;
 //! - [`jwt`]: JWT-SVIDs from the shared cache as generic secrets (credential_injector);
+//! - [`limits`]: per-request, bridge-wide and per-connection bounds on what clients can ask for;
 //! - [`stream`]: the state-of-the-world state machine of one Envoy stream;
 //! - [`service`]: the gRPC service running one stream task per Envoy stream;
 //! - [`metrics`]: stream, push, ACK and NACK metrics.
@@ -11,6 +12,7 @@
 pub mod catalog;
 pub mod config;
 pub mod jwt;
+pub mod limits;
 pub mod metrics;
 pub mod names;
 pub mod service;

@@ -10,6 +10,7 @@ use prometheus_client::registry::Registry;
 use sds_bridge::catalog;
 use sds_bridge::config::{Cli, Config, Listen};
 use sds_bridge::jwt::JwtSecrets;
+use sds_bridge::limits::{MAX_CONCURRENT_STREAMS, Refusals};
 use sds_bridge::metrics::Metrics;
 use sds_bridge::service::SdsService;
 use sidecar_runtime::metrics::{JwtCacheCollector, X509Collector};
@@ -65,12 +66,19 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let client = WorkloadApiClient::new(config.socket.endpoint.clone());
     let watcher = X509Watcher::x509(client.clone());
     let catalog = catalog::publish(&watcher, config.rootca_bundles);
-    // JWT-SVIDs are fetched only for audiences Envoy asks for (jwt-svid:<audience> names).
-    let jwt_cache = JwtSvidCache::new(client, CacheConfig::default());
-    let jwt = JwtSecrets::new(jwt_cache.clone(), config.allow_jwt_audiences.clone());
-
     let mut registry = Registry::with_prefix("sds_bridge");
     let metrics = Arc::new(Metrics::register(&mut registry));
+    let refusals = Refusals::default();
+    refusals.register(&mut registry);
+    // JWT-SVIDs are fetched only for audiences Envoy asks for (jwt-svid:<audience> names),
+    // at most --max-jwt-keys of them.
+    let jwt_cache = JwtSvidCache::new(client, CacheConfig::default());
+    let jwt = JwtSecrets::new(
+        jwt_cache.clone(),
+        config.allow_jwt_audiences.clone(),
+        config.max_jwt_keys,
+        refusals,
+    );
     registry.register_collector(Box::new(X509Collector(watcher.clone())));
     registry.register_collector(Box::new(JwtCacheCollector(jwt_cache)));
     registry.register_collector(Box::new(UnixGrpcCollector));
@@ -106,8 +114,14 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         // open one each. Keepalive finds Envoys that vanished without closing.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // One client must not park thousands of streams on one connection (see limits.rs
+        // for why 128 fits Envoy).
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
         .add_service(service.into_server());
 
+    if let Listen::Tcp(addr) = &config.listen {
+        config.listen_policy.warn_if_exposed("SDS", *addr);
+    }
     tracing::info!(
         listen = ?config.listen,
         admin = ?config.admin_listen,
@@ -115,6 +129,8 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         workload_api_from = %config.socket.source,
         validation_context = ?config.validation_mode,
         rootca_bundles = ?config.rootca_bundles,
+        jwt_audiences = ?config.allow_jwt_audiences,
+        max_jwt_keys = config.max_jwt_keys,
         "serving SDS"
     );
     match bound {

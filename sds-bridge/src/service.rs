@@ -25,9 +25,11 @@ use tracing::Instrument as _;
 
 use crate::catalog::{Catalog, ValidationMode};
 use crate::jwt::JwtSecrets;
+use crate::limits::{MAX_JWT_KEYS, MAX_NAMES};
 use crate::metrics::Metrics;
 use crate::names::ResourceName;
 use crate::stream::{self, JwtSource as _, RequestKind, SdsStream};
+use workload_client::JwtKey;
 
 /// The catalog as streams see it: `None` until the first X.509 snapshot.
 pub type CatalogRx = watch::Receiver<Option<Arc<Catalog>>>;
@@ -205,6 +207,14 @@ impl SecretDiscoveryService for SdsService {
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
         let req = request.into_inner();
+        // The same per-request limits as a stream, checked before waiting or fetching.
+        if let Err((reason, excess)) = stream::check_fetch_limits(&req) {
+            self.inner.jwt.refusals().refused(reason, excess);
+            return Err(Status::invalid_argument(format!(
+                "too many resource names: at most {MAX_NAMES}, of which at most \
+                 {MAX_JWT_KEYS} jwt-svid: names, per request"
+            )));
+        }
         let mut rx = self.inner.catalog.clone();
         let catalog = tokio::time::timeout(self.inner.fetch_wait, async {
             rx.wait_for(Option::is_some)
@@ -219,13 +229,26 @@ impl SecretDiscoveryService for SdsService {
             Status::unavailable("no X.509-SVID from the Workload API yet; retry shortly")
         })?;
         // A unary fetch may be the first to ask for a token: fetch it (bounded) before
-        // answering, rather than answering NotFound from an empty cache forever.
-        for name in &req.resource_names {
-            if let Ok(ResourceName::JwtSvid(key)) = ResourceName::parse(name)
-                && self.inner.jwt.allowed(&key)
-            {
-                self.inner.jwt.warm(&key, self.inner.fetch_wait).await;
-            }
+        // answering, rather than answering NotFound from an empty cache forever. The keys
+        // are warmed together, so a cold request waits for one fetch time, not the sum.
+        let keys: std::collections::BTreeSet<JwtKey> = req
+            .resource_names
+            .iter()
+            .filter_map(|name| match ResourceName::parse(name) {
+                Ok(ResourceName::JwtSvid(key)) if self.inner.jwt.allowed(&key) => Some(key),
+                _ => None,
+            })
+            .collect();
+        let admitted = futures_util::future::join_all(
+            keys.iter()
+                .map(|key| self.inner.jwt.warm(key, self.inner.fetch_wait)),
+        )
+        .await;
+        if admitted.contains(&false) {
+            return Err(Status::resource_exhausted(
+                "the bridge holds its maximum of distinct JWT-SVID audiences (--max-jwt-keys); \
+                 retry later or ask for an audience already in use",
+            ));
         }
         stream::fetch(&req, &catalog, &self.inner.jwt, self.inner.default_mode)
             .map(Response::new)
@@ -265,10 +288,15 @@ async fn run_stream(
                     let current = catalog.borrow_and_update().clone();
                     let handled = state.on_request(req, current.as_deref(), &inner.jwt);
                     record(&handled.kind, names, &state, metrics);
+                    for (reason, count) in handled.refused {
+                        inner.jwt.refusals().refused(reason, count);
+                    }
                     responses.extend(handled.response);
                     let keys = state.jwt_keys(&inner.jwt);
                     if keys != jwt_keys {
-                        jwt_watches = keys.iter().map(|k| inner.jwt.subscribe(k)).collect();
+                        // A key over the bridge-wide cap gets no watch and no token; the
+                        // refusal is counted (and logged once) by `subscribe`.
+                        jwt_watches = keys.iter().filter_map(|k| inner.jwt.subscribe(k)).collect();
                         jwt_keys = keys;
                         // A fetch that completed between the response above and these
                         // subscriptions woke nobody: look again now that we are subscribed.

@@ -20,6 +20,7 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use workload_client::JwtKey;
 
 use crate::catalog::{Catalog, Rendered, ValidationMode};
+use crate::limits::Refusal;
 use crate::names::{NameError, ResourceName};
 
 /// The only resource type SDS serves.
@@ -79,6 +80,8 @@ pub struct Handled {
     pub kind: RequestKind,
     /// A response to send now.
     pub response: Option<DiscoveryResponse>,
+    /// Names the per-request limits refused, by reason (for the refusal metric and its log).
+    pub refused: Vec<(Refusal, usize)>,
 }
 
 // The response carries private keys and tokens: Debug shows only its shape.
@@ -93,14 +96,16 @@ impl std::fmt::Debug for Handled {
                     .as_ref()
                     .map(|r| (r.version_info.as_str(), r.resources.len())),
             )
+            .field("refused", &self.refused)
             .finish()
     }
 }
 
-/// Most names one stream may subscribe to; more are ignored (logged). Envoy asks for a handful.
-pub const MAX_NAMES: usize = 256;
-/// Most JWT-SVID keys one stream may hold: each is a cache entry and a refresh task at the agent.
-pub const MAX_JWT_KEYS: usize = 32;
+pub use crate::limits::{MAX_JWT_KEYS, MAX_NAMES};
+/// Highest `version_info` taken over from a reconnecting Envoy. Versions are per-stream
+/// counters that start near zero, so anything above this was not sent by a bridge; leaving
+/// half the range above it means counting up from it can never overflow.
+pub const MAX_PLAUSIBLE_VERSION: u64 = u64::MAX / 2;
 
 #[derive(Debug, Default)]
 enum Subscription {
@@ -168,6 +173,7 @@ impl SdsStream {
             return Handled {
                 kind: RequestKind::WrongType(req.type_url),
                 response: None,
+                refused: Vec::new(),
             };
         }
         if self.node.is_none()
@@ -185,6 +191,7 @@ impl SdsStream {
                     return Handled {
                         kind: RequestKind::Stale,
                         response: None,
+                        refused: Vec::new(),
                     };
                 }
                 match req.error_detail {
@@ -201,17 +208,28 @@ impl SdsStream {
             }
             _ => {
                 // A reconnecting Envoy reports the version it holds: continue above it so
-                // versions keep increasing across streams.
-                if let Ok(v) = req.version_info.parse::<u64>() {
-                    self.version = self.version.max(v);
+                // versions keep increasing across streams. A value no bridge could have sent
+                // (a client can put anything here, e.g. u64::MAX) is ignored, so the count
+                // never overflows; the secrets are served either way.
+                match req.version_info.parse::<u64>() {
+                    Ok(v) if v <= MAX_PLAUSIBLE_VERSION => self.version = self.version.max(v),
+                    Ok(v) => tracing::debug!(
+                        version = v,
+                        "ignoring an implausible version_info; counting from this stream's own"
+                    ),
+                    Err(_) => {}
                 }
                 RequestKind::Initial
             }
         };
 
-        self.subscribe(req.resource_names);
+        let refused = self.subscribe(req.resource_names);
         let response = self.push(catalog, jwt, Instant::now());
-        Handled { kind, response }
+        Handled {
+            kind,
+            response,
+            refused,
+        }
     }
 
     /// A new X.509 snapshot: the response pushing whatever changed among the subscribed names.
@@ -249,29 +267,33 @@ impl SdsStream {
         }
     }
 
-    fn subscribe(&mut self, names: Vec<String>) {
+    /// Takes the request's names as the subscription, within the per-request limits; returns
+    /// what the limits refused (the caller counts and logs it once, not per name or request).
+    fn subscribe(&mut self, names: Vec<String>) -> Vec<(Refusal, usize)> {
+        let mut refused = Vec::new();
         match (&self.subscription, names.is_empty()) {
             // xDS: an empty first request is a wildcard subscription.
             (Subscription::Unset, true) => self.subscription = Subscription::Wildcard,
             (Subscription::Wildcard, true) => {}
             _ => {
-                if names.len() > MAX_NAMES {
-                    tracing::warn!(
-                        names = names.len(),
-                        max = MAX_NAMES,
-                        "too many SDS resource names on one stream; ignoring the rest"
-                    );
-                }
+                refused.push((
+                    Refusal::NamesPerRequest,
+                    names.len().saturating_sub(MAX_NAMES),
+                ));
                 let mut parsed = BTreeMap::new();
                 let mut jwt_keys = 0;
+                let mut over_jwt_limit = Vec::new();
                 for name in names.into_iter().take(MAX_NAMES) {
+                    // Reuse what was parsed before, but not a refusal: the limit may allow
+                    // the name in this request.
                     let value = match &self.subscription {
-                        Subscription::Names(old) => old.get(&name).cloned(),
+                        Subscription::Names(old) => old.get(&name).filter(|v| v.is_ok()).cloned(),
                         _ => None,
                     }
                     .unwrap_or_else(|| ResourceName::parse(&name));
                     let value = match value {
-                        Ok(ResourceName::JwtSvid(_)) if jwt_keys == MAX_JWT_KEYS => {
+                        Ok(ResourceName::JwtSvid(_)) if jwt_keys >= MAX_JWT_KEYS => {
+                            over_jwt_limit.push(name.clone());
                             Err(NameError::MalformedJwtSvid(format!(
                                 "more than {MAX_JWT_KEYS} JWT-SVID names on one stream"
                             )))
@@ -287,9 +309,14 @@ impl SdsStream {
                 // A name dropped and asked for again must be pushed again.
                 self.sent.retain(|name, _| parsed.contains_key(name));
                 self.reported.retain(|name| parsed.contains_key(name));
+                // Refused by the limit, which the caller logs once: no warning per name.
+                refused.push((Refusal::JwtKeysPerRequest, over_jwt_limit.len()));
+                self.reported.extend(over_jwt_limit);
                 self.subscription = Subscription::Names(parsed);
             }
         }
+        refused.retain(|(_, n)| *n > 0);
+        refused
     }
 
     /// Builds a response with every subscribed secret that differs from what this stream last
@@ -357,7 +384,9 @@ impl SdsStream {
         if resources.is_empty() {
             return None;
         }
-        self.version += 1;
+        // Saturating: cannot overflow given MAX_PLAUSIBLE_VERSION, but a stream must never
+        // panic on arithmetic a client influences.
+        self.version = self.version.saturating_add(1);
         let nonce = format!("{:016x}", fastrand::u64(..));
         self.last_nonce = Some(nonce.clone());
         self.last_push_cause = Some(cause);
@@ -369,6 +398,26 @@ impl SdsStream {
             ..Default::default()
         })
     }
+}
+
+/// The per-request limits for a unary FetchSecrets, the same as a stream's subscription:
+/// at most [`MAX_NAMES`] names, of which at most [`MAX_JWT_KEYS`] JWT-SVIDs. A stream ignores
+/// the excess and serves the rest; a unary call is refused whole (with how many were too many),
+/// before any token is fetched, since a partial answer would be an error anyway.
+pub fn check_fetch_limits(req: &DiscoveryRequest) -> Result<(), (Refusal, usize)> {
+    let names = req.resource_names.len();
+    if names > MAX_NAMES {
+        return Err((Refusal::NamesPerRequest, names - MAX_NAMES));
+    }
+    let jwt_names = req
+        .resource_names
+        .iter()
+        .filter(|n| n.starts_with(crate::names::JWT_SVID_PREFIX))
+        .count();
+    if jwt_names > MAX_JWT_KEYS {
+        return Err((Refusal::JwtKeysPerRequest, jwt_names - MAX_JWT_KEYS));
+    }
+    Ok(())
 }
 
 /// Answers a unary FetchSecrets: every requested name the catalog (or the JWT cache) has, with
@@ -583,6 +632,55 @@ mod tests {
             s.jwt_keys(&tokens).len(),
             1,
             "one key for the same audience set"
+        );
+    }
+
+    #[test]
+    fn names_over_the_per_request_limits_are_reported_as_refusals_once() {
+        let tokens = Tokens::default();
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        // 5,000 audiences: the first 256 names are considered, 32 of them become keys.
+        let names: Vec<String> = (0..5000).map(|i| format!("jwt-svid:aud-{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let h = s.on_request(req(&refs, "", ""), None, &tokens);
+        assert_eq!(
+            h.refused,
+            [
+                (Refusal::NamesPerRequest, 5000 - MAX_NAMES),
+                (Refusal::JwtKeysPerRequest, MAX_NAMES - MAX_JWT_KEYS)
+            ]
+        );
+        assert_eq!(s.jwt_keys(&tokens).len(), MAX_JWT_KEYS);
+        // A later, smaller subscription gets a previously refused name.
+        let h = s.on_request(req(&["jwt-svid:aud-4999"], "", ""), None, &tokens);
+        assert!(h.refused.is_empty());
+        assert_eq!(s.jwt_keys(&tokens), [JwtKey::new(["aud-4999"]).unwrap()]);
+    }
+
+    #[test]
+    fn fetch_limits_match_the_stream_limits() {
+        let names = |n: usize, prefix: &str| -> Vec<String> {
+            (0..n).map(|i| format!("{prefix}{i}")).collect()
+        };
+        let request = |names: Vec<String>| DiscoveryRequest {
+            resource_names: names,
+            ..Default::default()
+        };
+        assert_eq!(
+            check_fetch_limits(&request(names(MAX_NAMES, "spiffe://td/"))),
+            Ok(())
+        );
+        assert_eq!(
+            check_fetch_limits(&request(names(5000, "jwt-svid:a"))),
+            Err((Refusal::NamesPerRequest, 5000 - MAX_NAMES))
+        );
+        assert_eq!(
+            check_fetch_limits(&request(names(MAX_JWT_KEYS, "jwt-svid:a"))),
+            Ok(())
+        );
+        assert_eq!(
+            check_fetch_limits(&request(names(MAX_JWT_KEYS + 3, "jwt-svid:a"))),
+            Err((Refusal::JwtKeysPerRequest, 3))
         );
     }
 
@@ -806,6 +904,32 @@ mod tests {
             .response
             .unwrap();
         assert_eq!(r.version_info, "42");
+    }
+
+    #[test]
+    fn an_implausible_version_from_envoy_is_ignored_and_the_secrets_still_served() {
+        let mut w = World::new();
+        let cat = w.rotate();
+        // u64::MAX overflowed the count (a panic in debug builds, the stream ending with no
+        // response); now the stream counts from its own versions instead.
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        let r = s
+            .on_request_x(req(&["default"], &u64::MAX.to_string(), ""), Some(&cat))
+            .response
+            .unwrap();
+        assert_eq!(names(&r), ["default"]);
+        assert_eq!(r.version_info, "1");
+        assert_eq!(s.on_catalog_x(&w.rotate()).unwrap().version_info, "2");
+        // The highest plausible value is still continued above.
+        let mut s = SdsStream::new(ValidationMode::Spiffe);
+        let r = s
+            .on_request_x(
+                req(&["default"], &MAX_PLAUSIBLE_VERSION.to_string(), ""),
+                Some(&cat),
+            )
+            .response
+            .unwrap();
+        assert_eq!(r.version_info, (MAX_PLAUSIBLE_VERSION + 1).to_string());
     }
 
     #[test]

@@ -6,14 +6,21 @@
 //! - `GET /metrics`: Prometheus/OpenMetrics text.
 //!
 //! Kept off the data-plane port so that a probe or a scrape never competes with Envoy's calls.
+//!
+//! Every request passes a `Host` guard first: a web page whose DNS name was rebound to this
+//! address still sends its own name as `Host`, and must not read `/readyz` (error text) or
+//! `/metrics` (audiences, SPIFFE IDs). So `Host` must be an IP literal (kubelet probes and
+//! Prometheus use the pod IP), `localhost`, or absent (HTTP/1.0); another name is refused with
+//! 403, and more than one `Host` with 400 (RFC 9112 §3.2).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
@@ -62,6 +69,7 @@ impl Admin {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
+            .layer(middleware::from_fn(host_guard))
             .with_state(self)
     }
 
@@ -86,6 +94,54 @@ impl Admin {
             .with_graceful_shutdown(async move { shutdown.wait().await })
             .await
     }
+}
+
+/// Refuses requests whose `Host` (or absolute-form URI) names a host other than an IP literal
+/// or `localhost`, and requests with several `Host` headers.
+async fn host_guard(request: Request, next: Next) -> Response {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return (StatusCode::BAD_REQUEST, "more than one Host header\n").into_response();
+    }
+    let uri_host_ok = request
+        .uri()
+        .authority()
+        .is_none_or(|a| is_admin_host(a.as_str()));
+    let header_ok = first
+        .map(HeaderValue::to_str)
+        .is_none_or(|h| h.is_ok_and(is_admin_host));
+    if !(uri_host_ok && header_ok) {
+        return (
+            StatusCode::FORBIDDEN,
+            "the Host header must be an IP address or localhost\n",
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// An admin `Host` value: an IPv4 literal, a bracketed IPv6 literal or `localhost` (with or
+/// without a trailing dot), each with an optional port. Any other DNS name is refused: the
+/// names a rebinding attack can use are exactly the DNS names.
+pub fn is_admin_host(host_port: &str) -> bool {
+    let is_port = |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = host_port.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(is_port);
+        return port_ok && v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    let host = match host_port.rsplit_once(':') {
+        Some((host, port)) if is_port(port) => host,
+        // A bare IPv6 address, an empty port, or garbage.
+        Some(_) => return false,
+        None => host_port,
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.eq_ignore_ascii_case("localhost.")
+        || host.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 async fn readyz(State(admin): State<Admin>) -> Response {
@@ -128,15 +184,88 @@ mod tests {
     use super::*;
 
     async fn get(addr: SocketAddr, path: &str) -> String {
+        raw(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n")).await
+    }
+
+    /// Sends `head` (request line and headers) and returns the whole response.
+    async fn raw(addr: SocketAddr, head: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
+        s.write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
+    }
+
+    #[test]
+    fn admin_hosts_are_ip_literals_and_localhost() {
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:9012",
+            "10.244.1.7:9012",
+            "[::1]",
+            "[fd00::7]:9012",
+            "localhost",
+            "LOCALHOST:9012",
+            "localhost.",
+        ] {
+            assert!(is_admin_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9012",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "10.0.0.1.nip.io:9012",
+            "fd00::7",
+            "[fd00::7",
+            "[::1]x",
+            "127.0.0.1:",
+            "127.0.0.1:abc",
+            "",
+        ] {
+            assert!(!is_admin_host(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn dns_rebinding_hosts_are_refused_and_probes_by_ip_served() {
+        let mut registry = Registry::default();
+        registry.register("checks", "Checks", Counter::<u64>::default());
+        let admin = Admin::new(registry, || Readiness::NotReady("STS said no".into()));
+        let listener = Admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let server = tokio::spawn(admin.serve(listener, shutdown.clone()));
+
+        for path in ["/metrics", "/readyz", "/healthz"] {
+            let r = raw(
+                addr,
+                &format!("GET {path} HTTP/1.1\r\nHost: evil.example:80\r\n"),
+            )
+            .await;
+            assert!(r.starts_with("HTTP/1.1 403"), "{path}: {r}");
+            assert!(!r.contains("checks") && !r.contains("STS said no"), "{r}");
+        }
+        let absolute = "GET http://evil.example/metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+        assert!(raw(addr, absolute).await.starts_with("HTTP/1.1 403"));
+        let two = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n";
+        assert!(raw(addr, two).await.starts_with("HTTP/1.1 400"));
+
+        // The pod IP (kubelet, Prometheus), localhost, IPv6, and HTTP/1.0 with no Host.
+        for host in ["10.244.1.7:9012", "localhost:9012", "[fd00::7]:9012"] {
+            let r = raw(addr, &format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\n")).await;
+            assert!(r.starts_with("HTTP/1.1 200"), "{host}: {r}");
+        }
+        let r = raw(addr, "GET /healthz HTTP/1.0\r\n").await;
+        assert!(
+            r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"),
+            "{r}"
+        );
+
+        shutdown.trigger();
+        server.await.unwrap().unwrap();
     }
 
     #[tokio::test]

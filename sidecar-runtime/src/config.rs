@@ -165,6 +165,87 @@ pub fn unix_authority_adapter(env: &dyn Env) -> Result<bool, ConfigError> {
         .map_or(Ok(true), |v| on_off(ENV_UNIX_AUTHORITY_ADAPTER, &v))
 }
 
+/// The flag every sidecar takes to serve on a non-loopback address.
+pub const ALLOW_NON_LOOPBACK_LISTEN_FLAG: &str = "--allow-non-loopback-listen";
+
+/// Whether a sidecar may serve its data-plane port beyond loopback, and which setting said so.
+///
+/// Every sidecar's port hands out credentials (JWT-SVIDs, private keys, cloud keys) to whoever
+/// connects, unauthenticated and in cleartext: its only boundary is that nothing off the host
+/// (or pod) can connect. So a non-loopback address (a pod IP, `0.0.0.0`, `[::]`) is refused at
+/// start unless explicitly allowed, and logged as a warning when it is. Admin listeners are not
+/// checked: kubelet probes and Prometheus reach them on the pod IP.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenPolicy {
+    /// The flag or variable that allowed non-loopback addresses (`None`: loopback only).
+    allowed_by: Option<String>,
+    /// The sidecar's variable, named in refusals so the operator knows both ways to opt in.
+    env_name: String,
+}
+
+// === impl ListenPolicy ===
+
+impl ListenPolicy {
+    /// Reads the opt-in: the `--allow-non-loopback-listen` flag, else `env_name` (the sidecar's
+    /// `<PREFIX>_ALLOW_NON_LOOPBACK_LISTEN`) set to `true`/`false` (also `1`/`0`, `yes`/`no`).
+    pub fn load(flag: bool, env: &dyn Env, env_name: &str) -> Result<Self, ConfigError> {
+        let allowed_by = if flag {
+            Some(ALLOW_NON_LOOPBACK_LISTEN_FLAG.to_owned())
+        } else {
+            match env.var(env_name) {
+                None => None,
+                Some(v) => boolean(env_name, &v)?.then(|| env_name.to_owned()),
+            }
+        };
+        Ok(Self {
+            allowed_by,
+            env_name: env_name.to_owned(),
+        })
+    }
+
+    /// `addr` if it is loopback or non-loopback addresses are allowed; otherwise an error
+    /// naming `setting` (the flag, variable or file key the address came from).
+    pub fn check(&self, setting: &str, addr: SocketAddr) -> Result<SocketAddr, ConfigError> {
+        if addr.ip().is_loopback() || self.allowed_by.is_some() {
+            return Ok(addr);
+        }
+        Err(ConfigError::new(
+            setting,
+            addr.to_string(),
+            format!(
+                "not a loopback address: anyone who can reach it would get this sidecar's \
+                 credentials, unauthenticated; use 127.0.0.1 or [::1], or opt in with \
+                 {ALLOW_NON_LOOPBACK_LISTEN_FLAG} or {}=true",
+                self.env_name
+            ),
+        ))
+    }
+
+    /// Logs the start-up warning for a listener `what` on `addr` that is served beyond
+    /// loopback (only possible with the opt-in); nothing for a loopback address.
+    pub fn warn_if_exposed(&self, what: &str, addr: SocketAddr) {
+        if addr.ip().is_loopback() {
+            return;
+        }
+        tracing::warn!(
+            listener = what,
+            listen = %addr,
+            allowed_by = self.allowed_by.as_deref().unwrap_or("nothing"),
+            "serving on a non-loopback address: anyone who can reach it gets credentials, \
+             unauthenticated and in cleartext; restrict access with a network policy"
+        );
+    }
+}
+
+/// `true`/`false` (any case), `1`/`0`, `yes`/`no`.
+pub fn boolean(setting: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(ConfigError::new(setting, value, "expected true or false")),
+    }
+}
+
 /// A duration like `500ms`, `30s`, `5m`.
 pub fn duration(setting: &str, value: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(value).map_err(|e| {
@@ -254,6 +335,31 @@ mod tests {
         for bad in ["0400", "1777", "rw", "0"] {
             assert_eq!(socket_mode("M", bad).unwrap_err().setting, "M", "{bad}");
         }
+    }
+
+    #[test]
+    fn non_loopback_listen_is_refused_unless_opted_in() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let strict = ListenPolicy::load(false, &[("OTHER", "true")], "X_ALLOW").unwrap();
+        for ok in ["127.0.0.1:9010", "127.0.0.2:1", "[::1]:9010"] {
+            assert_eq!(strict.check("--listen", addr(ok)).unwrap(), addr(ok));
+        }
+        for bad in ["0.0.0.0:9010", "[::]:9010", "10.1.2.3:9010", "[fd00::1]:1"] {
+            let e = strict.check("X_LISTEN", addr(bad)).unwrap_err();
+            assert_eq!(e.setting, "X_LISTEN");
+            assert_eq!(e.value, bad);
+            assert!(e.reason.contains("--allow-non-loopback-listen"), "{e}");
+            assert!(e.reason.contains("X_ALLOW=true"), "{e}");
+        }
+        let by_flag = ListenPolicy::load(true, &[("X_ALLOW", "false")], "X_ALLOW").unwrap();
+        let by_env = ListenPolicy::load(false, &[("X_ALLOW", "TRUE")], "X_ALLOW").unwrap();
+        for policy in [by_flag, by_env] {
+            assert!(policy.check("--listen", addr("0.0.0.0:9010")).is_ok());
+        }
+        let off = ListenPolicy::load(false, &[("X_ALLOW", "no")], "X_ALLOW").unwrap();
+        assert!(off.check("--listen", addr("0.0.0.0:9010")).is_err());
+        let e = ListenPolicy::load(false, &[("X_ALLOW", "sure")], "X_ALLOW").unwrap_err();
+        assert_eq!(e.setting, "X_ALLOW");
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod shutdown;
 pub mod uds;
 
 pub use admin::{Admin, Readiness};
-pub use config::ConfigError;
+pub use config::{ConfigError, ListenPolicy};
 pub use entry::run_sidecar;
 pub use logging::LogFormat;
 pub use shutdown::Shutdown;

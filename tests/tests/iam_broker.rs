@@ -184,6 +184,25 @@ fn aws_cli_container_credentials_with_token_and_token_file() {
         ASSUMED_ROLE_ARN
     );
 
+    // A deleted token file revokes the token (it used to stay valid): 503 with a JSON
+    // reason until the file holds a token again.
+    std::fs::remove_file(&token_file).unwrap();
+    let with_token = |t: &str| with_file.get("/v1/container-creds", &[("Authorization", t)]);
+    wait_until("the deleted token refused", Duration::from_secs(5), || {
+        with_token("file-token-2").status == 503
+    });
+    let refused = with_token("file-token-2");
+    assert!(
+        refused.body.contains("\"token_unavailable\""),
+        "{}",
+        refused.body
+    );
+    std::fs::write(&token_file, "file-token-3").unwrap();
+    wait_until("the new token accepted", Duration::from_secs(5), || {
+        with_token("file-token-3").status == 200
+    });
+    assert_eq!(with_token("file-token-2").status, 403);
+
     // The document, and a wrong token.
     let r = with_value.get("/v1/container-creds", &[("Authorization", "s3cret-token")]);
     let doc = r.json();
@@ -412,6 +431,14 @@ fn bad_requests_get_4xx_and_leave_the_cache_alone() {
             403,
             "forbidden_host",
         ),
+        // Only the first Host used to be read, so a loopback one vouched for a foreign one.
+        (
+            "GET",
+            "/v1/creds",
+            vec![("Host", "localhost"), ("Host", "evil.example")],
+            400,
+            "bad_request",
+        ),
         ("GET", "/v1/container-creds", vec![], 401, "unauthorized"),
         (
             "GET",
@@ -438,6 +465,21 @@ fn bad_requests_get_4xx_and_leave_the_cache_alone() {
             "{method} {path} {headers:?}"
         );
     }
+    // The admin listener refuses DNS names other than localhost (a rebinding page must not
+    // read /readyz or /metrics) and keeps serving probes and scrapes by IP.
+    let admin = |headers: &[(&str, &str)]| {
+        suite_tests::envoy::request(broker.admin, "GET", "/metrics", headers)
+            .unwrap()
+            .status
+    };
+    let admin_port = broker.admin.port();
+    assert_eq!(
+        admin(&[("Host", &format!("evil.example:{admin_port}"))]),
+        403
+    );
+    assert_eq!(admin(&[("Host", &format!("10.244.0.9:{admin_port}"))]), 200);
+    assert_eq!(admin(&[("Host", &format!("localhost:{admin_port}"))]), 200);
+
     // Heads over 16 KiB are refused by the HTTP layer itself.
     let r = suite_tests::envoy::request(broker.listen, "GET", "/v1/creds", &[("X-Big", &big)]);
     assert_eq!(r.map(|r| r.status), Some(431));
@@ -537,7 +579,14 @@ fn readyz_flips_once_credentials_are_held_and_sigterm_exits_cleanly() {
 #[test]
 fn bad_configuration_exits_2_naming_the_setting() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    // Before, a non-loopback --listen only logged a warning and served credentials.
+    let anywhere = format!("0.0.0.0:{}", free_port());
     let cases: &[Case<'_>] = &[
+        (
+            &["aws", "--audience", "a", "--role-arn", ROLE_ARN],
+            &[("SPIFFE_IAM_BROKER_LISTEN", &anywhere)],
+            "SPIFFE_IAM_BROKER_LISTEN: not a loopback address",
+        ),
         (
             &["aws"],
             &[("SPIFFE_IAM_BROKER_ROLE_ARN", ROLE_ARN)],

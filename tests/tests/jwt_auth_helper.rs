@@ -439,7 +439,14 @@ async fn validator_allow_lists_answer_403_for_valid_but_refused_identities() {
 #[test]
 fn bad_configuration_refuses_to_start_with_one_line_naming_the_setting() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    // Stamping JWT-SVIDs for anyone on the network needs --allow-non-loopback-listen.
+    let anywhere = format!("0.0.0.0:{}", suite_tests::free_port());
     let cases: &[Case<'_>] = &[
+        (
+            &["--audience", "a", "--listen", &anywhere],
+            &[],
+            "--listen: not a loopback address",
+        ),
         (
             &["--audience", "a"],
             &[("SPIRE_ENVOY_JWT_HELPER_JWT_MODE", "jwt_magic")],

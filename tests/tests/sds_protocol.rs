@@ -268,9 +268,167 @@ async fn malformed_and_disallowed_jwt_svid_names_leave_the_others_working() {
     bridge.proc.assert_running();
 }
 
+/// A raw stream subscribed to `names`: the request sender (kept open) and the responses.
+async fn subscribe(
+    sds: &mut SecretDiscoveryServiceClient<Channel>,
+    names: &[&str],
+) -> (mpsc::Sender<DiscoveryRequest>, Streaming<DiscoveryResponse>) {
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(request(names, "", "")).await.unwrap();
+    let responses = sds
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, responses)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_jwt_audiences_are_capped_and_other_clients_still_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = DevAgent::start(
+        tmp.path(),
+        &[
+            "--trust-domain",
+            "example.org",
+            "--spiffe-id",
+            "spiffe://example.org/web",
+        ],
+    );
+    // A small bridge-wide cap keeps the test quick; the default is 256.
+    const CAP: u64 = 64;
+    let mut bridge = SdsBridge::start(
+        "sds-bridge",
+        tmp.path(),
+        &agent.endpoint,
+        &["--max-jwt-keys", &CAP.to_string()],
+    );
+    bridge.wait_ready(Duration::from_secs(10));
+    let mut sds = client(&bridge);
+
+    // A well-behaved client first: its certificate and token.
+    let legit = ["default", "jwt-svid:backend"];
+    let (tx, mut responses) = subscribe(&mut sds, &legit).await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let r = next(&mut responses).await;
+        got.extend(names(&r));
+        tx.send(request(&legit, &r.version_info, &r.nonce))
+            .await
+            .unwrap();
+    }
+    assert_eq!(agent.jwt_fetches(), 1);
+
+    // One FetchSecrets naming 5,000 audiences made 5,000 cache keys and FetchJWTSVID calls;
+    // now it is refused whole before any fetch.
+    let flood: Vec<String> = (0..5000).map(|i| format!("jwt-svid:aud-{i}")).collect();
+    let flood_refs: Vec<&str> = flood.iter().map(String::as_str).collect();
+    let refused = sds
+        .fetch_secrets(request(&flood_refs, "", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert_eq!(agent.jwt_fetches(), 1);
+
+    // Four streams of 5,000 audiences each: 256 names and 32 tokens per stream at most, and
+    // no more than the cap for the whole bridge.
+    let mut floods = Vec::new();
+    for s in 0..4 {
+        let names: Vec<String> = (0..5000).map(|i| format!("jwt-svid:s{s}-{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        floods.push(subscribe(&mut sds, &refs).await);
+    }
+    let metric = |reason: &str| {
+        bridge.metric(&format!("sds_bridge_refusals_total{{reason=\"{reason}\"}}")) as u64
+    };
+    // Every stream's subscription handled: 4 x 32 keys asked for, CAP - 1 admitted.
+    suite_tests::wait_until("the flood handled", Duration::from_secs(30), || {
+        metric("jwt_keys_total") >= 4 * 32 - (CAP - 1)
+    });
+    suite_tests::wait_until("the admitted keys fetched", Duration::from_secs(30), || {
+        agent.jwt_fetches() >= CAP
+    });
+    assert_eq!(metric("jwt_keys_total"), 4 * 32 - (CAP - 1));
+    assert_eq!(metric("names_per_request"), 5 * (5000 - 256));
+    assert_eq!(metric("jwt_keys_per_request"), 4 * (256 - 32));
+
+    // Other clients are still served: X.509, the token already held, and a new stream.
+    let fetched = sds
+        .fetch_secrets(request(&legit, "", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(names(&fetched), legit);
+    let (_tx2, mut fresh) = subscribe(&mut sds, &["default", "ROOTCA"]).await;
+    assert_eq!(names(&next(&mut fresh).await), ["ROOTCA", "default"]);
+    // A new audience waits for a free slot.
+    let full = sds
+        .fetch_secrets(request(&["jwt-svid:newcomer"], "", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(full.code(), tonic::Code::ResourceExhausted, "{full:?}");
+    // The agent signed the cap's worth of tokens and no more.
+    assert_eq!(agent.jwt_fetches(), CAP);
+    assert_eq!(metric("jwt_keys_total"), 4 * 32 - (CAP - 1) + 1);
+
+    // One log line per reason, not one per request or name.
+    let log = bridge.proc.log();
+    assert_eq!(
+        log.matches("further refusals are only counted").count(),
+        3,
+        "{log}"
+    );
+    assert!(!log.contains("ignoring unknown SDS resource name"), "{log}");
+    bridge.proc.assert_running();
+    drop(floods);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_carries_at_most_128_streams() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = DevAgent::start(tmp.path(), &[]);
+    let mut bridge = SdsBridge::start("sds-bridge", tmp.path(), &agent.endpoint, &[]);
+    bridge.wait_ready(Duration::from_secs(10));
+    // 200 streams asked for on one connection: the client queues what the server's
+    // SETTINGS_MAX_CONCURRENT_STREAMS does not admit (3,000 were accepted before).
+    let sds = client(&bridge);
+    let mut pending = Vec::new();
+    for _ in 0..200 {
+        let mut sds = sds.clone();
+        pending.push(tokio::spawn(async move {
+            let streams = subscribe(&mut sds, &["default"]).await;
+            std::future::pending::<()>().await;
+            drop(streams);
+        }));
+    }
+    suite_tests::wait_until("128 streams open", Duration::from_secs(30), || {
+        bridge.metric("sds_bridge_streams_opened_total") >= 128.0
+    });
+    // Another connection is served at once, and the first one still holds exactly 128.
+    let mut other = client(&bridge);
+    let (_tx, mut responses) = subscribe(&mut other, &["default"]).await;
+    assert_eq!(names(&next(&mut responses).await), ["default"]);
+    assert_eq!(bridge.metric("sds_bridge_streams"), 129.0);
+    assert_eq!(bridge.metric("sds_bridge_streams_opened_total"), 129.0);
+    for task in pending {
+        task.abort();
+    }
+}
+
 #[test]
 fn bad_configuration_exits_2_naming_the_setting() {
+    // Serving keys and tokens beyond loopback needs --allow-non-loopback-listen.
+    let anywhere = format!("tcp://0.0.0.0:{}", suite_tests::free_port());
     for (args, setting) in [
+        (
+            vec![
+                "--socket",
+                "unix:///tmp/a.sock",
+                "--listen",
+                anywhere.as_str(),
+            ],
+            "--listen",
+        ),
         // Istio's defaults make the Workload API socket the SDS socket: refused.
         (vec![], "default endpoint"),
         (
@@ -280,6 +438,10 @@ fn bad_configuration_exits_2_naming_the_setting() {
         (
             vec!["--socket", "unix:///tmp/a.sock", "--listen", "http://x"],
             "--listen",
+        ),
+        (
+            vec!["--socket", "unix:///tmp/a.sock", "--max-jwt-keys", "0"],
+            "--max-jwt-keys",
         ),
     ] {
         let out = std::process::Command::new(suite_tests::bin("sds-bridge"))
