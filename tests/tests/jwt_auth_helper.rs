@@ -498,3 +498,86 @@ async fn sigterm_stops_cleanly() {
         assert!(!line.contains("eyJ"), "a token in the logs: {line}");
     }
 }
+
+// === Key retirement (issue 16, item 4) ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retiring_the_signing_key_changes_the_stamped_token_within_a_second_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    // Default 5-minute tokens: without the bundle watch the old token would be stamped until
+    // its half-life refresh, 2.5 minutes away.
+    let agent = DevAgent::start(dir.path(), &[]);
+    let mut helper = JwtHelper::start(dir.path(), &agent.endpoint, &["--audience", AUD]);
+    helper.wait_ready(Duration::from_secs(10));
+    let mut c = helper.client().await;
+    let before = bearer_of(&check(&mut c, "svc", &[]).await);
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let mut c = helper.client().await;
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let counter = if check(&mut c, "svc", &[]).await.status() == 200 {
+                    &ok
+                } else {
+                    &failed
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    while ok.load(Ordering::Relaxed) < 100 {
+        tokio::task::yield_now().await;
+    }
+
+    let (agent, retired_at) = tokio::task::spawn_blocking(move || {
+        agent.post("/retire/jwt");
+        (agent, Instant::now())
+    })
+    .await
+    .unwrap();
+    let after = loop {
+        let token = bearer_of(&check(&mut c, "svc", &[]).await);
+        if token != before {
+            break token;
+        }
+        assert!(
+            retired_at.elapsed() < Duration::from_secs(5),
+            "still stamping the token of the retired key"
+        );
+    };
+    let took = retired_at.elapsed();
+    eprintln!("stamped token changed {took:?} after the key left the bundle");
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let kid = |t: &str| {
+        use base64::Engine as _;
+        let header = t.split('.').next().unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["kid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_ne!(kid(&before), kid(&after), "signed with the new key");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no check failed meanwhile"
+    );
+    let fetches = tokio::task::spawn_blocking(move || agent.jwt_fetches())
+        .await
+        .unwrap();
+    assert_eq!(
+        fetches, 2,
+        "one refetch for the retired key, not one per request"
+    );
+}
