@@ -4,7 +4,8 @@
 //! - [`admin`]: the admin HTTP listener with `/healthz`, `/readyz` and `/metrics`;
 //! - [`shutdown`]: SIGTERM/SIGINT as a future, fanned out to every server;
 //! - [`config`]: typed values parsed from strings with errors that name the setting;
-//! - [`entry`]: config errors to exit code 2, logging, signals, the run's exit code.
+//! - [`entry`]: config errors to exit code 2, logging, signals, the run's exit code;
+//! - [`tls_roots`]: the CA certificates outbound TLS clients trust (one order for every cloud).
 
 pub mod admin;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod entry;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;
+pub mod tls_roots;
 
 pub use admin::{Admin, Readiness};
 pub use config::ConfigError;
