@@ -407,17 +407,23 @@ async fn next_fetch(rx: &mut tokio::sync::watch::Receiver<u64>, within: Duration
         .expect("the key is still cached");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_suspend_the_refresh_timer_notices_the_wall_clock_without_any_get() {
-    let dir = tempfile::tempdir().unwrap();
-    // A 1 h token: its half-life refresh is 30 minutes away on tokio's (monotonic) clock.
-    let agent = DevAgent::start(dir.path(), &["--jwt-ttl", "1h"]);
+/// A JWT cache on a [`workload_client::TestClock`], re-checking it every 100 ms.
+fn cache_on_test_clock(agent: &DevAgent) -> (JwtSvidCache, Arc<workload_client::TestClock>) {
     let clock = workload_client::TestClock::new();
     let config = CacheConfig {
         recheck: Duration::from_millis(100),
         ..CacheConfig::default()
     };
     let cache = JwtSvidCache::with_clock(client(&agent.endpoint), config, clock.clone());
+    (cache, clock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_suspend_the_refresh_timer_notices_the_wall_clock_without_any_get() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 1 h token: its half-life refresh is 30 minutes away on tokio's (monotonic) clock.
+    let agent = DevAgent::start(dir.path(), &["--jwt-ttl", "1h"]);
+    let (cache, clock) = cache_on_test_clock(&agent);
     let key = JwtKey::new(["suspend"]).unwrap();
     // Subscribed and never asked with `get`, as sds-bridge's streams use the cache.
     let mut fetches = cache.subscribe(&key);
@@ -443,12 +449,7 @@ async fn after_a_suspend_the_refresh_timer_notices_the_wall_clock_without_any_ge
 async fn a_token_expired_by_a_clock_jump_is_never_served_and_a_backward_jump_is_harmless() {
     let dir = tempfile::tempdir().unwrap();
     let agent = DevAgent::start(dir.path(), &["--jwt-ttl", "1h"]);
-    let clock = workload_client::TestClock::new();
-    let config = CacheConfig {
-        recheck: Duration::from_millis(100),
-        ..CacheConfig::default()
-    };
-    let cache = JwtSvidCache::with_clock(client(&agent.endpoint), config, clock.clone());
+    let (cache, clock) = cache_on_test_clock(&agent);
     let key = JwtKey::new(["jump"]).unwrap();
     let before = cache.get(&key, Duration::from_secs(5)).await.unwrap();
     let mut fetches = cache.subscribe(&key);
