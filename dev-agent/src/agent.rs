@@ -95,17 +95,41 @@ impl Shared {
     /// Replaces the own trust domain's JWT signing key and pushes the new JWKS.
     pub(crate) async fn rotate_jwt_key(&self) -> Result<(), Error> {
         let _guard = self.jwt_lock.lock().await;
-        let alg = self.own.jwt_alg();
-        // RSA key generation is slow: keep it off the async workers.
-        let next = tokio::task::spawn_blocking(move || SigningKey::generate(alg))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))?
-            .map_err(crate::authority::AuthorityError::from)?;
+        let next = self.generate_jwt_key().await?;
         self.own.rotate_jwt_key(next, self.jwt_ttl);
         self.metrics.count_jwt_key_rotation();
         tracing::info!(kid = %self.own.current_kid(), "rotated JWT signing key");
         self.publish_jwt_bundles()?;
         self.persist_own_jwt_keys().await
+    }
+
+    /// A new signing key of the own trust domain's algorithm, for the next rotation.
+    async fn generate_jwt_key(&self) -> Result<SigningKey, Error> {
+        let alg = self.own.jwt_alg();
+        // RSA key generation is slow: keep it off the async workers.
+        Ok(
+            tokio::task::spawn_blocking(move || SigningKey::generate(alg))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+                .map_err(crate::authority::AuthorityError::from)?,
+        )
+    }
+
+    /// Retires the own trust domain's JWT signing key early: a new key signs, and the old one
+    /// leaves the JWKS in the same update (a tainted or revoked key). Returns the removed kid.
+    pub(crate) async fn retire_jwt_key_now(&self) -> Result<String, Error> {
+        let _guard = self.jwt_lock.lock().await;
+        let next = self.generate_jwt_key().await?;
+        let retired = self.own.retire_jwt_key_now(next);
+        self.metrics.count_jwt_key_rotation();
+        tracing::info!(
+            retired_kid = %retired,
+            kid = %self.own.current_kid(),
+            "retired the JWT signing key early: removed from the bundle"
+        );
+        self.publish_jwt_bundles()?;
+        self.persist_own_jwt_keys().await?;
+        Ok(retired)
     }
 
     /// Drops retired JWT keys whose tokens have expired; pushes the JWKS if it changed.
@@ -481,6 +505,12 @@ impl RunningAgent {
     /// Rotates the JWT signing key now and pushes the new JWKS; returns once pushed.
     pub async fn rotate_jwt_key(&self) -> Result<(), Error> {
         self.shared.rotate_jwt_key().await
+    }
+
+    /// Retires the JWT signing key now: a new key signs and the old one leaves the JWKS in
+    /// the same push (SPIRE's taint/revoke). Returns the removed kid once pushed.
+    pub async fn retire_jwt_key_now(&self) -> Result<String, Error> {
+        self.shared.retire_jwt_key_now().await
     }
 
     /// Resolves when the agent stops on its own (a server failed) or a shutdown began.

@@ -168,6 +168,12 @@ impl Authority {
         self.keys().rotate(new_next, unix_now(), ttl);
     }
 
+    /// Replaces the signing key and removes it from the JWKS at once (see
+    /// [`JwtKeySet::retire_now`]); returns the removed `kid`.
+    pub fn retire_jwt_key_now(&self, new_next: SigningKey) -> String {
+        self.keys().retire_now(new_next)
+    }
+
     /// Drops retired keys whose tokens have all expired; returns whether the JWKS changed.
     pub fn prune_jwt_keys(&self) -> bool {
         self.keys().prune(unix_now())

@@ -356,6 +356,18 @@ impl JwtKeySet {
         self.current_max_exp = 0;
     }
 
+    /// Like [`JwtKeySet::rotate`], but the old signing key leaves the JWKS at once instead of
+    /// staying until its tokens expire: what SPIRE does when a key is tainted or revoked, so
+    /// verifiers reject every token it signed from the next bundle update on. Returns the
+    /// removed key's `kid`.
+    pub fn retire_now(&mut self, new_next: SigningKey) -> String {
+        let next = std::mem::replace(&mut self.next, new_next);
+        let old = std::mem::replace(&mut self.current, next);
+        self.current_since = SystemTime::now();
+        self.current_max_exp = 0;
+        old.kid().to_owned()
+    }
+
     /// Drops retired keys whose tokens have all expired; returns whether anything changed.
     pub fn prune(&mut self, now: i64) -> bool {
         let before = self.retired.len();
@@ -434,6 +446,20 @@ mod tests {
         let jwks = set.jwks();
         assert_eq!(jwks["keys"][0]["kid"], set.current().kid());
         assert_eq!(jwks["keys"][1]["kid"], set.next().kid());
+    }
+
+    #[test]
+    fn retiring_now_removes_the_old_key_from_the_jwks_in_the_same_step() {
+        let key = || SigningKey::generate(JwtAlg::Es256).unwrap();
+        let mut set = JwtKeySet::new(key(), key());
+        let old_kid = set.current().kid().to_owned();
+        let prepared_kid = set.next().kid().to_owned();
+        set.sign(&claims(1_000 + 600)).unwrap();
+        assert_eq!(set.retire_now(key()), old_kid);
+        assert_eq!(set.current().kid(), prepared_kid);
+        let jwks = set.jwks().to_string();
+        assert!(!jwks.contains(&old_kid), "retired key still published");
+        assert!(set.retired().is_empty());
     }
 
     #[test]

@@ -23,9 +23,14 @@
 //!   all: after a cool-down the next request triggers one new attempt, so fixing the role's
 //!   trust policy needs no restart but a misconfigured broker does not hammer STS.
 //!
-//! Timing uses the monotonic clock from the moment the credentials arrive (their lifetime is
-//! taken from the provider's expiration once), so wall-clock jumps do not matter and tests can
-//! pause time.
+//! - **Time left is read at the moment of each decision**, as the smaller of two readings: the
+//!   provider's expiration against the wall clock ([`Clock`], injectable), and the lifetime at
+//!   arrival counted down on the monotonic clock. The wall clock catches a suspend (monotonic
+//!   time stops while STS's clock runs on: a VM asleep for 2 h must not wake up serving
+//!   credentials that expired 70 minutes earlier) and forward steps; the monotonic clock catches
+//!   a backward step (the credentials do not live longer because the clock went back). The
+//!   refresh timer sleeps at most `recheck` (a minute) at a time, so after a resume it notices
+//!   within a minute that the refresh point has passed (issue 16).
 
 use std::fmt;
 use std::sync::Arc;
@@ -39,6 +44,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use workload_client::backoff::{BackoffPolicy, jitter};
+use workload_client::clock::{self, SharedClock};
 
 use crate::provider::{CredentialProvider, ErrorKind, Expiring, ProviderError};
 
@@ -63,6 +69,9 @@ pub struct CacheConfig {
     /// How long a request holding stale-but-valid credentials waits for a refresh in flight
     /// before answering with them.
     pub stale_wait: Duration,
+    /// The refresh timer wakes at least this often to compare the expiration with the wall
+    /// clock (a suspend or clock step does not move the monotonic timers).
+    pub recheck: Duration,
 }
 
 impl Default for CacheConfig {
@@ -84,6 +93,7 @@ impl Default for CacheConfig {
             },
             rejected_cooldown: Duration::from_secs(30),
             stale_wait: Duration::from_secs(2),
+            recheck: clock::RECHECK_INTERVAL,
         }
     }
 }
@@ -105,17 +115,20 @@ impl CacheConfig {
     }
 }
 
-/// Credentials held by the cache, with the monotonic instant they arrived.
+/// Credentials held by the cache, with their expiration and the monotonic instant they
+/// arrived.
 pub struct Held<C> {
     credentials: C,
+    expiration: OffsetDateTime,
     received: Instant,
     lifetime: Duration,
+    clock: SharedClock,
 }
 
 impl<C: Expiring> Held<C> {
-    fn new(credentials: C) -> Result<Self, ProviderError> {
-        let lifetime = Duration::try_from(credentials.expiration() - OffsetDateTime::now_utc())
-            .unwrap_or(Duration::ZERO);
+    fn new(credentials: C, clock: SharedClock) -> Result<Self, ProviderError> {
+        let expiration = credentials.expiration();
+        let lifetime = clock::remaining_until(&*clock, expiration);
         if lifetime.is_zero() {
             return Err(ProviderError::new(
                 ErrorKind::Transient,
@@ -124,8 +137,10 @@ impl<C: Expiring> Held<C> {
         }
         Ok(Self {
             credentials,
+            expiration,
             received: Instant::now(),
             lifetime,
+            clock,
         })
     }
 }
@@ -136,9 +151,13 @@ impl<C> Held<C> {
         &self.credentials
     }
 
-    /// Time until they expire.
+    /// Time until they expire, read now: the smaller of the expiration against the wall clock
+    /// (right after a suspend or a forward step) and the arrival lifetime counted down on the
+    /// monotonic clock (right after a backward step).
     pub fn remaining(&self) -> Duration {
-        self.lifetime.saturating_sub(self.received.elapsed())
+        let wall = clock::remaining_until(&*self.clock, self.expiration);
+        let monotonic = self.lifetime.saturating_sub(self.received.elapsed());
+        wall.min(monotonic)
     }
 
     /// Their lifetime when they arrived.
@@ -227,6 +246,7 @@ impl<C> Drop for Handle<C> {
 
 struct Shared<C> {
     config: CacheConfig,
+    clock: SharedClock,
     current: ArcSwapOption<Held<C>>,
     /// An attempt is running.
     in_flight: AtomicBool,
@@ -254,8 +274,17 @@ impl<C: Expiring + Send + Sync + 'static> CredentialCache<C> {
     where
         P: CredentialProvider<Credentials = C>,
     {
+        Self::start_with_clock(provider, config, clock::wall_clock())
+    }
+
+    /// [`CredentialCache::start`] reading wall-clock time from `clock` (tests step it).
+    pub fn start_with_clock<P>(provider: P, config: CacheConfig, clock: SharedClock) -> Self
+    where
+        P: CredentialProvider<Credentials = C>,
+    {
         let shared = Arc::new(Shared {
             config,
+            clock,
             current: ArcSwapOption::empty(),
             in_flight: AtomicBool::new(true), // the task starts with an attempt
             awaiting_demand: AtomicBool::new(false),
@@ -375,6 +404,36 @@ impl<C> Shared<C> {
     }
 }
 
+/// When the refresh task makes its next attempt.
+#[derive(Clone, Copy, Debug)]
+enum Next {
+    /// When the held credentials have this much time left (read at each check).
+    WhenLeft { left: Duration, not_before: Instant },
+    /// At this monotonic instant (retry schedules: short, so monotonic is fine).
+    At(Instant),
+}
+
+impl Next {
+    /// How long until the next attempt is due; `None`: due now.
+    fn wait<C>(self, shared: &Shared<C>) -> Option<Duration> {
+        let now = Instant::now();
+        let wait = match self {
+            Self::At(at) => at.saturating_duration_since(now),
+            Self::WhenLeft { left, not_before } => {
+                let remaining = shared
+                    .current
+                    .load()
+                    .as_ref()
+                    .map_or(Duration::ZERO, |h| h.remaining());
+                remaining
+                    .saturating_sub(left)
+                    .max(not_before.saturating_duration_since(now))
+            }
+        };
+        (!wait.is_zero()).then_some(wait)
+    }
+}
+
 /// The one task allowed to call the provider.
 async fn refresh_loop<P: CredentialProvider>(shared: Arc<Shared<P::Credentials>>, provider: P) {
     let config = shared.config.clone();
@@ -389,7 +448,7 @@ async fn refresh_loop<P: CredentialProvider>(shared: Arc<Shared<P::Credentials>>
             .catch_unwind()
             .await
         {
-            Ok(result) => result.and_then(Held::new),
+            Ok(result) => result.and_then(|c| Held::new(c, shared.clock.clone())),
             Err(_) => Err(ProviderError::new(
                 ErrorKind::Transient,
                 "the credential provider panicked; retrying",
@@ -408,7 +467,14 @@ async fn refresh_loop<P: CredentialProvider>(shared: Arc<Shared<P::Credentials>>
                 }
                 let until_refresh = lifetime.saturating_sub(config.refresh_left(lifetime));
                 tracing::debug!(?lifetime, ?until_refresh, "credentials stored");
-                jitter(until_refresh, config.refresh_jitter).max(Duration::from_secs(1))
+                let until_refresh =
+                    jitter(until_refresh, config.refresh_jitter).max(Duration::from_secs(1));
+                // Refresh when this much is left, however the clocks moved meanwhile; and not
+                // within a second of arrival, so odd clocks cannot make a hot loop.
+                Next::WhenLeft {
+                    left: lifetime.saturating_sub(until_refresh),
+                    not_before: Instant::now() + Duration::from_secs(1),
+                }
             }
             Err(error) => {
                 shared.refresh_errors.fetch_add(1, Ordering::Relaxed);
@@ -436,17 +502,18 @@ async fn refresh_loop<P: CredentialProvider>(shared: Arc<Shared<P::Credentials>>
                     );
                 }
                 shared.last_error.store(Some(Arc::new(error)));
-                delay
+                Next::At(Instant::now() + delay)
             }
         };
         let succeeded = shared.last_error.load().is_none();
         shared.in_flight.store(false, Ordering::SeqCst);
         shared.attempts.send_modify(|n| *n += 1);
 
-        let wake_at = Instant::now() + next;
-        loop {
+        while let Some(wait) = next.wait(&shared) {
             tokio::select! {
-                () = tokio::time::sleep_until(wake_at) => break,
+                // At most `recheck` at a time: the monotonic timer does not see a suspend or a
+                // clock step, so look at the time left again at least that often.
+                () = tokio::time::sleep(wait.min(config.recheck)) => {}
                 () = shared.wake.notified() => {
                     // A request found nothing fresh. Refresh now only if the last attempt
                     // succeeded (the credentials simply ran out early, e.g. a short session);
@@ -470,6 +537,7 @@ mod tests {
     use std::sync::Mutex;
 
     use futures_util::future::BoxFuture;
+    use workload_client::{Clock as _, TestClock};
 
     use super::*;
 
@@ -487,11 +555,14 @@ mod tests {
 
     /// A scripted provider: each call pops the next step (the last one repeats), waits
     /// `delay`, and answers credentials living `Ok(lifetime)` or the error.
+    /// Expirations are set by `clock`, the wall clock the cache reads too: like STS, whose
+    /// clock keeps running while this node is suspended.
     #[derive(Clone)]
     struct Script {
         steps: Arc<Mutex<VecDeque<Result<Duration, ErrorKind>>>>,
         calls: Arc<AtomicU64>,
         delay: Duration,
+        clock: Arc<TestClock>,
     }
 
     impl Script {
@@ -500,6 +571,7 @@ mod tests {
                 steps: Arc::new(Mutex::new(steps.iter().copied().collect())),
                 calls: Arc::new(AtomicU64::new(0)),
                 delay,
+                clock: TestClock::new(),
             }
         }
         fn calls(&self) -> u64 {
@@ -530,7 +602,7 @@ mod tests {
                 match step {
                     Ok(life) => Ok(Creds {
                         id,
-                        expiration: OffsetDateTime::now_utc() + life,
+                        expiration: self.clock.now() + life,
                     }),
                     Err(kind) => Err(ProviderError::new(kind, format!("scripted {kind:?}"))),
                 }
@@ -577,7 +649,78 @@ mod tests {
     const WAIT: Duration = Duration::from_secs(10);
 
     fn cache(script: &Script) -> CredentialCache<Creds> {
-        CredentialCache::start(script.clone(), CacheConfig::default())
+        CredentialCache::start_with_clock(
+            script.clone(),
+            CacheConfig::default(),
+            script.clock.clone(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_suspend_past_expiry_the_expired_credentials_are_not_served_and_refresh_at_once()
+     {
+        let script = Script::new(&[Ok(HOUR)], Duration::ZERO);
+        let c = cache(&script);
+        assert_eq!(c.get(WAIT).await.unwrap().credentials().id, 1);
+        tokio::time::sleep(10 * MIN).await;
+        // The VM sleeps 2 h: the wall clock (and STS's) moves, tokio's monotonic clock does not.
+        script.clock.jump(time::Duration::hours(2));
+        // The held credentials expired 70 minutes ago: not even "valid" for readiness.
+        assert!(c.peek().is_none(), "expired credentials reported valid");
+        assert_eq!(c.stats().expires_in, Some(Duration::ZERO));
+        let held = c.get(WAIT).await.unwrap();
+        assert_eq!(
+            held.credentials().id,
+            2,
+            "refreshed at once, not 25 minutes later"
+        );
+        assert!(held.remaining() > 59 * MIN, "{:?}", held.remaining());
+        assert_eq!(script.calls(), 2);
+        assert_eq!(c.stats().stale_served, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_suspend_the_timer_refreshes_within_a_minute_without_any_request() {
+        let script = Script::new(&[Ok(HOUR)], Duration::ZERO);
+        let c = cache(&script);
+        c.get(WAIT).await.unwrap();
+        tokio::time::sleep(10 * MIN).await;
+        // Asleep 40 minutes: 10 minutes left, past the refresh point (25 minutes left).
+        script.clock.jump(time::Duration::minutes(40));
+        assert_eq!(script.calls(), 1);
+        tokio::time::sleep(MIN + Duration::from_secs(1)).await;
+        assert_eq!(
+            script.calls(),
+            2,
+            "the timer re-read the wall clock within a minute"
+        );
+        let held = c.peek().unwrap();
+        assert_eq!(held.credentials().id, 2);
+        assert!(held.remaining() > 58 * MIN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backward_clock_step_neither_extends_the_credentials_nor_stops_refreshing() {
+        let script = Script::new(&[Ok(HOUR)], Duration::ZERO);
+        let c = cache(&script);
+        c.get(WAIT).await.unwrap();
+        tokio::time::sleep(10 * MIN).await;
+        script.clock.jump(time::Duration::hours(-2));
+        // By the wall clock they now have 2 h 50 min left; they do not: 50 minutes.
+        let held = c.get(WAIT).await.unwrap();
+        assert_eq!(held.credentials().id, 1);
+        assert!(
+            (49 * MIN..=50 * MIN).contains(&held.remaining()),
+            "{:?}",
+            held.remaining()
+        );
+        // Refreshed on the usual schedule (35 minutes after arrival, up to 3.5 min earlier).
+        tokio::time::sleep(25 * MIN + Duration::from_secs(1)).await;
+        assert_eq!(script.calls(), 2);
+        assert_eq!(c.get(WAIT).await.unwrap().credentials().id, 2);
+        // And no hot loop afterwards.
+        tokio::time::sleep(10 * MIN).await;
+        assert_eq!(script.calls(), 2);
     }
 
     #[tokio::test(start_paused = true)]

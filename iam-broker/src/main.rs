@@ -11,6 +11,7 @@ use iam_broker::metrics::{CacheCollector, Metrics};
 use iam_broker::provider::aws::{AwsStsProvider, JwtSource};
 use prometheus_client::registry::Registry;
 use sidecar_runtime::metrics::JwtCacheCollector;
+use sidecar_runtime::tls_roots::{self, RootsLocations};
 use sidecar_runtime::{Admin, Readiness, Shutdown};
 use tokio::net::TcpListener;
 use workload_client::{
@@ -65,11 +66,17 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             "sessions under 30 minutes reach the SDKs' 15-minute refresh window early; prefer 1h"
         );
     }
+    // CA roots for STS over TLS (SSL_CERT_FILE/DIR, else the OpenShift-injected bundle, else
+    // Debian's): an explicit setting that yields nothing stops the broker, naming it.
+    let roots = tls_roots::load(RootsLocations::from_env(&ProcessEnv))
+        .await
+        .context("loading CA certificates for STS")?;
     let provider = AwsStsProvider::new(
         aws.sts.clone(),
+        &roots,
         JwtSource::new(jwt_cache, client, key),
         metrics.sts_calls.clone(),
-    );
+    )?;
     let cache = CredentialCache::start(provider, CacheConfig::default());
     registry.register_collector(Box::new(CacheCollector(cache.clone())));
     let token = aws

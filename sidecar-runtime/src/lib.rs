@@ -5,7 +5,8 @@
 //! - [`shutdown`]: SIGTERM/SIGINT as a future, fanned out to every server;
 //! - [`config`]: typed values parsed from strings with errors that name the setting;
 //! - [`entry`]: config errors to exit code 2, logging, signals, the run's exit code;
-//! - [`uds`]: gRPC on Unix sockets: atomic socket files, and every real client's `:authority`.
+//! - [`uds`]: gRPC on Unix sockets: atomic socket files, and every real client's `:authority`;
+//! - [`tls_roots`]: the CA certificates outbound TLS clients trust (one order for every cloud).
 
 pub mod admin;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod shutdown;
 pub mod uds;
+pub mod tls_roots;
 
 pub use admin::{Admin, Readiness};
 pub use config::{ConfigError, ListenPolicy};

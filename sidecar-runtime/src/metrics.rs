@@ -42,6 +42,11 @@ impl Collector for JwtCacheCollector {
                 "Audience keys dropped after being idle",
                 stats.evictions,
             ),
+            (
+                "jwt_cache_key_removals",
+                "Cached JWT-SVIDs dropped and refetched because their signing key left the bundle",
+                stats.key_removals,
+            ),
         ] {
             let counter = ConstCounter::new(value);
             counter.encode(encoder.encode_descriptor(

@@ -4,7 +4,9 @@
 //! The proxy is how tests see and steer STS: it counts `AssumeRoleWithWebIdentity` calls,
 //! records their parameters (and whether they were signed), and can answer 503, an STS error
 //! (`AccessDenied`, `InvalidIdentityToken`, …), delay, or shorten the lifetime of the
-//! credentials moto issues, so that refresh windows are reached in seconds.
+//! credentials moto issues, so that refresh windows are reached in seconds. It also speaks
+//! HTTPS with a certificate from a local [`TestCa`] ([`StsProxy::start_tls`]), as real STS
+//! does: what needs TLS in production is tested over TLS.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -110,6 +112,99 @@ pub struct StsCall {
     pub signed: bool,
 }
 
+// === a local CA for HTTPS stand-ins ===
+
+/// A throw-away CA and a server certificate it signed for `127.0.0.1` and `localhost`.
+#[derive(Debug)]
+pub struct TestCa {
+    /// The CA certificate, PEM: what an operator adds to the trust store.
+    pub ca_pem: String,
+    cert_der: Vec<u8>,
+    key_der: Vec<u8>,
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestCa {
+    /// A fresh CA and server certificate.
+    pub fn new() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+            SanType,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        ca.distinguished_name
+            .push(DnType::CommonName, "suite-tests local STS CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        leaf.subject_alt_names
+            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        leaf.distinguished_name
+            .push(DnType::CommonName, "sts.127.0.0.1");
+        let cert = leaf.signed_by(&key, &Issuer::new(ca, &ca_key)).unwrap();
+        Self {
+            ca_pem: ca_cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
+        }
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        use tokio_rustls::rustls::{self, pki_types};
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![pki_types::CertificateDer::from(self.cert_der.clone())],
+                pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into()),
+            )
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+}
+
+/// TLS on accept, for `axum::serve`. A failed handshake (a client that does not trust the
+/// CA) is counted and the next connection accepted.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    failed: Arc<AtomicU64>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, SocketAddr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            let handshake = self.acceptor.accept(tcp);
+            match tokio::time::timeout(Duration::from_secs(5), handshake).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                _ => {
+                    self.failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
 #[derive(Debug)]
 struct ProxyState {
     upstream: SocketAddr,
@@ -121,6 +216,7 @@ struct ProxyState {
     lifetime_secs: AtomicU64,
     assume_calls: AtomicU64,
     calls: Mutex<Vec<StsCall>>,
+    tls_failures: Arc<AtomicU64>,
 }
 
 /// A counting, faultable HTTP proxy in front of moto, on its own thread and runtime. Stops
@@ -129,6 +225,7 @@ struct ProxyState {
 pub struct StsProxy {
     /// Where it listens.
     pub addr: SocketAddr,
+    scheme: &'static str,
     state: Arc<ProxyState>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -142,6 +239,20 @@ impl StsProxy {
 
     /// A proxy to `upstream` on `port` (e.g. one a broker already points at).
     pub fn start_on(port: u16, upstream: SocketAddr) -> Self {
+        Self::start_inner(port, upstream, None)
+    }
+
+    /// A proxy to `upstream` on a free port speaking HTTPS with `ca`'s server certificate.
+    pub fn start_tls(upstream: SocketAddr, ca: &TestCa) -> Self {
+        Self::start_inner(free_port(), upstream, Some(ca.acceptor()))
+    }
+
+    fn start_inner(
+        port: u16,
+        upstream: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let state = Arc::new(ProxyState {
             upstream,
             fault: Mutex::new(Fault::Forward),
@@ -150,6 +261,7 @@ impl StsProxy {
             lifetime_secs: AtomicU64::new(0),
             assume_calls: AtomicU64::new(0),
             calls: Mutex::new(Vec::new()),
+            tls_failures: Arc::new(AtomicU64::new(0)),
         });
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))
             .unwrap_or_else(|e| panic!("STS proxy cannot bind 127.0.0.1:{port}: {e}"));
@@ -157,6 +269,7 @@ impl StsProxy {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let s = state.clone();
+        let s_failed = state.tls_failures.clone();
         let thread = std::thread::Builder::new()
             .name(format!("sts-proxy-{addr}"))
             .spawn(move || {
@@ -172,24 +285,43 @@ impl StsProxy {
                             async move { handle(&s, &method, &uri, &headers, body).await }
                         },
                     );
-                    tokio::select! {
-                        r = axum::serve(listener, app) => r.unwrap(),
-                        _ = stopped => {}
+                    match tls {
+                        None => tokio::select! {
+                            r = axum::serve(listener, app) => r.unwrap(),
+                            _ = stopped => {}
+                        },
+                        Some(acceptor) => {
+                            let listener = TlsListener {
+                                tcp: listener,
+                                acceptor,
+                                failed: s_failed,
+                            };
+                            tokio::select! {
+                                r = axum::serve(listener, app) => r.unwrap(),
+                                _ = stopped => {}
+                            }
+                        }
                     }
                 });
             })
             .unwrap();
         Self {
             addr,
+            scheme,
             state,
             stop: Some(stop),
             thread: Some(thread),
         }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` from [`StsProxy::start_tls`].
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// TLS handshakes that failed (the client did not trust the certificate).
+    pub fn tls_failures(&self) -> u64 {
+        self.state.tls_failures.load(Ordering::SeqCst)
     }
 
     /// Applies `fault` to every call from now on.
@@ -456,9 +588,22 @@ impl Broker {
     /// environment plus `env`. Waits until both listeners accept connections, not for
     /// credentials.
     pub fn start(dir: &Path, socket: &str, sts: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_with(Command::new(bin("iam-broker")), dir, socket, sts, args, env)
+    }
+
+    /// [`Broker::start`] with `program` as the broker (e.g. `chroot ROOTFS /usr/local/bin/
+    /// iam-broker` to run it from an exported image).
+    pub fn start_with(
+        program: Command,
+        dir: &Path,
+        socket: &str,
+        sts: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cmd = Command::new(bin("iam-broker"));
+        let mut cmd = program;
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")

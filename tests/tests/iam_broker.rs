@@ -620,3 +620,60 @@ fn bad_configuration_exits_2_naming_the_setting() {
         assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
 }
+
+// === STS over TLS (issue 16, item 0; the image's own files: container_image.rs) ===
+
+#[test]
+fn sts_over_https_trusts_the_operators_ca_and_fails_clearly_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path());
+    let moto = Moto::start(dir.path());
+    let ca = suite_tests::aws::TestCa::new();
+    let sts = StsProxy::start_tls(moto.addr, &ca);
+    let ca_file = dir.path().join("corp-ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+
+    let ssl_cert_file = ca_file.to_str().unwrap();
+    let mut broker = Broker::start(
+        dir.path(),
+        &agent.endpoint,
+        &sts.url(),
+        &[],
+        &[("SSL_CERT_FILE", ssl_cert_file)],
+    );
+    broker.wait_ready(Duration::from_secs(30));
+    access_key(&broker.creds());
+    assert_eq!(sts.tls_failures(), 0);
+    let log = broker.proc.log();
+    assert!(
+        log.contains("loaded CA certificates") && log.contains("certificates=1"),
+        "{log}"
+    );
+
+    // Without the CA (the host's public roots only): the handshake fails, the error says so.
+    let other = Broker::start(dir.path(), &agent.endpoint, &sts.url(), &[], &[]);
+    let r = other.creds();
+    let (status, _, message) = error_of(&r);
+    assert_eq!(status, 503, "{}", r.body);
+    assert!(message.contains("certificate"), "{message}");
+    assert!(sts.tls_failures() > 0);
+
+    // A configured but unreadable SSL_CERT_FILE stops the broker, naming the variable.
+    let mut bad = Command::new(bin("iam-broker"));
+    bad.env_clear()
+        .env("SSL_CERT_FILE", dir.path().join("missing.pem"))
+        .args([
+            "aws",
+            "--socket",
+            &agent.endpoint,
+            "--sts-endpoint",
+            &sts.url(),
+        ])
+        .args(["--audience", AUDIENCE, "--role-arn", ROLE_ARN])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin-listen", "off"]);
+    let out = output(bad);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr) + String::from_utf8_lossy(&out.stdout);
+    assert!(stderr.contains("SSL_CERT_FILE="), "{stderr}");
+}

@@ -161,6 +161,49 @@ async fn agent_down_at_start_gives_503_then_200_within_a_second_of_the_agent() {
     drop(agent);
 }
 
+/// `clients` gRPC connections calling Check in a loop until stopped, counting 200s and the rest.
+struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    async fn start(helper: &JwtHelper, clients: usize) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let mut c = helper.client().await;
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let counter = if check(&mut c, "svc", &[]).await.status() == 200 {
+                        &ok
+                    } else {
+                        &failed
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        Self {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_restart_under_load_fails_no_request() {
     let dir = tempfile::tempdir().unwrap();
@@ -168,23 +211,8 @@ async fn agent_restart_under_load_fails_no_request() {
     let mut agent = DevAgent::start(dir.path(), &["--state-dir", state.to_str().unwrap()]);
     let mut helper = JwtHelper::start(dir.path(), &agent.endpoint, &["--audience", AUD]);
     helper.wait_ready(Duration::from_secs(10));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let mut c = helper.client().await;
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        load.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let counter = if check(&mut c, "svc", &[]).await.status() == 200 {
-                    &ok
-                } else {
-                    &failed
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let load = Load::start(&helper, 4).await;
+    let (ok, failed) = (load.ok.clone(), load.failed.clone());
     let before = ok.load(Ordering::Relaxed);
     agent = tokio::task::spawn_blocking(move || {
         agent.proc.kill();
@@ -198,10 +226,7 @@ async fn agent_restart_under_load_fails_no_request() {
     while ok.load(Ordering::Relaxed) < target {
         tokio::task::yield_now().await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
+    load.stop().await;
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
@@ -504,4 +529,69 @@ async fn sigterm_stops_cleanly() {
         assert!(v.get("level").is_some());
         assert!(!line.contains("eyJ"), "a token in the logs: {line}");
     }
+}
+
+// === Key retirement (issue 16, item 4) ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retiring_the_signing_key_changes_the_stamped_token_within_a_second_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    // Default 5-minute tokens: without the bundle watch the old token would be stamped until
+    // its half-life refresh, 2.5 minutes away.
+    let agent = DevAgent::start(dir.path(), &[]);
+    let mut helper = JwtHelper::start(dir.path(), &agent.endpoint, &["--audience", AUD]);
+    helper.wait_ready(Duration::from_secs(10));
+    let mut c = helper.client().await;
+    let before = bearer_of(&check(&mut c, "svc", &[]).await);
+
+    let load = Load::start(&helper, 4).await;
+    let (ok, failed) = (load.ok.clone(), load.failed.clone());
+    while ok.load(Ordering::Relaxed) < 100 {
+        tokio::task::yield_now().await;
+    }
+
+    let (agent, retired_at) = tokio::task::spawn_blocking(move || {
+        agent.post("/retire/jwt");
+        (agent, Instant::now())
+    })
+    .await
+    .unwrap();
+    let after = loop {
+        let token = bearer_of(&check(&mut c, "svc", &[]).await);
+        if token != before {
+            break token;
+        }
+        assert!(
+            retired_at.elapsed() < Duration::from_secs(5),
+            "still stamping the token of the retired key"
+        );
+    };
+    let took = retired_at.elapsed();
+    eprintln!("stamped token changed {took:?} after the key left the bundle");
+    load.stop().await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let kid = |t: &str| {
+        use base64::Engine as _;
+        let header = t.split('.').next().unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["kid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_ne!(kid(&before), kid(&after), "signed with the new key");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no check failed meanwhile"
+    );
+    let fetches = tokio::task::spawn_blocking(move || agent.jwt_fetches())
+        .await
+        .unwrap();
+    assert_eq!(
+        fetches, 2,
+        "one refetch for the retired key, not one per request"
+    );
 }

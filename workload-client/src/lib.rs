@@ -8,17 +8,20 @@
 //! - [`jwt::cache`]: the per-audience JWT-SVID cache (no agent call on a request path).
 //! - [`jwt::validate`]: local JWT-SVID validation against watched bundles.
 //! - [`backoff`]: the jittered exponential backoff all retry loops share.
+//! - [`clock`]: the wall clock every validity/refresh decision reads (suspend, clock steps).
 //!
 //! Protocol facts cited as "REFERENCE §n" are in `shared/REFERENCE.md`.
 
 pub mod backoff;
 pub mod client;
+pub mod clock;
 pub mod endpoint;
 pub mod jwt;
 pub mod watcher;
 pub mod x509;
 
 pub use client::{ClientError, WorkloadApiClient, lazy_channel};
+pub use clock::{Clock, SharedClock, TestClock, WallClock};
 pub use endpoint::{
     Endpoint, EndpointError, EndpointSource, Env, ProcessEnv, ResolveError, resolve_endpoint,
     resolve_endpoint_from,

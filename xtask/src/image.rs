@@ -44,6 +44,13 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
 }
 
+/// Debian's CA bundle (package `ca-certificates`: Mozilla's roots) on the build machine.
+const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Where the images carry it: the path OpenShift mounts its injected trusted CA bundle over
+/// (as on UBI images), so a mounted cluster bundle *replaces* the default instead of being
+/// shadowed by it (sidecar-runtime/src/tls_roots.rs explains the order).
+const IMAGE_CA_BUNDLE: &str = "etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem";
+
 /// Builds the static binaries and stages `target/image/{usr/local/bin,etc}`.
 pub(crate) fn stage() -> Result<PathBuf> {
     let triple = host_triple()?;
@@ -70,10 +77,22 @@ pub(crate) fn stage() -> Result<PathBuf> {
         &mut build,
     )?;
 
+    // Checked before staging anything: an image without CA certificates cannot reach any cloud
+    // over TLS, so it is not built at all.
+    let host_bundle = Path::new(HOST_CA_BUNDLE);
+    if !host_bundle.is_file() {
+        return Err(format!(
+            "{HOST_CA_BUNDLE} is missing: the images carry the build machine's CA bundle \
+             (iam-broker cannot reach STS over TLS without it); install it with \
+             `apt-get install ca-certificates`"
+        ));
+    }
     let stage = root().join("target/image");
     let bin_dir = stage.join("usr/local/bin");
     let etc = stage.join("etc");
-    for dir in [&bin_dir, &etc] {
+    let ca_bundle = stage.join(IMAGE_CA_BUNDLE);
+    let ca_dir = ca_bundle.parent().unwrap_or(&etc).to_path_buf();
+    for dir in [&bin_dir, &etc, &ca_dir] {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let built = target_dir().join(&triple).join("release");
@@ -85,6 +104,7 @@ pub(crate) fn stage() -> Result<PathBuf> {
         "nonroot:x:65532:65532:nonroot:/:/sbin/nologin\n",
     )?;
     write(&etc.join("group"), "nonroot:x:65532:\n")?;
+    copy(host_bundle, &ca_bundle)?;
     Ok(stage)
 }
 

@@ -3,6 +3,9 @@
 //! - The STS client has **no credentials provider**: the call is unsigned (the operation is
 //!   modelled without auth), and the broker must never resolve credentials from the
 //!   environment, a profile, or, worst, its own endpoint.
+//! - TLS trusts exactly the roots of [`sidecar_runtime::tls_roots`] (SSL_CERT_FILE/DIR, else
+//!   the OpenShift-injected bundle, else Debian's), never rustls-native-certs' own search,
+//!   whose first-file-wins order would let the image's default bundle shadow an OpenShift mount.
 //! - The SDK's own retries are off: the cache owns the retry schedule, so every attempt is
 //!   counted and backed off in one place.
 //! - Errors are classified: `IDPCommunicationError`, throttling, 5xx and transport failures are
@@ -22,8 +25,11 @@ use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::operation::assume_role_with_web_identity::{
     AssumeRoleWithWebIdentityError, AssumeRoleWithWebIdentityOutput,
 };
+use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
+use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use sidecar_runtime::tls_roots::TrustRoots;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use workload_client::spiffe::JwtSvid;
@@ -249,14 +255,20 @@ pub struct AwsStsProvider {
 }
 
 impl AwsStsProvider {
-    /// A provider calling STS as configured, with tokens from `jwt`, counting calls in `calls`.
-    pub fn new(settings: AwsSettings, jwt: JwtSource, calls: StsCalls) -> Self {
-        Self {
-            sts: sts_client(&settings.region, settings.sts_endpoint.as_deref()),
+    /// A provider calling STS as configured (trusting `roots` for TLS), with tokens from
+    /// `jwt`, counting calls in `calls`.
+    pub fn new(
+        settings: AwsSettings,
+        roots: &TrustRoots,
+        jwt: JwtSource,
+        calls: StsCalls,
+    ) -> Result<Self, StsClientError> {
+        Ok(Self {
+            sts: sts_client(&settings.region, settings.sts_endpoint.as_deref(), roots)?,
             settings,
             jwt,
             calls,
-        }
+        })
     }
 
     async fn fetch_once(&self) -> Result<AwsCredentials, ProviderError> {
@@ -333,11 +345,39 @@ impl CredentialProvider for AwsStsProvider {
     }
 }
 
-/// The STS client: region, optional endpoint, no credentials provider, SDK retries off, and
-/// timeouts so a black-holed endpoint cannot hold an attempt forever.
-pub fn sts_client(region: &str, endpoint: Option<&str>) -> aws_sdk_sts::Client {
+/// The STS client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StsClientError {
+    /// The TLS context rejected the trust store.
+    #[error("building the STS client's TLS context: {0}")]
+    Tls(String),
+}
+
+/// The STS client: region, optional endpoint, no credentials provider, SDK retries off,
+/// timeouts so a black-holed endpoint cannot hold an attempt forever, and TLS trusting exactly
+/// `roots` (native-root discovery off).
+pub fn sts_client(
+    region: &str,
+    endpoint: Option<&str>,
+    roots: &TrustRoots,
+) -> Result<aws_sdk_sts::Client, StsClientError> {
+    // `roots` holds only certificates already checked as trust anchors, so the connector's
+    // own parsing of this PEM (which panics on a bad one) cannot fail.
+    let trust = TrustStore::empty()
+        .with_native_roots(false)
+        .with_pem_certificate(roots.pem());
+    let tls_context = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .map_err(|e| StsClientError::Tls(e.to_string()))?;
+    let http_client = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+        .tls_context(tls_context)
+        .build_https();
     let mut builder = aws_sdk_sts::Config::builder()
         .behavior_version(BehaviorVersion::latest())
+        .http_client(http_client)
         .region(Region::new(region.to_owned()))
         .retry_config(RetryConfig::disabled())
         .timeout_config(
@@ -350,7 +390,7 @@ pub fn sts_client(region: &str, endpoint: Option<&str>) -> aws_sdk_sts::Client {
     if let Some(endpoint) = endpoint {
         builder = builder.endpoint_url(endpoint);
     }
-    aws_sdk_sts::Client::from_conf(builder.build())
+    Ok(aws_sdk_sts::Client::from_conf(builder.build()))
 }
 
 fn credentials_from(

@@ -11,7 +11,15 @@
 //!   jitter, so a fleet started together does not refresh together) and fetches again;
 //! - on failure it retries with jittered backoff while the still-valid token keeps being served;
 //! - a key unused for `idle_eviction` is dropped instead of refreshed, so a client that called
-//!   a thousand audiences once does not keep a thousand refresh loops alive.
+//!   a thousand audiences once does not keep a thousand refresh loops alive;
+//! - "still valid" compares the token's `exp` with the wall clock ([`Clock`]) at each `get`, and
+//!   a refresh is due at half-life by the monotonic clock *or* by the wall clock, whichever
+//!   comes first; the timer wakes at least every `recheck` (a minute) to look, because tokio's
+//!   timers stop during a suspend while `exp` keeps approaching (issue 16);
+//! - while any key is cached, one shared FetchJWTBundles watcher follows the trust bundles:
+//!   when a `kid` leaves its trust domain's bundle (SPIRE tainted or revoked the key) every
+//!   cached token signed with it stops being handed out and is refetched at once, instead of
+//!   being stamped on requests that validators already reject until its half-life refresh.
 //!
 //! Reading is lock-free: the entry map and each token live behind `ArcSwap`, so the hot path is
 //! a few atomic loads and a hash lookup, with no await and no Workload API call.
@@ -23,13 +31,15 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use spiffe::{JwtSvid, SpiffeId};
+use spiffe::{JwtBundleSet, JwtSvid, SpiffeId};
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
 use crate::backoff::{BackoffPolicy, jitter};
 use crate::client::WorkloadApiClient;
+use crate::clock::{self, Clock, SharedClock};
+use crate::jwt::bundles::JwtBundleWatcher;
 
 /// What a cached token is for: a non-empty, sorted, de-duplicated audience set and optionally
 /// the SPIFFE ID to request (for workloads with several identities).
@@ -117,6 +127,12 @@ pub struct CacheConfig {
     /// Retry schedule while the agent is unreachable (socket missing, refused): local
     /// connects are cheap, and a token should follow within a second of the agent appearing.
     pub reconnect: BackoffPolicy,
+    /// A sleeping refresh timer wakes at least this often to compare `exp` with the wall
+    /// clock (tokio's timers do not see a suspend or a clock step).
+    pub recheck: Duration,
+    /// Watch FetchJWTBundles while keys are cached and refetch tokens whose signing key left
+    /// the bundle.
+    pub watch_bundles: bool,
 }
 
 impl Default for CacheConfig {
@@ -132,6 +148,8 @@ impl Default for CacheConfig {
                 multiplier: 2.0,
             },
             reconnect: BackoffPolicy::RECONNECT,
+            recheck: clock::RECHECK_INTERVAL,
+            watch_bundles: true,
         }
     }
 }
@@ -149,6 +167,8 @@ pub struct CacheStats {
     pub fetch_errors: u64,
     /// Keys evicted for idleness.
     pub evictions: u64,
+    /// Cached tokens dropped and refetched because their signing key left the bundle.
+    pub key_removals: u64,
     /// One line per cached key.
     pub entries: Vec<EntryStatus>,
 }
@@ -173,6 +193,9 @@ pub struct JwtSvidCache {
 struct Inner {
     client: WorkloadApiClient,
     config: CacheConfig,
+    clock: SharedClock,
+    /// The shared JWT bundle watcher's task, running while the map has entries.
+    bundle_watch: Mutex<Option<AbortHandle>>,
     entries: ArcSwap<HashMap<JwtKey, Arc<Entry>>>,
     /// Serialises inserts and removals (rare); reads never take it.
     write: Mutex<()>,
@@ -182,11 +205,16 @@ struct Inner {
     fetches: AtomicU64,
     fetch_errors: AtomicU64,
     evictions: AtomicU64,
+    key_removals: AtomicU64,
 }
 
 struct Entry {
     key: JwtKey,
     token: ArcSwapOption<JwtSvid>,
+    /// The cached token, once its signing key left the bundle: no longer handed out.
+    revoked: ArcSwapOption<JwtSvid>,
+    /// Fetch now, whatever the schedule (the token's key left the bundle).
+    refetch: Notify,
     /// Milliseconds since `Inner::epoch` of the last `get`.
     last_used: AtomicU64,
     pinned: AtomicBool,
@@ -216,10 +244,17 @@ impl fmt::Debug for JwtSvidCache {
 impl JwtSvidCache {
     /// A cache fetching from `client`. Must be called inside a Tokio runtime.
     pub fn new(client: WorkloadApiClient, config: CacheConfig) -> Self {
+        Self::with_clock(client, config, clock::wall_clock())
+    }
+
+    /// [`JwtSvidCache::new`] reading wall-clock time from `clock` (tests step it).
+    pub fn with_clock(client: WorkloadApiClient, config: CacheConfig, clock: SharedClock) -> Self {
         Self {
             inner: Arc::new(Inner {
                 client,
                 config,
+                clock,
+                bundle_watch: Mutex::new(None),
                 entries: ArcSwap::from_pointee(HashMap::new()),
                 write: Mutex::new(()),
                 epoch: Instant::now(),
@@ -228,6 +263,7 @@ impl JwtSvidCache {
                 fetches: AtomicU64::new(0),
                 fetch_errors: AtomicU64::new(0),
                 evictions: AtomicU64::new(0),
+                key_removals: AtomicU64::new(0),
             }),
         }
     }
@@ -249,14 +285,14 @@ impl JwtSvidCache {
     /// agent has been failing past expiry). Never calls the agent itself.
     pub async fn get(&self, key: &JwtKey, max_wait: Duration) -> Result<Arc<JwtSvid>, CacheError> {
         let entry = self.live_entry(key);
-        if let Some(token) = entry.usable(&self.inner.config) {
+        if let Some(token) = entry.usable(&self.inner) {
             self.inner.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(token);
         }
         self.inner.misses.fetch_add(1, Ordering::Relaxed);
         // Subscribe before re-checking, so an attempt that completes in between is not missed.
         let mut attempts = entry.attempts.subscribe();
-        if let Some(token) = entry.usable(&self.inner.config) {
+        if let Some(token) = entry.usable(&self.inner) {
             return Ok(token);
         }
         entry.wake.notify_one();
@@ -270,7 +306,7 @@ impl JwtSvidCache {
         // Wait for the outcome of the attempt in flight (shared by every waiting caller).
         let _ = tokio::time::timeout(max_wait, attempts.changed()).await;
         entry
-            .usable(&self.inner.config)
+            .usable(&self.inner)
             .ok_or_else(|| CacheError::Unavailable {
                 last_error: entry.last_error(),
             })
@@ -283,7 +319,7 @@ impl JwtSvidCache {
             .entries
             .load()
             .get(key)
-            .and_then(|e| e.usable(&self.inner.config))
+            .and_then(|e| e.usable(&self.inner))
     }
 
     /// Wakes whenever a fetch attempt for `key` completes (e.g. to push refreshed tokens over
@@ -307,7 +343,7 @@ impl JwtSvidCache {
 
     /// Counters and per-key state.
     pub fn stats(&self) -> CacheStats {
-        let now = time::OffsetDateTime::now_utc();
+        let now = self.inner.clock.now();
         let entries = self
             .inner
             .entries
@@ -330,6 +366,7 @@ impl JwtSvidCache {
             fetches: load(&self.inner.fetches),
             fetch_errors: load(&self.inner.fetch_errors),
             evictions: load(&self.inner.evictions),
+            key_removals: load(&self.inner.key_removals),
             entries,
         }
     }
@@ -352,6 +389,8 @@ impl JwtSvidCache {
         let entry = Arc::new(Entry {
             key: key.clone(),
             token: ArcSwapOption::empty(),
+            revoked: ArcSwapOption::empty(),
+            refetch: Notify::new(),
             last_used: AtomicU64::new(self.inner.now_ms()),
             pinned: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
@@ -364,6 +403,9 @@ impl JwtSvidCache {
         let mut next = HashMap::clone(&current);
         next.insert(key.clone(), entry.clone());
         self.inner.entries.store(Arc::new(next));
+        if current.is_empty() {
+            self.inner.start_bundle_watch(&self.inner);
+        }
         let span = tracing::info_span!("jwt_cache", key = ?key);
         let task =
             tokio::spawn(refresh_loop(Arc::downgrade(&self.inner), entry.clone()).instrument(span));
@@ -399,13 +441,95 @@ impl Inner {
         entry.evicted.store(true, Ordering::SeqCst);
         let mut next = HashMap::clone(&self.entries.load_full());
         next.remove(&entry.key);
+        let empty = next.is_empty();
         self.entries.store(Arc::new(next));
+        if empty {
+            self.stop_bundle_watch();
+        }
         true
+    }
+
+    /// Starts the one bundle watcher (called under the write lock when the first key arrives).
+    fn start_bundle_watch(&self, this: &Arc<Inner>) {
+        if !self.config.watch_bundles {
+            return;
+        }
+        let mut slot = self
+            .bundle_watch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() {
+            let watcher = JwtBundleWatcher::jwt_bundles(self.client.clone());
+            let task = tokio::spawn(
+                watch_bundles(Arc::downgrade(this), watcher)
+                    .instrument(tracing::info_span!("jwt_cache_bundles")),
+            );
+            *slot = Some(task.abort_handle());
+        }
+    }
+
+    /// Stops the bundle watcher (called under the write lock when the last key is evicted):
+    /// nothing cached, nothing to revoke, no stream held open on the agent.
+    fn stop_bundle_watch(&self) {
+        if let Some(task) = self
+            .bundle_watch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+
+    /// Drops and refetches every cached token whose `kid` was in its trust domain's bundle in
+    /// `before` and is not in `after`.
+    fn revoke_removed_keys(&self, before: &JwtBundleSet, after: &JwtBundleSet) {
+        let published = |set: &JwtBundleSet, token: &JwtSvid| {
+            set.get_ref(token.spiffe_id().trust_domain())
+                .is_some_and(|b| b.find_jwt_authority(token.key_id()).is_some())
+        };
+        for entry in self.entries.load().values() {
+            let Some(token) = entry.token.load_full() else {
+                continue;
+            };
+            if published(before, &token) && !published(after, &token) {
+                tracing::info!(
+                    key = ?entry.key,
+                    kid = token.key_id(),
+                    trust_domain = %token.spiffe_id().trust_domain(),
+                    "the cached JWT-SVID's signing key left the bundle; refetching now"
+                );
+                entry.revoked.store(Some(token));
+                self.key_removals.fetch_add(1, Ordering::Relaxed);
+                entry.refetch.notify_one();
+            }
+        }
+    }
+}
+
+/// Follows the JWT bundles while keys are cached; see [`Inner::revoke_removed_keys`]. Only a
+/// key that *leaves* a bundle counts: a token whose key the watcher has not seen yet (fetched
+/// just before the bundle update arrived) is not refetched in a loop.
+async fn watch_bundles(inner: Weak<Inner>, watcher: JwtBundleWatcher) {
+    let mut updates = watcher.subscribe();
+    let mut previous = updates.borrow_and_update().clone();
+    while updates.changed().await.is_ok() {
+        let Some(current) = updates.borrow_and_update().clone() else {
+            continue;
+        };
+        let Some(cache) = inner.upgrade() else {
+            return;
+        };
+        if let Some(before) = &previous {
+            cache.revoke_removed_keys(before, &current);
+        }
+        previous = Some(current);
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.stop_bundle_watch();
         for entry in self.entries.load().values() {
             if let Some(task) = entry.task.get() {
                 task.abort();
@@ -421,10 +545,19 @@ impl Entry {
         self.last_used.store(inner.now_ms(), Ordering::SeqCst);
     }
 
-    /// The cached token if it has more than the expiry margin left.
-    fn usable(&self, config: &CacheConfig) -> Option<Arc<JwtSvid>> {
+    /// The cached token if it has more than the expiry margin left by the wall clock now, and
+    /// its signing key is still in the bundle.
+    fn usable(&self, inner: &Inner) -> Option<Arc<JwtSvid>> {
         let token = self.token.load_full()?;
-        (remaining(&token) > config.expiry_margin).then_some(token)
+        if self
+            .revoked
+            .load()
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(r, &token))
+        {
+            return None;
+        }
+        (remaining(&*inner.clock, &token) > inner.config.expiry_margin).then_some(token)
     }
 
     fn last_error(&self) -> Option<String> {
@@ -442,8 +575,8 @@ impl Entry {
     }
 }
 
-fn remaining(token: &JwtSvid) -> Duration {
-    Duration::try_from(token.expiry() - time::OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO)
+fn remaining(clock: &dyn Clock, token: &JwtSvid) -> Duration {
+    clock::remaining_until(clock, token.expiry())
 }
 
 /// Evicts `entry` if idle; true when it is gone (or the cache is), ending its task.
@@ -461,9 +594,9 @@ fn evict(inner: &Weak<Inner>, entry: &Entry, config: &CacheConfig) -> bool {
 
 /// The one task allowed to call FetchJWTSVID for `entry.key`.
 async fn refresh_loop(inner: Weak<Inner>, entry: Arc<Entry>) {
-    let Some((client, config)) = inner
+    let Some((client, config, clock)) = inner
         .upgrade()
-        .map(|i| (i.client.clone(), i.config.clone()))
+        .map(|i| (i.client.clone(), i.config.clone(), i.clock.clone()))
     else {
         return;
     };
@@ -480,7 +613,7 @@ async fn refresh_loop(inner: Weak<Inner>, entry: Arc<Entry>) {
             Ok(token) => {
                 backoff.reset();
                 reconnect.reset();
-                let life = remaining(&token);
+                let life = remaining(&*clock, &token);
                 tracing::debug!(expires_in = ?life, spiffe_id = %token.spiffe_id(), "JWT-SVID refreshed");
                 entry.token.store(Some(Arc::new(token)));
                 entry.set_last_error(None);
@@ -497,7 +630,7 @@ async fn refresh_loop(inner: Weak<Inner>, entry: Arc<Entry>) {
                 let unreachable = e.is_unreachable();
                 let message = e.to_string();
                 if entry.last_error().as_deref() != Some(message.as_str()) {
-                    let serving = entry.usable(&config).is_some();
+                    let serving = entry.usable(&cache).is_some();
                     tracing::warn!(error = %message, serving_cached_token = serving, "JWT-SVID fetch failed");
                 }
                 entry.set_last_error(Some(message));
@@ -509,30 +642,43 @@ async fn refresh_loop(inner: Weak<Inner>, entry: Arc<Entry>) {
                 }
             }
         };
+        // Due after `next` by the monotonic clock or by the wall clock, whichever comes first:
+        // a suspend stops the first, a backward step holds back the second. Taken before the
+        // subscribers hear of this attempt, so a clock step after it always counts.
+        let mono_due = tokio::time::Instant::now() + next;
+        let wall_due = clock.now() + next;
         entry.in_flight.store(false, Ordering::SeqCst);
         entry.attempts.send_modify(|n| *n += 1);
         drop(cache);
 
-        let wake_at = tokio::time::Instant::now() + next;
+        let mut check_idle_at = tokio::time::Instant::now() + config.idle_eviction;
         loop {
-            // Wake at least once per idle period, so an unused key with a long-lived token is
-            // evicted on time rather than at its next refresh.
-            let check_idle_at = tokio::time::Instant::now() + config.idle_eviction;
+            let now = tokio::time::Instant::now();
+            if now >= mono_due || clock.now() >= wall_due {
+                break;
+            }
+            let wake_at = mono_due.min(now + config.recheck);
             tokio::select! {
-                () = tokio::time::sleep_until(wake_at) => break,
+                () = tokio::time::sleep_until(wake_at) => {}
+                // Wake at least once per idle period, so an unused key with a long-lived token
+                // is evicted on time rather than at its next refresh.
                 () = tokio::time::sleep_until(check_idle_at), if check_idle_at < wake_at => {
                     if evict(&inner, &entry, &config) {
                         return;
                     }
+                    check_idle_at = tokio::time::Instant::now() + config.idle_eviction;
                 }
                 () = entry.wake.notified() => {
                     // A caller found no usable token. Fetch now only if the last attempt
                     // succeeded (the token simply ran out early); after a failure the backoff
                     // schedule governs, so a crowd of callers cannot hammer a failing agent.
-                    if ok && entry.usable(&config).is_none() {
+                    let usable = inner.upgrade().and_then(|c| entry.usable(&c));
+                    if ok && usable.is_none() {
                         break;
                     }
                 }
+                // The token's signing key left the bundle: it is refused everywhere already.
+                () = entry.refetch.notified() => break,
             }
         }
         if evict(&inner, &entry, &config) {
