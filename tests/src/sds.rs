@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::envoy::indent;
-use crate::{Proc, bin, free_port, http, wait_until};
+use crate::{DevAgent, Proc, bin, free_port, http, wait_until};
 
 /// A running `sds-bridge` serving SDS on `<dir>/<name>.sock`.
 #[derive(Debug)]
@@ -84,6 +84,45 @@ impl SdsBridge {
     }
 }
 
+/// One identity: its dev agent and the bridge it feeds.
+#[derive(Debug)]
+pub struct Workload {
+    /// The dev agent.
+    pub agent: DevAgent,
+    /// The bridge, ready (it holds an SVID).
+    pub bridge: SdsBridge,
+}
+
+impl Workload {
+    /// `spiffe://<td>/<name>` from an agent in `root/name` keeping its CA in `state` (shared by
+    /// the agents of one trust domain), with `agent_args` and `bridge_args` added.
+    pub fn start(
+        root: &Path,
+        name: &str,
+        td: &str,
+        state: &Path,
+        agent_args: &[&str],
+        bridge_args: &[&str],
+    ) -> Self {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = format!("spiffe://{td}/{name}");
+        let mut args = vec![
+            "--trust-domain",
+            td,
+            "--spiffe-id",
+            &id,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        args.extend_from_slice(agent_args);
+        let agent = DevAgent::start(&dir, &args);
+        let mut bridge = SdsBridge::start("sds-bridge", &dir, &agent.endpoint, bridge_args);
+        bridge.wait_ready(Duration::from_secs(10));
+        Self { agent, bridge }
+    }
+}
+
 /// The SDS cluster for a bridge socket (column-0 YAML list item).
 pub fn sds_cluster(name: &str, socket: &Path) -> String {
     crate::envoy::pipe_cluster(name, socket)
@@ -107,18 +146,11 @@ pub enum Shape {
 /// Envoy's own gRPC client, or, when `cluster` is a `unix:` target, with `google_grpc`
 /// (gRPC C-core, which sends the socket path as `:authority`).
 fn sds_config(cluster: &str, node_on_first_message_only: bool) -> String {
-    if cluster.starts_with("unix:") {
-        return format!(
-            "sds_config:
-  resource_api_version: V3
-  api_config_source:
-    api_type: GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: {node_on_first_message_only}
-    grpc_services:
-    - google_grpc: {{ target_uri: \"{cluster}\", stat_prefix: sds }}"
-        );
-    }
+    let service = if cluster.starts_with("unix:") {
+        format!("google_grpc: {{ target_uri: \"{cluster}\", stat_prefix: sds }}")
+    } else {
+        format!("envoy_grpc: {{ cluster_name: {cluster} }}")
+    };
     format!(
         "sds_config:
   resource_api_version: V3
@@ -127,7 +159,7 @@ fn sds_config(cluster: &str, node_on_first_message_only: bool) -> String {
     transport_api_version: V3
     set_node_on_first_message_only: {node_on_first_message_only}
     grpc_services:
-    - envoy_grpc: {{ cluster_name: {cluster} }}"
+    - {service}"
     )
 }
 

@@ -28,29 +28,54 @@ impl JwtHelper {
     /// tests of start-up before the agent need the helper up and not ready.
     pub fn start(dir: &Path, socket: &str, args: &[&str]) -> Self {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cmd = Command::new(bin("jwt-auth-helper"));
-        cmd.args(["--socket", socket])
-            .args([
-                "--listen",
-                &listen.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ])
-            .args(args)
-            .env_remove("SPIFFE_ENDPOINT_SOCKET")
-            .env("RUST_LOG", "info");
-        let mut proc = Proc::spawn("jwt-auth-helper", cmd, dir);
-        wait_until("jwt-auth-helper listeners", Duration::from_secs(20), || {
-            proc.assert_running();
-            http(admin, "GET", "/healthz").is_some_and(|(s, _)| s == 200)
-                && std::net::TcpStream::connect(listen).is_ok()
+        let (proc, admin) = Self::spawn(dir, socket, &listen.to_string(), args, || {
+            std::net::TcpStream::connect(listen).is_ok()
         });
         Self {
             proc,
             listen,
             admin,
         }
+    }
+
+    /// Starts the helper serving ext_authz on the Unix socket `dir/authz.sock` (admin on a free
+    /// port) with `args`, and waits until both accept connections. Returns the socket path.
+    pub fn start_unix(dir: &Path, socket: &str, args: &[&str]) -> (Self, std::path::PathBuf) {
+        let path = dir.join("authz.sock");
+        let listen = format!("unix://{}", path.display());
+        let (proc, admin) = Self::spawn(dir, socket, &listen, args, || {
+            std::os::unix::net::UnixStream::connect(&path).is_ok()
+        });
+        let helper = Self {
+            proc,
+            // No TCP ext_authz port: the unspecified address connects nowhere.
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin,
+        };
+        (helper, path)
+    }
+
+    /// Runs the helper on `listen` with admin on a free port; waits for admin and `serving`.
+    fn spawn(
+        dir: &Path,
+        socket: &str,
+        listen: &str,
+        args: &[&str],
+        mut serving: impl FnMut() -> bool,
+    ) -> (Proc, SocketAddr) {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(bin("jwt-auth-helper"));
+        cmd.args(["--socket", socket])
+            .args(["--listen", listen, "--admin-listen", &admin.to_string()])
+            .args(args)
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .env("RUST_LOG", "info");
+        let mut proc = Proc::spawn("jwt-auth-helper", cmd, dir);
+        wait_until("jwt-auth-helper listeners", Duration::from_secs(20), || {
+            proc.assert_running();
+            http(admin, "GET", "/healthz").is_some_and(|(s, _)| s == 200) && serving()
+        });
+        (proc, admin)
     }
 
     /// `/readyz` status code.
@@ -66,37 +91,6 @@ impl JwtHelper {
             proc.assert_running();
             http(admin, "GET", "/readyz").is_some_and(|(s, _)| s == 200)
         });
-    }
-
-    /// Starts the helper serving ext_authz on the Unix socket `dir/authz.sock` (admin on a free
-    /// port) with `args`, and waits until both accept connections. Returns the socket path.
-    pub fn start_unix(dir: &Path, socket: &str, args: &[&str]) -> (Self, std::path::PathBuf) {
-        let path = dir.join("authz.sock");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cmd = Command::new(bin("jwt-auth-helper"));
-        cmd.args(["--socket", socket])
-            .args([
-                "--listen",
-                &format!("unix://{}", path.display()),
-                "--admin-listen",
-                &admin.to_string(),
-            ])
-            .args(args)
-            .env_remove("SPIFFE_ENDPOINT_SOCKET")
-            .env("RUST_LOG", "info");
-        let mut proc = Proc::spawn("jwt-auth-helper", cmd, dir);
-        wait_until("jwt-auth-helper socket", Duration::from_secs(20), || {
-            proc.assert_running();
-            http(admin, "GET", "/healthz").is_some_and(|(s, _)| s == 200)
-                && std::os::unix::net::UnixStream::connect(&path).is_ok()
-        });
-        let helper = Self {
-            proc,
-            // No TCP ext_authz port: the unspecified address connects nowhere.
-            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-            admin,
-        };
-        (helper, path)
     }
 
     /// A counter or gauge from the admin `/metrics` (0 when absent).

@@ -136,8 +136,8 @@ fn istio_examples_parse_and_envoy_filter_patches_validate() {
         }
     }
     assert_eq!(
-        filters_checked, 2,
-        "outbound injection and inbound validation filters"
+        filters_checked, 3,
+        "outbound injection (google_grpc over TCP, envoy_grpc over a socket) and inbound validation"
     );
 }
 
@@ -165,7 +165,18 @@ fn injection_template_uses_only_settings_the_sidecars_read_and_probes_their_admi
         let spec = &yaml_str(template.as_str().unwrap(), tmp.path())[0]["spec"];
         for c in spec["initContainers"].as_array().unwrap() {
             let Some(image) = c["image"].as_str() else {
-                continue; // istio-proxy: only a volume mount is added
+                // An overlay on a container another template defines (istio-proxy's volume
+                // mount, or the helper's socket in `spire-uds`): what it sets must still be read.
+                if c["name"] == "envoy-jwt-auth-helper" {
+                    for env in c["env"].as_array().unwrap() {
+                        let var = env["name"].as_str().unwrap();
+                        assert!(
+                            configs[2].1.contains(&format!("\"{var}\"")),
+                            "{name}: {var}"
+                        );
+                    }
+                }
+                continue;
             };
             let (_, config) = configs
                 .iter()

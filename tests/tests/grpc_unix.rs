@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use suite_tests::envoy::{EchoServer, Envoy, request, static_cluster};
 use suite_tests::sds::{
-    SdsBridge, Shape, bootstrap, common_tls_context, credential_injector_listener, http_listener,
+    Shape, Workload, bootstrap, common_tls_context, credential_injector_listener, http_listener,
     mtls_listener, sds_cluster, tls_cluster, xfcc_uri_and_serial,
 };
 use suite_tests::sidecars::jwt_claims;
-use suite_tests::{DevAgent, free_port, wait_until};
+use suite_tests::{free_port, wait_until};
 
 fn get(port: u16, path: &str) -> suite_tests::envoy::Response {
     request(
@@ -31,31 +31,17 @@ fn envoy_google_grpc_sds_over_a_unix_socket_gets_default_rootca_a_jwt_and_rotati
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let state = root.join("state");
-    let start = |name: &str, extra: &[&str], bridge_args: &[&str]| {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let id = format!("spiffe://example.org/{name}");
-        let mut args = vec![
-            "--trust-domain",
-            "example.org",
-            "--spiffe-id",
-            &id,
-            "--state-dir",
-            state.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let agent = DevAgent::start(&dir, &args);
-        let mut bridge = SdsBridge::start("sds-bridge", &dir, &agent.endpoint, bridge_args);
-        bridge.wait_ready(Duration::from_secs(10));
-        (agent, bridge)
-    };
-    let (_server_agent, server_bridge) = start("server", &[], &[]);
+    let server = Workload::start(root, "server", "example.org", &state, &[], &[]);
     // The client's SVIDs live 4 s: a rotation about every 2 s.
-    let (_client_agent, client_bridge) = start(
+    let client = Workload::start(
+        root,
         "client",
+        "example.org",
+        &state,
         &["--x509-ttl", "4s"],
         &["--allow-jwt-audience", "backend"],
     );
+    let (server_bridge, client_bridge) = (&server.bridge, &client.bridge);
 
     // Server Envoy with Envoy's own client, as the other tests; client Envoy with google_grpc
     // only: its certificate, ROOTCA and the JWT-SVID all come over gRPC C-core.

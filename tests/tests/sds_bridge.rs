@@ -11,34 +11,13 @@ use std::time::{Duration, Instant};
 
 use suite_tests::envoy::{EchoServer, Envoy, request};
 use suite_tests::sds::{
-    SdsBridge, Shape, bootstrap, common_tls_context, http_listener, mtls_listener, sds_cluster,
-    tls_cluster, xfcc_uri_and_serial,
+    SdsBridge, Shape, Workload, bootstrap, common_tls_context, http_listener, mtls_listener,
+    sds_cluster, tls_cluster, xfcc_uri_and_serial,
 };
 use suite_tests::{DevAgent, free_port, wait_until};
 
-/// One identity: its dev agent and the bridge it feeds.
-struct Workload {
-    agent: DevAgent,
-    bridge: SdsBridge,
-}
-
 fn workload(root: &Path, name: &str, td: &str, state: &Path, extra: &[&str]) -> Workload {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let id = format!("spiffe://{td}/{name}");
-    let mut args = vec![
-        "--trust-domain",
-        td,
-        "--spiffe-id",
-        &id,
-        "--state-dir",
-        state.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let agent = DevAgent::start(&dir, &args);
-    let mut bridge = SdsBridge::start("sds-bridge", &dir, &agent.endpoint, &[]);
-    bridge.wait_ready(Duration::from_secs(10));
-    Workload { agent, bridge }
+    Workload::start(root, name, td, state, extra, &[])
 }
 
 fn as_str(v: &[String]) -> Vec<&str> {

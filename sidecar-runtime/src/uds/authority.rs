@@ -21,7 +21,8 @@
 //!   decoded consistently by h2: its table holds only entries added after the switch, the
 //!   newest ones of the client's table, so a reference resolves to the same entry or fails.)
 //! - Memory is bounded: one header block of at most [`MAX_BLOCK`] bytes and a table of
-//!   4,096 bytes; DATA and every other frame stream through with no buffering beyond a read.
+//!   4,096 bytes; DATA and every other frame stream through with no buffering beyond a read,
+//!   and a drained read buffer is freed, so an idle connection holds only the HPACK table.
 
 use std::fmt;
 use std::io;
@@ -360,6 +361,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for GrpcUnixStream<IO> {
                 let n = this.out.len().min(buf.remaining());
                 buf.put_slice(&this.out[..n]);
                 this.out.advance(n);
+                release_if_empty(&mut this.out);
                 return Poll::Ready(Ok(()));
             }
             let passthrough = this.mode == Mode::Passthrough;
@@ -372,6 +374,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for GrpcUnixStream<IO> {
                 let n = this.inbuf.len().min(limit).min(buf.remaining());
                 buf.put_slice(&this.inbuf[..n]);
                 this.inbuf.advance(n);
+                release_if_empty(&mut this.inbuf);
                 if !passthrough {
                     this.forward -= n;
                 }
@@ -400,6 +403,14 @@ impl<IO: AsyncRead + Unpin> AsyncRead for GrpcUnixStream<IO> {
                 this.eof = true;
             }
         }
+    }
+}
+
+/// Frees a drained buffer: an idle connection (an SDS stream waits hours between pushes)
+/// then holds no read buffer of ours at all, at the cost of one allocation per read.
+fn release_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 0 {
+        *buf = BytesMut::new();
     }
 }
 

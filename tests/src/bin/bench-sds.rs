@@ -206,7 +206,7 @@ fn push_to_ack(dir: &std::path::Path) {
 
 /// `STREAMS` streams over `connections` connections (1,000 proxies with one stream each, or
 /// Envoy-style multiplexing of many subscriptions over a few connections).
-async fn fan_out(dir: &std::path::Path, connections: usize) {
+async fn fan_out(dir: &std::path::Path, connections: usize, adapter: &str) {
     let agent = tokio::task::block_in_place(|| {
         DevAgent::start(
             dir,
@@ -218,7 +218,13 @@ async fn fan_out(dir: &std::path::Path, connections: usize) {
             ],
         )
     });
-    let mut bridge = SdsBridge::start("sds-bridge-fanout", dir, &agent.endpoint, &[]);
+    let mut bridge = SdsBridge::start_with_env(
+        "sds-bridge-fanout",
+        dir,
+        &agent.endpoint,
+        &[],
+        &[("SIDECAR_UNIX_AUTHORITY_ADAPTER", adapter)],
+    );
     tokio::task::block_in_place(|| bridge.wait_ready(Duration::from_secs(10)));
     let pid = bridge.proc.pid();
     let idle = rss_kib(pid);
@@ -274,7 +280,7 @@ async fn fan_out(dir: &std::path::Path, connections: usize) {
     acks(2 * STREAMS);
     let cpu_ms = (cpu_ticks(pid) - ticks) * 10;
     println!(
-        "{STREAMS} SDS streams over {connections} connection(s), subscribed to default + ROOTCA:"
+        "{STREAMS} SDS streams over {connections} connection(s), subscribed to default + ROOTCA, :authority adapter {adapter}:"
     );
     println!(
         "  bridge RSS: idle {idle} KiB, with streams {loaded} KiB -> {:.1} KiB per stream",
@@ -297,9 +303,12 @@ async fn main() {
     tokio::task::spawn_blocking(move || push_to_ack(&a))
         .await
         .unwrap();
+    // Memory and fan-out with the Unix-socket :authority adapter on (as shipped) and off.
     for connections in [STREAMS, 10] {
-        let b = tmp.path().join(format!("fan-out-{connections}"));
-        std::fs::create_dir_all(&b).unwrap();
-        fan_out(&b, connections).await;
+        for adapter in ["on", "off"] {
+            let b = tmp.path().join(format!("fan-out-{connections}-{adapter}"));
+            std::fs::create_dir_all(&b).unwrap();
+            fan_out(&b, connections, adapter).await;
+        }
     }
 }
