@@ -205,6 +205,45 @@ async fn a_grpc_core_socket_authority_reaches_h2_as_localhost() {
     );
 }
 
+#[tokio::test]
+async fn a_block_larger_than_a_frame_once_re_encoded_is_split_into_continuations() {
+    // 40 headers of 800 bytes, Huffman-coded by the client across three frames: re-encoded as
+    // plain literals the block is ~33 KiB, so h2 must receive HEADERS + CONTINUATIONs.
+    let (client, mut rx, _task) = server();
+    let mut enc = Encoder::default();
+    let mut fields: Vec<(String, String)> = vec![
+        (":method".into(), "POST".into()),
+        (":scheme".into(), "http".into()),
+        (":path".into(), "/x".into()),
+        (":authority".into(), "%2Frun%2Fa.sock".into()),
+    ];
+    for i in 0..40 {
+        fields.push((format!("x-h{i}"), "abcdefgh".repeat(100)));
+    }
+    let refs: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let block = encode(&mut enc, &refs, Encoder::HUFFMAN_VALUE);
+    assert!(block.len() < 3 * 16_384);
+    let mut bytes = preface();
+    let chunks: Vec<&[u8]> = block.chunks(block.len() / 3 + 1).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        // END_STREAM on the HEADERS frame, END_HEADERS on the last one.
+        let mut flags = if i == 0 { 0x1 } else { 0 };
+        if i + 1 == chunks.len() {
+            flags |= 0x4;
+        }
+        frame(&mut bytes, if i == 0 { 0x1 } else { 0x9 }, flags, 1, chunk);
+    }
+    let _ = exchange(client, &bytes, 1).await;
+    let seen = collect(&mut rx, 1).await;
+    assert_eq!(seen.len(), 1, "h2 accepted the request");
+    assert_eq!(seen[0].authority.as_deref(), Some("localhost"));
+    assert_eq!(seen[0].headers.len(), 40);
+    assert!(seen[0].headers.iter().all(|(_, v)| v.len() == 800));
+}
+
 type WriteFrames = Box<dyn Fn(&mut BytesMut)>;
 
 #[tokio::test]
