@@ -474,6 +474,8 @@ impl Config {
 fn default_admin_listen(listen: &Listen, setting: &str) -> Result<SocketAddr, ConfigError> {
     match listen {
         Listen::Unix(_) => Ok(DEFAULT_ADMIN_LISTEN),
+        // Port 0 (the OS picks one, in tests) gets an OS-picked admin port too.
+        Listen::Tcp(addr) if addr.port() == 0 => Ok(SocketAddr::new(DEFAULT_ADMIN_LISTEN.ip(), 0)),
         Listen::Tcp(addr) => addr
             .port()
             .checked_add(1)

@@ -295,9 +295,15 @@ async fn run_stream(
                     let keys = state.jwt_keys(&inner.jwt);
                     if keys != jwt_keys {
                         // A key over the bridge-wide cap gets no watch and no token; the
-                        // refusal is counted (and logged once) by `subscribe`.
-                        jwt_watches = keys.iter().filter_map(|k| inner.jwt.subscribe(k)).collect();
-                        jwt_keys = keys;
+                        // refusal is counted (and logged once) by `subscribe`. Only admitted
+                        // keys are remembered, so the stream's next request tries the
+                        // refused ones again (slots free up as idle keys are evicted).
+                        let (admitted, watches): (Vec<_>, Vec<_>) = keys
+                            .into_iter()
+                            .filter_map(|k| inner.jwt.subscribe(&k).map(|w| (k, w)))
+                            .unzip();
+                        jwt_watches = watches;
+                        jwt_keys = admitted;
                         // A fetch that completed between the response above and these
                         // subscriptions woke nobody: look again now that we are subscribed.
                         responses.extend(state.on_jwt(current.as_deref(), &inner.jwt));

@@ -10,7 +10,7 @@
 //! - an unknown or not-yet-available name is logged once and answered with nothing until it
 //!   exists; the stream and its other names carry on.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -281,9 +281,13 @@ impl SdsStream {
                     names.len().saturating_sub(MAX_NAMES),
                 ));
                 let mut parsed = BTreeMap::new();
-                let mut jwt_keys = 0;
+                // Distinct keys: `x,y` and `y,x` (or a repeated name) are one key, one token.
+                let mut jwt_keys = BTreeSet::new();
                 let mut over_jwt_limit = Vec::new();
                 for name in names.into_iter().take(MAX_NAMES) {
+                    if parsed.contains_key(&name) {
+                        continue; // a repeated name must not overwrite what it was given
+                    }
                     // Reuse what was parsed before, but not a refusal: the limit may allow
                     // the name in this request.
                     let value = match &self.subscription {
@@ -292,14 +296,16 @@ impl SdsStream {
                     }
                     .unwrap_or_else(|| ResourceName::parse(&name));
                     let value = match value {
-                        Ok(ResourceName::JwtSvid(_)) if jwt_keys >= MAX_JWT_KEYS => {
+                        Ok(ResourceName::JwtSvid(key))
+                            if jwt_keys.len() >= MAX_JWT_KEYS && !jwt_keys.contains(&key) =>
+                        {
                             over_jwt_limit.push(name.clone());
                             Err(NameError::MalformedJwtSvid(format!(
-                                "more than {MAX_JWT_KEYS} JWT-SVID names on one stream"
+                                "more than {MAX_JWT_KEYS} JWT-SVID keys on one stream"
                             )))
                         }
                         Ok(ResourceName::JwtSvid(key)) => {
-                            jwt_keys += 1;
+                            jwt_keys.insert(key.clone());
                             Ok(ResourceName::JwtSvid(key))
                         }
                         other => other,
@@ -409,13 +415,18 @@ pub fn check_fetch_limits(req: &DiscoveryRequest) -> Result<(), (Refusal, usize)
     if names > MAX_NAMES {
         return Err((Refusal::NamesPerRequest, names - MAX_NAMES));
     }
-    let jwt_names = req
+    // Distinct keys, as a stream counts them; names that do not parse are answered as
+    // unknown by the fetch itself.
+    let jwt_keys: BTreeSet<_> = req
         .resource_names
         .iter()
-        .filter(|n| n.starts_with(crate::names::JWT_SVID_PREFIX))
-        .count();
-    if jwt_names > MAX_JWT_KEYS {
-        return Err((Refusal::JwtKeysPerRequest, jwt_names - MAX_JWT_KEYS));
+        .filter_map(|n| match ResourceName::parse(n) {
+            Ok(ResourceName::JwtSvid(key)) => Some(key),
+            _ => None,
+        })
+        .collect();
+    if jwt_keys.len() > MAX_JWT_KEYS {
+        return Err((Refusal::JwtKeysPerRequest, jwt_keys.len() - MAX_JWT_KEYS));
     }
     Ok(())
 }
@@ -681,6 +692,14 @@ mod tests {
         assert_eq!(
             check_fetch_limits(&request(names(MAX_JWT_KEYS + 3, "jwt-svid:a"))),
             Err((Refusal::JwtKeysPerRequest, 3))
+        );
+        // One key under many spellings is one key.
+        let mut same = names(MAX_JWT_KEYS, "jwt-svid:a");
+        same.extend(["jwt-svid:x,y".to_owned(), "jwt-svid:y,x".to_owned()]);
+        same.extend(std::iter::repeat_n("jwt-svid:a0".to_owned(), 50));
+        assert_eq!(
+            check_fetch_limits(&request(same)),
+            Err((Refusal::JwtKeysPerRequest, 1))
         );
     }
 

@@ -164,8 +164,11 @@ impl TrustRoots {
         out
     }
 
+    /// Adds the usable anchors of `pem` not seen yet; returns how many usable anchors `pem`
+    /// holds, duplicates included, so a source whose roots were all loaded from another one
+    /// (`SSL_CERT_FILE` and the `SSL_CERT_DIR` it came from) is not mistaken for an empty one.
     fn add_pem(&mut self, pem: &[u8], seen: &mut HashSet<Vec<u8>>) -> usize {
-        let mut added = 0;
+        let mut usable = 0;
         for cert in CertificateDer::pem_slice_iter(pem) {
             let Ok(cert) = cert else {
                 self.skipped += 1;
@@ -175,13 +178,13 @@ impl TrustRoots {
                 self.skipped += 1;
                 continue;
             }
+            usable += 1;
             // SSL_CERT_DIR holds each certificate twice (file and hash link): keep one.
             if seen.insert(cert.as_ref().to_vec()) {
                 self.certificates.push(cert);
-                added += 1;
             }
         }
-        added
+        usable
     }
 }
 
@@ -356,6 +359,22 @@ mod tests {
         let roots = load_blocking(&locations).unwrap();
         assert_eq!(roots.sources(), [f.path("debian.crt")]);
         assert_eq!(roots.len(), 1);
+    }
+
+    #[test]
+    fn a_dir_whose_roots_the_file_already_loaded_is_not_empty() {
+        // SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt with SSL_CERT_DIR=/etc/ssl/certs:
+        // every root of the directory is a duplicate, and that is fine.
+        let f = Files::new();
+        let bundle = ca_pem("one") + &ca_pem("two");
+        let file = f.write("certs/bundle.crt", &bundle);
+        let roots = load_blocking(&RootsLocations {
+            cert_file: Some(file),
+            cert_dirs: vec![f.path("certs")],
+            defaults: f.defaults(),
+        })
+        .unwrap();
+        assert_eq!(roots.len(), 2);
     }
 
     #[test]

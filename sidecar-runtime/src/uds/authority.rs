@@ -384,7 +384,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for GrpcUnixStream<IO> {
                 continue;
             }
             if this.eof {
-                if this.inbuf.is_empty() {
+                if this.inbuf.is_empty() && this.block.is_none() {
                     return Poll::Ready(Ok(()));
                 }
                 // A truncated frame at EOF: h2 sees the same bytes, then EOF, as without us.

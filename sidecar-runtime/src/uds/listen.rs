@@ -125,7 +125,9 @@ pub async fn bind_unix(path: &Path, mode: u32) -> Result<UnixSocket, ListenError
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(io_err("creating the socket directory", dir))?;
-    match tokio::fs::symlink_metadata(path).await {
+    // Whether a dead socket is there to be replaced; with none, the socket must not replace
+    // whatever another instance starting at the same moment put there.
+    let stale = match tokio::fs::symlink_metadata(path).await {
         Ok(meta) if !meta.file_type().is_socket() => {
             return Err(ListenError::NotASocket {
                 path: path.to_path_buf(),
@@ -146,6 +148,7 @@ pub async fn bind_unix(path: &Path, mode: u32) -> Result<UnixSocket, ListenError
                 ) =>
             {
                 tracing::info!(path = %path.display(), "replacing a stale socket");
+                true
             }
             Err(source) => {
                 return Err(ListenError::Undecided {
@@ -154,9 +157,9 @@ pub async fn bind_unix(path: &Path, mode: u32) -> Result<UnixSocket, ListenError
                 });
             }
         },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
         Err(e) => return Err(io_err("inspecting", path)(e)),
-    }
+    };
 
     // A private directory beside the final path (same file system, so rename works). Short
     // names: a socket path is limited to 107 bytes.
@@ -172,25 +175,39 @@ pub async fn bind_unix(path: &Path, mode: u32) -> Result<UnixSocket, ListenError
         tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
             .await
             .map_err(io_err("setting permissions", &tmp))?;
-        tokio::fs::rename(&tmp, path)
+        // The inode is read before the file moves (a rename keeps it): read after, it could
+        // be a concurrent successor's, which shutdown would then delete.
+        let meta = tokio::fs::symlink_metadata(&tmp)
             .await
-            .map_err(io_err("renaming the socket into place", path))?;
-        Ok(listener)
+            .map_err(io_err("inspecting", &tmp))?;
+        if stale {
+            tokio::fs::rename(&tmp, path)
+                .await
+                .map_err(io_err("renaming the socket into place", path))?;
+        } else {
+            // A hard link never replaces an existing path: two instances started together
+            // cannot both win, the second is told the socket is in use.
+            match tokio::fs::hard_link(&tmp, path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(ListenError::InUse {
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(e) => return Err(io_err("linking the socket into place", path)(e)),
+            }
+        }
+        Ok((listener, (meta.dev(), meta.ino())))
     }
     .await;
-    if placed.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-    }
+    let _ = tokio::fs::remove_file(&tmp).await;
     let _ = tokio::fs::remove_dir(&private).await;
-    let listener = placed?;
-    let meta = tokio::fs::symlink_metadata(path)
-        .await
-        .map_err(io_err("inspecting", path))?;
+    let (listener, inode) = placed?;
     Ok(UnixSocket {
         listener,
         file: SocketFile {
             path: path.to_path_buf(),
-            inode: (meta.dev(), meta.ino()),
+            inode,
         },
     })
 }
