@@ -278,11 +278,7 @@ fn parse_on_off(s: &str) -> Result<bool, String> {
 }
 
 fn parse_octal_mode(s: &str) -> Result<u32, String> {
-    let digits = s.strip_prefix("0o").unwrap_or(s);
-    match u32::from_str_radix(digits, 8) {
-        Ok(mode) if mode <= 0o777 => Ok(mode),
-        _ => Err(format!("{s:?} is not an octal permission mode like 660")),
-    }
+    sidecar_runtime::config::socket_mode("--socket-mode", s).map_err(|e| e.reason)
 }
 
 impl Cli {

@@ -15,6 +15,7 @@ pub mod envoy;
 pub mod procfs;
 pub mod sds;
 pub mod sidecars;
+pub mod stats;
 pub mod wrk;
 
 /// The workspace root.

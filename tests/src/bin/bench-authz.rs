@@ -27,6 +27,7 @@ use suite_tests::envoy::{
 use suite_tests::procfs::rss_kib;
 use suite_tests::sds::{self, SdsBridge, credential_injector_listener, sds_cluster};
 use suite_tests::sidecars::{JwtHelper, check_request};
+use suite_tests::stats::us;
 use suite_tests::wrk::{self, Wrk};
 use suite_tests::{DevAgent, Proc, bin, free_port, wait_until};
 
@@ -97,10 +98,6 @@ async fn grpc_round(addr: SocketAddr) -> Sample {
     }
     sample.elapsed = start.elapsed();
     sample
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,7 @@ use suite_tests::procfs::{cpu_ticks, rss_kib};
 use suite_tests::sds::{
     SdsBridge, Shape, bootstrap, common_tls_context, mtls_listener, sds_cluster,
 };
+use suite_tests::stats::{ms, quantile};
 use suite_tests::{DevAgent, free_port, wait_until};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -32,16 +33,6 @@ use tokio_stream::wrappers::ReceiverStream;
 const ROTATIONS: usize = 40;
 const STREAMS: usize = 1000;
 const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
-
-fn quantile(v: &mut [Duration], q: f64) -> Duration {
-    v.sort_unstable();
-    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-    v[i]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
 
 fn request(version: &str, nonce: &str) -> DiscoveryRequest {
     DiscoveryRequest {

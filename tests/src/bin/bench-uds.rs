@@ -13,19 +13,11 @@
 use std::time::{Duration, Instant};
 
 use suite_tests::DevAgent;
+use suite_tests::stats::{quantile, us};
 use workload_client::{Endpoint, WorkloadApiClient};
 
 const ROUNDS: usize = 10;
 const CALLS: usize = 300;
-
-fn quantile(v: &mut [Duration], q: f64) -> Duration {
-    v.sort_unstable();
-    v[((v.len() as f64 - 1.0) * q).round() as usize]
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
-}
 
 async fn calls(client: &WorkloadApiClient, n: usize, out: &mut Vec<Duration>) {
     let audience = vec!["bench".to_owned()];
