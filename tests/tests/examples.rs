@@ -157,7 +157,8 @@ fn injection_template_uses_only_settings_the_sidecars_read_and_probes_their_admi
         .unwrap();
     let configs = [
         ("sds-bridge", source("sds-bridge/src/config.rs")),
-        ("iam-broker", source("iam-broker/src/config.rs")),
+        // Shared settings in config.rs, each provider's in provider/<cloud>/config.rs.
+        ("iam-broker", iam_broker_settings()),
         ("jwt-auth-helper", source("jwt-auth-helper/src/config.rs")),
     ];
     let mut sidecars = 0;
@@ -250,6 +251,30 @@ fn anchor(heading: &str) -> String {
         .collect()
 }
 
+/// The iam-broker settings sources: `config.rs` and every `provider/<cloud>/config.rs`.
+fn iam_broker_settings() -> String {
+    let mut text = source("iam-broker/src/config.rs");
+    for entry in std::fs::read_dir(root().join("iam-broker/src/provider")).unwrap() {
+        let config = entry.unwrap().path().join("config.rs");
+        if config.is_file() {
+            text.push_str(&std::fs::read_to_string(config).unwrap());
+        }
+    }
+    text
+}
+
+/// The Rust sources under `dir`, recursively.
+fn rust_sources(dir: &Path, text: &mut String) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_sources(&path, text);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            text.push_str(&std::fs::read_to_string(path).unwrap());
+        }
+    }
+}
+
 /// All Rust sources of the sidecars, for checking that a metric name is really exported.
 fn all_sources() -> String {
     let mut text = String::new();
@@ -259,12 +284,7 @@ fn all_sources() -> String {
         "sds-bridge/src",
         "iam-broker/src",
     ] {
-        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "rs") {
-                text.push_str(&std::fs::read_to_string(path).unwrap());
-            }
-        }
+        rust_sources(&root().join(dir), &mut text);
     }
     text
 }
