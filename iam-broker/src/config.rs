@@ -14,6 +14,7 @@ use workload_client::Env;
 use workload_client::endpoint::ResolvedEndpoint;
 
 use crate::provider::aws::config::{AwsArgs, AwsConfig};
+use crate::provider::azure::config::{self as azure, AzureArgs, AzureConfig};
 use crate::secret::Secret;
 
 /// Env: the JWT-SVID audience to request (what the cloud's trust policy expects).
@@ -46,6 +47,13 @@ the socket falls back to SPIFFE_ENDPOINT_SOCKET, then unix:///run/secrets/worklo
 the region to AWS_REGION, AWS_DEFAULT_REGION, then us-east-1; the container token comes from\n\
 AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE or AWS_CONTAINER_AUTHORIZATION_TOKEN (as the SDKs read them).";
 
+const AZURE_AFTER_HELP: &str = "\
+Precedence: flag > environment > default. Environment: SPIFFE_IAM_BROKER_{AUDIENCE,TENANT_ID,\n\
+CLIENT_ID,AUTHORITY_HOST,RESOURCES,IDENTITY_HEADER_FILE,SOCKET_PATH,LISTEN,ADMIN_LISTEN,FETCH_WAIT,\n\
+LOG_FORMAT,ALLOW_NON_LOOPBACK_LISTEN}; the tenant, client and authority fall back to AZURE_TENANT_ID,\n\
+AZURE_CLIENT_ID and AZURE_AUTHORITY_HOST; the X-IDENTITY-HEADER secret is IDENTITY_HEADER (as the SDKs\n\
+read it) unless a file is given.";
+
 /// Command line: `iam-broker aws [flags]`.
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -67,6 +75,11 @@ pub enum Command {
     /// container-credentials format on /v1/container-creds.
     #[command(after_help = AFTER_HELP)]
     Aws(AwsArgs),
+    /// Azure: Entra ID token exchange (client assertion = JWT-SVID); serves the App Service
+    /// managed identity endpoint GET /msi/token for ManagedIdentityCredential and
+    /// DefaultAzureCredential (IDENTITY_ENDPOINT + IDENTITY_HEADER).
+    #[command(after_help = AZURE_AFTER_HELP)]
+    Azure(AzureArgs),
 }
 
 /// Flags every provider shares.
@@ -134,6 +147,8 @@ pub struct Common {
 pub enum ProviderConfig {
     /// AWS STS.
     Aws(AwsConfig),
+    /// Entra ID.
+    Azure(AzureConfig),
 }
 
 // === impl Config ===
@@ -148,6 +163,14 @@ impl Config {
                 Ok(Self {
                     common,
                     provider: ProviderConfig::Aws(aws),
+                })
+            }
+            Command::Azure(args) => {
+                let common = Common::load(&args.common, env, Some(azure::DEFAULT_AUDIENCE))?;
+                let azure = AzureConfig::load(args, env)?;
+                Ok(Self {
+                    common,
+                    provider: ProviderConfig::Azure(azure),
                 })
             }
         }
@@ -314,8 +337,10 @@ mod tests {
     }
 
     fn aws(c: &Config) -> &AwsConfig {
-        let ProviderConfig::Aws(a) = &c.provider;
-        a
+        match &c.provider {
+            ProviderConfig::Aws(a) => a,
+            other => panic!("not aws: {other:?}"),
+        }
     }
 
     const TEMPLATE: &[(&str, &str)] = &[(ENV_AUDIENCE, "sts.amazonaws.com"), (ENV_ROLE_ARN, ARN)];

@@ -6,6 +6,8 @@
 //!   settings, token exchange and routes ([`provider::aws`]: `AssumeRoleWithWebIdentity`);
 //! - [`cache`]: the credential cache (background refresh before clients' refresh window, single
 //!   flight, stale-but-valid credentials served while STS fails);
+//! - [`cache_set`]: one cache per key (Azure resource, Google scope set), capped, idle ones
+//!   dropped;
 //! - [`http`]: the loopback HTTP server every provider shares: guards, limits, error rendering,
 //!   serving, and the generic [`http::Broker`] from a cache to a provider's routes;
 //! - [`token`]: a shared-secret header (container token, identity header), constant-time;
@@ -14,6 +16,7 @@
 //! - `main.rs`: wiring only.
 
 pub mod cache;
+pub mod cache_set;
 pub mod config;
 pub mod http;
 pub mod metrics;

@@ -7,7 +7,7 @@ use clap::Parser as _;
 use iam_broker::config::{Cli, Config, ProviderConfig};
 use iam_broker::http::{Limits, Service};
 use iam_broker::metrics::Metrics;
-use iam_broker::provider::{JwtSource, aws};
+use iam_broker::provider::{JwtSource, aws, azure};
 use prometheus_client::registry::Registry;
 use sidecar_runtime::metrics::JwtCacheCollector;
 use sidecar_runtime::tls_roots::{self, RootsLocations};
@@ -64,6 +64,9 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 
     let service: Service = match &config.provider {
         ProviderConfig::Aws(c) => aws::service(common, c, &roots, jwt, &metrics, &mut registry)?,
+        ProviderConfig::Azure(c) => {
+            azure::service(common, c, &roots, jwt, &metrics, &mut registry)?
+        }
     };
 
     let (app, ready) = service.into_parts(metrics);

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod aws;
+pub mod azure;
 pub mod envoy;
 pub mod procfs;
 pub mod sds;

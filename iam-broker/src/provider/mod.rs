@@ -16,6 +16,8 @@ use futures_util::future::BoxFuture;
 use time::OffsetDateTime;
 
 pub mod aws;
+pub mod azure;
+pub mod https;
 mod jwt;
 
 pub use jwt::JwtSource;
