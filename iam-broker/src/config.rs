@@ -15,6 +15,7 @@ use workload_client::endpoint::ResolvedEndpoint;
 
 use crate::provider::aws::config::{AwsArgs, AwsConfig};
 use crate::provider::azure::config::{self as azure, AzureArgs, AzureConfig};
+use crate::provider::gcp::config::{GcpArgs, GcpConfig};
 use crate::secret::Secret;
 
 /// Env: the JWT-SVID audience to request (what the cloud's trust policy expects).
@@ -54,6 +55,12 @@ LOG_FORMAT,ALLOW_NON_LOOPBACK_LISTEN}; the tenant, client and authority fall bac
 AZURE_CLIENT_ID and AZURE_AUTHORITY_HOST; the X-IDENTITY-HEADER secret is IDENTITY_HEADER (as the SDKs\n\
 read it) unless a file is given.";
 
+const GCP_AFTER_HELP: &str = "\
+Precedence: flag > environment > default. Environment: SPIFFE_IAM_BROKER_{AUDIENCE,SERVICE_ACCOUNT,\n\
+PROJECT_ID,SCOPES,STS_ENDPOINT,IAM_CREDENTIALS_ENDPOINT,SOCKET_PATH,LISTEN,ADMIN_LISTEN,FETCH_WAIT,\n\
+LOG_FORMAT,ALLOW_NON_LOOPBACK_LISTEN}. The audience is the workload identity pool provider; point\n\
+the application at the broker with GCE_METADATA_HOST and GCE_METADATA_IP.";
+
 /// Command line: `iam-broker aws [flags]`.
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -80,6 +87,10 @@ pub enum Command {
     /// DefaultAzureCredential (IDENTITY_ENDPOINT + IDENTITY_HEADER).
     #[command(after_help = AZURE_AFTER_HELP)]
     Azure(AzureArgs),
+    /// Google Cloud: STS token exchange (+ optional service account impersonation); serves
+    /// the GCE metadata server for google-auth / ADC (GCE_METADATA_HOST, GCE_METADATA_IP).
+    #[command(after_help = GCP_AFTER_HELP)]
+    Gcp(GcpArgs),
 }
 
 /// Flags every provider shares.
@@ -149,6 +160,8 @@ pub enum ProviderConfig {
     Aws(AwsConfig),
     /// Entra ID.
     Azure(AzureConfig),
+    /// Google STS.
+    Gcp(GcpConfig),
 }
 
 // === impl Config ===
@@ -171,6 +184,14 @@ impl Config {
                 Ok(Self {
                     common,
                     provider: ProviderConfig::Azure(azure),
+                })
+            }
+            Command::Gcp(args) => {
+                let common = Common::load(&args.common, env, None)?;
+                let gcp = GcpConfig::load(args, env)?;
+                Ok(Self {
+                    common,
+                    provider: ProviderConfig::Gcp(gcp),
                 })
             }
         }

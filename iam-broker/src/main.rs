@@ -7,7 +7,7 @@ use clap::Parser as _;
 use iam_broker::config::{Cli, Config, ProviderConfig};
 use iam_broker::http::{Limits, Service};
 use iam_broker::metrics::Metrics;
-use iam_broker::provider::{JwtSource, aws, azure};
+use iam_broker::provider::{JwtSource, aws, azure, gcp};
 use prometheus_client::registry::Registry;
 use sidecar_runtime::metrics::JwtCacheCollector;
 use sidecar_runtime::tls_roots::{self, RootsLocations};
@@ -67,6 +67,7 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         ProviderConfig::Azure(c) => {
             azure::service(common, c, &roots, jwt, &metrics, &mut registry)?
         }
+        ProviderConfig::Gcp(c) => gcp::service(common, c, &roots, jwt, &metrics, &mut registry)?,
     };
 
     let (app, ready) = service.into_parts(metrics);

@@ -460,7 +460,7 @@ fn verify_assertion(fed: &FederatedCredential, jwt: &str) -> Result<(), (u32, St
 }
 
 /// The JWT's claims, unverified (to find the issuer and trust domain before verifying).
-fn claims(jwt: &str) -> Option<serde_json::Value> {
+pub(crate) fn claims(jwt: &str) -> Option<serde_json::Value> {
     let payload = jwt.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)

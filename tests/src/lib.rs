@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 pub mod aws;
 pub mod azure;
 pub mod envoy;
+pub mod gcp;
 pub mod procfs;
 pub mod sds;
 pub mod sidecars;

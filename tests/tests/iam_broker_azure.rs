@@ -32,7 +32,9 @@ struct Setup {
 static PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn setup(dir: &Path, subject: &str, broker_args: &[&str]) -> Setup {
-    let _ports = PORTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _ports = PORTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let oidc = free_port();
     let issuer = format!("http://127.0.0.1:{oidc}");
     let agent = DevAgent::start(

@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 
 pub mod aws;
 pub mod azure;
+pub mod gcp;
 pub mod https;
 mod jwt;
 
