@@ -204,13 +204,22 @@ fn injection_template_uses_only_settings_the_sidecars_read_and_probes_their_admi
         }
     }
     assert_eq!(
-        sidecars, 4,
-        "sds-bridge, iam-broker, jwt-auth-helper and the validator"
+        sidecars, 6,
+        "sds-bridge, iam-broker, jwt-auth-helper, the validator, and the broker's azure and gcp variants"
     );
     assert!(
         templates["spire"].as_str().unwrap().contains("args: [aws]"),
         "the broker runs the aws provider, as in the seed"
     );
+    for (variant, args) in [
+        ("spire-azure", "args: [azure]"),
+        ("spire-gcp", "args: [gcp]"),
+    ] {
+        let t = templates[variant].as_str().unwrap();
+        assert!(t.contains(args), "{variant}");
+        // The same container name as in `spire`: Istio's merge replaces the aws broker.
+        assert!(t.contains("- name: spiffe-iam-broker\n"), "{variant}");
+    }
 }
 
 #[test]
@@ -235,6 +244,33 @@ fn aws_examples_match_the_broker_contract() {
             .iter()
             .any(|(k, v)| k.ends_with(":sub") && v.as_str().unwrap().starts_with("spiffe://"))
     );
+}
+
+#[test]
+fn azure_and_gcp_examples_match_the_broker_contract() {
+    // Entra's federated credential: what iam-broker azure's assertion carries.
+    let fic: Value =
+        serde_json::from_str(&source("examples/azure/federated-credential.json")).unwrap();
+    assert!(fic["issuer"].as_str().unwrap().starts_with("https://"));
+    assert!(fic["subject"].as_str().unwrap().starts_with("spiffe://"));
+    assert_eq!(fic["audiences"], json!(["api://AzureADTokenExchange"]));
+    assert!(
+        source("iam-broker/src/provider/azure/config.rs")
+            .contains("\"api://AzureADTokenExchange\"")
+    );
+
+    // The pool provider: its name is the broker's --audience, and it maps the subject.
+    let docs = yaml_docs(&[root().join("examples/gcp/workload-identity-pool-provider.yaml")]);
+    let provider = &docs.values().next().unwrap()[0];
+    let name = provider["name"].as_str().unwrap();
+    let audience = format!("//iam.googleapis.com/{name}");
+    assert_eq!(provider["oidc"]["allowedAudiences"], json!([audience]));
+    assert_eq!(
+        provider["attributeMapping"]["google.subject"],
+        "assertion.sub"
+    );
+    let template = source("examples/istio/istio-spire-template.yaml");
+    assert!(template.contains(&format!("gcp.spiffe.io/pool-provider: {audience}")));
 }
 
 /// GitHub's heading anchor: lower case, spaces to `-`, other punctuation dropped.
