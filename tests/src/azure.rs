@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 
 use crate::aws::{Broker, TestCa, TlsListener, form, unix_now};
-use crate::{Proc, bin, free_port, http, wait_until};
+use crate::{Proc, bin, free_port, http, output, python_with, root, wait_until};
 
 /// The tenant every test uses.
 pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
@@ -527,5 +527,42 @@ pub fn start_broker(
         proc,
         listen,
         admin,
+    }
+}
+
+// === the real client ===
+
+/// Runs tests/py/azure_token.py (`managed` or `default`) for `scopes` with only
+/// `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` set (plus PATH and an empty HOME): the SDK's
+/// documented App Service configuration.
+pub fn azure_identity(
+    dir: &Path,
+    broker: &Broker,
+    header: &str,
+    kind: &str,
+    scopes: &[&str],
+) -> Result<serde_json::Value, String> {
+    let python = python_with(&["azure.identity"]);
+    let home = dir.join(format!("home-{}", free_port()));
+    std::fs::create_dir_all(&home).unwrap();
+    let mut cmd = Command::new("timeout");
+    cmd.arg("120")
+        .arg(python)
+        .arg(root().join("tests/py/azure_token.py"))
+        .arg(kind)
+        .args(scopes)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", &home)
+        .env(
+            "IDENTITY_ENDPOINT",
+            format!("http://{}/msi/token", broker.listen),
+        )
+        .env("IDENTITY_HEADER", header);
+    let out = output(cmd);
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }

@@ -16,6 +16,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -23,9 +25,10 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::aws::Broker;
 use crate::aws::{TestCa, TlsListener, form, rfc3339, unix_now};
 use crate::azure::{claims, discover_jwks};
-use crate::free_port;
+use crate::{free_port, output, python_with, root};
 
 /// The project number in the pool provider.
 pub const PROJECT_NUMBER: &str = "123456789012";
@@ -447,4 +450,35 @@ fn generate_access_token(
         200,
         &serde_json::json!({ "accessToken": access, "expireTime": rfc3339(unix_now() + lifetime) }),
     )
+}
+
+// === the real client ===
+
+/// Runs tests/py/gcp_token.py with only the variables google-auth documents for a metadata
+/// server elsewhere (and an empty gcloud config dir, so ADC cannot find a gcloud login).
+pub fn google_auth(
+    dir: &Path,
+    broker: &Broker,
+    scopes: &[&str],
+) -> Result<serde_json::Value, String> {
+    let python = python_with(&["google.auth", "requests"]);
+    let home = dir.join(format!("home-{}", free_port()));
+    std::fs::create_dir_all(&home).unwrap();
+    let mut cmd = Command::new("timeout");
+    cmd.arg("120")
+        .arg(python)
+        .arg(root().join("tests/py/gcp_token.py"))
+        .args(scopes)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", &home)
+        .env("CLOUDSDK_CONFIG", home.join("gcloud"))
+        .env("GCE_METADATA_HOST", broker.listen.to_string())
+        .env("GCE_METADATA_IP", broker.listen.to_string());
+    let out = output(cmd);
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use suite_tests::aws::{Broker, TestCa, concurrent_gets_with};
 use suite_tests::azure::{
-    AUDIENCE, CLIENT_ID, EntraFault, FakeEntra, FederatedCredential, TENANT, start_broker,
+    AUDIENCE, CLIENT_ID, EntraFault, FakeEntra, FederatedCredential, TENANT, azure_identity,
+    start_broker,
 };
-use suite_tests::{DevAgent, bin, free_port, output, python_with, root, wait_until};
+use suite_tests::{DevAgent, bin, free_port, output, wait_until};
 
 const SPIFFE_ID: &str = "spiffe://example.org/ns/default/sa/web";
 const IDENTITY_HEADER: &str = "b3f1c0de-identity-header-for-tests";
@@ -79,41 +80,6 @@ fn setup(dir: &Path, subject: &str, broker_args: &[&str]) -> Setup {
         entra,
         broker,
         ca_file,
-    }
-}
-
-/// Runs tests/py/azure_token.py (`managed` or `default`) for `scopes` with only
-/// `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` set (plus PATH and an empty HOME): the SDK's
-/// documented App Service configuration.
-fn azure_identity(
-    dir: &Path,
-    broker: &Broker,
-    header: &str,
-    kind: &str,
-    scopes: &[&str],
-) -> Result<serde_json::Value, String> {
-    let python = python_with(&["azure.identity"]);
-    let home = dir.join(format!("home-{}", free_port()));
-    std::fs::create_dir_all(&home).unwrap();
-    let mut cmd = Command::new("timeout");
-    cmd.arg("120")
-        .arg(python)
-        .arg(root().join("tests/py/azure_token.py"))
-        .arg(kind)
-        .args(scopes)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", &home)
-        .env(
-            "IDENTITY_ENDPOINT",
-            format!("http://{}/msi/token", broker.listen),
-        )
-        .env("IDENTITY_HEADER", header);
-    let out = output(cmd);
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
 

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use suite_tests::aws::{Broker, TestCa, concurrent_gets_with};
 use suite_tests::azure::start_broker;
-use suite_tests::gcp::{FakeGoogle, GoogleFault, PROJECT_ID, PROVIDER, SERVICE_ACCOUNT};
-use suite_tests::{DevAgent, bin, free_port, output, python_with, root, wait_until};
+use suite_tests::gcp::{
+    FakeGoogle, GoogleFault, PROJECT_ID, PROVIDER, SERVICE_ACCOUNT, google_auth,
+};
+use suite_tests::{DevAgent, bin, free_port, output, wait_until};
 
 const SPIFFE_ID: &str = "spiffe://example.org/ns/default/sa/web";
 const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -77,31 +79,6 @@ fn setup(dir: &Path, broker_args: &[&str], before: impl FnOnce(&FakeGoogle)) -> 
         _agent: agent,
         google,
         broker,
-    }
-}
-
-/// Runs tests/py/gcp_token.py with only the variables google-auth documents for a metadata
-/// server elsewhere (and an empty gcloud config dir, so ADC cannot find a gcloud login).
-fn google_auth(dir: &Path, broker: &Broker, scopes: &[&str]) -> Result<serde_json::Value, String> {
-    let python = python_with(&["google.auth", "requests"]);
-    let home = dir.join(format!("home-{}", free_port()));
-    std::fs::create_dir_all(&home).unwrap();
-    let mut cmd = Command::new("timeout");
-    cmd.arg("120")
-        .arg(python)
-        .arg(root().join("tests/py/gcp_token.py"))
-        .args(scopes)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", &home)
-        .env("CLOUDSDK_CONFIG", home.join("gcloud"))
-        .env("GCE_METADATA_HOST", broker.listen.to_string())
-        .env("GCE_METADATA_IP", broker.listen.to_string());
-    let out = output(cmd);
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
 
