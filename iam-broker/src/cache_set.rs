@@ -67,6 +67,8 @@ struct Inner<C> {
     start: Box<Start<C>>,
     limits: SetLimits,
     entries: Mutex<HashMap<String, Entry<C>>>,
+    /// Counters of dropped keys, so the exported totals never go down.
+    retired: Mutex<CacheStats>,
 }
 
 impl<C> Clone for CacheSet<C> {
@@ -100,6 +102,7 @@ impl<C: Expiring + Send + Sync + 'static> CacheSet<C> {
                 start: Box::new(start),
                 limits,
                 entries: Mutex::new(HashMap::new()),
+                retired: Mutex::new(CacheStats::default()),
             }),
         }
     }
@@ -113,7 +116,7 @@ impl<C: Expiring + Send + Sync + 'static> CacheSet<C> {
             return Ok(entry.cache.clone());
         }
         if entries.len() >= self.inner.limits.max_keys {
-            Self::evict_idle_locked(&mut entries, now, self.inner.limits.idle);
+            self.evict_idle_locked(&mut entries, now);
         }
         if entries.len() >= self.inner.limits.max_keys {
             return Err(SetFull {
@@ -147,16 +150,24 @@ impl<C: Expiring + Send + Sync + 'static> CacheSet<C> {
     /// Drops the keys idle for longer than the limit; returns how many.
     pub fn evict_idle(&self) -> usize {
         let mut entries = self.lock();
-        Self::evict_idle_locked(&mut entries, Instant::now(), self.inner.limits.idle)
+        self.evict_idle_locked(&mut entries, Instant::now())
     }
 
-    fn evict_idle_locked(
-        entries: &mut HashMap<String, Entry<C>>,
-        now: Instant,
-        idle: Duration,
-    ) -> usize {
+    fn evict_idle_locked(&self, entries: &mut HashMap<String, Entry<C>>, now: Instant) -> usize {
+        let idle = self.inner.limits.idle;
         let before = entries.len();
-        entries.retain(|_, e| e.pinned || now.saturating_duration_since(e.last_used) < idle);
+        let mut retired = self
+            .inner
+            .retired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|_, e| {
+            let keep = e.pinned || now.saturating_duration_since(e.last_used) < idle;
+            if !keep {
+                add_counters(&mut retired, &e.cache.stats());
+            }
+            keep
+        });
         before - entries.len()
     }
 
@@ -187,18 +198,25 @@ impl<C: Expiring + Send + Sync + 'static> CacheSet<C> {
         self.len() == 0
     }
 
-    /// Counters summed over the keys held (`expires_in`: the soonest; `last_error`: any).
+    /// Counters summed over every key ever held (dropped ones included, so they never go
+    /// down); `expires_in`: the soonest of the keys held; `last_error`: any of theirs.
     pub fn stats(&self) -> CacheStats {
         let caches: Vec<_> = self.lock().values().map(|e| e.cache.clone()).collect();
-        let mut total = CacheStats::default();
+        let mut total = {
+            let retired = self
+                .inner
+                .retired
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            CacheStats {
+                expires_in: None,
+                last_error: None,
+                ..retired.clone()
+            }
+        };
         for cache in caches {
             let s = cache.stats();
-            total.hits += s.hits;
-            total.waits += s.waits;
-            total.stale_served += s.stale_served;
-            total.unavailable += s.unavailable;
-            total.refreshes += s.refreshes;
-            total.refresh_errors += s.refresh_errors;
+            add_counters(&mut total, &s);
             total.expires_in = match (total.expires_in, s.expires_in) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -214,6 +232,15 @@ impl<C: Expiring + Send + Sync + 'static> CacheSet<C> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+fn add_counters(total: &mut CacheStats, s: &CacheStats) {
+    total.hits += s.hits;
+    total.waits += s.waits;
+    total.stale_served += s.stale_served;
+    total.unavailable += s.unavailable;
+    total.refreshes += s.refreshes;
+    total.refresh_errors += s.refresh_errors;
 }
 
 #[cfg(test)]

@@ -56,6 +56,33 @@ async fn one_cache_per_key_and_many_callers_share_one_fetch() {
     futures_util::future::join_all(gets).await;
     assert_eq!(set.len(), 2);
     assert_eq!(calls.load(Ordering::SeqCst), 2, "one fetch per key");
+    assert_eq!(set.stats().refreshes, 2);
+    assert_eq!(set.stats().hits + set.stats().waits, 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn counters_of_dropped_keys_are_kept() {
+    let limits = SetLimits {
+        max_keys: 4,
+        idle: Duration::from_secs(60),
+    };
+    let (set, _) = set(limits);
+    set.get("a")
+        .unwrap()
+        .get(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let before = set.stats();
+    assert_eq!(before.refreshes, 1);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(set.evict_idle(), 1);
+    let after = set.stats();
+    assert_eq!(
+        (after.refreshes, after.hits + after.waits),
+        (1, 1),
+        "{after:?}"
+    );
+    assert_eq!(after.expires_in, None, "nothing held");
 }
 
 #[tokio::test(start_paused = true)]
