@@ -1,14 +1,11 @@
 //! Configuration: flags > environment > defaults, read through [`Env`] so tests never touch
 //! the process environment. Every error names the flag or variable and exits with code 2.
 //!
-//! The environment names are the seed's Istio template contract (REFERENCE §4):
-//! `SPIFFE_IAM_BROKER_AUDIENCE`, `SPIFFE_IAM_BROKER_ROLE_ARN` from pod annotations; the
-//! container-credentials token uses the SDKs' own `AWS_CONTAINER_AUTHORIZATION_TOKEN(_FILE)` so
-//! one variable in the pod spec serves both the broker and the application.
+//! This file holds what every provider shares (the Workload API, listeners, the JWT-SVID
+//! audience, logging) and the subcommand that picks the provider; each provider's own settings
+//! live in `provider/<cloud>/config.rs` (STYLE: a provider owns its folder).
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use sidecar_runtime::config::{self, pick};
@@ -16,49 +13,30 @@ use sidecar_runtime::{ConfigError, ListenPolicy, LogFormat};
 use workload_client::Env;
 use workload_client::endpoint::ResolvedEndpoint;
 
-use crate::provider::aws::AwsSettings;
+use crate::provider::aws::config::{AwsArgs, AwsConfig};
+use crate::provider::azure::config::{self as azure, AzureArgs, AzureConfig};
+use crate::provider::gcp::config::{GcpArgs, GcpConfig};
 use crate::secret::Secret;
-use crate::session_name::SessionName;
 
 /// Env: the JWT-SVID audience to request (what the cloud's trust policy expects).
 pub const ENV_AUDIENCE: &str = "SPIFFE_IAM_BROKER_AUDIENCE";
-/// Env: the IAM role to assume.
-pub const ENV_ROLE_ARN: &str = "SPIFFE_IAM_BROKER_ROLE_ARN";
 /// Env: Workload API address.
 pub const ENV_SOCKET: &str = "SPIFFE_IAM_BROKER_SOCKET_PATH";
 /// Env: credentials listen address.
 pub const ENV_LISTEN: &str = "SPIFFE_IAM_BROKER_LISTEN";
 /// Env: admin listen address, or `off`.
 pub const ENV_ADMIN_LISTEN: &str = "SPIFFE_IAM_BROKER_ADMIN_LISTEN";
-/// Env: AWS region (then `AWS_REGION`, `AWS_DEFAULT_REGION`).
-pub const ENV_REGION: &str = "SPIFFE_IAM_BROKER_REGION";
-/// Env: STS endpoint URL override.
-pub const ENV_STS_ENDPOINT: &str = "SPIFFE_IAM_BROKER_STS_ENDPOINT";
-/// Env: session duration.
-pub const ENV_DURATION: &str = "SPIFFE_IAM_BROKER_DURATION";
-/// Env: fixed `RoleSessionName`.
-pub const ENV_SESSION_NAME: &str = "SPIFFE_IAM_BROKER_SESSION_NAME";
 /// Env: how long a request waits for credentials not held yet.
 pub const ENV_FETCH_WAIT: &str = "SPIFFE_IAM_BROKER_FETCH_WAIT";
 /// Env: `true` to allow a non-loopback credentials listen address.
 pub const ENV_ALLOW_NON_LOOPBACK_LISTEN: &str = "SPIFFE_IAM_BROKER_ALLOW_NON_LOOPBACK_LISTEN";
 /// Env: `text` or `json`.
 pub const ENV_LOG_FORMAT: &str = "SPIFFE_IAM_BROKER_LOG_FORMAT";
-/// Env (the SDKs' name): the container-credentials token.
-pub const ENV_CONTAINER_TOKEN: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN";
-/// Env (the SDKs' name): a file holding the container-credentials token.
-pub const ENV_CONTAINER_TOKEN_FILE: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE";
 
 /// The seed's contract: `credential_process = curl -s http://localhost:9876/v1/creds`.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9876);
 /// Admin (probes, metrics) next to it.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9877);
-/// STS's default session length.
-pub const DEFAULT_DURATION: Duration = Duration::from_secs(3600);
-/// STS's limits on `DurationSeconds`.
-pub const DURATION_RANGE: std::ops::RangeInclusive<u64> = 900..=43_200;
-/// Region when none is configured (STS is global; us-east-1 hosts its global endpoint).
-pub const DEFAULT_REGION: &str = "us-east-1";
 /// A cold request waits this long for the first credentials before answering 503.
 pub const DEFAULT_FETCH_WAIT: Duration = Duration::from_secs(10);
 
@@ -69,6 +47,19 @@ ALLOW_NON_LOOPBACK_LISTEN};\n\
 the socket falls back to SPIFFE_ENDPOINT_SOCKET, then unix:///run/secrets/workload-spiffe-uds/socket;\n\
 the region to AWS_REGION, AWS_DEFAULT_REGION, then us-east-1; the container token comes from\n\
 AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE or AWS_CONTAINER_AUTHORIZATION_TOKEN (as the SDKs read them).";
+
+const AZURE_AFTER_HELP: &str = "\
+Precedence: flag > environment > default. Environment: SPIFFE_IAM_BROKER_{AUDIENCE,TENANT_ID,\n\
+CLIENT_ID,AUTHORITY_HOST,RESOURCES,IDENTITY_HEADER_FILE,SOCKET_PATH,LISTEN,ADMIN_LISTEN,FETCH_WAIT,\n\
+LOG_FORMAT,ALLOW_NON_LOOPBACK_LISTEN}; the tenant, client and authority fall back to AZURE_TENANT_ID,\n\
+AZURE_CLIENT_ID and AZURE_AUTHORITY_HOST; the X-IDENTITY-HEADER secret is IDENTITY_HEADER (as the SDKs\n\
+read it) unless a file is given.";
+
+const GCP_AFTER_HELP: &str = "\
+Precedence: flag > environment > default. Environment: SPIFFE_IAM_BROKER_{AUDIENCE,SERVICE_ACCOUNT,\n\
+PROJECT_ID,SCOPES,STS_ENDPOINT,IAM_CREDENTIALS_ENDPOINT,SOCKET_PATH,LISTEN,ADMIN_LISTEN,FETCH_WAIT,\n\
+LOG_FORMAT,ALLOW_NON_LOOPBACK_LISTEN}. The audience is the workload identity pool provider; point\n\
+the application at the broker with GCE_METADATA_HOST and GCE_METADATA_IP.";
 
 /// Command line: `iam-broker aws [flags]`.
 #[derive(Debug, clap::Parser)]
@@ -91,6 +82,15 @@ pub enum Command {
     /// container-credentials format on /v1/container-creds.
     #[command(after_help = AFTER_HELP)]
     Aws(AwsArgs),
+    /// Azure: Entra ID token exchange (client assertion = JWT-SVID); serves the App Service
+    /// managed identity endpoint GET /msi/token for ManagedIdentityCredential and
+    /// DefaultAzureCredential (IDENTITY_ENDPOINT + IDENTITY_HEADER).
+    #[command(after_help = AZURE_AFTER_HELP)]
+    Azure(AzureArgs),
+    /// Google Cloud: STS token exchange (+ optional service account impersonation); serves
+    /// the GCE metadata server for google-auth / ADC (GCE_METADATA_HOST, GCE_METADATA_IP).
+    #[command(after_help = GCP_AFTER_HELP)]
+    Gcp(GcpArgs),
 }
 
 /// Flags every provider shares.
@@ -120,37 +120,8 @@ pub struct CommonArgs {
     pub allow_non_loopback_listen: bool,
 }
 
-/// `aws` flags.
-#[derive(Debug, Default, clap::Args)]
-pub struct AwsArgs {
-    /// Shared flags.
-    #[command(flatten)]
-    pub common: CommonArgs,
-    /// IAM role to assume: arn:aws:iam::ACCOUNT:role/NAME.
-    #[arg(long)]
-    pub role_arn: Option<String>,
-    /// AWS region of the STS endpoint [default: AWS_REGION, AWS_DEFAULT_REGION, us-east-1].
-    #[arg(long)]
-    pub region: Option<String>,
-    /// STS endpoint URL (regional or VPC endpoint; plain http only to loopback, for tests).
-    #[arg(long)]
-    pub sts_endpoint: Option<String>,
-    /// Session duration, 900–43200 s, as seconds or e.g. 1h [default: 3600].
-    #[arg(long)]
-    pub duration: Option<String>,
-    /// Fixed RoleSessionName [default: derived from the SPIFFE ID].
-    #[arg(long)]
-    pub session_name: Option<String>,
-    /// Token required in the Authorization header of /v1/container-creds (prefer the
-    /// environment or a file: flags are visible in the process list).
-    #[arg(long, value_parser = secret_arg)]
-    pub container_token: Option<Secret>,
-    /// File holding that token (re-read when it changes, for rotation).
-    #[arg(long)]
-    pub container_token_file: Option<PathBuf>,
-}
-
-fn secret_arg(s: &str) -> Result<Secret, std::convert::Infallible> {
+/// Clap parser for secrets given as flags (kept out of `Debug`).
+pub fn secret_arg(s: &str) -> Result<Secret, std::convert::Infallible> {
     Ok(Secret::new(s))
 }
 
@@ -187,33 +158,10 @@ pub struct Common {
 pub enum ProviderConfig {
     /// AWS STS.
     Aws(AwsConfig),
-}
-
-/// `aws` settings.
-#[derive(Clone, Debug)]
-pub struct AwsConfig {
-    /// What the provider needs.
-    pub sts: AwsSettings,
-    /// Guard of `/v1/container-creds` (`None`: that endpoint answers 404).
-    pub container_token: Option<ContainerToken>,
-}
-
-/// Where the container-credentials token comes from.
-#[derive(Clone, PartialEq, Eq)]
-pub enum ContainerToken {
-    /// A fixed value.
-    Value(Secret),
-    /// A file, re-read when a request does not match (so it can rotate).
-    File(PathBuf),
-}
-
-impl fmt::Debug for ContainerToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Value(_) => f.write_str("Value(<redacted>)"),
-            Self::File(p) => write!(f, "File({})", p.display()),
-        }
-    }
+    /// Entra ID.
+    Azure(AzureConfig),
+    /// Google STS.
+    Gcp(GcpConfig),
 }
 
 // === impl Config ===
@@ -223,11 +171,27 @@ impl Config {
     pub fn load(cli: &Cli, env: &dyn Env) -> Result<Self, ConfigError> {
         match &cli.command {
             Command::Aws(args) => {
-                let common = Common::load(&args.common, env)?;
+                let common = Common::load(&args.common, env, None)?;
                 let aws = AwsConfig::load(args, env)?;
                 Ok(Self {
                     common,
                     provider: ProviderConfig::Aws(aws),
+                })
+            }
+            Command::Azure(args) => {
+                let common = Common::load(&args.common, env, Some(azure::DEFAULT_AUDIENCE))?;
+                let azure = AzureConfig::load(args, env)?;
+                Ok(Self {
+                    common,
+                    provider: ProviderConfig::Azure(azure),
+                })
+            }
+            Command::Gcp(args) => {
+                let common = Common::load(&args.common, env, None)?;
+                let gcp = GcpConfig::load(args, env)?;
+                Ok(Self {
+                    common,
+                    provider: ProviderConfig::Gcp(gcp),
                 })
             }
         }
@@ -235,19 +199,28 @@ impl Config {
 }
 
 impl Common {
-    fn load(args: &CommonArgs, env: &dyn Env) -> Result<Self, ConfigError> {
+    /// Reads the shared settings; `default_audience` is the provider's conventional JWT-SVID
+    /// audience (`None`: the operator must name one).
+    pub fn load(
+        args: &CommonArgs,
+        env: &dyn Env,
+        default_audience: Option<&str>,
+    ) -> Result<Self, ConfigError> {
         let audience = match pick(args.audience.as_deref(), "--audience", env, ENV_AUDIENCE) {
             Some((setting, v)) if v.trim().is_empty() => {
                 return Err(ConfigError::new(setting, v, "audience must not be empty"));
             }
             Some((_, v)) => v,
-            None => {
-                return Err(ConfigError::new(
-                    ENV_AUDIENCE,
-                    "",
-                    "an audience is required (--audience or SPIFFE_IAM_BROKER_AUDIENCE)",
-                ));
-            }
+            None => match default_audience {
+                Some(default) => default.to_owned(),
+                None => {
+                    return Err(ConfigError::new(
+                        ENV_AUDIENCE,
+                        "",
+                        "an audience is required (--audience or SPIFFE_IAM_BROKER_AUDIENCE)",
+                    ));
+                }
+            },
         };
 
         let socket = config::workload_api(
@@ -322,206 +295,20 @@ impl Common {
     }
 }
 
-impl AwsConfig {
-    fn load(args: &AwsArgs, env: &dyn Env) -> Result<Self, ConfigError> {
-        let role_arn = match pick(args.role_arn.as_deref(), "--role-arn", env, ENV_ROLE_ARN) {
-            Some((setting, v)) => {
-                validate_role_arn(&v).map_err(|reason| ConfigError::new(setting, &v, reason))?;
-                v
-            }
-            None => {
-                return Err(ConfigError::new(
-                    ENV_ROLE_ARN,
-                    "",
-                    "a role ARN is required (--role-arn or SPIFFE_IAM_BROKER_ROLE_ARN)",
-                ));
-            }
-        };
-
-        let region = pick(args.region.as_deref(), "--region", env, ENV_REGION)
-            .or_else(|| env.var("AWS_REGION").map(|v| ("AWS_REGION".to_owned(), v)))
-            .or_else(|| {
-                env.var("AWS_DEFAULT_REGION")
-                    .map(|v| ("AWS_DEFAULT_REGION".to_owned(), v))
-            });
-        let region = match region {
-            Some((setting, v)) => {
-                let ok = !v.is_empty()
-                    && v.len() <= 32
-                    && v.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-                if !ok {
-                    return Err(ConfigError::new(
-                        setting,
-                        v,
-                        "expected a region name like eu-west-1",
-                    ));
-                }
-                v
-            }
-            None => DEFAULT_REGION.to_owned(),
-        };
-
-        let sts_endpoint = match pick(
-            args.sts_endpoint.as_deref(),
-            "--sts-endpoint",
-            env,
-            ENV_STS_ENDPOINT,
-        ) {
-            Some((setting, v)) => Some(
-                validate_endpoint(&v).map_err(|reason| ConfigError::new(setting, &v, reason))?,
-            ),
-            None => None,
-        };
-
-        let duration = match pick(args.duration.as_deref(), "--duration", env, ENV_DURATION) {
-            Some((setting, v)) => {
-                let d = match v.parse::<u64>() {
-                    Ok(secs) => Duration::from_secs(secs),
-                    Err(_) => config::duration(&setting, &v)?,
-                };
-                if !DURATION_RANGE.contains(&d.as_secs()) || d.subsec_nanos() != 0 {
-                    return Err(ConfigError::new(
-                        setting,
-                        v,
-                        "must be whole seconds from 900 (15m) to 43200 (12h), and at most the role's MaxSessionDuration",
-                    ));
-                }
-                d
-            }
-            None => DEFAULT_DURATION,
-        };
-
-        let session_name = match pick(
-            args.session_name.as_deref(),
-            "--session-name",
-            env,
-            ENV_SESSION_NAME,
-        ) {
-            Some((setting, v)) => Some(
-                SessionName::parse(&v).map_err(|reason| ConfigError::new(setting, &v, reason))?,
-            ),
-            None => None,
-        };
-
-        let container_token = container_token(args, env)?;
-
-        Ok(Self {
-            sts: AwsSettings {
-                role_arn,
-                region,
-                sts_endpoint,
-                duration,
-                session_name,
-            },
-            container_token,
-        })
-    }
-}
-
-/// Flags before variables; within each, the file before the value (as the SDKs read
-/// `_TOKEN_FILE` before `_TOKEN`).
-fn container_token(args: &AwsArgs, env: &dyn Env) -> Result<Option<ContainerToken>, ConfigError> {
-    enum Source {
-        File(String, PathBuf),
-        Value(String, Secret),
-    }
-    let flag_value = args.container_token.clone().filter(|s| !s.is_empty());
-    let source = if let Some(path) = &args.container_token_file {
-        Source::File("--container-token-file".to_owned(), path.clone())
-    } else if let Some(token) = flag_value {
-        Source::Value("--container-token".to_owned(), token)
-    } else if let Some(path) = env.var(ENV_CONTAINER_TOKEN_FILE) {
-        Source::File(ENV_CONTAINER_TOKEN_FILE.to_owned(), PathBuf::from(path))
-    } else if let Some(token) = env.var(ENV_CONTAINER_TOKEN) {
-        Source::Value(ENV_CONTAINER_TOKEN.to_owned(), Secret::new(token))
-    } else {
-        return Ok(None);
-    };
-    match source {
-        Source::File(setting, path) => {
-            let shown = path.display().to_string();
-            let token = std::fs::read_to_string(&path)
-                .map_err(|e| ConfigError::new(&setting, &shown, format!("cannot read: {e}")))?;
-            check_token(token.trim())
-                .map_err(|reason| ConfigError::new(&setting, &shown, reason))?;
-            Ok(Some(ContainerToken::File(path)))
-        }
-        Source::Value(setting, token) => {
-            // Never echo the token itself.
-            check_token(token.expose())
-                .map_err(|reason| ConfigError::new(&setting, "<redacted>", reason))?;
-            Ok(Some(ContainerToken::Value(token)))
-        }
-    }
-}
-
-/// A token must fit in an HTTP header value, as the SDKs send it verbatim.
-pub fn check_token(token: &str) -> Result<(), String> {
-    if token.is_empty() {
-        return Err("the container-credentials token must not be empty".to_owned());
-    }
-    if token.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
-        return Err(
-            "the container-credentials token must be printable ASCII (it is sent as a header)"
-                .to_owned(),
-        );
-    }
-    Ok(())
-}
-
-/// `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME` (REFERENCE §4; IAM's name rules).
-pub fn validate_role_arn(arn: &str) -> Result<(), String> {
-    const EXPECTED: &str = "expected arn:aws:iam::123456789012:role/NAME";
-    let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    let [scheme, partition, service, region, account, resource] = parts[..] else {
-        return Err(EXPECTED.to_owned());
-    };
-    if scheme != "arn" || service != "iam" {
-        return Err(format!("not an IAM ARN: {EXPECTED}"));
-    }
-    let partition_ok = partition == "aws"
-        || partition.strip_prefix("aws-").is_some_and(|p| {
-            !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
-        });
-    if !partition_ok {
-        return Err(format!("unknown partition {partition:?}: {EXPECTED}"));
-    }
-    if !region.is_empty() {
-        return Err(format!("IAM ARNs have no region: {EXPECTED}"));
-    }
-    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("the account must be 12 digits: {EXPECTED}"));
-    }
-    let Some(path) = resource.strip_prefix("role/") else {
-        return Err(format!("not a role: {EXPECTED}"));
-    };
-    let name = path.rsplit('/').next().unwrap_or("");
-    let name_ok = (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c));
-    let path_ok = path
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-/".contains(c))
-        && !path.contains("//");
-    if !name_ok || !path_ok {
-        return Err(format!(
-            "invalid role name {name:?} (1–64 of letters, digits and _+=,.@-): {EXPECTED}"
-        ));
-    }
-    Ok(())
-}
-
 /// `https://host[:port][/]`, or `http://` to a loopback address only: the request carries the
 /// JWT-SVID, which must not cross a network in clear.
 pub fn validate_endpoint(url: &str) -> Result<String, String> {
+    validate_endpoint_for(url, "https://sts.eu-west-1.amazonaws.com")
+}
+
+/// [`validate_endpoint`] with `example` in its messages.
+pub fn validate_endpoint_for(url: &str, example: &str) -> Result<String, String> {
     let uri: axum::http::Uri = url
         .parse()
-        .map_err(|e| format!("not a URL ({e}): expected https://sts.REGION.amazonaws.com"))?;
+        .map_err(|e| format!("not a URL ({e}): expected e.g. {example}"))?;
     let scheme = uri.scheme_str().unwrap_or("");
     let Some(host) = uri.host() else {
-        return Err("expected a URL with a host, e.g. https://sts.eu-west-1.amazonaws.com".into());
+        return Err(format!("expected a URL with a host, e.g. {example}"));
     };
     if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
         return Err("expected no path or query".to_owned());
@@ -554,6 +341,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+    use crate::provider::aws::config::*;
 
     const ARN: &str = "arn:aws:iam::123456789012:role/demo";
 
@@ -570,8 +358,10 @@ mod tests {
     }
 
     fn aws(c: &Config) -> &AwsConfig {
-        let ProviderConfig::Aws(a) = &c.provider;
-        a
+        match &c.provider {
+            ProviderConfig::Aws(a) => a,
+            other => panic!("not aws: {other:?}"),
+        }
     }
 
     const TEMPLATE: &[(&str, &str)] = &[(ENV_AUDIENCE, "sts.amazonaws.com"), (ENV_ROLE_ARN, ARN)];

@@ -1,119 +1,162 @@
-//! The loopback credentials server (REFERENCE §4).
+//! The loopback credentials server, as every provider shares it (REFERENCE §4, §7, §8): guards,
+//! limits, error rendering, serving, and [`Broker`], the generic bridge from a provider's
+//! credential cache to its routes. The routes and response formats themselves belong to each
+//! provider (`provider/<cloud>/routes.rs`); adding a cloud does not touch this file.
 //!
-//! - `GET /v1/creds`: the `credential_process` document
-//!   `{"Version":1,"AccessKeyId","SecretAccessKey","SessionToken","Expiration"}`;
-//! - `GET /v1/container-creds`: `{"AccessKeyId","SecretAccessKey","Token","Expiration"}` for
-//!   the SDKs' `AWS_CONTAINER_CREDENTIALS_FULL_URI` provider, only with
-//!   `Authorization: <token>` equal to the configured token (404 when none is configured).
-//!
-//! Every failure is a non-2xx status with a one-line JSON body `{"error","message"}`, never a
-//! partial document: `curl -sf` then exits non-zero and the SDK reports the failure instead of
-//! parsing garbage.
+//! Every failure is a non-2xx status with a one-line JSON body in the provider's error format
+//! ([`RenderError`]), never a partial document: `curl -sf` then exits non-zero and the SDK
+//! reports the failure instead of parsing garbage.
 //!
 //! Guards, in order (the peers anchoring them: aws-vault's local server, eks-pod-identity-agent):
 //! the `Host` must be a loopback name or address (403: a web page that rebinds its DNS name to
-//! 127.0.0.1 still sends its own name) and appear once (400), the method must be GET (405),
-//! `/v1/container-creds` needs the token (401/403; 503 while a token file is unusable), and
-//! request heads are
-//! bounded by hyper (431 over [`Limits::max_header_bytes`] or [`Limits::max_headers`]; a
-//! slow head is cut off after [`Limits::header_read_timeout`]). No request body is read.
+//! 127.0.0.1 still sends its own name) and appear once (400), the method must be GET (405), and
+//! request heads are bounded by hyper (431 over [`Limits::max_header_bytes`] or
+//! [`Limits::max_headers`]; a slow head is cut off after [`Limits::header_read_timeout`]). No
+//! request body is read. Provider-specific checks (a shared-secret header, `Metadata-Flavor`)
+//! run in the provider's routes, after these.
 
 use std::fmt;
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use bytes::Bytes;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use sidecar_runtime::Shutdown;
+use sidecar_runtime::{Readiness, Shutdown};
 use tokio::net::TcpListener;
 
-use crate::cache::{CacheError, CredentialCache};
-use crate::config::{ContainerToken, check_token};
+use crate::cache::{CacheError, CredentialCache, Held};
 use crate::metrics::Metrics;
 use crate::provider::ErrorKind;
-use crate::provider::aws::AwsCredentials;
-use crate::secret::Secret;
 
-/// `credential_process` path (the seed's contract).
-pub const CREDS_PATH: &str = "/v1/creds";
-/// Container-credentials path.
-pub const CONTAINER_CREDS_PATH: &str = "/v1/container-creds";
+/// Renders an error in the format a provider's SDKs read: `(status, code, message)`.
+pub type RenderError = fn(StatusCode, &str, &str) -> Response;
 
-/// What the handlers share.
-#[derive(Clone)]
-pub struct Broker {
-    cache: CredentialCache<AwsCredentials>,
-    token: Option<Arc<TokenCheck>>,
-    fetch_wait: Duration,
-    metrics: Metrics,
+/// What a provider hands to [`serve`]: its routes and how to label and render them.
+pub struct Service {
+    /// The provider's routes, state applied.
+    pub routes: Router,
+    /// The `route` label of request metrics for a path (`other` for unknown paths).
+    pub route_label: fn(&str) -> &'static str,
+    /// The provider's error format (guards answer in it too).
+    pub render_error: RenderError,
+    /// Admin `/readyz`.
+    pub ready: Box<dyn Fn() -> Readiness + Send + Sync>,
 }
 
-impl fmt::Debug for Broker {
+impl fmt::Debug for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Service").finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// The routes behind the shared guards (counting requests in `metrics`), and readiness.
+    pub fn into_parts(
+        self,
+        metrics: Metrics,
+    ) -> (Router, Box<dyn Fn() -> Readiness + Send + Sync>) {
+        let guard = Guard {
+            metrics,
+            route_label: self.route_label,
+            render: self.render_error,
+        };
+        let router = self
+            .routes
+            .layer(middleware::from_fn_with_state(guard, guard_layer));
+        (router, self.ready)
+    }
+}
+
+// === Broker ===
+
+/// The bridge from a provider's credential cache to its routes, generic over the credential
+/// type: a request waits at most `fetch_wait` for credentials not held yet, and failures map to
+/// HTTP in one place ([`Broker::get`]).
+pub struct Broker<C> {
+    cache: CredentialCache<C>,
+    fetch_wait: Duration,
+    render: RenderError,
+}
+
+impl<C> Clone for Broker<C> {
+    fn clone(&self) -> Self {
+        Self {
+            cache: self.cache.clone(),
+            fetch_wait: self.fetch_wait,
+            render: self.render,
+        }
+    }
+}
+
+impl<C> fmt::Debug for Broker<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Broker")
-            .field("container_token", &self.token.is_some())
             .field("fetch_wait", &self.fetch_wait)
             .finish_non_exhaustive()
     }
 }
 
-impl Broker {
-    /// Serves `cache`; `/v1/container-creds` requires `token` (disabled when `None`).
-    pub fn new(
-        cache: CredentialCache<AwsCredentials>,
-        token: Option<TokenCheck>,
-        fetch_wait: Duration,
-        metrics: Metrics,
-    ) -> Self {
+impl<C: crate::provider::Expiring + Send + Sync + 'static> Broker<C> {
+    /// Serves `cache`, rendering errors with `render`.
+    pub fn new(cache: CredentialCache<C>, fetch_wait: Duration, render: RenderError) -> Self {
         Self {
             cache,
-            token: token.map(Arc::new),
             fetch_wait,
-            metrics,
+            render,
         }
     }
 
-    /// The router with its guards.
-    pub fn router(self) -> Router {
-        Router::new()
-            .route(CREDS_PATH, get(process_creds))
-            .route(CONTAINER_CREDS_PATH, get(container_creds))
-            .fallback(|| async {
-                error(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "no such path; use GET /v1/creds or /v1/container-creds",
-                )
-            })
-            .layer(middleware::from_fn_with_state(self.clone(), guard))
-            .with_state(self)
+    /// Credentials to hand out, or the error response.
+    pub async fn get(&self) -> Result<Arc<Held<C>>, Response> {
+        self.cache
+            .get(self.fetch_wait)
+            .await
+            .map_err(|e| cache_error(&e, self.render))
+    }
+
+    /// `/readyz`: ready while valid credentials are held.
+    pub fn readiness(&self) -> Readiness {
+        readiness(&self.cache)
+    }
+}
+
+/// Ready while `cache` holds credentials that may be handed out.
+pub fn readiness<C: crate::provider::Expiring + Send + Sync + 'static>(
+    cache: &CredentialCache<C>,
+) -> Readiness {
+    match cache.peek() {
+        Some(_) => Readiness::Ready,
+        None => Readiness::NotReady(match cache.stats().last_error {
+            Some(e) => format!("no valid credentials: {e}"),
+            None => "no credentials yet".to_owned(),
+        }),
     }
 }
 
 // === Guards ===
 
+#[derive(Clone)]
+struct Guard {
+    metrics: Metrics,
+    route_label: fn(&str) -> &'static str,
+    render: RenderError,
+}
+
 /// Host and method checks in front of everything, and request metrics.
-async fn guard(State(broker): State<Broker>, request: Request, next: Next) -> Response {
-    let route = match request.uri().path() {
-        CREDS_PATH => "creds",
-        CONTAINER_CREDS_PATH => "container_creds",
-        _ => "other",
-    };
-    let (response, result) = if let Some(response) = reject_host(&request) {
+async fn guard_layer(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let route = (guard.route_label)(request.uri().path());
+    let (response, result) = if let Some(response) = reject_host(&request, guard.render) {
         (response, "foreign_host")
     } else if request.method() != Method::GET {
-        let mut response = error(
+        let mut response = (guard.render)(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "only GET is served",
@@ -127,7 +170,7 @@ async fn guard(State(broker): State<Broker>, request: Request, next: Next) -> Re
         let result = result_label(response.status());
         (response, result)
     };
-    broker.metrics.request(route, result);
+    guard.metrics.request(route, result);
     response
 }
 
@@ -148,7 +191,7 @@ fn result_label(status: StatusCode) -> &'static str {
 /// The `Host` header (and an absolute-form URI's authority, if any) must name loopback:
 /// `Some(response)` rejects the request. More than one `Host` is a bad request (RFC 9112
 /// §3.2): reading only the first would let `Host: localhost` vouch for a second, foreign one.
-fn reject_host(request: &Request) -> Option<Response> {
+fn reject_host(request: &Request, render: RenderError) -> Option<Response> {
     if request
         .headers()
         .get_all(header::HOST)
@@ -156,7 +199,7 @@ fn reject_host(request: &Request) -> Option<Response> {
         .nth(1)
         .is_some()
     {
-        return Some(error(
+        return Some(render(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "more than one Host header",
@@ -165,13 +208,13 @@ fn reject_host(request: &Request) -> Option<Response> {
     if let Some(host) = request.uri().host()
         && !is_loopback_host(host)
     {
-        return Some(foreign_host());
+        return Some(foreign_host(render));
     }
     match request.headers().get(header::HOST).map(HeaderValue::to_str) {
         Some(Ok(host)) if is_loopback_host(host) => None,
-        Some(_) => Some(foreign_host()),
+        Some(_) => Some(foreign_host(render)),
         None if request.uri().host().is_some() => None,
-        None => Some(error(
+        None => Some(render(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "missing Host header",
@@ -179,8 +222,8 @@ fn reject_host(request: &Request) -> Option<Response> {
     }
 }
 
-fn foreign_host() -> Response {
-    error(
+fn foreign_host(render: RenderError) -> Response {
+    render(
         StatusCode::FORBIDDEN,
         "forbidden_host",
         "the Host header must name a loopback address (localhost, 127.0.0.1, [::1])",
@@ -218,71 +261,11 @@ fn is_port(s: &str) -> bool {
     !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-// === Handlers ===
-
-async fn process_creds(State(broker): State<Broker>) -> Response {
-    match broker.cache.get(broker.fetch_wait).await {
-        Ok(held) => credentials(held.credentials().process_body()),
-        Err(e) => cache_error(&e),
-    }
-}
-
-async fn container_creds(State(broker): State<Broker>, headers: HeaderMap) -> Response {
-    let Some(check) = &broker.token else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "container credentials are disabled: start the broker with AWS_CONTAINER_AUTHORIZATION_TOKEN or AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-        );
-    };
-    let Some(presented) = headers.get(header::AUTHORIZATION) else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing Authorization header (set AWS_CONTAINER_AUTHORIZATION_TOKEN for the SDK)",
-        );
-    };
-    match check.matches(presented.as_bytes()).await {
-        TokenMatch::Matches => {}
-        TokenMatch::Differs => {
-            return error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "the Authorization header does not match the configured token",
-            );
-        }
-        TokenMatch::Unavailable => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "token_unavailable",
-                "the container-credentials token file is missing, unreadable or invalid; \
-                 no token is accepted until it holds one again",
-            );
-        }
-    }
-    match broker.cache.get(broker.fetch_wait).await {
-        Ok(held) => credentials(held.credentials().container_body()),
-        Err(e) => cache_error(&e),
-    }
-}
-
-fn credentials(body: Bytes) -> Response {
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
-        body,
-    )
-        .into_response()
-}
+// === Error rendering ===
 
 /// The one mapping from cache errors to HTTP: a rejection by the provider is 502 (retrying
 /// soon will not help), everything else 503.
-fn cache_error(e: &CacheError) -> Response {
+pub fn cache_error(e: &CacheError, render: RenderError) -> Response {
     let CacheError::Unavailable { last_error } = e;
     let (status, code) = match last_error.as_ref().map(|e| e.kind) {
         Some(ErrorKind::Rejected) => (StatusCode::BAD_GATEWAY, "provider_rejected"),
@@ -290,14 +273,12 @@ fn cache_error(e: &CacheError) -> Response {
         Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable"),
         None => (StatusCode::SERVICE_UNAVAILABLE, "credentials_pending"),
     };
-    error(status, code, e)
+    render(status, code, &e.to_string())
 }
 
-/// A one-line JSON error.
-fn error(status: StatusCode, code: &str, message: impl fmt::Display) -> Response {
-    let body = serde_json::json!({ "error": code, "message": message.to_string() }).to_string();
+/// `body` as an uncacheable JSON answer.
+pub fn json(body: Bytes) -> Response {
     (
-        status,
         [
             (
                 header::CONTENT_TYPE,
@@ -310,105 +291,19 @@ fn error(status: StatusCode, code: &str, message: impl fmt::Display) -> Response
         .into_response()
 }
 
-// === TokenCheck ===
-
-/// The container-credentials token, compared in constant time. A token file is re-read (at
-/// most once a second), so a rotated file is picked up; a file that disappears, cannot be read
-/// or holds no valid token fails closed: no token is accepted until it holds one again (the
-/// operator deleting it means to revoke it).
-pub struct TokenCheck {
-    file: Option<PathBuf>,
-    /// `None`: the file has no usable token right now.
-    current: ArcSwapOption<Secret>,
-    last_read: Mutex<std::time::Instant>,
+/// `status` with a one-line JSON `body`.
+pub fn json_error(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut response = json(Bytes::from(body.to_string()));
+    *response.status_mut() = status;
+    response
 }
 
-/// The outcome of comparing a presented token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TokenMatch {
-    /// The presented token is the configured one.
-    Matches,
-    /// It is not.
-    Differs,
-    /// The token file has no usable token: every request is refused.
-    Unavailable,
-}
-
-impl fmt::Debug for TokenCheck {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenCheck")
-            .field("file", &self.file)
-            .finish_non_exhaustive()
-    }
-}
-
-/// How often a token file may be re-read.
-const TOKEN_REREAD: Duration = Duration::from_secs(1);
-
-impl TokenCheck {
-    /// Reads the token (from the file, if it is one).
-    pub fn new(token: &ContainerToken) -> std::io::Result<Self> {
-        let (file, value) = match token {
-            ContainerToken::Value(v) => (None, v.clone()),
-            ContainerToken::File(path) => (
-                Some(path.clone()),
-                Secret::new(std::fs::read_to_string(path)?.trim()),
-            ),
-        };
-        Ok(Self {
-            file,
-            current: ArcSwapOption::from_pointee(value),
-            last_read: Mutex::new(std::time::Instant::now()),
-        })
-    }
-
-    /// Compares `presented` with the token, re-reading a token file first when it is due.
-    pub async fn matches(&self, presented: &[u8]) -> TokenMatch {
-        // A token file is re-read at most once a second, whether or not this request matches:
-        // a rotated-out token must stop working even if no client presents the new one yet.
-        if let Some(path) = &self.file {
-            let due = {
-                let mut last = self
-                    .last_read
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let due = last.elapsed() >= TOKEN_REREAD;
-                if due {
-                    *last = std::time::Instant::now();
-                }
-                due
-            };
-            if due {
-                let problem = match tokio::fs::read_to_string(path).await {
-                    Ok(text) if check_token(text.trim()).is_ok() => {
-                        let was_unavailable = self.current.load().is_none();
-                        self.current.store(Some(Arc::new(Secret::new(text.trim()))));
-                        if was_unavailable {
-                            tracing::info!(file = %path.display(), "container token file readable again");
-                        }
-                        None
-                    }
-                    Ok(_) => Some("holds no valid token".to_owned()),
-                    Err(e) => Some(e.to_string()),
-                };
-                // Fail closed, and say so once per outage rather than once a second.
-                if let Some(problem) = problem
-                    && self.current.swap(None).is_some()
-                {
-                    tracing::warn!(
-                        file = %path.display(),
-                        error = %problem,
-                        "container token file unusable; refusing /v1/container-creds until it holds a token"
-                    );
-                }
-            }
-        }
-        match self.current.load().as_deref() {
-            Some(token) if token.constant_time_eq(presented) => TokenMatch::Matches,
-            Some(_) => TokenMatch::Differs,
-            None => TokenMatch::Unavailable,
-        }
-    }
+/// The broker's own error format: `{"error": code, "message": …}` (AWS's routes use it).
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    json_error(
+        status,
+        &serde_json::json!({ "error": code, "message": message }),
+    )
 }
 
 // === Server ===
@@ -516,58 +411,5 @@ mod tests {
         ] {
             assert!(!is_loopback_host(bad), "{bad}");
         }
-    }
-
-    #[tokio::test]
-    async fn token_file_is_reread_after_rotation() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("token");
-        std::fs::write(&path, "first\n").unwrap();
-        let check = TokenCheck::new(&ContainerToken::File(path.clone())).unwrap();
-        assert_eq!(check.matches(b"first").await, TokenMatch::Matches);
-        assert_eq!(check.matches(b"second").await, TokenMatch::Differs);
-        std::fs::write(&path, "second").unwrap();
-        // Re-read at most once a second.
-        *check.last_read.lock().unwrap() -= TOKEN_REREAD;
-        assert_eq!(check.matches(b"second").await, TokenMatch::Matches);
-        assert_eq!(check.matches(b"first").await, TokenMatch::Differs);
-    }
-
-    #[tokio::test]
-    async fn a_deleted_or_unreadable_token_file_fails_closed_until_it_is_readable_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("token");
-        std::fs::write(&path, "first\n").unwrap();
-        let check = TokenCheck::new(&ContainerToken::File(path.clone())).unwrap();
-        assert_eq!(check.matches(b"first").await, TokenMatch::Matches);
-        let reread = || *check.last_read.lock().unwrap() -= TOKEN_REREAD;
-
-        // Deleted: the old token used to stay valid forever.
-        std::fs::remove_file(&path).unwrap();
-        reread();
-        assert_eq!(check.matches(b"first").await, TokenMatch::Unavailable);
-        // Still refused between re-reads.
-        assert_eq!(check.matches(b"first").await, TokenMatch::Unavailable);
-        // Unreadable (a directory in its place: EISDIR, even for root) or invalid content.
-        std::fs::create_dir(&path).unwrap();
-        reread();
-        assert_eq!(check.matches(b"first").await, TokenMatch::Unavailable);
-        std::fs::remove_dir(&path).unwrap();
-        std::fs::write(&path, "").unwrap();
-        reread();
-        assert_eq!(check.matches(b"").await, TokenMatch::Unavailable);
-        // Readable again: the new token works, the old one does not.
-        std::fs::write(&path, "second").unwrap();
-        reread();
-        assert_eq!(check.matches(b"second").await, TokenMatch::Matches);
-        assert_eq!(check.matches(b"first").await, TokenMatch::Differs);
-    }
-
-    #[tokio::test]
-    async fn value_token_is_compared_and_never_printed() {
-        let check = TokenCheck::new(&ContainerToken::Value(Secret::new("s3cret"))).unwrap();
-        assert_eq!(check.matches(b"s3cret").await, TokenMatch::Matches);
-        assert_eq!(check.matches(b"s3cre").await, TokenMatch::Differs);
-        assert!(!format!("{check:?}").contains("s3cret"));
     }
 }

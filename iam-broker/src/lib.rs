@@ -2,21 +2,24 @@
 //! loopback, so that tools and SDKs get credentials with no secret in the pod (REFERENCE §4).
 //!
 //! - [`config`]: flags > environment > defaults, one validated [`config::Config`];
-//! - [`provider`]: the [`provider::CredentialProvider`] trait and its AWS STS implementation
-//!   (`AssumeRoleWithWebIdentity`, unsigned); other clouds (Vault, GCP, Entra ID) plug in there;
-//! - [`session_name`]: `RoleSessionName` derived from the SPIFFE ID;
+//! - [`provider`]: the [`provider::CredentialProvider`] trait, and one folder per cloud with its
+//!   settings, token exchange and routes ([`provider::aws`]: `AssumeRoleWithWebIdentity`);
 //! - [`cache`]: the credential cache (background refresh before clients' refresh window, single
 //!   flight, stale-but-valid credentials served while STS fails);
-//! - [`http`]: the loopback HTTP server (`/v1/creds` for `credential_process`,
-//!   `/v1/container-creds` for the SDKs' container provider), with its guards;
+//! - [`cache_set`]: one cache per key (Azure resource, Google scope set), capped, idle ones
+//!   dropped;
+//! - [`http`]: the loopback HTTP server every provider shares: guards, limits, error rendering,
+//!   serving, and the generic [`http::Broker`] from a cache to a provider's routes;
+//! - [`token`]: a shared-secret header (container token, identity header), constant-time;
 //! - [`metrics`]: Prometheus metrics of the above;
 //! - [`secret`]: a string type whose `Debug`/`Display` never show the value;
 //! - `main.rs`: wiring only.
 
 pub mod cache;
+pub mod cache_set;
 pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod provider;
 pub mod secret;
-pub mod session_name;
+pub mod token;

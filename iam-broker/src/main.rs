@@ -4,15 +4,14 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use iam_broker::cache::{CacheConfig, CredentialCache};
 use iam_broker::config::{Cli, Config, ProviderConfig};
-use iam_broker::http::{Broker, Limits, TokenCheck};
-use iam_broker::metrics::{CacheCollector, Metrics};
-use iam_broker::provider::aws::{AwsStsProvider, JwtSource};
+use iam_broker::http::{Limits, Service};
+use iam_broker::metrics::Metrics;
+use iam_broker::provider::{JwtSource, aws, azure, gcp};
 use prometheus_client::registry::Registry;
 use sidecar_runtime::metrics::JwtCacheCollector;
 use sidecar_runtime::tls_roots::{self, RootsLocations};
-use sidecar_runtime::{Admin, Readiness, Shutdown};
+use sidecar_runtime::{Admin, Shutdown};
 use tokio::net::TcpListener;
 use workload_client::{
     CacheConfig as JwtCacheConfig, JwtKey, JwtSvidCache, ProcessEnv, WorkloadApiClient,
@@ -56,65 +55,25 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut registry = Registry::with_prefix("iam_broker");
     let metrics = Metrics::register(&mut registry);
     registry.register_collector(Box::new(JwtCacheCollector(jwt_cache.clone())));
-
-    let ProviderConfig::Aws(aws) = &config.provider;
-    if aws.sts.duration < std::time::Duration::from_secs(30 * 60) {
-        // The SDKs refresh when less than 15 minutes remain, and the broker refreshes at
-        // half-life for short sessions: clients would shell out on nearly every AWS call.
-        tracing::warn!(
-            duration = ?aws.sts.duration,
-            "sessions under 30 minutes reach the SDKs' 15-minute refresh window early; prefer 1h"
-        );
-    }
-    // CA roots for STS over TLS (SSL_CERT_FILE/DIR, else the OpenShift-injected bundle, else
-    // Debian's): an explicit setting that yields nothing stops the broker, naming it.
+    let jwt = JwtSource::new(jwt_cache, client, key);
+    // CA roots for the provider's TLS (SSL_CERT_FILE/DIR, else the OpenShift-injected bundle,
+    // else Debian's): an explicit setting that yields nothing stops the broker, naming it.
     let roots = tls_roots::load(RootsLocations::from_env(&ProcessEnv))
         .await
-        .context("loading CA certificates for STS")?;
-    let provider = AwsStsProvider::new(
-        aws.sts.clone(),
-        &roots,
-        JwtSource::new(jwt_cache, client, key),
-        metrics.sts_calls.clone(),
-    )?;
-    let cache = CredentialCache::start(provider, CacheConfig::default());
-    registry.register_collector(Box::new(CacheCollector(cache.clone())));
-    let token = aws
-        .container_token
-        .as_ref()
-        .map(TokenCheck::new)
-        .transpose()
-        .context("reading the container-credentials token")?;
+        .context("loading CA certificates for the provider")?;
 
+    let service: Service = match &config.provider {
+        ProviderConfig::Aws(c) => aws::service(common, c, &roots, jwt, &metrics, &mut registry)?,
+        ProviderConfig::Azure(c) => {
+            azure::service(common, c, &roots, jwt, &metrics, &mut registry)?
+        }
+        ProviderConfig::Gcp(c) => gcp::service(common, c, &roots, jwt, &metrics, &mut registry)?,
+    };
+
+    let (app, ready) = service.into_parts(metrics);
     if let Some(listener) = admin_listener {
-        let ready = {
-            let cache = cache.clone();
-            move || match cache.peek() {
-                Some(_) => Readiness::Ready,
-                None => Readiness::NotReady(match cache.stats().last_error {
-                    Some(e) => format!("no valid credentials: {e}"),
-                    None => "no credentials yet".to_owned(),
-                }),
-            }
-        };
         Admin::new(registry, ready).spawn(listener, shutdown.clone());
     }
-
-    tracing::info!(
-        provider = "aws",
-        listen = %common.listen,
-        admin = ?common.admin_listen,
-        workload_api = %common.socket.endpoint,
-        workload_api_from = %common.socket.source,
-        audience = %common.audience,
-        role_arn = %aws.sts.role_arn,
-        region = %aws.sts.region,
-        sts_endpoint = aws.sts.sts_endpoint.as_deref().unwrap_or("default"),
-        duration = ?aws.sts.duration,
-        container_credentials = token.is_some(),
-        "serving credentials"
-    );
-    let app = Broker::new(cache, token, common.fetch_wait, metrics).router();
     iam_broker::http::serve(listener, app, Limits::default(), shutdown)
         .await
         .context("credentials server")?;

@@ -11,7 +11,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::cache::CredentialCache;
+use crate::cache::{CacheStats, CredentialCache};
+use crate::cache_set::CacheSet;
 use crate::provider::Expiring;
 
 type Labels = Vec<(&'static str, &'static str)>;
@@ -33,6 +34,26 @@ impl fmt::Debug for StsCalls {
     }
 }
 
+/// Counts token exchanges of the Entra ID and Google providers by provider and outcome
+/// (`success`, `retryable_error`, `rejected`).
+#[derive(Clone, Default)]
+pub struct ExchangeCalls(Family<Labels, Counter>);
+
+impl ExchangeCalls {
+    /// Counts one call.
+    pub fn record(&self, provider: &'static str, outcome: &'static str) {
+        self.0
+            .get_or_create(&vec![("provider", provider), ("outcome", outcome)])
+            .inc();
+    }
+}
+
+impl fmt::Debug for ExchangeCalls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ExchangeCalls")
+    }
+}
+
 /// The broker's request and STS metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -40,8 +61,12 @@ pub struct Metrics {
     /// The hot series, resolved once: no label hashing or lock on the request path.
     creds_ok: Counter,
     container_creds_ok: Counter,
+    msi_token_ok: Counter,
+    gce_token_ok: Counter,
     /// STS calls by outcome.
     pub sts_calls: StsCalls,
+    /// Entra ID / Google token exchanges by provider and outcome.
+    pub exchanges: ExchangeCalls,
 }
 
 impl fmt::Debug for Metrics {
@@ -65,15 +90,29 @@ impl Metrics {
             "AssumeRoleWithWebIdentity calls by outcome (success, retryable_error, invalid_token, rejected)",
             sts_calls.0.clone(),
         );
-        Self::with(requests, sts_calls)
+        let exchanges = ExchangeCalls::default();
+        registry.register(
+            "token_exchanges",
+            "Token exchanges with Entra ID (azure) and Google STS / IAM Credentials (gcp) by provider and outcome (success, retryable_error, rejected)",
+            exchanges.0.clone(),
+        );
+        Self::with(requests, sts_calls, exchanges)
     }
 
     /// Metrics that are not exported (tests, embedding).
     pub fn unregistered() -> Self {
-        Self::with(Family::default(), StsCalls::default())
+        Self::with(
+            Family::default(),
+            StsCalls::default(),
+            ExchangeCalls::default(),
+        )
     }
 
-    fn with(requests: Family<Labels, Counter>, sts_calls: StsCalls) -> Self {
+    fn with(
+        requests: Family<Labels, Counter>,
+        sts_calls: StsCalls,
+        exchanges: ExchangeCalls,
+    ) -> Self {
         let series = |route| {
             requests
                 .get_or_create(&vec![("route", route), ("result", "ok")])
@@ -82,8 +121,11 @@ impl Metrics {
         Self {
             creds_ok: series("creds"),
             container_creds_ok: series("container_creds"),
+            msi_token_ok: series("msi_token"),
+            gce_token_ok: series("gce_token"),
             requests,
             sts_calls,
+            exchanges,
         }
     }
 
@@ -92,6 +134,8 @@ impl Metrics {
         match (route, result) {
             ("creds", "ok") => self.creds_ok.inc(),
             ("container_creds", "ok") => self.container_creds_ok.inc(),
+            ("msi_token", "ok") => self.msi_token_ok.inc(),
+            ("gce_token", "ok") => self.gce_token_ok.inc(),
             _ => self
                 .requests
                 .get_or_create(&vec![("route", route), ("result", result)])
@@ -106,8 +150,31 @@ impl Metrics {
 pub struct CacheCollector<C>(pub CredentialCache<C>);
 
 impl<C: Expiring + Send + Sync + fmt::Debug + 'static> Collector for CacheCollector<C> {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_stats(&self.0.stats(), encoder)
+    }
+}
+
+/// [`CacheCollector`] for a [`CacheSet`] (one cache per resource or scope set): the counters
+/// summed over the keys held, the soonest expiry, and how many keys are held.
+#[derive(Debug)]
+pub struct CacheSetCollector<C>(pub CacheSet<C>);
+
+impl<C: Expiring + Send + Sync + fmt::Debug + 'static> Collector for CacheSetCollector<C> {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let stats = self.0.stats();
+        let keys = ConstGauge::new(i64::try_from(self.0.len()).unwrap_or(i64::MAX));
+        keys.encode(encoder.encode_descriptor(
+            "cached_tokens",
+            "Resources (Azure) or scope sets (GCP) with a token cache; capped, idle ones dropped",
+            None,
+            keys.metric_type(),
+        )?)?;
+        encode_stats(&self.0.stats(), encoder)
+    }
+}
+
+fn encode_stats(stats: &CacheStats, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    {
         for (name, help, value) in [
             (
                 "cache_hits",

@@ -157,7 +157,8 @@ impl TestCa {
         }
     }
 
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+    /// A TLS acceptor presenting the server certificate (for the suite's HTTPS stand-ins).
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         use tokio_rustls::rustls::{self, pki_types};
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -175,10 +176,10 @@ impl TestCa {
 
 /// TLS on accept, for `axum::serve`. A failed handshake (a client that does not trust the
 /// CA) is counted and the next connection accepted.
-struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    failed: Arc<AtomicU64>,
+pub(crate) struct TlsListener {
+    pub(crate) tcp: tokio::net::TcpListener,
+    pub(crate) acceptor: tokio_rustls::TlsAcceptor,
+    pub(crate) failed: Arc<AtomicU64>,
 }
 
 impl axum::serve::Listener for TlsListener {
@@ -495,7 +496,7 @@ async fn forward(
 }
 
 /// `application/x-www-form-urlencoded` pairs, decoded.
-fn form(body: &[u8]) -> Vec<(String, String)> {
+pub(crate) fn form(body: &[u8]) -> Vec<(String, String)> {
     String::from_utf8_lossy(body)
         .split('&')
         .filter_map(|kv| kv.split_once('='))
@@ -723,7 +724,21 @@ pub fn caller_identity(dir: &Path, moto: &Moto, env: &[(&str, &str)]) -> Result<
 /// `n` concurrent `GET path` requests (one connection each) on a runtime of their own:
 /// `(status, body)` for each.
 pub fn concurrent_gets(addr: SocketAddr, path: &str, n: usize) -> Vec<(u16, String)> {
+    concurrent_gets_with(addr, path, &[], n)
+}
+
+/// [`concurrent_gets`] with extra request `headers`.
+pub fn concurrent_gets_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> Vec<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -734,12 +749,12 @@ pub fn concurrent_gets(addr: SocketAddr, path: &str, n: usize) -> Vec<(u16, Stri
         let barrier = Arc::new(tokio::sync::Barrier::new(n));
         let tasks: Vec<_> = (0..n)
             .map(|_| {
-                let (barrier, path) = (barrier.clone(), path.clone());
+                let (barrier, path, extra) = (barrier.clone(), path.clone(), extra.clone());
                 tokio::spawn(async move {
                     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
                     barrier.wait().await;
                     let req = format!(
-                        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n"
                     );
                     s.write_all(req.as_bytes()).await.unwrap();
                     let mut raw = Vec::new();

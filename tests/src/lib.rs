@@ -11,7 +11,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod aws;
+pub mod azure;
 pub mod envoy;
+pub mod gcp;
 pub mod procfs;
 pub mod sds;
 pub mod sidecars;

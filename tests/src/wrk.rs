@@ -23,7 +23,22 @@ pub fn available() -> bool {
 /// `wrk -t1 -c<connections> -d<seconds>s --latency http://<addr><path>`; panics if wrk is
 /// missing (with the install command) or if any response was not 2xx.
 pub fn run(addr: SocketAddr, path: &str, connections: u32, seconds: u32) -> Wrk {
-    let out = Command::new("wrk")
+    run_with(addr, path, &[], connections, seconds)
+}
+
+/// [`run`] sending `headers` (`-H "Name: value"`) with every request.
+pub fn run_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    connections: u32,
+    seconds: u32,
+) -> Wrk {
+    let mut cmd = Command::new("wrk");
+    for (name, value) in headers {
+        cmd.arg("-H").arg(format!("{name}: {value}"));
+    }
+    let out = cmd
         .args([
             "-t1",
             &format!("-c{connections}"),

@@ -16,7 +16,7 @@ fn demo() -> Command {
 }
 
 #[test]
-fn demo_runs_all_three_steps_and_exits_zero() {
+fn demo_runs_every_step_and_exits_zero() {
     let out = demo().output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -30,6 +30,8 @@ fn demo_runs_all_three_steps_and_exits_zero() {
         "(mTLS) -> backend: 200",
         "rotated without a restart",
         "assumed-role/demo/demo.example@ns@demo@sa@client",
+        "azure-identity DefaultAzureCredential().get_token(",
+        "google-auth google.auth.default() -> ya29.fake-sa",
         "every process stopped, temporary files removed",
     ] {
         assert!(

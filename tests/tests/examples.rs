@@ -157,7 +157,8 @@ fn injection_template_uses_only_settings_the_sidecars_read_and_probes_their_admi
         .unwrap();
     let configs = [
         ("sds-bridge", source("sds-bridge/src/config.rs")),
-        ("iam-broker", source("iam-broker/src/config.rs")),
+        // Shared settings in config.rs, each provider's in provider/<cloud>/config.rs.
+        ("iam-broker", iam_broker_settings()),
         ("jwt-auth-helper", source("jwt-auth-helper/src/config.rs")),
     ];
     let mut sidecars = 0;
@@ -214,13 +215,22 @@ fn injection_template_uses_only_settings_the_sidecars_read_and_probes_their_admi
         }
     }
     assert_eq!(
-        sidecars, 4,
-        "sds-bridge, iam-broker, jwt-auth-helper and the validator"
+        sidecars, 6,
+        "sds-bridge, iam-broker, jwt-auth-helper, the validator, and the broker's azure and gcp variants"
     );
     assert!(
         templates["spire"].as_str().unwrap().contains("args: [aws]"),
         "the broker runs the aws provider, as in the seed"
     );
+    for (variant, args) in [
+        ("spire-azure", "args: [azure]"),
+        ("spire-gcp", "args: [gcp]"),
+    ] {
+        let t = templates[variant].as_str().unwrap();
+        assert!(t.contains(args), "{variant}");
+        // The same container name as in `spire`: Istio's merge replaces the aws broker.
+        assert!(t.contains("- name: spiffe-iam-broker\n"), "{variant}");
+    }
 }
 
 #[test]
@@ -247,6 +257,33 @@ fn aws_examples_match_the_broker_contract() {
     );
 }
 
+#[test]
+fn azure_and_gcp_examples_match_the_broker_contract() {
+    // Entra's federated credential: what iam-broker azure's assertion carries.
+    let fic: Value =
+        serde_json::from_str(&source("examples/azure/federated-credential.json")).unwrap();
+    assert!(fic["issuer"].as_str().unwrap().starts_with("https://"));
+    assert!(fic["subject"].as_str().unwrap().starts_with("spiffe://"));
+    assert_eq!(fic["audiences"], json!(["api://AzureADTokenExchange"]));
+    assert!(
+        source("iam-broker/src/provider/azure/config.rs")
+            .contains("\"api://AzureADTokenExchange\"")
+    );
+
+    // The pool provider: its name is the broker's --audience, and it maps the subject.
+    let docs = yaml_docs(&[root().join("examples/gcp/workload-identity-pool-provider.yaml")]);
+    let provider = &docs.values().next().unwrap()[0];
+    let name = provider["name"].as_str().unwrap();
+    let audience = format!("//iam.googleapis.com/{name}");
+    assert_eq!(provider["oidc"]["allowedAudiences"], json!([audience]));
+    assert_eq!(
+        provider["attributeMapping"]["google.subject"],
+        "assertion.sub"
+    );
+    let template = source("examples/istio/istio-spire-template.yaml");
+    assert!(template.contains(&format!("gcp.spiffe.io/pool-provider: {audience}")));
+}
+
 /// GitHub's heading anchor: lower case, spaces to `-`, other punctuation dropped.
 fn anchor(heading: &str) -> String {
     heading
@@ -261,6 +298,30 @@ fn anchor(heading: &str) -> String {
         .collect()
 }
 
+/// The iam-broker settings sources: `config.rs` and every `provider/<cloud>/config.rs`.
+fn iam_broker_settings() -> String {
+    let mut text = source("iam-broker/src/config.rs");
+    for entry in std::fs::read_dir(root().join("iam-broker/src/provider")).unwrap() {
+        let config = entry.unwrap().path().join("config.rs");
+        if config.is_file() {
+            text.push_str(&std::fs::read_to_string(config).unwrap());
+        }
+    }
+    text
+}
+
+/// The Rust sources under `dir`, recursively.
+fn rust_sources(dir: &Path, text: &mut String) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_sources(&path, text);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            text.push_str(&std::fs::read_to_string(path).unwrap());
+        }
+    }
+}
+
 /// All Rust sources of the sidecars, for checking that a metric name is really exported.
 fn all_sources() -> String {
     let mut text = String::new();
@@ -270,12 +331,7 @@ fn all_sources() -> String {
         "sds-bridge/src",
         "iam-broker/src",
     ] {
-        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "rs") {
-                text.push_str(&std::fs::read_to_string(path).unwrap());
-            }
-        }
+        rust_sources(&root().join(dir), &mut text);
     }
     text
 }

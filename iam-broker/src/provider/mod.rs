@@ -3,9 +3,11 @@
 //! retry timing; a provider makes *one* attempt per call and says how it failed, so the cache
 //! can pick the retry schedule (REFERENCE §4).
 //!
-//! Only AWS exists today ([`aws`]); Vault (JWT auth), GCP (workload identity federation) and
-//! Entra ID (federated credentials) fit the same shape: a JWT-SVID in, an expiring credential
-//! out (seed `003`).
+//! Each cloud owns a folder (STYLE: a provider owns its folder): `config.rs` (its settings and
+//! validators), `exchange.rs` (its token exchange, a [`CredentialProvider`]) and `routes.rs` (the
+//! HTTP routes and formats its SDKs expect); its `mod.rs` wires them into a
+//! [`crate::http::Service`]. All share the shape: a JWT-SVID in ([`JwtSource`]), an expiring
+//! credential out (seed `003`).
 
 use std::fmt;
 use std::time::Duration;
@@ -14,6 +16,12 @@ use futures_util::future::BoxFuture;
 use time::OffsetDateTime;
 
 pub mod aws;
+pub mod azure;
+pub mod gcp;
+pub mod https;
+mod jwt;
+
+pub use jwt::JwtSource;
 
 /// Credentials that expire at a known instant.
 pub trait Expiring {

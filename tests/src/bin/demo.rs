@@ -1,5 +1,5 @@
-//! `cargo xtask demo`: the three sidecars with real Envoy, the AWS CLI and a local STS, all on
-//! loopback, step by step:
+//! `cargo xtask demo`: the three sidecars with real Envoy, the AWS CLI and a local STS, then the
+//! Azure and Google SDKs through iam-broker, all on loopback, step by step:
 //!
 //! 1. jwt-auth-helper stamps `authorization: Bearer <JWT-SVID>` on a plain request through the
 //!    outbound Envoy; the inbound Envoy's `jwt_authn` (issuer and JWKS from the dev agent's OIDC
@@ -7,7 +7,11 @@
 //! 2. two Envoys talk mTLS with certificates from sds-bridge, and keep talking through a forced
 //!    rotation (seed 002's VM);
 //! 3. `aws sts get-caller-identity` through `credential_process = curl -sf …/v1/creds` served
-//!    by iam-broker, against moto as STS (seed 002's DynamoDB step).
+//!    by iam-broker, against moto as STS (seed 002's DynamoDB step);
+//! 4. the real Azure and Google SDKs (azure-identity's `DefaultAzureCredential`, google-auth's
+//!    `google.auth.default()`) get tokens from `iam-broker azure` / `iam-broker gcp`, which trade
+//!    the JWT-SVID with strict local stand-ins of Entra ID and Google STS (no such services can
+//!    run here; they verify the JWT-SVID against the agent's OIDC discovery as the real ones do).
 //!
 //! Exits non-zero if a step fails; every process it started is stopped on exit, on failure and
 //! on Ctrl-C / SIGTERM.
@@ -278,6 +282,101 @@ fn aws_step(dir: &Path, client_agent: &DevAgent) {
     assert!(arn.contains(":assumed-role/demo/"), "{arn}");
 }
 
+fn clouds_step(dir: &Path, client_agent: &DevAgent, issuer: &str) {
+    use suite_tests::aws::TestCa;
+    use suite_tests::{azure, gcp};
+    step(
+        4,
+        "Azure and Google SDKs get tokens from iam-broker azure / gcp (local Entra ID and STS stand-ins)",
+    );
+    let ca = TestCa::new();
+    let ca_file = dir.join("clouds-ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let ca_env = ca_file.display().to_string();
+
+    let entra = azure::FakeEntra::start(
+        &ca,
+        azure::FederatedCredential {
+            issuer: issuer.to_owned(),
+            subject: CLIENT.to_owned(),
+            audience: azure::AUDIENCE.to_owned(),
+        },
+    );
+    let authority = entra.url();
+    let header = "demo-identity-header";
+    let broker = azure::start_broker(
+        dir,
+        &client_agent.endpoint,
+        &[
+            "azure",
+            "--tenant-id",
+            azure::TENANT,
+            "--client-id",
+            azure::CLIENT_ID,
+            "--authority-host",
+            &authority,
+        ],
+        &[("IDENTITY_HEADER", header), ("SSL_CERT_FILE", &ca_env)],
+    );
+    ok(&format!(
+        "iam-broker azure serving http://{}/msi/token (Entra stand-in {authority})",
+        broker.listen
+    ));
+    println!(
+        "      app env: IDENTITY_ENDPOINT=http://{}/msi/token IDENTITY_HEADER=…",
+        broker.listen
+    );
+    let scope = "https://storage.azure.com/.default";
+    let got = azure::azure_identity(dir, &broker, header, "default", &[scope])
+        .unwrap_or_else(|e| panic!("DefaultAzureCredential failed:\n{e}"));
+    let token = got[scope]["token"].as_str().unwrap();
+    assert!(entra.issued().iter().any(|t| t == token));
+    ok(&format!(
+        "azure-identity DefaultAzureCredential().get_token({scope:?}) -> {}",
+        elide(token)
+    ));
+    drop(broker);
+
+    let google = gcp::FakeGoogle::start(&ca, issuer);
+    let url = google.url();
+    let broker = azure::start_broker(
+        dir,
+        &client_agent.endpoint,
+        &[
+            "gcp",
+            "--audience",
+            gcp::PROVIDER,
+            "--project-id",
+            gcp::PROJECT_ID,
+            "--service-account",
+            gcp::SERVICE_ACCOUNT,
+            "--sts-endpoint",
+            &url,
+            "--iam-credentials-endpoint",
+            &url,
+        ],
+        &[("SSL_CERT_FILE", &ca_env)],
+    );
+    ok(&format!(
+        "iam-broker gcp serving the metadata server on {} (STS stand-in {url})",
+        broker.listen
+    ));
+    println!(
+        "      app env: GCE_METADATA_HOST={0} GCE_METADATA_IP={0}",
+        broker.listen
+    );
+    let got = gcp::google_auth(dir, &broker, &[])
+        .unwrap_or_else(|e| panic!("google.auth.default() failed:\n{e}"));
+    let token = got["token"].as_str().unwrap();
+    assert!(google.issued().iter().any(|t| t == token));
+    ok(&format!(
+        "google-auth google.auth.default() -> {} as {}, project {}",
+        elide(token),
+        got["email"].as_str().unwrap_or("?"),
+        got["project"].as_str().unwrap_or("?")
+    ));
+}
+
 fn main() -> ExitCode {
     on_signal_clean_up();
     let tmp = tempfile::Builder::new()
@@ -332,6 +431,7 @@ fn main() -> ExitCode {
         jwt_step(&dir, &client_agent, &issuer, oidc);
         mtls_step(&dir, &client_agent, &server_agent);
         aws_step(&dir, &client_agent);
+        clouds_step(&dir, &client_agent, &issuer);
     }));
     // Every guard has dropped by now: processes stopped.
     drop(tmp);

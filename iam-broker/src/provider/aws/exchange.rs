@@ -15,7 +15,6 @@
 //!   rejection and is not retried.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sts::config::retry::RetryConfig;
@@ -33,19 +32,16 @@ use sidecar_runtime::tls_roots::TrustRoots;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use workload_client::spiffe::JwtSvid;
-use workload_client::{JwtKey, JwtSvidCache, WorkloadApiClient};
 
-use super::{CredentialProvider, ErrorKind, Expiring, JWT_WAIT, ProviderError};
+use super::session_name::SessionName;
 use crate::metrics::StsCalls;
+use crate::provider::{CredentialProvider, ErrorKind, Expiring, JwtSource, ProviderError};
 use crate::secret::Secret;
-use crate::session_name::SessionName;
 
 /// Connect timeout to STS.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// One STS attempt, including reading the response.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deadline for a FetchJWTSVID that bypasses the cache (after `InvalidIdentityToken`).
-const FRESH_TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 // === AwsCredentials ===
 
@@ -182,55 +178,9 @@ impl fmt::Debug for AwsCredentials {
     }
 }
 
-// === JwtSource ===
-
-/// Where the provider gets its JWT-SVIDs: the shared JWT cache (refreshed at half-life in the
-/// background, so an STS attempt never waits on the agent), and the client itself for the one
-/// fresh token after `InvalidIdentityToken`.
-#[derive(Clone, Debug)]
-pub struct JwtSource {
-    cache: JwtSvidCache,
-    client: WorkloadApiClient,
-    key: JwtKey,
-}
-
-impl JwtSource {
-    /// Pins `key` in `cache` (fetched now, kept fresh).
-    pub fn new(cache: JwtSvidCache, client: WorkloadApiClient, key: JwtKey) -> Self {
-        cache.pin(&key);
-        Self { cache, client, key }
-    }
-
-    async fn cached(&self) -> Result<Arc<JwtSvid>, ProviderError> {
-        self.cache.get(&self.key, JWT_WAIT).await.map_err(|e| {
-            ProviderError::new(
-                ErrorKind::Identity,
-                format!("no JWT-SVID from the Workload API: {e}"),
-            )
-        })
-    }
-
-    async fn fresh(&self) -> Result<JwtSvid, ProviderError> {
-        let call = self
-            .client
-            .fetch_jwt_svid(self.key.audiences(), self.key.spiffe_id());
-        match tokio::time::timeout(FRESH_TOKEN_TIMEOUT, call).await {
-            Ok(Ok(svid)) => Ok(svid),
-            Ok(Err(e)) => Err(ProviderError::new(
-                ErrorKind::Identity,
-                format!("fetching a fresh JWT-SVID: {e}"),
-            )),
-            Err(_) => Err(ProviderError::new(
-                ErrorKind::Identity,
-                format!("fetching a fresh JWT-SVID timed out after {FRESH_TOKEN_TIMEOUT:?}"),
-            )),
-        }
-    }
-}
-
 // === AwsStsProvider ===
 
-/// Settings of the AWS provider (validated by [`crate::config`]).
+/// Settings of the AWS provider (validated by [`super::config`]).
 #[derive(Clone, Debug)]
 pub struct AwsSettings {
     /// `arn:aws:iam::123456789012:role/name`.

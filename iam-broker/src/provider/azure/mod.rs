@@ -1,0 +1,106 @@
+//! Azure (REFERENCE §7): Entra ID workload identity federation with the JWT-SVID as client
+//! assertion, served as the App Service managed identity endpoint, so the Azure SDKs' own
+//! `ManagedIdentityCredential` / `DefaultAzureCredential` work with no code and no secret in
+//! the application.
+
+pub mod config;
+pub mod exchange;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sidecar_runtime::Readiness;
+use sidecar_runtime::tls_roots::TrustRoots;
+
+pub use self::config::{AzureConfig, AzureSettings};
+pub use self::exchange::{AzureToken, EntraProvider};
+use crate::cache::{CacheConfig, CredentialCache};
+use crate::cache_set::{CacheSet, SetLimits};
+use crate::config::Common;
+use crate::http::{self, Service};
+use crate::metrics::{CacheSetCollector, Metrics};
+use crate::provider::JwtSource;
+use crate::provider::https::HttpsClient;
+use crate::token::TokenCheck;
+
+/// How often idle resources are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Builds the Azure service: one Entra exchange and token cache per resource (allow-listed ones
+/// started now), and the managed-identity route.
+pub fn service(
+    common: &Common,
+    azure: &AzureConfig,
+    roots: &TrustRoots,
+    jwt: JwtSource,
+    metrics: &Metrics,
+    registry: &mut prometheus_client::registry::Registry,
+) -> anyhow::Result<Service> {
+    let client = HttpsClient::new(roots)?;
+    let settings = Arc::new(azure.entra.clone());
+    let calls = metrics.exchanges.clone();
+    let start = {
+        let settings = settings.clone();
+        move |resource: &str| {
+            let provider = EntraProvider::new(
+                client.clone(),
+                settings.clone(),
+                jwt.clone(),
+                resource.to_owned(),
+                calls.clone(),
+            );
+            CredentialCache::start(provider, CacheConfig::default())
+        }
+    };
+    let limits = SetLimits {
+        max_keys: SetLimits::default()
+            .max_keys
+            .max(azure.resources.as_ref().map_or(0, Vec::len)),
+        ..SetLimits::default()
+    };
+    let tokens = CacheSet::new("resources", limits, start);
+    tokens.spawn_sweeper(SWEEP_EVERY);
+    let mut pinned = Vec::new();
+    for resource in azure.resources.iter().flatten() {
+        pinned.push(tokens.pin(resource)?);
+    }
+    registry.register_collector(Box::new(CacheSetCollector(tokens.clone())));
+    let identity =
+        TokenCheck::new(&azure.identity_header).context("reading the identity header")?;
+    tracing::info!(
+        provider = "azure",
+        listen = %common.listen,
+        admin = ?common.admin_listen,
+        workload_api = %common.socket.endpoint,
+        workload_api_from = %common.socket.source,
+        audience = %common.audience,
+        tenant_id = %settings.tenant_id,
+        client_id = %settings.client_id,
+        authority_host = %settings.authority_host,
+        resources = ?azure.resources,
+        "serving Entra ID tokens on /msi/token"
+    );
+    let routes = routes::Routes {
+        tokens,
+        fetch_wait: common.fetch_wait,
+        identity: Arc::new(identity),
+        allowed: azure.resources.clone().map(Arc::from),
+        client_id: Arc::from(settings.client_id.as_str()),
+    };
+    Ok(Service {
+        routes: routes::router(routes),
+        route_label: routes::route_label,
+        render_error: routes::render_error,
+        // With an allow-list, ready once every listed resource has a token. Without one the
+        // broker cannot know what will be asked for: it is ready as soon as it serves.
+        ready: Box::new(move || {
+            pinned
+                .iter()
+                .map(http::readiness)
+                .find(|r| !matches!(r, Readiness::Ready))
+                .unwrap_or(Readiness::Ready)
+        }),
+    })
+}

@@ -1,0 +1,86 @@
+//! Google Cloud (REFERENCE §8): workload identity federation of the JWT-SVID through Google STS
+//! (and optionally impersonation of a service account), served as the GCE metadata server, so
+//! google-auth / ADC, the Cloud client libraries and gcloud work unchanged.
+
+pub mod config;
+pub mod exchange;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sidecar_runtime::tls_roots::TrustRoots;
+
+pub use self::config::GcpConfig;
+pub use self::exchange::{GcpToken, GoogleStsProvider};
+use crate::cache::{CacheConfig, CredentialCache};
+use crate::cache_set::{CacheSet, SetLimits};
+use crate::config::Common;
+use crate::http::{self, Service};
+use crate::metrics::{CacheSetCollector, Metrics};
+use crate::provider::JwtSource;
+use crate::provider::https::HttpsClient;
+
+/// How often idle scope sets are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Builds the GCP service: one exchange and token cache per scope set (the default set started
+/// now), and the metadata routes.
+pub fn service(
+    common: &Common,
+    gcp: &GcpConfig,
+    roots: &TrustRoots,
+    jwt: JwtSource,
+    metrics: &Metrics,
+    registry: &mut prometheus_client::registry::Registry,
+) -> anyhow::Result<Service> {
+    let client = HttpsClient::new(roots)?;
+    let config = Arc::new(gcp.clone());
+    let calls = metrics.exchanges.clone();
+    let start = {
+        let config = config.clone();
+        move |key: &str| {
+            let scopes = key.split(',').map(str::to_owned).collect();
+            let provider = GoogleStsProvider::new(
+                client.clone(),
+                config.clone(),
+                jwt.clone(),
+                scopes,
+                calls.clone(),
+            );
+            CredentialCache::start(provider, CacheConfig::default())
+        }
+    };
+    let tokens = CacheSet::new("scope sets", SetLimits::default(), start);
+    tokens.spawn_sweeper(SWEEP_EVERY);
+    let default_scopes = tokens.pin(&gcp.scopes.join(","))?;
+    registry.register_collector(Box::new(CacheSetCollector(tokens.clone())));
+    tracing::info!(
+        provider = "gcp",
+        listen = %common.listen,
+        admin = ?common.admin_listen,
+        workload_api = %common.socket.endpoint,
+        workload_api_from = %common.socket.source,
+        audience = %common.audience,
+        project_id = %gcp.project_id,
+        service_account = gcp.service_account.as_deref().unwrap_or("none (federated token)"),
+        scopes = ?gcp.scopes,
+        sts_endpoint = %gcp.sts_endpoint,
+        iam_credentials_endpoint = %gcp.iam_credentials_endpoint,
+        "serving the GCE metadata server"
+    );
+    let routes = routes::Routes {
+        tokens,
+        fetch_wait: common.fetch_wait,
+        project_id: Arc::from(gcp.project_id.as_str()),
+        project_number: Arc::from(gcp.project_number.as_str()),
+        email: Arc::from(gcp.service_account.as_deref().unwrap_or("default")),
+        scopes: Arc::from(gcp.scopes.clone()),
+    };
+    Ok(Service {
+        routes: routes::router(routes),
+        route_label: routes::route_label,
+        render_error: routes::render_error,
+        ready: Box::new(move || http::readiness(&default_scopes)),
+    })
+}

@@ -1,0 +1,568 @@
+//! Azure peers for the `iam-broker azure` tests: a strict fake of Entra ID's token endpoint and
+//! the broker process. There is no local Entra ID to install, so the fake checks what Entra
+//! checks on a client-credentials request with a federated client assertion (REFERENCE §7):
+//!
+//! - `POST /{tenant}/oauth2/v2.0/token`, form-encoded, for the configured tenant;
+//! - `grant_type=client_credentials`, the configured `client_id`, exactly one scope ending in
+//!   `/.default`, `client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer`;
+//! - the assertion: signature against the JWKS found through the issuer's OIDC discovery
+//!   document (the dev agent's, fetched on every call as Entra would after a key rotation),
+//!   `exp`, and the federated credential's exact `iss`, `sub` and single audience.
+//!
+//! Refusals use Entra's error document (`error`, `error_description` starting with the AADSTS
+//! code, `error_codes`, `timestamp`, `trace_id`, `correlation_id`). It counts calls per scope,
+//! remembers every token it issued (so tests can grep logs for them), and can be told to answer
+//! 5xx, throttle, or refuse the assertion. It serves HTTPS with a certificate from a
+//! [`TestCa`], as Entra does.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+
+use crate::aws::{Broker, TestCa, TlsListener, form, unix_now};
+use crate::{Proc, bin, free_port, http, output, python_with, root, wait_until};
+
+/// The tenant every test uses.
+pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+/// The application (client) ID holding the federated credential.
+pub const CLIENT_ID: &str = "0a1b2c3d-4e5f-6789-abcd-ef0123456789";
+/// Entra's audience for federated credentials.
+pub const AUDIENCE: &str = "api://AzureADTokenExchange";
+/// RFC 7523's assertion type.
+pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// A federated identity credential on the app registration: what the assertion must match.
+#[derive(Clone, Debug)]
+pub struct FederatedCredential {
+    /// `iss`, exactly (the OIDC discovery URL's issuer).
+    pub issuer: String,
+    /// `sub`, exactly (the SPIFFE ID).
+    pub subject: String,
+    /// The one audience.
+    pub audience: String,
+}
+
+/// What the fake does with the next calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntraFault {
+    /// Verify and answer.
+    None,
+    /// Answer this 5xx with an HTML page (a front end in trouble).
+    Status(u16),
+    /// 429 with Entra's throttling error.
+    Throttle,
+    /// Refuse every assertion: no matching federated identity record (AADSTS70021).
+    InvalidAssertion,
+}
+
+/// One token request as the fake saw it.
+#[derive(Clone, Debug)]
+pub struct EntraCall {
+    /// `scope`.
+    pub scope: String,
+    /// The answer's status.
+    pub status: u16,
+    /// The AADSTS code of a refusal (0 for success).
+    pub code: u32,
+}
+
+#[derive(Debug)]
+struct State {
+    tenant: String,
+    client_id: String,
+    federated: FederatedCredential,
+    fault: Mutex<EntraFault>,
+    lifetime_secs: AtomicU64,
+    calls: Mutex<Vec<EntraCall>>,
+    issued: Mutex<Vec<String>>,
+    next: AtomicU64,
+}
+
+/// The fake token endpoint, on its own thread and runtime. Stops (connection refused from
+/// then on) on drop.
+#[derive(Debug)]
+pub struct FakeEntra {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeEntra {
+    /// Serves HTTPS with `ca`'s certificate on a free port for `federated`.
+    pub fn start(ca: &TestCa, federated: FederatedCredential) -> Self {
+        Self::start_on(free_port(), ca, federated)
+    }
+
+    /// [`FakeEntra::start`] on `port` (e.g. the one a broker already points at).
+    pub fn start_on(port: u16, ca: &TestCa, federated: FederatedCredential) -> Self {
+        let state = Arc::new(State {
+            tenant: TENANT.to_owned(),
+            client_id: CLIENT_ID.to_owned(),
+            federated,
+            fault: Mutex::new(EntraFault::None),
+            lifetime_secs: AtomicU64::new(3600),
+            calls: Mutex::new(Vec::new()),
+            issued: Mutex::new(Vec::new()),
+            next: AtomicU64::new(1),
+        });
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("fake Entra cannot bind 127.0.0.1:{port}: {e}"));
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = ca.acceptor();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let s = state.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("fake-entra-{addr}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let tcp = tokio::net::TcpListener::from_std(listener).unwrap();
+                    let app = axum::Router::new().fallback(
+                        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                            let s = s.clone();
+                            async move {
+                                tokio::task::spawn_blocking(move || {
+                                    handle(&s, &method, &uri, &headers, &body)
+                                })
+                                .await
+                                .unwrap()
+                            }
+                        },
+                    );
+                    let listener = TlsListener {
+                        tcp,
+                        acceptor,
+                        failed: Arc::new(AtomicU64::new(0)),
+                    };
+                    tokio::select! {
+                        r = axum::serve(listener, app) => r.unwrap(),
+                        _ = stopped => {}
+                    }
+                });
+            })
+            .unwrap();
+        Self {
+            addr,
+            state,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// `https://127.0.0.1:PORT` (the authority host).
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Applies `fault` from now on.
+    pub fn set_fault(&self, fault: EntraFault) {
+        *self.state.fault.lock().unwrap() = fault;
+    }
+
+    /// Tokens issued from now on live `secs`.
+    pub fn set_lifetime(&self, secs: u64) {
+        self.state.lifetime_secs.store(secs, Ordering::SeqCst);
+    }
+
+    /// Every token request, oldest first.
+    pub fn calls(&self) -> Vec<EntraCall> {
+        self.state.calls.lock().unwrap().clone()
+    }
+
+    /// Token requests per scope.
+    pub fn calls_by_scope(&self) -> BTreeMap<String, usize> {
+        let mut by = BTreeMap::new();
+        for c in self.calls() {
+            *by.entry(c.scope).or_default() += 1;
+        }
+        by
+    }
+
+    /// Every access token issued.
+    pub fn issued(&self) -> Vec<String> {
+        self.state.issued.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeEntra {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Entra's error document.
+fn aadsts(status: u16, error: &str, code: u32, description: &str) -> Response {
+    let body = serde_json::json!({
+        "error": error,
+        "error_description": format!(
+            "AADSTS{code}: {description} Trace ID: 00000000-0000-0000-0000-000000000001 \
+             Correlation ID: 00000000-0000-0000-0000-000000000002 Timestamp: 2026-01-01 00:00:00Z"
+        ),
+        "error_codes": [code],
+        "timestamp": "2026-01-01 00:00:00Z",
+        "trace_id": "00000000-0000-0000-0000-000000000001",
+        "correlation_id": "00000000-0000-0000-0000-000000000002",
+        "error_uri": format!("https://login.microsoftonline.com/error?code={code}"),
+    });
+    (
+        StatusCode::from_u16(status).unwrap(),
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn handle(s: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Response {
+    let path = uri.path();
+    let tenant = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_suffix("/oauth2/v2.0/token"));
+    let Some(tenant) = tenant else {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    };
+    if method != Method::POST {
+        return (StatusCode::METHOD_NOT_ALLOWED, "POST only").into_response();
+    }
+    let params = form(body);
+    let param = |k: &str| {
+        let mut values = params
+            .iter()
+            .filter(|(n, _)| n == k)
+            .map(|(_, v)| v.clone());
+        match (values.next(), values.next()) {
+            (Some(v), None) => Some(v),
+            _ => None, // missing or repeated
+        }
+    };
+    let scope = param("scope").unwrap_or_default();
+    let (response, status, code) = decide(s, tenant, headers, &param, &scope);
+    s.calls.lock().unwrap().push(EntraCall {
+        scope,
+        status,
+        code,
+    });
+    response
+}
+
+type Decision = (Response, u16, u32);
+
+fn refuse(status: u16, error: &str, code: u32, description: &str) -> Decision {
+    (aadsts(status, error, code, description), status, code)
+}
+
+fn decide(
+    s: &State,
+    tenant: &str,
+    headers: &HeaderMap,
+    param: &dyn Fn(&str) -> Option<String>,
+    scope: &str,
+) -> Decision {
+    match *s.fault.lock().unwrap() {
+        EntraFault::None => {}
+        EntraFault::Status(code) => {
+            let r = (
+                StatusCode::from_u16(code).unwrap(),
+                [(header::CONTENT_TYPE, "text/html")],
+                "<html><body>Service unavailable (injected)</body></html>",
+            )
+                .into_response();
+            return (r, code, 0);
+        }
+        EntraFault::Throttle => {
+            return refuse(
+                429,
+                "temporarily_unavailable",
+                50196,
+                "The server terminated an operation because it encountered a client request loop.",
+            );
+        }
+        EntraFault::InvalidAssertion => {
+            return refuse(
+                400,
+                "invalid_client",
+                70021,
+                "No matching federated identity record found for presented assertion.",
+            );
+        }
+    }
+    let form_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !form_type.starts_with("application/x-www-form-urlencoded") {
+        return refuse(
+            400,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'grant_type'.",
+        );
+    }
+    if tenant != s.tenant {
+        return refuse(
+            400,
+            "invalid_request",
+            90002,
+            &format!("Tenant '{tenant}' not found."),
+        );
+    }
+    if param("grant_type").as_deref() != Some("client_credentials") {
+        return refuse(
+            400,
+            "unsupported_grant_type",
+            70003,
+            "The app requested an unsupported grant type.",
+        );
+    }
+    if param("client_id").as_deref() != Some(s.client_id.as_str()) {
+        return refuse(
+            400,
+            "unauthorized_client",
+            700016,
+            "Application with identifier was not found in the directory.",
+        );
+    }
+    let one_default_scope =
+        !scope.is_empty() && !scope.contains(' ') && scope.ends_with("/.default");
+    if !one_default_scope {
+        return refuse(
+            400,
+            "invalid_scope",
+            1002012,
+            "The provided value for scope is not valid. Client credential flows must have a \
+             scope value with /.default suffixed to the resource identifier.",
+        );
+    }
+    if param("client_assertion_type").as_deref() != Some(ASSERTION_TYPE) {
+        return refuse(
+            400,
+            "invalid_request",
+            700023,
+            "Client assertion type is invalid.",
+        );
+    }
+    let Some(assertion) = param("client_assertion") else {
+        return refuse(
+            400,
+            "invalid_client",
+            7000216,
+            "'client_assertion', 'client_secret' or 'request' is required.",
+        );
+    };
+    if let Err((code, description)) = verify_assertion(&s.federated, &assertion) {
+        return refuse(400, "invalid_client", code, &description);
+    }
+    let n = s.next.fetch_add(1, Ordering::SeqCst);
+    let token = format!("fake-entra-at-{n}-{}", unix_now());
+    s.issued.lock().unwrap().push(token.clone());
+    let lifetime = s.lifetime_secs.load(Ordering::SeqCst);
+    let body = serde_json::json!({
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+        "ext_expires_in": lifetime,
+        "access_token": token,
+    });
+    let r = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        body.to_string(),
+    )
+        .into_response();
+    (r, 200, 0)
+}
+
+/// What Entra checks of a federated client assertion, with its codes.
+fn verify_assertion(fed: &FederatedCredential, jwt: &str) -> Result<(), (u32, String)> {
+    use workload_client::spiffe::{JwtBundle, JwtBundleSet, TrustDomain};
+    let claims = claims(jwt).ok_or((50027, "JWT token is invalid or malformed.".to_owned()))?;
+    let iss = claims["iss"].as_str().unwrap_or("");
+    if iss != fed.issuer {
+        return Err((
+            700211,
+            format!(
+                "No matching federated identity record found for presented assertion issuer '{iss}'."
+            ),
+        ));
+    }
+    // Signature and exp against the issuer's published keys (and our audience).
+    let jwks = discover_jwks(&fed.issuer).map_err(|e| {
+        (
+            700210,
+            format!("Failed to fetch the issuer's signing keys: {e}"),
+        )
+    })?;
+    let sub = claims["sub"].as_str().unwrap_or("");
+    let td = sub
+        .strip_prefix("spiffe://")
+        .and_then(|r| r.split('/').next())
+        .and_then(|td| TrustDomain::new(td).ok())
+        .ok_or((50027, "JWT token is invalid or malformed.".to_owned()))?;
+    let bundle = JwtBundle::from_jwt_authorities(td, jwks.as_bytes())
+        .map_err(|e| (700210, format!("The issuer's JWKS is invalid: {e}")))?;
+    let mut set = JwtBundleSet::new();
+    set.add_bundle(bundle);
+    let verified = workload_client::validate_jwt_svid(
+        jwt,
+        &fed.audience,
+        &set,
+        &workload_client::TrustDomainPolicy::AnyWithBundle,
+    );
+    match verified {
+        Ok(_) => {}
+        Err(workload_client::ValidationError::Expired) => {
+            return Err((
+                700024,
+                "Client assertion is not within its valid time range.".to_owned(),
+            ));
+        }
+        Err(workload_client::ValidationError::AudienceMismatch { .. }) => {
+            return Err((
+                700212,
+                "No matching federated identity record found for presented assertion audience."
+                    .to_owned(),
+            ));
+        }
+        Err(e) => {
+            return Err((
+                700027,
+                format!("Client assertion failed signature validation ({e})."),
+            ));
+        }
+    }
+    if sub != fed.subject {
+        return Err((
+            700213,
+            format!(
+                "No matching federated identity record found for presented assertion subject '{sub}'."
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The JWT's claims, unverified (to find the issuer and trust domain before verifying).
+pub(crate) fn claims(jwt: &str) -> Option<serde_json::Value> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// `{issuer}/.well-known/openid-configuration` → `jwks_uri` → the JWKS (plain http to loopback:
+/// the dev agent's discovery endpoint).
+pub fn discover_jwks(issuer: &str) -> Result<String, String> {
+    let get = |url: &str| -> Result<String, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{url}: only http:// loopback issuers in tests"))?;
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let addr: SocketAddr = host.parse().map_err(|e| format!("{host}: {e}"))?;
+        match http(addr, "GET", &format!("/{path}")) {
+            Some((200, body)) => Ok(body),
+            Some((status, _)) => Err(format!("{url}: HTTP {status}")),
+            None => Err(format!("{url}: no answer")),
+        }
+    };
+    let discovery: serde_json::Value =
+        serde_json::from_str(&get(&format!("{issuer}/.well-known/openid-configuration"))?)
+            .map_err(|e| e.to_string())?;
+    if discovery["issuer"] != issuer {
+        return Err("the discovery document names another issuer".to_owned());
+    }
+    let jwks_uri = discovery["jwks_uri"]
+        .as_str()
+        .ok_or("no jwks_uri in the discovery document")?;
+    get(jwks_uri)
+}
+
+// === the broker ===
+
+/// Starts `iam-broker <provider_args…>` (the caller names the subcommand and its settings)
+/// against the agent at `socket` with listeners on free ports, in a clean environment plus
+/// `env`, and waits until both listeners accept connections.
+pub fn start_broker(
+    dir: &Path,
+    socket: &str,
+    provider_args: &[&str],
+    env: &[(&str, &str)],
+) -> Broker {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = Command::new(bin("iam-broker"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .args(provider_args)
+        .args(["--socket", socket])
+        .args(["--listen", &listen.to_string()])
+        .args(["--admin-listen", &admin.to_string()]);
+    let mut proc = Proc::spawn("iam-broker", cmd, dir);
+    wait_until("iam-broker listeners", Duration::from_secs(20), || {
+        proc.assert_running();
+        http(admin, "GET", "/healthz").is_some_and(|(s, _)| s == 200)
+            && std::net::TcpStream::connect(listen).is_ok()
+    });
+    Broker {
+        proc,
+        listen,
+        admin,
+    }
+}
+
+// === the real client ===
+
+/// Runs tests/py/azure_token.py (`managed` or `default`) for `scopes` with only
+/// `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` set (plus PATH and an empty HOME): the SDK's
+/// documented App Service configuration.
+pub fn azure_identity(
+    dir: &Path,
+    broker: &Broker,
+    header: &str,
+    kind: &str,
+    scopes: &[&str],
+) -> Result<serde_json::Value, String> {
+    let python = python_with(&["azure.identity"]);
+    let home = dir.join(format!("home-{}", free_port()));
+    std::fs::create_dir_all(&home).unwrap();
+    let mut cmd = Command::new("timeout");
+    cmd.arg("120")
+        .arg(python)
+        .arg(root().join("tests/py/azure_token.py"))
+        .arg(kind)
+        .args(scopes)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", &home)
+        .env(
+            "IDENTITY_ENDPOINT",
+            format!("http://{}/msi/token", broker.listen),
+        )
+        .env("IDENTITY_HEADER", header);
+    let out = output(cmd);
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
