@@ -81,15 +81,20 @@ impl TokenCheck {
     /// Reads the token (from the file, if it is one).
     pub fn new(token: &HeaderToken) -> std::io::Result<Self> {
         let (file, value) = match token {
-            HeaderToken::Value(v) => (None, v.clone()),
-            HeaderToken::File(path) => (
-                Some(path.clone()),
-                Secret::new(std::fs::read_to_string(path)?.trim()),
-            ),
+            HeaderToken::Value(v) => (None, Some(v.clone())),
+            HeaderToken::File(path) => {
+                // Checked again here: the file may have changed since the configuration read
+                // it, and an empty token must never match an empty header (fail closed).
+                let text = std::fs::read_to_string(path)?;
+                let token = check_token("token", text.trim())
+                    .ok()
+                    .map(|()| Secret::new(text.trim()));
+                (Some(path.clone()), token)
+            }
         };
         Ok(Self {
             file,
-            current: ArcSwapOption::from_pointee(value),
+            current: ArcSwapOption::from(value.map(Arc::new)),
             last_read: Mutex::new(std::time::Instant::now()),
         })
     }
@@ -190,6 +195,15 @@ mod tests {
         reread();
         assert_eq!(check.matches(b"second").await, TokenMatch::Matches);
         assert_eq!(check.matches(b"first").await, TokenMatch::Differs);
+    }
+
+    #[tokio::test]
+    async fn a_token_file_emptied_before_start_matches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "\n").unwrap();
+        let check = TokenCheck::new(&HeaderToken::File(path)).unwrap();
+        assert_eq!(check.matches(b"").await, TokenMatch::Unavailable);
     }
 
     #[tokio::test]
