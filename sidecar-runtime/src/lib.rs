@@ -14,8 +14,8 @@ pub mod entry;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;
-pub mod uds;
 pub mod tls_roots;
+pub mod uds;
 
 pub use admin::{Admin, Readiness};
 pub use config::{ConfigError, ListenPolicy};
