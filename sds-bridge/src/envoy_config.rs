@@ -299,11 +299,13 @@ impl JwtAuthnConfig {
             .allow_spiffe_ids
             .iter()
             .map(|id| match self.principal {
+                // `sourced_metadata` (dynamic metadata by default): `metadata` is deprecated.
                 Principal::Jwt => format!(
-                    r#"          - metadata:
-              filter: envoy.filters.http.jwt_authn
-              path: [{{ key: {PAYLOAD_METADATA_KEY} }}, {{ key: sub }}]
-              value: {{ string_match: {{ exact: {id} }} }}
+                    r#"          - sourced_metadata:
+              metadata_matcher:
+                filter: envoy.filters.http.jwt_authn
+                path: [{{ key: {PAYLOAD_METADATA_KEY} }}, {{ key: sub }}]
+                value: {{ string_match: {{ exact: {id} }} }}
 "#,
                     id = q(&id.to_string())
                 ),
