@@ -648,3 +648,88 @@ async fn dropping_a_federated_trust_domain_refuses_its_mtls_and_jwt_requests_wit
     assert!(jwt < Duration::from_secs(3), "JWT: {jwt:?}");
     Arc::into_inner(agent).unwrap().shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retiring_the_ca_refuses_certificates_it_issued_while_reissued_svids_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path()).await;
+    // A client certificate of the CA about to be retired, as an attacker would hold it.
+    let (stolen_cert, stolen_key) = svid_pems(agent.authority(), CLIENT);
+    let endpoint = agent.endpoint().to_string();
+    let dir_path = dir.path().to_path_buf();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<Instant>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let measured = tokio::task::spawn_blocking(move || {
+        let (bridge, _jwks) = bridge(&dir_path, &endpoint);
+        let upstream = EchoServer::start();
+        let server_port = free_port();
+        let tls = common_tls_context(Shape::All, "sds", "", "example.org");
+        let _server = Envoy::start(
+            "server",
+            &dir_path,
+            &bootstrap(
+                free_port(),
+                "server",
+                &[mtls_listener_with_filters("mtls", server_port, &tls, "")],
+                &[
+                    static_cluster("upstream", upstream.addr, false),
+                    sds_cluster("sds", &bridge.socket),
+                ],
+            ),
+        );
+        // "fresh" presents the bridge's current SVID (re-issued by the agent after the
+        // retirement and pushed over SDS); "stolen" the certificate minted before it.
+        let port = free_port();
+        let _clients = Envoy::start(
+            "clients",
+            &dir_path,
+            &bootstrap(
+                free_port(),
+                "clients",
+                &[http_listener(
+                    "out",
+                    port,
+                    &[("/fresh", "fresh"), ("/stolen", "stolen")],
+                )],
+                &[
+                    tls_cluster(
+                        "fresh",
+                        addr(server_port),
+                        &common_tls_context(Shape::NoValidation, "sds", "", "example.org"),
+                        1,
+                    ),
+                    tls_cluster(
+                        "stolen",
+                        addr(server_port),
+                        &inline_tls_context(&stolen_cert, &stolen_key),
+                        1,
+                    ),
+                    sds_cluster("sds", &bridge.socket),
+                ],
+            ),
+        );
+        let get = |path: &str| request(addr(port), "GET", path, &[]).unwrap().status;
+        assert_eq!(get("/fresh"), 200);
+        assert_eq!(get("/stolen"), 200, "trusted before the retirement");
+        ready_tx.send(()).unwrap();
+        let start = go_rx.recv().unwrap();
+        let refused = time_until_refused(start, Duration::from_secs(10), || get("/stolen") != 200);
+        wait_until("the re-issued SVID", Duration::from_secs(5), || {
+            get("/fresh") == 200
+        });
+        for _ in 0..20 {
+            assert_eq!(get("/fresh"), 200, "re-issued SVIDs keep working");
+        }
+        refused
+    });
+    tokio::task::spawn_blocking(move || ready_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    agent.retire_x509_ca_now().await.unwrap();
+    go_tx.send(start).unwrap();
+    let refused = measured.await.unwrap();
+    eprintln!("CA retirement: old-CA certificate refused after {refused:?}");
+    assert!(refused < Duration::from_secs(2), "{refused:?}");
+    agent.shutdown().await;
+}
