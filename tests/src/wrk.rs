@@ -23,14 +23,27 @@ pub fn available() -> bool {
 /// `wrk -t1 -c<connections> -d<seconds>s --latency http://<addr><path>`; panics if wrk is
 /// missing (with the install command) or if any response was not 2xx.
 pub fn run(addr: SocketAddr, path: &str, connections: u32, seconds: u32) -> Wrk {
+    run_with_headers(addr, path, connections, seconds, &[])
+}
+
+/// [`run`] sending `headers` (`"Name: value"`, wrk's `-H`) on every request, e.g. a bearer
+/// token.
+pub fn run_with_headers(
+    addr: SocketAddr,
+    path: &str,
+    connections: u32,
+    seconds: u32,
+    headers: &[String],
+) -> Wrk {
     let out = Command::new("wrk")
         .args([
             "-t1",
             &format!("-c{connections}"),
             &format!("-d{seconds}s"),
             "--latency",
-            &format!("http://{addr}{path}"),
         ])
+        .args(headers.iter().flat_map(|h| ["-H", h.as_str()]))
+        .arg(format!("http://{addr}{path}"))
         .output()
         .expect("wrk missing: apt-get install wrk");
     let text = String::from_utf8_lossy(&out.stdout);
