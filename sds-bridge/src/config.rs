@@ -477,6 +477,30 @@ mod tests {
     }
 
     #[test]
+    fn jwks_listen_is_off_by_default_loopback_only_and_apart_from_admin() {
+        let agent = ("SPIFFE_ENDPOINT_SOCKET", "unix:///run/agent.sock");
+        assert_eq!(load(&[], &[agent]).unwrap().jwks_listen, None);
+        let on = load(&[], &[agent, (ENV_JWKS_LISTEN, "127.0.0.1:9013")]).unwrap();
+        assert_eq!(on.jwks_listen, Some("127.0.0.1:9013".parse().unwrap()));
+        assert_eq!(
+            load(&["--jwks-listen", "off"], &[agent])
+                .unwrap()
+                .jwks_listen,
+            None
+        );
+        let err = load(&["--jwks-listen", "0.0.0.0:9013"], &[agent]).unwrap_err();
+        assert_eq!(err.setting, "--jwks-listen");
+        assert!(err.reason.contains("loopback"), "{err}");
+        let err = load(&["--jwks-listen", "127.0.0.1:9012"], &[agent]).unwrap_err();
+        assert_eq!(
+            err.setting, "--jwks-listen",
+            "the admin default port: {err}"
+        );
+        let err = load(&["--jwks-listen", "localhost:9013"], &[agent]).unwrap_err();
+        assert_eq!(err.setting, "--jwks-listen");
+    }
+
+    #[test]
     fn a_non_loopback_tcp_listener_needs_the_opt_in() {
         let agent = ("SPIFFE_ENDPOINT_SOCKET", "unix:///run/agent.sock");
         let err = load(&["--listen", "tcp://0.0.0.0:8300"], &[agent]).unwrap_err();
