@@ -24,6 +24,9 @@
 //! - Before the first bundle snapshot the endpoint answers 503 (Envoy retries after
 //!   `failed_refetch_duration`), never a tombstone: that would look like a revocation.
 //! - The same `Host` guard as the admin server (DNS rebinding).
+//! - `sds_bridge_jwks_requests_total{result}` counts answers: `ok`, `not_modified`,
+//!   `no_bundle` (tombstone served: a revoked or unknown trust domain), `not_ready`,
+//!   `bad_name`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -39,6 +42,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use serde_json::{Map, Value, json};
 use sidecar_runtime::Shutdown;
 use tokio::net::TcpListener;
@@ -213,20 +220,51 @@ pub fn publish(watcher: &JwtBundleWatcher) -> watch::Receiver<Option<Arc<Documen
     rx
 }
 
-/// The endpoint's state: the current documents and the tombstone.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+/// The endpoint's state: the current documents, the tombstone and the request counter.
 #[derive(Clone, Debug)]
 pub struct JwksEndpoint {
     documents: watch::Receiver<Option<Arc<Documents>>>,
     tombstone: Arc<Document>,
+    requests: Family<ResultLabels, Counter>,
 }
 
 impl JwksEndpoint {
     /// Serves `documents` (see [`publish`]), answering `tombstone` for unknown trust domains.
     pub fn new(documents: watch::Receiver<Option<Arc<Documents>>>, tombstone: Document) -> Self {
+        let requests = Family::<ResultLabels, Counter>::default();
+        // Every result shows 0 from the start, so an alert can use rate() without absent().
+        for result in ["ok", "not_modified", "no_bundle", "not_ready", "bad_name"] {
+            let _ = requests.get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            });
+        }
         Self {
             documents,
             tombstone: Arc::new(tombstone),
+            requests,
         }
+    }
+
+    /// Registers `jwks_requests_total{result}` in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "jwks_requests",
+            "JWKS endpoint answers by result (no_bundle: the tombstone was served)",
+            self.requests.clone(),
+        );
+    }
+
+    fn count(&self, result: &str) {
+        self.requests
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// The router (`GET /jwks/{trust_domain}` behind the `Host` guard).
@@ -253,6 +291,7 @@ async fn jwks(
     headers: HeaderMap,
 ) -> Response {
     let Some(documents) = endpoint.documents.borrow().clone() else {
+        endpoint.count("not_ready");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             [
@@ -264,18 +303,24 @@ async fn jwks(
             .into_response();
     };
     let Ok(td) = TrustDomain::new(&name) else {
+        endpoint.count("bad_name");
         return (StatusCode::NOT_FOUND, "not a trust domain name\n").into_response();
     };
-    let document = documents.get(td.as_ref()).unwrap_or(&endpoint.tombstone);
+    let (document, result) = match documents.get(td.as_ref()) {
+        Some(document) => (document, "ok"),
+        None => (endpoint.tombstone.as_ref(), "no_bundle"),
+    };
     let etag = HeaderValue::from_str(&document.etag).unwrap_or(HeaderValue::from_static("\"\""));
     let cache = HeaderValue::from_static("no-cache");
     if if_none_match(&headers, &document.etag) {
+        endpoint.count("not_modified");
         return (
             StatusCode::NOT_MODIFIED,
             [(header::ETAG, etag), (header::CACHE_CONTROL, cache)],
         )
             .into_response();
     }
+    endpoint.count(result);
     (
         StatusCode::OK,
         [

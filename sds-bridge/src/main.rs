@@ -113,6 +113,17 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     registry.register_collector(Box::new(X509Collector(watcher.clone())));
     registry.register_collector(Box::new(JwtCacheCollector(jwt_cache)));
     registry.register_collector(Box::new(UnixGrpcCollector));
+    // Only when asked for: the stream costs the agent little, but a bridge that serves no
+    // JWKS has no reason to hold one open.
+    let jwks = match jwks_listener {
+        Some(listener) => {
+            let bundles = JwtBundleWatcher::jwt_bundles(client.clone());
+            let endpoint = JwksEndpoint::new(jwks::publish(&bundles), jwks::tombstone()?);
+            endpoint.register(&mut registry);
+            Some((listener, bundles, endpoint))
+        }
+        None => None,
+    };
 
     if let Some(listener) = admin_listener {
         let ready = {
@@ -132,11 +143,7 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         Admin::new(registry, ready).spawn(listener, shutdown.clone());
     }
 
-    if let Some(listener) = jwks_listener {
-        // Only when asked for: the stream costs the agent nothing much, but a bridge that
-        // serves no JWKS has no reason to hold one open.
-        let bundles = JwtBundleWatcher::jwt_bundles(client.clone());
-        let endpoint = JwksEndpoint::new(jwks::publish(&bundles), jwks::tombstone()?);
+    if let Some((listener, bundles, endpoint)) = jwks {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             // Keep the watcher alive as long as the endpoint serves.

@@ -267,7 +267,7 @@ async fn jwks_endpoint_revalidates_and_answers_unknown_trust_domains_with_a_tomb
     let dir_path = dir.path().to_path_buf();
     let own_kid = agent.authority().current_kid();
     tokio::task::spawn_blocking(move || {
-        let (_bridge, jwks) = bridge(&dir_path, &endpoint);
+        let (bridge, jwks) = bridge(&dir_path, &endpoint);
         let r = request(jwks, "GET", "/jwks/example.org", &[]).unwrap();
         assert_eq!(r.header("cache-control"), Some("no-cache"));
         let etag = r.header("etag").unwrap().to_owned();
@@ -301,6 +301,14 @@ async fn jwks_endpoint_revalidates_and_answers_unknown_trust_domains_with_a_tomb
             &[("host", "evil.example")],
         );
         assert_eq!(rebinding.unwrap().status, 403);
+        let count = |result: &str| {
+            bridge.metric(&format!(
+                "sds_bridge_jwks_requests_total{{result=\"{result}\"}}"
+            ))
+        };
+        assert_eq!(count("not_modified"), 1.0);
+        assert_eq!(count("no_bundle"), 1.0);
+        assert!(count("ok") >= 3.0, "{}", count("ok"));
     })
     .await
     .unwrap();
