@@ -1,7 +1,13 @@
 //! [`Agent::start`] binds the sockets and spawns the servers and rotation tasks;
 //! [`RunningAgent`] is the handle tests and `main.rs` hold.
 
-use std::{collections::HashMap, fmt, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    net::SocketAddr,
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
 
 use spiffe::{JwtBundleSet, SpiffeId, TrustDomain};
 use tokio::{
@@ -59,7 +65,8 @@ pub(crate) struct Shared {
     pub(crate) jwt_key_rotation: Duration,
     pub(crate) jwt_issuer: Option<String>,
     pub(crate) own: Arc<Authority>,
-    pub(crate) federated: Vec<Arc<Authority>>,
+    /// Federated trust domains; an operator can drop one at run time (a compromised partner).
+    federated: RwLock<Vec<Arc<Authority>>>,
     state: Option<StateDir>,
     pub(crate) metrics: Metrics,
     pub(crate) x509: watch::Sender<Arc<X509Snapshot>>,
@@ -132,6 +139,83 @@ impl Shared {
         Ok(retired)
     }
 
+    /// The federated trust domains' authorities now.
+    pub(crate) fn federated(&self) -> Vec<Arc<Authority>> {
+        self.federated
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Stops federating with `trust_domain`, as after a partner's compromise: its X.509 and JWT
+    /// bundles leave every stream in one push (X.509-SVID, X.509 bundles and JWT bundles
+    /// streams). Returns `false` if it was not federated. Lasts until restart: `--federate-with`
+    /// decides at start.
+    pub(crate) async fn drop_federation(&self, trust_domain: &TrustDomain) -> Result<bool, Error> {
+        let _x509 = self.x509_lock.lock().await;
+        let _jwt = self.jwt_lock.lock().await;
+        let removed = {
+            let mut federated = self
+                .federated
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let before = federated.len();
+            federated.retain(|a| a.trust_domain() != trust_domain);
+            before != federated.len()
+        };
+        if !removed {
+            return Ok(false);
+        }
+        // The SVIDs themselves are unchanged: push the current ones with the new bundle map.
+        let current = self.x509.borrow().clone();
+        let mut response = current.response.clone();
+        response.federated_bundles = self.federated_x509_bundles();
+        self.x509.send_replace(Arc::new(X509Snapshot {
+            response,
+            rotate_at: current.rotate_at,
+        }));
+        self.publish_x509_bundles();
+        self.publish_jwt_bundles()?;
+        tracing::warn!(%trust_domain, "dropped federated trust domain: its bundles are gone");
+        Ok(true)
+    }
+
+    /// Replaces the own trust domain's CA now and re-issues every X.509-SVID with the new one;
+    /// the old CA leaves the bundle in the same push (SPIRE's X.509 authority taint + revoke).
+    pub(crate) async fn retire_x509_ca_now(&self) -> Result<(), Error> {
+        let _guard = self.x509_lock.lock().await;
+        let td = self.own.trust_domain().clone();
+        let validity = DEFAULT_CA_VALIDITY.max(self.x509_ttl.saturating_mul(10));
+        // Key generation: off the async workers.
+        let next = tokio::task::spawn_blocking(move || {
+            crate::ca::CertificateAuthority::generate(&td, validity)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(crate::authority::AuthorityError::from)?;
+        self.own.retire_ca_now(next)?;
+        let snapshot = self.issue_x509()?;
+        self.x509.send_replace(Arc::new(snapshot));
+        self.publish_x509_bundles();
+        self.metrics.count_x509_rotation();
+        tracing::warn!(
+            "retired the X.509 CA early: new CA, SVIDs re-issued, old CA out of the bundle"
+        );
+        Ok(())
+    }
+
+    fn federated_x509_bundles(&self) -> HashMap<String, Vec<u8>> {
+        self.federated()
+            .iter()
+            .map(|a| (a.trust_domain().id_string(), a.ca_der()))
+            .collect()
+    }
+
+    fn publish_x509_bundles(&self) {
+        self.x509_bundles
+            .send_replace(Arc::new(x509_bundles(&self.own, &self.federated())));
+    }
+
     /// Drops retired JWT keys whose tokens have expired; pushes the JWKS if it changed.
     pub(crate) async fn prune_jwt_keys(&self) -> Result<(), Error> {
         let _guard = self.jwt_lock.lock().await;
@@ -144,7 +228,7 @@ impl Shared {
     }
 
     fn issue_x509(&self) -> Result<X509Snapshot, Error> {
-        let bundle = self.own.ca_der().to_vec();
+        let bundle = self.own.ca_der();
         let svids = self
             .spiffe_ids
             .iter()
@@ -159,11 +243,7 @@ impl Shared {
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        let federated_bundles = self
-            .federated
-            .iter()
-            .map(|a| (a.trust_domain().id_string(), a.ca_der().to_vec()))
-            .collect();
+        let federated_bundles = self.federated_x509_bundles();
         Ok(X509Snapshot {
             response: X509svidResponse {
                 svids,
@@ -178,7 +258,8 @@ impl Shared {
         let own_jwks = self.own.jwks();
         let mut bundles = HashMap::new();
         let mut bundle_set = JwtBundleSet::new();
-        for authority in std::iter::once(&self.own).chain(&self.federated) {
+        let federated = self.federated();
+        for authority in std::iter::once(&self.own).chain(&federated) {
             let jwks = if Arc::ptr_eq(authority, &self.own) {
                 own_jwks.to_string()
             } else {
@@ -221,7 +302,7 @@ impl Shared {
 fn x509_bundles(own: &Authority, federated: &[Arc<Authority>]) -> X509BundlesResponse {
     let bundles = std::iter::once(own)
         .chain(federated.iter().map(AsRef::as_ref))
-        .map(|a| (a.trust_domain().id_string(), a.ca_der().to_vec()))
+        .map(|a| (a.trust_domain().id_string(), a.ca_der()))
         .collect();
     X509BundlesResponse {
         crl: Vec::new(),
@@ -267,7 +348,7 @@ impl Agent {
             jwt_key_rotation: config.jwt_key_rotation,
             jwt_issuer: config.jwt_issuer.clone(),
             own,
-            federated,
+            federated: RwLock::new(federated),
             state,
             metrics: Metrics::default(),
             x509,
@@ -485,11 +566,22 @@ impl RunningAgent {
     }
 
     /// The authority of a federated trust domain, to mint its SVIDs and tokens in tests.
-    pub fn federated_authority(&self, trust_domain: &TrustDomain) -> Option<&Arc<Authority>> {
+    pub fn federated_authority(&self, trust_domain: &TrustDomain) -> Option<Arc<Authority>> {
         self.shared
-            .federated
-            .iter()
+            .federated()
+            .into_iter()
             .find(|a| a.trust_domain() == trust_domain)
+    }
+
+    /// Stops federating with `trust_domain` now (see `POST /federation/drop`); `false` if it
+    /// was not federated. Returns once the bundles without it were pushed.
+    pub async fn drop_federation(&self, trust_domain: &TrustDomain) -> Result<bool, Error> {
+        self.shared.drop_federation(trust_domain).await
+    }
+
+    /// Replaces the X.509 CA now and re-issues every SVID (see `POST /retire/x509`).
+    pub async fn retire_x509_ca_now(&self) -> Result<(), Error> {
+        self.shared.retire_x509_ca_now().await
     }
 
     /// The identities handed out, first is the default.

@@ -5,7 +5,7 @@
 //! e.g. a foreign trust domain's token for the federation scenarios.
 
 use std::{
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -51,7 +51,8 @@ pub enum AuthorityError {
 #[derive(Debug)]
 pub struct Authority {
     trust_domain: TrustDomain,
-    ca: CertificateAuthority,
+    /// Replaced whole by [`Authority::retire_ca_now`] (a compromised CA), so behind a lock.
+    ca: RwLock<Arc<CertificateAuthority>>,
     jwt: Mutex<JwtKeySet>,
     jwt_issuer: Option<String>,
 }
@@ -71,7 +72,7 @@ impl Authority {
     pub fn from_parts(ca: CertificateAuthority, keys: JwtKeySet) -> Self {
         Self {
             trust_domain: ca.trust_domain().clone(),
-            ca,
+            ca: RwLock::new(Arc::new(ca)),
             jwt: Mutex::new(keys),
             jwt_issuer: None,
         }
@@ -89,14 +90,28 @@ impl Authority {
         &self.trust_domain
     }
 
-    /// The X.509 CA.
-    pub fn ca(&self) -> &CertificateAuthority {
-        &self.ca
+    /// The X.509 CA (the current one: see [`Authority::retire_ca_now`]).
+    pub fn ca(&self) -> Arc<CertificateAuthority> {
+        Arc::clone(&self.ca.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The CA certificate, DER: the X.509 bundle of this trust domain.
-    pub fn ca_der(&self) -> &[u8] {
-        self.ca.cert_der()
+    pub fn ca_der(&self) -> Vec<u8> {
+        self.ca().cert_der().to_vec()
+    }
+
+    /// Replaces the CA with `next` at once, as after a CA compromise: the old CA leaves the
+    /// bundle, so every SVID it issued stops being trusted as soon as peers get the new bundle.
+    /// The caller re-issues the SVIDs. Errors if `next` is of another trust domain.
+    pub fn retire_ca_now(&self, next: CertificateAuthority) -> Result<(), AuthorityError> {
+        if next.trust_domain() != &self.trust_domain {
+            return Err(AuthorityError::ForeignSpiffeId {
+                id: next.trust_domain().id_string(),
+                trust_domain: self.trust_domain.to_string(),
+            });
+        }
+        *self.ca.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        Ok(())
     }
 
     /// Issues an X509-SVID. Errors if `spiffe_id` is not in this trust domain.
@@ -106,7 +121,7 @@ impl Authority {
         ttl: Duration,
     ) -> Result<IssuedX509Svid, AuthorityError> {
         self.check_member(spiffe_id)?;
-        Ok(self.ca.issue(spiffe_id, ttl)?)
+        Ok(self.ca().issue(spiffe_id, ttl)?)
     }
 
     /// Signs a JWT-SVID for `sub` with audiences `audience`, valid for `ttl` from now, with

@@ -65,6 +65,18 @@ pub struct IssuedX509Svid {
     pub not_after: SystemTime,
 }
 
+impl IssuedX509Svid {
+    /// The leaf certificate as PEM (for an Envoy `tls_certificates` inline string).
+    pub fn cert_pem(&self) -> String {
+        pem_encode("CERTIFICATE", &self.cert_der)
+    }
+
+    /// The private key as PKCS#8 PEM: a secret, never log it.
+    pub fn key_pem(&self) -> SecretBytes {
+        SecretBytes::new(pem_encode("PRIVATE KEY", self.key_pkcs8.expose()).into_bytes())
+    }
+}
+
 // === CertificateAuthority ===
 
 /// A self-signed root CA for one trust domain.

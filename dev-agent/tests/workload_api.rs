@@ -573,3 +573,62 @@ async fn oidc_discovery_and_admin_endpoints() {
     assert_eq!(http(admin, "GET", "/healthz").await.0, 200);
     agent.shutdown().await;
 }
+
+#[tokio::test]
+async fn dropping_a_federation_and_retiring_the_ca_reach_every_stream_in_one_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.federate_with = vec![td("other.org")];
+    let agent = Agent::start(cfg).await.unwrap();
+    let mut client = connect(&agent).await;
+    let mut svids = client
+        .fetch_x509svid(req(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut x509_bundles = client
+        .fetch_x509_bundles(req(X509BundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut jwt_bundles = client
+        .fetch_jwt_bundles(req(JwtBundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = svids.next().await.unwrap().unwrap();
+    assert!(first.federated_bundles.contains_key("spiffe://other.org"));
+    assert_eq!(x509_bundles.next().await.unwrap().unwrap().bundles.len(), 2);
+    assert_eq!(jwt_bundles.next().await.unwrap().unwrap().bundles.len(), 2);
+
+    assert!(agent.drop_federation(&td("other.org")).await.unwrap());
+    assert!(
+        !agent.drop_federation(&td("other.org")).await.unwrap(),
+        "gone"
+    );
+    let next = svids.next().await.unwrap().unwrap();
+    assert!(next.federated_bundles.is_empty());
+    assert_eq!(
+        next.svids[0].x509_svid, first.svids[0].x509_svid,
+        "same SVID"
+    );
+    let x509 = x509_bundles.next().await.unwrap().unwrap().bundles;
+    assert_eq!(x509.keys().collect::<Vec<_>>(), ["spiffe://example.org"]);
+    let jwt = jwt_bundles.next().await.unwrap().unwrap().bundles;
+    assert_eq!(jwt.keys().collect::<Vec<_>>(), ["spiffe://example.org"]);
+    assert!(agent.federated_authority(&td("other.org")).is_none());
+
+    let old_ca = agent.authority().ca_der();
+    agent.retire_x509_ca_now().await.unwrap();
+    let new_ca = agent.authority().ca_der();
+    assert_ne!(old_ca, new_ca);
+    let reissued = svids.next().await.unwrap().unwrap();
+    assert_eq!(
+        reissued.svids[0].bundle, new_ca,
+        "the old CA left the bundle"
+    );
+    assert_ne!(reissued.svids[0].x509_svid, first.svids[0].x509_svid);
+    let x509 = x509_bundles.next().await.unwrap().unwrap().bundles;
+    assert_eq!(x509["spiffe://example.org"], new_ca);
+    agent.shutdown().await;
+}

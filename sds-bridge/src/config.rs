@@ -30,6 +30,8 @@ pub const ENV_ALLOW_JWT_AUDIENCES: &str = "SDS_BRIDGE_ALLOW_JWT_AUDIENCES";
 pub const ENV_LOG_FORMAT: &str = "SDS_BRIDGE_LOG_FORMAT";
 /// Env: most distinct JWT-SVID keys (audience sets) the bridge holds.
 pub const ENV_MAX_JWT_KEYS: &str = "SDS_BRIDGE_MAX_JWT_KEYS";
+/// Env: JWKS endpoint listen address or `off`.
+pub const ENV_JWKS_LISTEN: &str = "SDS_BRIDGE_JWKS_LISTEN";
 /// Env: `true` to allow `--listen tcp://` on a non-loopback address.
 pub const ENV_ALLOW_NON_LOOPBACK_LISTEN: &str = "SDS_BRIDGE_ALLOW_NON_LOOPBACK_LISTEN";
 
@@ -52,7 +54,7 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
              bundles under the SPIRE agent's resource names and pushes every rotation",
     after_help = "Resource names: default, ROOTCA, ALL, spiffe://<trust domain>, <SPIFFE ID>.\n\
 Environment: SDS_BRIDGE_{LISTEN,SOCKET_MODE,SOCKET_PATH,ADMIN_LISTEN,VALIDATION_CONTEXT,\n\
-ROOTCA_BUNDLES,ALLOW_JWT_AUDIENCES,MAX_JWT_KEYS,LOG_FORMAT,ALLOW_NON_LOOPBACK_LISTEN}; the Workload API falls back to SPIFFE_ENDPOINT_SOCKET, then\n\
+ROOTCA_BUNDLES,ALLOW_JWT_AUDIENCES,MAX_JWT_KEYS,JWKS_LISTEN,LOG_FORMAT,ALLOW_NON_LOOPBACK_LISTEN}; the Workload API falls back to SPIFFE_ENDPOINT_SOCKET, then\n\
 unix:///run/secrets/workload-spiffe-uds/socket. In Istio that default is also the SDS socket\n\
 path: mount the Workload API elsewhere for the bridge and point --socket at it."
 )]
@@ -94,6 +96,22 @@ pub struct Cli {
     /// workload's private keys and tokens, unauthenticated [default: loopback only].
     #[arg(long)]
     pub allow_non_loopback_listen: bool,
+    /// Serve each trust domain's JWT-SVID keys as a JWKS for Envoy's jwt_authn at
+    /// http://ADDR/jwks/<trust domain> (loopback only, like --listen), or "off"
+    /// [default: off]. `sds-bridge jwt-authn-config` prints the matching Envoy filters.
+    #[arg(long)]
+    pub jwks_listen: Option<String>,
+    /// Print configuration instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands: print configuration, do not serve.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print Envoy's jwt_authn (one provider per trust domain, JWKS from --jwks-listen),
+    /// the x-spiffe-id header scrubbing and optional RBAC filter, and the JWKS cluster.
+    JwtAuthnConfig(crate::envoy_config::JwtAuthnArgs),
 }
 
 /// Where SDS is served: the listen address every gRPC server of ours parses alike.
@@ -125,6 +143,8 @@ pub struct Config {
     pub unix_authority_adapter: bool,
     /// Whether `listen` may be a non-loopback TCP address.
     pub listen_policy: ListenPolicy,
+    /// JWKS endpoint for Envoy's jwt_authn (`None`: off).
+    pub jwks_listen: Option<SocketAddr>,
 }
 
 // === impl Config ===
@@ -186,6 +206,30 @@ impl Config {
                 "--admin-listen",
                 admin.to_string(),
                 "must differ from the SDS listen address",
+            ));
+        }
+
+        let jwks_listen = match pick(
+            cli.jwks_listen.as_deref(),
+            "--jwks-listen",
+            env,
+            ENV_JWKS_LISTEN,
+        ) {
+            None => None,
+            Some((setting, v)) => match config::admin_listen(&setting, &v)? {
+                None => None,
+                // The JWKS is public, but it decides which tokens Envoy accepts: serve it only
+                // where this pod's Envoy, and nothing else, reaches it.
+                Some(addr) => Some(listen_policy.check(&setting, addr)?),
+            },
+        };
+        if let Some(jwks) = jwks_listen
+            && (admin_listen == Some(jwks) || matches!(&listen, Listen::Tcp(sds) if *sds == jwks))
+        {
+            return Err(ConfigError::new(
+                "--jwks-listen",
+                jwks.to_string(),
+                "must differ from the SDS and admin listen addresses",
             ));
         }
 
@@ -288,6 +332,7 @@ impl Config {
             log_format,
             unix_authority_adapter,
             listen_policy,
+            jwks_listen,
         })
     }
 }
@@ -429,6 +474,30 @@ mod tests {
         assert_eq!(c.max_jwt_keys, 64);
         let c = load(&[], &[agent, (ENV_MAX_JWT_KEYS, "8")]).unwrap();
         assert_eq!(c.max_jwt_keys, 8);
+    }
+
+    #[test]
+    fn jwks_listen_is_off_by_default_loopback_only_and_apart_from_admin() {
+        let agent = ("SPIFFE_ENDPOINT_SOCKET", "unix:///run/agent.sock");
+        assert_eq!(load(&[], &[agent]).unwrap().jwks_listen, None);
+        let on = load(&[], &[agent, (ENV_JWKS_LISTEN, "127.0.0.1:9013")]).unwrap();
+        assert_eq!(on.jwks_listen, Some("127.0.0.1:9013".parse().unwrap()));
+        assert_eq!(
+            load(&["--jwks-listen", "off"], &[agent])
+                .unwrap()
+                .jwks_listen,
+            None
+        );
+        let err = load(&["--jwks-listen", "0.0.0.0:9013"], &[agent]).unwrap_err();
+        assert_eq!(err.setting, "--jwks-listen");
+        assert!(err.reason.contains("loopback"), "{err}");
+        let err = load(&["--jwks-listen", "127.0.0.1:9012"], &[agent]).unwrap_err();
+        assert_eq!(
+            err.setting, "--jwks-listen",
+            "the admin default port: {err}"
+        );
+        let err = load(&["--jwks-listen", "localhost:9013"], &[agent]).unwrap_err();
+        assert_eq!(err.setting, "--jwks-listen");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! - [`config`]: flags and `SDS_BRIDGE_*` variables, parsed once;
 //! - [`names`]: SDS resource names and their meaning (SPIRE agent compatible);
 //! - [`catalog`]: every secret of one X.509 snapshot, rendered once for all streams;
+//! - [`jwks`]: the loopback JWKS endpoint (one document per trust domain) for `jwt_authn`;
+//! - [`envoy_config`]: `sds-bridge jwt-authn-config`, the matching Envoy filters;
 //! - [`jwt`]: JWT-SVIDs from the shared cache as generic secrets (credential_injector);
 //! - [`limits`]: per-request, bridge-wide and per-connection bounds on what clients can ask for;
 //! - [`stream`]: the state-of-the-world state machine of one Envoy stream;
@@ -11,6 +13,8 @@
 
 pub mod catalog;
 pub mod config;
+pub mod envoy_config;
+pub mod jwks;
 pub mod jwt;
 pub mod limits;
 pub mod metrics;

@@ -8,7 +8,9 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use prometheus_client::registry::Registry;
 use sds_bridge::catalog;
-use sds_bridge::config::{Cli, Config, Listen};
+use sds_bridge::config::{Cli, Command, Config, Listen};
+use sds_bridge::envoy_config::JwtAuthnConfig;
+use sds_bridge::jwks::{self, JwksEndpoint};
 use sds_bridge::jwt::JwtSecrets;
 use sds_bridge::limits::{MAX_CONCURRENT_STREAMS, Refusals};
 use sds_bridge::metrics::Metrics;
@@ -16,7 +18,9 @@ use sds_bridge::service::SdsService;
 use sidecar_runtime::metrics::{JwtCacheCollector, X509Collector};
 use sidecar_runtime::uds::{self, SocketFile, UnixGrpcCollector};
 use sidecar_runtime::{Admin, Readiness, Shutdown};
-use workload_client::{CacheConfig, JwtSvidCache, ProcessEnv, WorkloadApiClient, X509Watcher};
+use workload_client::{
+    CacheConfig, JwtBundleWatcher, JwtSvidCache, ProcessEnv, WorkloadApiClient, X509Watcher,
+};
 
 /// How long a unary FetchSecrets waits for the first SVID (Envoy's own fetch timeout is 5 s).
 const FETCH_WAIT: Duration = Duration::from_secs(4);
@@ -24,6 +28,25 @@ const FETCH_WAIT: Duration = Duration::from_secs(4);
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::JwtAuthnConfig(args)) = &cli.command {
+        return match JwtAuthnConfig::from_args(args) {
+            Ok(config) => {
+                use std::io::Write as _;
+                // The configuration is the command's output (stdout), not a log line.
+                match writeln!(std::io::stdout().lock(), "{}", config.render(args.part)) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => {
+                        eprintln!("sds-bridge jwt-authn-config: writing stdout: {error}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Err(error) => {
+                eprintln!("sds-bridge jwt-authn-config: {error}");
+                ExitCode::from(2)
+            }
+        };
+    }
     sidecar_runtime::run_sidecar(
         "sds-bridge",
         Config::load(&cli, &ProcessEnv),
@@ -62,6 +85,14 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let jwks_listener = match config.jwks_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the JWKS listener on {addr}"))?,
+        ),
+        None => None,
+    };
 
     let client = WorkloadApiClient::new(config.socket.endpoint.clone());
     let watcher = X509Watcher::x509(client.clone());
@@ -72,7 +103,7 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     refusals.register(&mut registry);
     // JWT-SVIDs are fetched only for audiences Envoy asks for (jwt-svid:<audience> names),
     // at most --max-jwt-keys of them.
-    let jwt_cache = JwtSvidCache::new(client, CacheConfig::default());
+    let jwt_cache = JwtSvidCache::new(client.clone(), CacheConfig::default());
     let jwt = JwtSecrets::new(
         jwt_cache.clone(),
         config.allow_jwt_audiences.clone(),
@@ -82,6 +113,17 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     registry.register_collector(Box::new(X509Collector(watcher.clone())));
     registry.register_collector(Box::new(JwtCacheCollector(jwt_cache)));
     registry.register_collector(Box::new(UnixGrpcCollector));
+    // Only when asked for: the stream costs the agent little, but a bridge that serves no
+    // JWKS has no reason to hold one open.
+    let jwks = match jwks_listener {
+        Some(listener) => {
+            let bundles = JwtBundleWatcher::jwt_bundles(client.clone());
+            let endpoint = JwksEndpoint::new(jwks::publish(&bundles), jwks::tombstone()?);
+            endpoint.register(&mut registry);
+            Some((listener, bundles, endpoint))
+        }
+        None => None,
+    };
 
     if let Some(listener) = admin_listener {
         let ready = {
@@ -99,6 +141,17 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             }
         };
         Admin::new(registry, ready).spawn(listener, shutdown.clone());
+    }
+
+    if let Some((listener, bundles, endpoint)) = jwks {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            // Keep the watcher alive as long as the endpoint serves.
+            let _bundles = bundles;
+            if let Err(error) = endpoint.serve(listener, shutdown).await {
+                tracing::error!(%error, "JWKS listener failed");
+            }
+        });
     }
 
     let service = SdsService::new(
@@ -122,6 +175,9 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     if let Listen::Tcp(addr) = &config.listen {
         config.listen_policy.warn_if_exposed("SDS", *addr);
     }
+    if let Some(addr) = config.jwks_listen {
+        config.listen_policy.warn_if_exposed("JWKS", addr);
+    }
     tracing::info!(
         listen = ?config.listen,
         admin = ?config.admin_listen,
@@ -131,6 +187,7 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         rootca_bundles = ?config.rootca_bundles,
         jwt_audiences = ?config.allow_jwt_audiences,
         max_jwt_keys = config.max_jwt_keys,
+        jwks = ?config.jwks_listen,
         "serving SDS"
     );
     match bound {

@@ -97,8 +97,10 @@ impl Admin {
 }
 
 /// Refuses requests whose `Host` (or absolute-form URI) names a host other than an IP literal
-/// or `localhost`, and requests with several `Host` headers.
-async fn host_guard(request: Request, next: Next) -> Response {
+/// or `localhost`, and requests with several `Host` headers. Public so every loopback HTTP
+/// listener of ours (e.g. sds-bridge's JWKS endpoint) layers the same guard:
+/// `.layer(axum::middleware::from_fn(host_guard))`.
+pub async fn host_guard(request: Request, next: Next) -> Response {
     let mut hosts = request.headers().get_all(header::HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {

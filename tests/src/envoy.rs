@@ -108,20 +108,7 @@ impl Envoy {
     /// A counter or gauge by its full name (e.g. `http.ingress_http.ext_authz.denied`), from
     /// admin `/stats`; `None` if Envoy has no such stat (yet) or it is a histogram.
     pub fn stat(&self, name: &str) -> Option<u64> {
-        let filter = format!("^{}$", regex_escape(name));
-        let path = format!("/stats?filter={}", percent_encode(&filter));
-        let r = request(self.admin, "GET", &path, &[])?;
-        if r.status != 200 {
-            return None;
-        }
-        r.body.lines().find_map(|l| {
-            let (n, v) = l.split_once(": ")?;
-            if n == name {
-                v.trim().parse().ok()
-            } else {
-                None
-            }
-        })
+        stat(self.admin, name)
     }
 
     /// Every stat whose name contains `part` (text lines `name: value`), for failure reports
@@ -172,6 +159,25 @@ impl Envoy {
             ))
         }
     }
+}
+
+/// [`Envoy::stat`] for the Envoy whose admin listens on `admin` (for threads that do not own
+/// the [`Envoy`]).
+pub fn stat(admin: SocketAddr, name: &str) -> Option<u64> {
+    let filter = format!("^{}$", regex_escape(name));
+    let path = format!("/stats?filter={}", percent_encode(&filter));
+    let r = request(admin, "GET", &path, &[])?;
+    if r.status != 200 {
+        return None;
+    }
+    r.body.lines().find_map(|l| {
+        let (n, v) = l.split_once(": ")?;
+        if n == name {
+            v.trim().parse().ok()
+        } else {
+            None
+        }
+    })
 }
 
 fn admin_port(yaml: &str) -> Option<u16> {

@@ -299,6 +299,12 @@ const TO_UPSTREAM: &str = "- match: { prefix: \"/\" }\n  route: { cluster: upstr
 /// to cluster `upstream` with the client's URI SAN and certificate in
 /// `x-forwarded-client-cert` (column-0 list item).
 pub fn mtls_listener(name: &str, port: u16, tls: &str) -> String {
+    mtls_listener_with_filters(name, port, tls, "")
+}
+
+/// [`mtls_listener`] running `filters` (column-0 HTTP filter list items, e.g. RBAC on the
+/// peer's URI SAN) before the router.
+pub fn mtls_listener_with_filters(name: &str, port: u16, tls: &str, filters: &str) -> String {
     let transport = format!(
         "name: envoy.transport_sockets.tls
 typed_config:
@@ -313,9 +319,40 @@ typed_config:
         port,
         "forward_client_cert_details: SANITIZE_SET\nset_current_client_cert_details: { uri: true, cert: true }",
         TO_UPSTREAM,
-        "",
+        filters,
         Some(&transport),
     )
+}
+
+/// A plain HTTP listener on `port` running `filters` (column-0 HTTP filter list items, e.g.
+/// what `sds-bridge jwt-authn-config --part filters` prints) and routing everything to
+/// cluster `upstream` (column-0 list item).
+pub fn filtered_listener(name: &str, port: u16, filters: &str) -> String {
+    hcm_listener(name, port, "", TO_UPSTREAM, filters, None)
+}
+
+/// A client-side `common_tls_context` (column 0) presenting an inline certificate and key
+/// (e.g. an SVID minted by a test's own authority) and validating nothing: for peers whose
+/// identity is the thing under test.
+pub fn inline_tls_context(cert_pem: &str, key_pem: &str) -> String {
+    format!(
+        "tls_certificates:\n- certificate_chain: {{ inline_string: {} }}\n  private_key: {{ inline_string: {} }}",
+        serde_json::to_string(cert_pem).unwrap(),
+        serde_json::to_string(key_pem).unwrap()
+    )
+}
+
+/// What `sds-bridge jwt-authn-config ARGS` prints (exits 0 or panics with its stderr).
+pub fn jwt_authn_config(args: &[&str]) -> String {
+    let mut cmd = Command::new(bin("sds-bridge"));
+    cmd.arg("jwt-authn-config").args(args);
+    let out = crate::output(cmd);
+    assert!(
+        out.status.success(),
+        "sds-bridge jwt-authn-config {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// A bootstrap with admin on `admin`, `node_id`, and the given listeners and clusters

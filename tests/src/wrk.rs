@@ -44,8 +44,8 @@ pub fn run_with(
             &format!("-c{connections}"),
             &format!("-d{seconds}s"),
             "--latency",
-            &format!("http://{addr}{path}"),
         ])
+        .arg(format!("http://{addr}{path}"))
         .output()
         .expect("wrk missing: apt-get install wrk");
     let text = String::from_utf8_lossy(&out.stdout);

@@ -136,8 +136,63 @@ fn istio_examples_parse_and_envoy_filter_patches_validate() {
         }
     }
     assert_eq!(
-        filters_checked, 3,
-        "outbound injection (google_grpc over TCP, envoy_grpc over a socket) and inbound validation"
+        filters_checked, 4,
+        "outbound injection (google_grpc over TCP, envoy_grpc over a socket), inbound validation \
+         and jwt_authn over sds-bridge's JWKS"
+    );
+}
+
+/// The `sds-bridge jwt-authn-config` invocation the authorization examples quote.
+const AUTHZ_EXAMPLE_ARGS: [&str; 12] = [
+    "--trust-domain",
+    "example.org",
+    "--trust-domain",
+    "partner.org",
+    "--audience",
+    "spiffe://example.org/ns/default/sa/backend",
+    "--allow-spiffe-id",
+    "spiffe://example.org/ns/default/sa/client",
+    "--allow-spiffe-id",
+    "spiffe://partner.org/ns/default/sa/client",
+    "--part",
+    "filters",
+];
+
+#[test]
+fn authorization_examples_hold_exactly_what_the_generator_prints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let generated = yaml_str(
+        &suite_tests::sds::jwt_authn_config(&AUTHZ_EXAMPLE_ARGS),
+        tmp.path(),
+    )
+    .remove(0);
+    let generated = generated.as_array().unwrap();
+    assert_eq!(generated.len(), 3, "header_mutation, jwt_authn, rbac");
+
+    let envoy = yaml_docs(&[root().join("examples/envoy/authz-by-spiffe-id.yaml")]);
+    let bootstrap = &envoy.values().next().unwrap()[0];
+    let filters = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        &filters[..filters.len() - 1],
+        generated.as_slice(),
+        "Envoy example"
+    );
+
+    let istio = yaml_docs(&[root().join("examples/istio/envoyfilter-jwt-authn-sds-bridge.yaml")]);
+    let patches: Vec<Value> = istio.values().next().unwrap()[0]["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["applyTo"] == "HTTP_FILTER")
+        .map(|p| p["patch"]["value"].clone())
+        .collect();
+    assert_eq!(
+        patches.as_slice(),
+        generated.as_slice(),
+        "Istio EnvoyFilter"
     );
 }
 

@@ -453,7 +453,7 @@ async fn validator_allow_lists_answer_403_for_valid_but_refused_identities() {
         "ID not allowed"
     );
     assert_eq!(
-        status_for(partner, "spiffe://partner.org/good").await,
+        status_for(&partner, "spiffe://partner.org/good").await,
         403,
         "TD not allowed"
     );

@@ -1,0 +1,743 @@
+//! Authorization by SPIFFE ID inside Envoy 1.40, with no RPC per request (issue 17):
+//! `jwt_authn` checks JWT-SVIDs against sds-bridge's per-trust-domain JWKS endpoint, configured
+//! by `sds-bridge jwt-authn-config`; RBAC allows SPIFFE IDs from the JWT `sub` and from the mTLS
+//! peer's URI SAN (certificates from sds-bridge); and revocation at the agent (a federated trust
+//! domain dropped) reaches Envoy within a bounded, measured time.
+//!
+//! The agent runs in-process so the tests can sign tokens and issue certificates with its keys
+//! (and with keys it never published); the sidecars and Envoy are real processes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dev_agent::{Agent, Authority, Config as AgentConfig, JwtAlg, RunningAgent};
+use suite_tests::envoy::{EchoServer, Envoy, Response, request, static_cluster};
+use suite_tests::sds::{
+    SdsBridge, Shape, bootstrap, common_tls_context, filtered_listener, http_listener,
+    inline_tls_context, jwt_authn_config, mtls_listener_with_filters, sds_cluster, tls_cluster,
+};
+use suite_tests::sidecars::{alg_none, claims, tampered};
+use suite_tests::{free_port, wait_until};
+use workload_client::Endpoint;
+use workload_client::spiffe::{SpiffeId, TrustDomain};
+
+const AUD: &str = "spiffe://example.org/ns/default/sa/backend";
+const CLIENT: &str = "spiffe://example.org/ns/default/sa/client";
+const OTHER: &str = "spiffe://example.org/ns/default/sa/other";
+const PARTNER: &str = "spiffe://partner.org/ns/default/sa/client";
+
+fn td(name: &str) -> TrustDomain {
+    TrustDomain::new(name).unwrap()
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// GET through Envoy with `authorization` and a forged `x-spiffe-id`.
+fn get_with(port: u16, token: &str) -> Response {
+    let auth = bearer(token);
+    request(
+        addr(port),
+        "GET",
+        "/hello",
+        &[
+            ("authorization", &auth),
+            ("x-spiffe-id", "spiffe://example.org/forged"),
+        ],
+    )
+    .expect("HTTP request through Envoy")
+}
+
+/// An in-process agent for example.org federated with partner.org (ES256).
+async fn agent(dir: &Path) -> RunningAgent {
+    let mut config = AgentConfig::new(Endpoint::Unix(dir.join("agent.sock")), td("example.org"));
+    config.federate_with = vec![td("partner.org")];
+    Agent::start(config).await.unwrap()
+}
+
+/// A bridge serving SDS and the JWKS endpoint, ready (it holds an SVID and JWT bundles).
+fn bridge(dir: &Path, agent: &str) -> (SdsBridge, SocketAddr) {
+    let jwks = addr(free_port());
+    let mut bridge = SdsBridge::start(
+        "sds-bridge",
+        dir,
+        agent,
+        &["--jwks-listen", &jwks.to_string()],
+    );
+    bridge.wait_ready(Duration::from_secs(10));
+    wait_until("JWKS served", Duration::from_secs(10), || {
+        request(jwks, "GET", "/jwks/example.org", &[]).is_some_and(|r| r.status == 200)
+    });
+    (bridge, jwks)
+}
+
+/// `sds-bridge jwt-authn-config` for `tds` against `jwks`: (HTTP filters, JWKS cluster).
+fn generated(tds: &[&str], jwks: SocketAddr, extra: &[&str]) -> (String, String) {
+    let mut args: Vec<String> = vec!["--audience".into(), AUD.into()];
+    for t in tds {
+        args.extend(["--trust-domain".into(), (*t).into()]);
+    }
+    args.extend(["--jwks-address".into(), jwks.to_string()]);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let with = |part: &str| {
+        let mut a = args.clone();
+        a.extend(["--part", part]);
+        jwt_authn_config(&a)
+    };
+    (with("filters"), with("cluster"))
+}
+
+/// An Envoy whose one listener runs `filters` in front of `upstream`.
+fn jwt_envoy(
+    name: &str,
+    dir: &Path,
+    filters: &str,
+    clusters: &[String],
+    upstream: SocketAddr,
+) -> (Envoy, u16) {
+    let port = free_port();
+    let mut all = vec![static_cluster("upstream", upstream, false)];
+    all.extend(clusters.iter().cloned());
+    let envoy = Envoy::start(
+        name,
+        dir,
+        &bootstrap(
+            free_port(),
+            name,
+            &[filtered_listener("ingress", port, filters)],
+            &all,
+        ),
+    );
+    (envoy, port)
+}
+
+/// The JWKS of `authorities` merged into one document, as SPIRE's OIDC discovery provider or a
+/// hand-written `local_jwks` would serve them.
+fn merged_jwks(authorities: &[&Authority]) -> String {
+    let keys: Vec<serde_json::Value> = authorities
+        .iter()
+        .flat_map(|a| a.jwks()["keys"].as_array().unwrap().clone())
+        .map(|mut k| {
+            k["use"] = "sig".into();
+            k
+        })
+        .collect();
+    serde_json::json!({ "keys": keys }).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_authn_with_bridge_jwks_accepts_fresh_svids_and_rejects_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path()).await;
+    let own = agent.authority().clone();
+    let partner = agent.federated_authority(&td("partner.org")).unwrap();
+    // Keys the agent never published: an unknown kid of our own trust domain.
+    let stranger =
+        tokio::task::spawn_blocking(|| Authority::new(td("example.org"), JwtAlg::Es256).unwrap())
+            .await
+            .unwrap();
+    let fresh = own.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
+    let partner_fresh = partner.sign_claims(&claims(PARTNER, AUD, 300)).unwrap();
+    // Key confusion: a SPIFFE ID of example.org vouched for by partner.org's key.
+    let confused = partner.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
+    let bad = vec![
+        (
+            "expired",
+            own.sign_claims(&claims(CLIENT, AUD, -10)).unwrap(),
+        ),
+        (
+            "wrong audience",
+            own.sign_claims(&claims(CLIENT, "someone-else", 300))
+                .unwrap(),
+        ),
+        ("alg none", alg_none(&fresh, &own.current_kid())),
+        (
+            "tampered",
+            tampered(
+                &fresh,
+                &own.sign_claims(&claims("spiffe://example.org/admin", AUD, 300))
+                    .unwrap(),
+            ),
+        ),
+        (
+            "unknown kid",
+            stranger.sign_claims(&claims(CLIENT, AUD, 300)).unwrap(),
+        ),
+        ("sub of A signed with B's key", confused.clone()),
+    ];
+    let merged = merged_jwks(&[&own, &partner]);
+    let endpoint = agent.endpoint().to_string();
+    let dir_path = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let (_bridge, jwks) = bridge(&dir_path, &endpoint);
+        let upstream = EchoServer::start();
+        let (filters, cluster) = generated(&["example.org", "partner.org"], jwks, &[]);
+        let (envoy, port) = jwt_envoy("inbound", &dir_path, &filters, &[cluster], upstream.addr);
+
+        for (what, token, sub) in [
+            ("own", &fresh, CLIENT),
+            ("partner", &partner_fresh, PARTNER),
+        ] {
+            let r = get_with(port, token);
+            assert_eq!(r.status, 200, "{what}: {r:?}");
+            let seen = r.json();
+            assert_eq!(
+                seen["headers"]["x-spiffe-id"], sub,
+                "{what}: the authenticated ID only, never the client's copy"
+            );
+            assert!(
+                seen["headers"].get("authorization").is_none(),
+                "{what}: the bearer token is not forwarded"
+            );
+        }
+        for (what, token) in &bad {
+            let r = get_with(port, token);
+            // jwt_authn answers a valid token for another audience with 403 ("Audiences in
+            // Jwt are not allowed"), not 401, and has no setting to change it; it is still an
+            // `invalid_token` refusal that never reaches the app.
+            let want = if *what == "wrong audience" { 403 } else { 401 };
+            assert_eq!(r.status, want, "{what}: {r:?}");
+            assert!(
+                r.header("www-authenticate")
+                    .is_some_and(|h| h.contains("error=\"invalid_token\"")),
+                "{what}: {r:?}"
+            );
+        }
+        let none = request(addr(port), "GET", "/", &[("x-spiffe-id", CLIENT)]).unwrap();
+        assert_eq!(none.status, 401, "no token: {none:?}");
+        assert_eq!(
+            upstream.requests(),
+            2,
+            "only the two good tokens got through"
+        );
+        assert_eq!(envoy.stat("http.ingress.jwt_authn.allowed"), Some(2));
+
+        // The contrast: one provider over one merged JWKS (no per-trust-domain keys, no
+        // subject prefix) lets partner.org's key vouch for an example.org ID.
+        let merged_filter = format!(
+            r#"- name: envoy.filters.http.jwt_authn
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+    providers:
+      merged:
+        audiences: ["{AUD}"]
+        local_jwks: {{ inline_string: {merged} }}
+        claim_to_headers: [{{ header_name: x-spiffe-id, claim_name: sub }}]
+    rules:
+    - match: {{ prefix: "/" }}
+      requires: {{ provider_name: merged }}"#,
+            merged = serde_json::to_string(&merged).unwrap()
+        );
+        let (_merged_envoy, merged_port) =
+            jwt_envoy("merged", &dir_path, &merged_filter, &[], upstream.addr);
+        let r = get_with(merged_port, &confused);
+        assert_eq!(
+            r.status, 200,
+            "merged JWKS accepts the confused token: {r:?}"
+        );
+        assert!(
+            r.json()["headers"]["x-spiffe-id"]
+                .as_str()
+                .unwrap()
+                .contains(CLIENT),
+            "and the app would believe it is {CLIENT}"
+        );
+    })
+    .await
+    .unwrap();
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_endpoint_revalidates_and_answers_unknown_trust_domains_with_a_tombstone() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path()).await;
+    let endpoint = agent.endpoint().to_string();
+    let dir_path = dir.path().to_path_buf();
+    let own_kid = agent.authority().current_kid();
+    tokio::task::spawn_blocking(move || {
+        let (bridge, jwks) = bridge(&dir_path, &endpoint);
+        let r = request(jwks, "GET", "/jwks/example.org", &[]).unwrap();
+        assert_eq!(r.header("cache-control"), Some("no-cache"));
+        let etag = r.header("etag").unwrap().to_owned();
+        assert!(r.body.contains(&own_kid), "{}", r.body);
+        let again = request(
+            jwks,
+            "GET",
+            "/jwks/example.org",
+            &[("if-none-match", &etag)],
+        )
+        .unwrap();
+        assert_eq!((again.status, again.body.as_str()), (304, ""));
+        let partner = request(jwks, "GET", "/jwks/partner.org", &[]).unwrap();
+        assert_eq!(partner.status, 200);
+        assert_ne!(
+            partner.header("etag"),
+            Some(etag.as_str()),
+            "one JWKS per trust domain"
+        );
+        let unknown = request(jwks, "GET", "/jwks/elsewhere.org", &[]).unwrap();
+        assert_eq!(unknown.status, 200);
+        assert!(
+            unknown.body.contains("sds-bridge-no-bundle"),
+            "{}",
+            unknown.body
+        );
+        let rebinding = request(
+            jwks,
+            "GET",
+            "/jwks/example.org",
+            &[("host", "evil.example")],
+        );
+        assert_eq!(rebinding.unwrap().status, 403);
+        let count = |result: &str| {
+            bridge.metric(&format!(
+                "sds_bridge_jwks_requests_total{{result=\"{result}\"}}"
+            ))
+        };
+        assert_eq!(count("not_modified"), 1.0);
+        assert_eq!(count("no_bundle"), 1.0);
+        assert!(count("ok") >= 3.0, "{}", count("ok"));
+    })
+    .await
+    .unwrap();
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_key_rotation_under_load_fails_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Arc::new(agent(dir.path()).await);
+    let endpoint = agent.endpoint().to_string();
+    let dir_path = dir.path().to_path_buf();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(u16, SocketAddr)>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // Processes and load run off the runtime serving the agent; rotations happen on it.
+    let load = {
+        let (agent, stop, ok, failed) = (agent.clone(), stop.clone(), ok.clone(), failed.clone());
+        tokio::task::spawn_blocking(move || {
+            let (_bridge, jwks) = bridge(&dir_path, &endpoint);
+            let upstream = EchoServer::start();
+            // cache_duration 6s: Envoy refetches every second.
+            let (filters, cluster) = generated(
+                &["example.org", "partner.org"],
+                jwks,
+                &["--cache-duration", "6s"],
+            );
+            let (envoy, port) =
+                jwt_envoy("inbound", &dir_path, &filters, &[cluster], upstream.addr);
+            ready_tx.send((port, envoy.admin)).unwrap();
+            let clients: Vec<_> = (0..3)
+                .map(|_| {
+                    let (agent, stop, ok, failed) =
+                        (agent.clone(), stop.clone(), ok.clone(), failed.clone());
+                    std::thread::spawn(move || {
+                        let sub = SpiffeId::new(CLIENT).unwrap();
+                        while !stop.load(Ordering::Relaxed) {
+                            // A client always holds a token from the current key, as the JWT
+                            // cache refetches after a rotation.
+                            let token = agent
+                                .authority()
+                                .sign_jwt(&sub, &[AUD], Duration::from_secs(60))
+                                .unwrap();
+                            let r = get_with(port, &token);
+                            if r.status == 200 {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                eprintln!("failed during rotation: {r:?}");
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for c in clients {
+                c.join().unwrap();
+            }
+            drop(envoy);
+        })
+    };
+    let (_port, envoy_admin) = tokio::task::spawn_blocking(move || ready_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let fetches = move || {
+        suite_tests::envoy::stat(envoy_admin, "http.ingress.jwt_authn.jwks_fetch_success")
+            .unwrap_or(0)
+    };
+    for _ in 0..4 {
+        // Envoy must have fetched the JWKS that pre-publishes the next key twice (a fetch
+        // could have been in flight during the last rotation) before the next rotation.
+        let seen = tokio::task::spawn_blocking(fetches).await.unwrap();
+        let before = ok.load(Ordering::Relaxed);
+        agent.rotate_jwt_key().await.unwrap();
+        tokio::task::spawn_blocking({
+            let ok = ok.clone();
+            move || {
+                wait_until(
+                    "two JWKS refetches and traffic",
+                    Duration::from_secs(10),
+                    || fetches() >= seen + 2 && ok.load(Ordering::Relaxed) > before + 50,
+                );
+            }
+        })
+        .await
+        .unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(agent.jwt_key_rotations(), 4);
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
+    assert!(ok.load(Ordering::Relaxed) > 200, "load ran");
+    Arc::into_inner(agent).unwrap().shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_on_the_jwt_sub_allows_one_id_forbids_others_and_refuses_foreign_domains() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path()).await;
+    let own = agent.authority().clone();
+    let partner = agent.federated_authority(&td("partner.org")).unwrap();
+    let allowed = own.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
+    let other = own.sign_claims(&claims(OTHER, AUD, 300)).unwrap();
+    let foreign = partner.sign_claims(&claims(PARTNER, AUD, 300)).unwrap();
+    let endpoint = agent.endpoint().to_string();
+    let dir_path = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let (_bridge, jwks) = bridge(&dir_path, &endpoint);
+        let upstream = EchoServer::start();
+        // Only example.org is trusted here; partner.org has a bundle but no provider.
+        let (filters, cluster) = generated(&["example.org"], jwks, &["--allow-spiffe-id", CLIENT]);
+        let (envoy, port) = jwt_envoy("inbound", &dir_path, &filters, &[cluster], upstream.addr);
+        assert_eq!(get_with(port, &allowed).status, 200);
+        let r = get_with(port, &other);
+        assert_eq!(r.status, 403, "same trust domain, not allowed: {r:?}");
+        let r = get_with(port, &foreign);
+        assert_eq!(r.status, 401, "foreign trust domain: {r:?}");
+        assert_eq!(upstream.requests(), 1);
+        assert_eq!(envoy.stat("http.ingress.rbac.denied"), Some(1));
+    })
+    .await
+    .unwrap();
+    agent.shutdown().await;
+}
+
+/// An Envoy with one HTTP listener and one TLS cluster per `(path prefix, cert PEM, key PEM)`,
+/// each presenting that certificate to `server` on a fresh connection per request.
+fn mtls_clients(
+    dir: &Path,
+    server: SocketAddr,
+    clients: &[(&str, String, String)],
+) -> (Envoy, u16) {
+    let port = free_port();
+    let routes: Vec<(String, String)> = clients
+        .iter()
+        .map(|(name, _, _)| (format!("/{name}"), (*name).to_owned()))
+        .collect();
+    let routes: Vec<(&str, &str)> = routes
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let clusters: Vec<String> = clients
+        .iter()
+        .map(|(name, cert, key)| tls_cluster(name, server, &inline_tls_context(cert, key), 1))
+        .collect();
+    let envoy = Envoy::start(
+        "clients",
+        dir,
+        &bootstrap(
+            free_port(),
+            "clients",
+            &[http_listener("out", port, &routes)],
+            &clusters,
+        ),
+    );
+    (envoy, port)
+}
+
+fn svid_pems(authority: &Authority, id: &str) -> (String, String) {
+    let svid = authority
+        .issue_x509(&SpiffeId::new(id).unwrap(), Duration::from_secs(3600))
+        .unwrap();
+    (
+        svid.cert_pem(),
+        String::from_utf8(svid.key_pem().expose().to_vec()).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_on_the_mtls_peer_allows_one_id_forbids_others_and_refuses_foreign_domains() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path()).await;
+    let own = agent.authority().clone();
+    let evil =
+        tokio::task::spawn_blocking(|| Authority::new(td("evil.org"), JwtAlg::Es256).unwrap())
+            .await
+            .unwrap();
+    let clients = vec![
+        ("allowed", svid_pems(&own, CLIENT)),
+        ("other", svid_pems(&own, OTHER)),
+        (
+            "foreign",
+            svid_pems(&evil, "spiffe://evil.org/ns/default/sa/client"),
+        ),
+    ];
+    let endpoint = agent.endpoint().to_string();
+    let dir_path = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let (bridge, jwks) = bridge(&dir_path, &endpoint);
+        let upstream = EchoServer::start();
+        let rbac = jwt_authn_config(&[
+            "--trust-domain",
+            "example.org",
+            "--audience",
+            AUD,
+            "--jwks-address",
+            &jwks.to_string(),
+            "--allow-spiffe-id",
+            CLIENT,
+            "--principal",
+            "x509",
+            "--part",
+            "rbac",
+        ]);
+        let server_port = free_port();
+        let tls = common_tls_context(Shape::All, "sds", "", "example.org");
+        let server = Envoy::start(
+            "server",
+            &dir_path,
+            &bootstrap(
+                free_port(),
+                "server",
+                &[mtls_listener_with_filters("mtls", server_port, &tls, &rbac)],
+                &[
+                    static_cluster("upstream", upstream.addr, false),
+                    sds_cluster("sds", &bridge.socket),
+                ],
+            ),
+        );
+        let clients: Vec<(&str, String, String)> =
+            clients.into_iter().map(|(n, (c, k))| (n, c, k)).collect();
+        let (_clients, port) = mtls_clients(&dir_path, addr(server_port), &clients);
+        let get = |path: &str| request(addr(port), "GET", path, &[]).unwrap();
+        let r = get("/allowed");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(
+            r.json()["headers"]["x-forwarded-client-cert"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("URI={CLIENT}"))
+        );
+        let r = get("/other");
+        assert_eq!(r.status, 403, "same trust domain, not allowed: {r:?}");
+        let r = get("/foreign");
+        assert_eq!(r.status, 503, "foreign trust domain: {r:?}");
+        assert_eq!(
+            server.stat(&format!(
+                "listener.127.0.0.1_{server_port}.ssl.fail_verify_error"
+            )),
+            Some(1),
+            "refused in the handshake: {}",
+            server.stats_matching("ssl.fail")
+        );
+        assert_eq!(server.stat("http.mtls.rbac.denied"), Some(1));
+        assert_eq!(upstream.requests(), 1);
+    })
+    .await
+    .unwrap();
+    agent.shutdown().await;
+}
+
+/// How long after `start` `refused` first held, polling as fast as requests go.
+fn time_until_refused(
+    start: Instant,
+    limit: Duration,
+    mut refused: impl FnMut() -> bool,
+) -> Duration {
+    loop {
+        if refused() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "still accepted after {limit:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_federated_trust_domain_refuses_its_mtls_and_jwt_requests_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Arc::new(agent(dir.path()).await);
+    let own = agent.authority().clone();
+    let partner = agent.federated_authority(&td("partner.org")).unwrap();
+    let own_token = own.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
+    let partner_token = partner.sign_claims(&claims(PARTNER, AUD, 300)).unwrap();
+    let clients = [
+        ("own".to_owned(), svid_pems(&own, CLIENT)),
+        ("partner".to_owned(), svid_pems(&partner, PARTNER)),
+    ];
+    let endpoint = agent.endpoint().to_string();
+    let dir_path = dir.path().to_path_buf();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<Instant>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let measured = tokio::task::spawn_blocking(move || {
+        let (bridge, jwks) = bridge(&dir_path, &endpoint);
+        let upstream = EchoServer::start();
+        let (filters, cluster) = generated(
+            &["example.org", "partner.org"],
+            jwks,
+            &["--cache-duration", "6s"],
+        );
+        let (mtls_port, jwt_port) = (free_port(), free_port());
+        // The own and federated bundles (ALL) validate client certificates.
+        let tls = common_tls_context(Shape::All, "sds", "", "example.org");
+        let _server = Envoy::start(
+            "server",
+            &dir_path,
+            &bootstrap(
+                free_port(),
+                "server",
+                &[
+                    mtls_listener_with_filters("mtls", mtls_port, &tls, ""),
+                    filtered_listener("jwt", jwt_port, &filters),
+                ],
+                &[
+                    static_cluster("upstream", upstream.addr, false),
+                    sds_cluster("sds", &bridge.socket),
+                    cluster,
+                ],
+            ),
+        );
+        let clients: Vec<(&str, String, String)> = clients
+            .iter()
+            .map(|(n, (c, k))| (n.as_str(), c.clone(), k.clone()))
+            .collect();
+        let (_clients, client_port) = mtls_clients(&dir_path, addr(mtls_port), &clients);
+        let mtls = |path: &str| request(addr(client_port), "GET", path, &[]).unwrap().status;
+        for path in ["/own", "/partner"] {
+            assert_eq!(mtls(path), 200, "{path} before the drop");
+        }
+        for token in [&own_token, &partner_token] {
+            assert_eq!(get_with(jwt_port, token).status, 200, "JWT before the drop");
+        }
+        ready_tx.send(()).unwrap();
+        let start = go_rx.recv().unwrap();
+        let limit = Duration::from_secs(15);
+        let x509 = time_until_refused(start, limit, || mtls("/partner") != 200);
+        let jwt = time_until_refused(start, limit, || {
+            get_with(jwt_port, &partner_token).status == 401
+        });
+        // The own trust domain keeps working on both paths.
+        for _ in 0..20 {
+            assert_eq!(mtls("/own"), 200);
+            assert_eq!(get_with(jwt_port, &own_token).status, 200);
+        }
+        (x509, jwt)
+    });
+    tokio::task::spawn_blocking(move || ready_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    assert!(agent.drop_federation(&td("partner.org")).await.unwrap());
+    go_tx.send(start).unwrap();
+    let (x509, jwt) = measured.await.unwrap();
+    eprintln!("revocation: mTLS refused after {x509:?}, JWT refused after {jwt:?}");
+    assert!(x509 < Duration::from_secs(2), "mTLS: {x509:?}");
+    // cache_duration 6s: Envoy refetches every 1 s (6 s − 5 s), plus the fetch itself.
+    assert!(jwt < Duration::from_secs(3), "JWT: {jwt:?}");
+    Arc::into_inner(agent).unwrap().shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retiring_the_ca_refuses_certificates_it_issued_while_reissued_svids_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path()).await;
+    // A client certificate of the CA about to be retired, as an attacker would hold it.
+    let (stolen_cert, stolen_key) = svid_pems(agent.authority(), CLIENT);
+    let endpoint = agent.endpoint().to_string();
+    let dir_path = dir.path().to_path_buf();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<Instant>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let measured = tokio::task::spawn_blocking(move || {
+        let (bridge, _jwks) = bridge(&dir_path, &endpoint);
+        let upstream = EchoServer::start();
+        let server_port = free_port();
+        let tls = common_tls_context(Shape::All, "sds", "", "example.org");
+        let _server = Envoy::start(
+            "server",
+            &dir_path,
+            &bootstrap(
+                free_port(),
+                "server",
+                &[mtls_listener_with_filters("mtls", server_port, &tls, "")],
+                &[
+                    static_cluster("upstream", upstream.addr, false),
+                    sds_cluster("sds", &bridge.socket),
+                ],
+            ),
+        );
+        // "fresh" presents the bridge's current SVID (re-issued by the agent after the
+        // retirement and pushed over SDS); "stolen" the certificate minted before it.
+        let port = free_port();
+        let _clients = Envoy::start(
+            "clients",
+            &dir_path,
+            &bootstrap(
+                free_port(),
+                "clients",
+                &[http_listener(
+                    "out",
+                    port,
+                    &[("/fresh", "fresh"), ("/stolen", "stolen")],
+                )],
+                &[
+                    tls_cluster(
+                        "fresh",
+                        addr(server_port),
+                        &common_tls_context(Shape::NoValidation, "sds", "", "example.org"),
+                        1,
+                    ),
+                    tls_cluster(
+                        "stolen",
+                        addr(server_port),
+                        &inline_tls_context(&stolen_cert, &stolen_key),
+                        1,
+                    ),
+                    sds_cluster("sds", &bridge.socket),
+                ],
+            ),
+        );
+        let get = |path: &str| request(addr(port), "GET", path, &[]).unwrap().status;
+        assert_eq!(get("/fresh"), 200);
+        assert_eq!(get("/stolen"), 200, "trusted before the retirement");
+        ready_tx.send(()).unwrap();
+        let start = go_rx.recv().unwrap();
+        let refused = time_until_refused(start, Duration::from_secs(10), || get("/stolen") != 200);
+        wait_until("the re-issued SVID", Duration::from_secs(5), || {
+            get("/fresh") == 200
+        });
+        for _ in 0..20 {
+            assert_eq!(get("/fresh"), 200, "re-issued SVIDs keep working");
+        }
+        refused
+    });
+    tokio::task::spawn_blocking(move || ready_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    agent.retire_x509_ca_now().await.unwrap();
+    go_tx.send(start).unwrap();
+    let refused = measured.await.unwrap();
+    eprintln!("CA retirement: old-CA certificate refused after {refused:?}");
+    assert!(refused < Duration::from_secs(2), "{refused:?}");
+    agent.shutdown().await;
+}
