@@ -174,6 +174,84 @@ impl TestCa {
     }
 }
 
+/// A strict fake of an HTTPS service (Entra ID, Google STS): its own thread and runtime, TLS
+/// with a [`TestCa`] certificate, every request to `handle` on a blocking thread (handlers
+/// verify signatures and take locks freely); stopped and joined when dropped.
+#[derive(Debug)]
+pub(crate) struct FakeHttps {
+    /// Where it listens.
+    pub(crate) addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeHttps {
+    pub(crate) fn start<H>(name: &str, port: u16, ca: &TestCa, handle: H) -> Self
+    where
+        H: Fn(&Method, &Uri, &HeaderMap, &Bytes) -> axum::response::Response
+            + Send
+            + Sync
+            + 'static,
+    {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("{name} cannot bind 127.0.0.1:{port}: {e}"));
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = ca.acceptor();
+        let handle = Arc::new(handle);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("{name}-{addr}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let tcp = tokio::net::TcpListener::from_std(listener).unwrap();
+                    let app = axum::Router::new().fallback(
+                        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                            let handle = handle.clone();
+                            async move {
+                                tokio::task::spawn_blocking(move || {
+                                    handle(&method, &uri, &headers, &body)
+                                })
+                                .await
+                                .unwrap()
+                            }
+                        },
+                    );
+                    let listener = TlsListener {
+                        tcp,
+                        acceptor,
+                        failed: Arc::new(AtomicU64::new(0)),
+                    };
+                    tokio::select! {
+                        r = axum::serve(listener, app) => r.unwrap(),
+                        _ = stopped => {}
+                    }
+                });
+            })
+            .unwrap();
+        Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeHttps {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// TLS on accept, for `axum::serve`. A failed handshake (a client that does not trust the
 /// CA) is counted and the next connection accepted.
 pub(crate) struct TlsListener {

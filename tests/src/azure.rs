@@ -23,12 +23,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 
-use crate::aws::{Broker, TestCa, TlsListener, form, unix_now};
+use crate::aws::{Broker, FakeHttps, TestCa, form, unix_now};
 use crate::{Proc, bin, free_port, http, output, python_with, root, wait_until};
 
 /// The tenant every test uses.
@@ -94,8 +93,7 @@ pub struct FakeEntra {
     /// Where it listens.
     pub addr: SocketAddr,
     state: Arc<State>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: FakeHttps,
 }
 
 impl FakeEntra {
@@ -116,51 +114,14 @@ impl FakeEntra {
             issued: Mutex::new(Vec::new()),
             next: AtomicU64::new(1),
         });
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("fake Entra cannot bind 127.0.0.1:{port}: {e}"));
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let acceptor = ca.acceptor();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let s = state.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("fake-entra-{addr}"))
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    let tcp = tokio::net::TcpListener::from_std(listener).unwrap();
-                    let app = axum::Router::new().fallback(
-                        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                            let s = s.clone();
-                            async move {
-                                tokio::task::spawn_blocking(move || {
-                                    handle(&s, &method, &uri, &headers, &body)
-                                })
-                                .await
-                                .unwrap()
-                            }
-                        },
-                    );
-                    let listener = TlsListener {
-                        tcp,
-                        acceptor,
-                        failed: Arc::new(AtomicU64::new(0)),
-                    };
-                    tokio::select! {
-                        r = axum::serve(listener, app) => r.unwrap(),
-                        _ = stopped => {}
-                    }
-                });
-            })
-            .unwrap();
+        let server = FakeHttps::start("fake-entra", port, ca, move |method, uri, headers, body| {
+            handle(&s, method, uri, headers, body)
+        });
         Self {
-            addr,
+            addr: server.addr,
             state,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -196,17 +157,6 @@ impl FakeEntra {
     /// Every access token issued.
     pub fn issued(&self) -> Vec<String> {
         self.state.issued.lock().unwrap().clone()
-    }
-}
-
-impl Drop for FakeEntra {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -21,12 +21,11 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::aws::Broker;
-use crate::aws::{TestCa, TlsListener, form, rfc3339, unix_now};
+use crate::aws::{FakeHttps, TestCa, form, rfc3339, unix_now};
 use crate::azure::{claims, discover_jwks};
 use crate::{free_port, output, python_with, root};
 
@@ -79,8 +78,7 @@ pub struct FakeGoogle {
     /// Where it listens.
     pub addr: SocketAddr,
     state: Arc<State>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: FakeHttps,
 }
 
 impl FakeGoogle {
@@ -96,50 +94,17 @@ impl FakeGoogle {
             sa_issued: Mutex::new(Vec::new()),
             next: AtomicU64::new(1),
         });
-        let listener = std::net::TcpListener::bind(("127.0.0.1", free_port())).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let acceptor = ca.acceptor();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let s = state.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("fake-google-{addr}"))
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    let tcp = tokio::net::TcpListener::from_std(listener).unwrap();
-                    let app = axum::Router::new().fallback(
-                        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                            let s = s.clone();
-                            async move {
-                                tokio::task::spawn_blocking(move || {
-                                    handle(&s, &method, &uri, &headers, &body)
-                                })
-                                .await
-                                .unwrap()
-                            }
-                        },
-                    );
-                    let listener = TlsListener {
-                        tcp,
-                        acceptor,
-                        failed: Arc::new(AtomicU64::new(0)),
-                    };
-                    tokio::select! {
-                        r = axum::serve(listener, app) => r.unwrap(),
-                        _ = stopped => {}
-                    }
-                });
-            })
-            .unwrap();
+        let server = FakeHttps::start(
+            "fake-google",
+            free_port(),
+            ca,
+            move |method, uri, headers, body| handle(&s, method, uri, headers, body),
+        );
         Self {
-            addr,
+            addr: server.addr,
             state,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -184,17 +149,6 @@ impl FakeGoogle {
             .collect();
         all.extend(self.state.sa_issued.lock().unwrap().iter().cloned());
         all
-    }
-}
-
-impl Drop for FakeGoogle {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
