@@ -656,7 +656,12 @@ fn sts_over_https_trusts_the_operators_ca_and_fails_clearly_without_it() {
     let (status, _, message) = error_of(&r);
     assert_eq!(status, 503, "{}", r.body);
     assert!(message.contains("certificate"), "{message}");
-    assert!(sts.tls_failures() > 0);
+    // The server sees the client's alert a moment after the client gave up: wait for it.
+    wait_until(
+        "the STS stand-in to see the refused handshake",
+        Duration::from_secs(10),
+        || sts.tls_failures() > 0,
+    );
 
     // A configured but unreadable SSL_CERT_FILE stops the broker, naming the variable.
     let mut bad = Command::new(bin("iam-broker"));
