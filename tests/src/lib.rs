@@ -341,6 +341,27 @@ pub fn scrape(admin: SocketAddr, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A dev agent for `spiffe_id` whose JWT-SVIDs carry an issuer served by its own OIDC
+/// discovery on a free port (what Entra ID, Google STS and AWS read); returns it and the issuer.
+pub fn agent_with_oidc(dir: &Path, spiffe_id: &str) -> (DevAgent, String) {
+    let oidc = free_port();
+    let issuer = format!("http://127.0.0.1:{oidc}");
+    let agent = DevAgent::start(
+        dir,
+        &[
+            "--spiffe-id",
+            spiffe_id,
+            "--jwt-ttl",
+            "5m",
+            "--oidc-listen",
+            &format!("127.0.0.1:{oidc}"),
+            "--jwt-issuer",
+            &issuer,
+        ],
+    );
+    (agent, issuer)
+}
+
 /// A minimal HTTP/1.1 request on loopback: `(status, body)`; `None` if the connection fails.
 /// [`envoy::request`] sends headers and returns them too.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {

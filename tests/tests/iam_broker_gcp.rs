@@ -13,7 +13,7 @@ use suite_tests::azure::start_broker;
 use suite_tests::gcp::{
     FakeGoogle, GoogleFault, PROJECT_ID, PROVIDER, SERVICE_ACCOUNT, google_auth,
 };
-use suite_tests::{DevAgent, bin, free_port, output, wait_until};
+use suite_tests::{DevAgent, agent_with_oidc, bin, output, wait_until};
 
 const SPIFFE_ID: &str = "spiffe://example.org/ns/default/sa/web";
 const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -36,21 +36,7 @@ fn setup(dir: &Path, broker_args: &[&str], before: impl FnOnce(&FakeGoogle)) -> 
     let _ports = PORTS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let oidc = free_port();
-    let issuer = format!("http://127.0.0.1:{oidc}");
-    let agent = DevAgent::start(
-        dir,
-        &[
-            "--spiffe-id",
-            SPIFFE_ID,
-            "--jwt-ttl",
-            "5m",
-            "--oidc-listen",
-            &format!("127.0.0.1:{oidc}"),
-            "--jwt-issuer",
-            &issuer,
-        ],
-    );
+    let (agent, issuer) = agent_with_oidc(dir, SPIFFE_ID);
     let ca = TestCa::new();
     let ca_file = dir.join("google-ca.pem");
     std::fs::write(&ca_file, &ca.ca_pem).unwrap();
