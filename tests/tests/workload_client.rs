@@ -359,7 +359,9 @@ async fn keeps_serving_the_valid_token_while_the_agent_is_down_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keys_are_evicted() {
     let dir = tempfile::tempdir().unwrap();
-    let agent = DevAgent::start(dir.path(), &["--jwt-ttl", "2s"]);
+    // 4 s, not 2 s: `exp` has whole seconds, so a 2 s token fetched late in a second has
+    // barely more than the cache's 1 s expiry margin left, and was refused at once (seen in CI).
+    let agent = DevAgent::start(dir.path(), &["--jwt-ttl", "4s"]);
     let config = CacheConfig {
         idle_eviction: Duration::from_millis(500),
         ..CacheConfig::default()
@@ -382,7 +384,7 @@ async fn idle_keys_are_evicted() {
     })
     .await
     .expect("idle key evicted");
-    // The first fetch, then the half-life refresh of a 2 s token, which comes after the
+    // The first fetch, then the half-life refresh of a 4 s token, which comes after the
     // 500 ms idle check: an evicted entry would have closed the watch instead.
     for _ in 0..2 {
         tokio::time::timeout(Duration::from_secs(10), refreshes.changed())
