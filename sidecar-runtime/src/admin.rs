@@ -26,6 +26,7 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::metrics::RuntimeCollector;
 use crate::shutdown::Shutdown;
 
 /// The answer of a readiness check.
@@ -55,8 +56,13 @@ impl fmt::Debug for Admin {
 // === impl Admin ===
 
 impl Admin {
-    /// Serves `registry` and answers `/readyz` with `ready()`.
-    pub fn new(registry: Registry, ready: impl Fn() -> Readiness + Send + Sync + 'static) -> Self {
+    /// Serves `registry`, plus the runtime's task gauges ([`RuntimeCollector`]), and answers
+    /// `/readyz` with `ready()`.
+    pub fn new(
+        mut registry: Registry,
+        ready: impl Fn() -> Readiness + Send + Sync + 'static,
+    ) -> Self {
+        registry.register_collector(Box::new(RuntimeCollector));
         Self {
             registry: Arc::new(registry),
             ready: Arc::new(ready),
@@ -302,6 +308,12 @@ mod tests {
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         let m = get(addr, "/metrics").await;
         assert!(m.contains("checks_total 1"), "{m}");
+        // The runtime's live tasks: at least the admin server itself.
+        let tasks = m
+            .lines()
+            .find_map(|l| l.strip_prefix("tokio_alive_tasks "))
+            .and_then(|v| v.parse::<u64>().ok());
+        assert!(tasks.is_some_and(|n| n >= 1), "{m}");
 
         shutdown.trigger();
         server.await.unwrap().unwrap();
