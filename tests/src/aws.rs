@@ -681,6 +681,20 @@ impl Broker {
         env: &[(&str, &str)],
     ) -> Self {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_at(program, listen, dir, socket, sts, args, env)
+    }
+
+    /// [`Broker::start_with`] serving credentials on `listen` (e.g. the address a client
+    /// keeps using across a restart).
+    pub fn start_at(
+        program: Command,
+        listen: SocketAddr,
+        dir: &Path,
+        socket: &str,
+        sts: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = program;
         cmd.env_clear()

@@ -28,8 +28,16 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A binary built from this workspace (`cargo build --bins`; `cargo xtask test` does it).
+/// A binary built from this workspace (`cargo build --bins`; `cargo xtask test` does it), or
+/// from `SUITE_BIN_DIR` when that is set (the soak run uses the release binaries staged for
+/// the image, `target/image/usr/local/bin`).
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("SUITE_BIN_DIR") {
+        let path = PathBuf::from(dir).join(name);
+        if path.is_file() {
+            return path;
+        }
+    }
     // Test executables live in target/<profile>/deps/, bench binaries in target/<profile>/;
     // the workspace binaries (and examples/) sit in target/<profile>/.
     let exe = std::env::current_exe().unwrap();

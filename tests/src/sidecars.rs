@@ -28,6 +28,12 @@ impl JwtHelper {
     /// tests of start-up before the agent need the helper up and not ready.
     pub fn start(dir: &Path, socket: &str, args: &[&str]) -> Self {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_at(dir, socket, listen, args)
+    }
+
+    /// [`JwtHelper::start`] serving ext_authz on `listen` (e.g. the address an Envoy cluster
+    /// keeps pointing at across a restart).
+    pub fn start_at(dir: &Path, socket: &str, listen: SocketAddr, args: &[&str]) -> Self {
         let (proc, admin) = Self::spawn(dir, socket, &listen.to_string(), args, || {
             std::net::TcpStream::connect(listen).is_ok()
         });

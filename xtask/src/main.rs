@@ -22,11 +22,12 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("regen") => regen(),
         Some("bench") => bench(&args[1..]),
+        Some("soak") => soak(&args[1..]),
         Some("venv") => venv().map(|_| ()),
         Some("image") => image::image(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|image|regen|venv>\n\n  test   venv + fmt + clippy + all tests (what CI runs)\n  demo   the three sidecars with real Envoy, moto and the AWS CLI, step by step\n  bench  [authz|jwt-authn|sds|creds|uds]: each sidecar against a same-run baseline (release build)\n  image  static binaries + one podman image per sidecar (Containerfile)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers"
+                "usage: cargo xtask <test|demo|bench|soak|image|regen|venv>\n\n  test   venv + fmt + clippy + all tests + a 60 s soak (what CI runs)\n  demo   the three sidecars with real Envoy, moto and the AWS CLI, step by step\n  bench  [authz|jwt-authn|sds|creds|uds]: each sidecar against a same-run baseline (release build)\n  soak   [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers"
             );
             return ExitCode::from(2);
         }
@@ -166,6 +167,46 @@ fn test(extra: &[String]) -> Result {
                 "--no-fail-fast",
             ])
             .args(extra)
+            .env("SUITE_VENV", &venv),
+    )?;
+    soak_short(&venv)
+}
+
+/// The test command's soak: 60 s of load and chaos on the release binaries staged for the
+/// image (so it needs no second release build), after the other tests, alone on the machine.
+fn soak_short(venv: &Path) -> Result {
+    let debug = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root().join("target"), PathBuf::from)
+        .join("debug");
+    run(
+        "soak (60 s; `cargo xtask soak --minutes N` for long runs)",
+        Command::new(debug.join("soak"))
+            .args(["--seconds", "60"])
+            .env("SUITE_VENV", venv)
+            .env("SUITE_BIN_DIR", root().join("target/image/usr/local/bin")),
+    )
+}
+
+/// `cargo xtask soak [--minutes N]` (default 10): release builds of everything, then the
+/// soak driver (tests/src/bin/soak.rs), which prints its table and fails on any broken check.
+fn soak(args: &[String]) -> Result {
+    let venv = venv()?;
+    let minutes = match args {
+        [] => "10".to_owned(),
+        [flag, n] if flag == "--minutes" && n.parse::<f64>().is_ok_and(|m| m > 0.0) => n.clone(),
+        _ => return Err("usage: cargo xtask soak [--minutes N]".into()),
+    };
+    run(
+        "cargo build --release (sidecars, agent, soak driver)",
+        cargo().args(["build", "--release", "--locked", "--workspace", "--bins"]),
+    )?;
+    let release = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root().join("target"), PathBuf::from)
+        .join("release");
+    run(
+        &format!("soak ({minutes} min)"),
+        Command::new(release.join("soak"))
+            .args(["--minutes", &minutes])
             .env("SUITE_VENV", &venv),
     )
 }
