@@ -306,7 +306,7 @@ impl System {
             broker,
             broker_listen,
             proxy,
-            moto: moto,
+            moto,
             client_envoy,
             server_envoy,
             jwks,
@@ -917,7 +917,7 @@ fn run(dir: &Path, seconds: f64) -> bool {
             restarts += 1;
             next_restart = if restarts < 4 { t + 2.0 } else { t + 180.0 };
         } else if t >= next_outage && t + (JWT_TTL as f64) < seconds {
-            let long = outages % 3 == 0;
+            let long = outages.is_multiple_of(3);
             let down = if long {
                 JWT_TTL as f64 / 2.0 + 1.5
             } else {
