@@ -314,6 +314,10 @@ pub fn resolve_endpoint_from(
 }
 
 #[cfg(test)]
+#[path = "endpoint_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

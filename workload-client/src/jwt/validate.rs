@@ -208,6 +208,10 @@ fn map_error(e: JwtSvidError, audience: &str) -> ValidationError {
 }
 
 #[cfg(test)]
+#[path = "validate_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use aws_lc_rs::rand::SystemRandom;
