@@ -260,6 +260,10 @@ pub fn duration(setting: &str, value: &str) -> Result<Duration, ConfigError> {
 }
 
 #[cfg(test)]
+#[path = "config_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
