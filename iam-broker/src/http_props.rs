@@ -71,7 +71,9 @@ pub(crate) fn guarded(
         render_error,
         ready: Box::new(|| Readiness::Ready),
     };
-    service.into_parts(Metrics::register(&mut Registry::default())).0
+    service
+        .into_parts(Metrics::register(&mut Registry::default()))
+        .0
 }
 
 /// One request through `app`: status, headers, body.
@@ -103,9 +105,21 @@ fn host() -> impl Strategy<Value = (String, bool)> {
             .prop_filter("not ::1", |v| *v != 1)
             .prop_map(|v| format!("[{}]", Ipv6Addr::from(v))),
         prop::sample::select(vec![
-            "evil.example", "localhost.evil.example", "127.0.0.1.nip.io", "localhost..",
-            "::1", "[::ffff:127.0.0.1]", "127.0.0.1x", "[::1", "localhost:", "", "0.0.0.0",
-            "2130706433", "0x7f000001", "127.1", "[::1]]",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "localhost..",
+            "::1",
+            "[::ffff:127.0.0.1]",
+            "127.0.0.1x",
+            "[::1",
+            "localhost:",
+            "",
+            "0.0.0.0",
+            "2130706433",
+            "0x7f000001",
+            "127.1",
+            "[::1]]",
         ])
         .prop_map(str::to_owned),
         "[a-z0-9.-]{1,20}".prop_filter("not loopback", |h| !may_be_loopback(h)),
@@ -128,9 +142,7 @@ fn host() -> impl Strategy<Value = (String, bool)> {
 fn may_be_loopback(host_port: &str) -> bool {
     let digits = |s: &str| (1..=5).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
     let host = match host_port.rfind(':') {
-        Some(i) if digits(&host_port[i + 1..]) && !host_port[..i].ends_with(':') => {
-            &host_port[..i]
-        }
+        Some(i) if digits(&host_port[i + 1..]) && !host_port[..i].ends_with(':') => &host_port[..i],
         _ => host_port,
     };
     if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
@@ -138,7 +150,9 @@ fn may_be_loopback(host_port: &str) -> bool {
     }
     host.eq_ignore_ascii_case("localhost")
         || host.eq_ignore_ascii_case("localhost.")
-        || host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.octets()[0] == 127)
+        || host
+            .parse::<Ipv4Addr>()
+            .is_ok_and(|ip| ip.octets()[0] == 127)
 }
 
 // === The guard layer ===

@@ -105,10 +105,17 @@ fn check_any(text: &str) -> Result<(), TestCaseError> {
             prop_assert!(map.len() <= KEYS.len());
         }
         Err(e) => {
-            prop_assert!(e.line >= 1 && e.line <= text.lines().count().max(1), "{e:?}");
+            prop_assert!(
+                e.line >= 1 && e.line <= text.lines().count().max(1),
+                "{e:?}"
+            );
             // Reasons quote at most one line (escaped: up to 10 bytes per character).
             let longest = text.lines().map(str::len).max().unwrap_or(0);
-            prop_assert!(e.reason.len() <= 10 * longest + 256, "{} bytes", e.reason.len());
+            prop_assert!(
+                e.reason.len() <= 10 * longest + 256,
+                "{} bytes",
+                e.reason.len()
+            );
         }
     }
     Ok(())

@@ -12,10 +12,13 @@ fn trust_domain() -> impl Strategy<Value = String> {
 }
 
 fn spiffe_id() -> impl Strategy<Value = SpiffeId> {
-    (trust_domain(), prop::collection::vec("[a-zA-Z0-9._-]{1,10}", 1..4)).prop_filter_map(
-        "valid SPIFFE ID",
-        |(td, segs)| SpiffeId::new(format!("spiffe://{td}/{}", segs.join("/"))).ok(),
+    (
+        trust_domain(),
+        prop::collection::vec("[a-zA-Z0-9._-]{1,10}", 1..4),
     )
+        .prop_filter_map("valid SPIFFE ID", |(td, segs)| {
+            SpiffeId::new(format!("spiffe://{td}/{}", segs.join("/"))).ok()
+        })
 }
 
 /// An audience as it may appear once decoded: anything but whitespace and control characters,
@@ -55,7 +58,15 @@ fn resource_name() -> impl Strategy<Value = ResourceName> {
 /// bad escapes, parameters, and SPIFFE URIs with odd characters.
 fn near_miss() -> impl Strategy<Value = String> {
     let fixed = prop::sample::select(vec![
-        "default", "Default", "ROOTCA", "rootca", "ALL", "all", "", "jwt-svid", "JWT-SVID:a",
+        "default",
+        "Default",
+        "ROOTCA",
+        "rootca",
+        "ALL",
+        "all",
+        "",
+        "jwt-svid",
+        "JWT-SVID:a",
     ])
     .prop_map(str::to_owned);
     let jwt = (
@@ -69,7 +80,11 @@ fn near_miss() -> impl Strategy<Value = String> {
         ]),
     )
         .prop_map(|(auds, param)| {
-            format!("{JWT_SVID_PREFIX}{}{}", auds.join(","), param.unwrap_or_default())
+            format!(
+                "{JWT_SVID_PREFIX}{}{}",
+                auds.join(","),
+                param.unwrap_or_default()
+            )
         });
     let spiffe = "spiffe://[a-zA-Z0-9.%/_:@-]{0,30}";
     prop_oneof![fixed, jwt, spiffe.prop_map(|s| s)]
@@ -100,7 +115,10 @@ fn check_any(input: &str) -> Result<(), TestCaseError> {
         }
         Err(e) => {
             if input.starts_with(JWT_SVID_PREFIX) {
-                prop_assert!(matches!(e, NameError::MalformedJwtSvid(_)), "{input:?}: {e:?}");
+                prop_assert!(
+                    matches!(e, NameError::MalformedJwtSvid(_)),
+                    "{input:?}: {e:?}"
+                );
             } else if !input.starts_with("spiffe://") {
                 prop_assert_eq!(&e, &NameError::Unknown);
             }

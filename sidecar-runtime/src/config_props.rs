@@ -14,9 +14,17 @@ fn addr() -> impl Strategy<Value = SocketAddr> {
     prop_oneof![
         (any::<u32>(), any::<u16>())
             .prop_map(|(ip, port)| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port)),
-        (any::<u128>(), any::<u16>(), prop_oneof![Just(0u32), any::<u32>()]).prop_map(
-            |(ip, port, scope)| SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, 0, scope))
-        ),
+        (
+            any::<u128>(),
+            any::<u16>(),
+            prop_oneof![Just(0u32), any::<u32>()]
+        )
+            .prop_map(|(ip, port, scope)| SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(ip),
+                port,
+                0,
+                scope
+            ))),
     ]
 }
 

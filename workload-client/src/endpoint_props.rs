@@ -61,7 +61,13 @@ fn near_miss() -> impl Strategy<Value = String> {
         (scheme, sep, host, port, tail).prop_map(|(s, sep, h, p, t)| format!("{s}{sep}{h}{p}{t}"));
     let odd_port = (
         ip(),
-        prop_oneof!["[+-][0-9]{1,5}", "0[0-9]{1,6}", "[0-9]{1,5}[ a-z_]", " [0-9]{1,5}", "[0-9_]{1,6}"],
+        prop_oneof![
+            "[+-][0-9]{1,5}",
+            "0[0-9]{1,6}",
+            "[0-9]{1,5}[ a-z_]",
+            " [0-9]{1,5}",
+            "[0-9_]{1,6}"
+        ],
     )
         .prop_map(|(ip, port)| match ip {
             IpAddr::V4(v4) => format!("tcp://{v4}:{port}"),
@@ -87,7 +93,10 @@ fn check_any(input: &str) -> Result<(), TestCaseError> {
         Ok(Endpoint::Unix(path)) => {
             let path = path.to_str().unwrap_or_default();
             prop_assert!(path.starts_with('/'), "{input:?} gave relative {path:?}");
-            prop_assert!(!path.trim_matches('/').is_empty(), "{input:?} gave empty path");
+            prop_assert!(
+                !path.trim_matches('/').is_empty(),
+                "{input:?} gave empty path"
+            );
             prop_assert!(input.ends_with(path), "{input:?} gave {path:?}");
             prop_assert!(!input.contains(['?', '#']), "{input:?}");
             prop_assert!(

@@ -97,7 +97,12 @@ fn any_frame() -> impl Strategy<Value = Vec<u8>> {
     let payload = prop_oneof![
         prop::collection::vec(any::<u8>(), 0..200),
         // Indexed references into the static and dynamic tables, literals, size updates.
-        prop::collection::vec(prop::sample::select(vec![0x82u8, 0xbe, 0xff, 0x40, 0x3f, 0x20, 0x10, 0x00, 0x7f, 0x87]), 0..60),
+        prop::collection::vec(
+            prop::sample::select(vec![
+                0x82u8, 0xbe, 0xff, 0x40, 0x3f, 0x20, 0x10, 0x00, 0x7f, 0x87
+            ]),
+            0..60
+        ),
     ];
     (kind, any::<u8>(), stream, payload).prop_map(|(kind, flags, stream, payload)| {
         let mut out = Vec::new();
@@ -110,12 +115,20 @@ fn any_frame() -> impl Strategy<Value = Vec<u8>> {
 fn field() -> impl Strategy<Value = (Vec<u8>, Vec<u8>, u8)> {
     (
         prop_oneof![
-            prop::sample::select(vec![":authority", ":path", "content-type", "x-a", "authorization"])
-                .prop_map(|s| s.as_bytes().to_vec()),
+            prop::sample::select(vec![
+                ":authority",
+                ":path",
+                "content-type",
+                "x-a",
+                "authorization"
+            ])
+            .prop_map(|s| s.as_bytes().to_vec()),
             prop::collection::vec(any::<u8>(), 1..40),
         ],
         prop::collection::vec(any::<u8>(), 0..120),
-        prop::sample::select(vec![0u8, 0x1, 0x2, 0x3, 0x4, 0x6, 0x7, 0x8, 0xb, 0x13, 0x16, 0x17]),
+        prop::sample::select(vec![
+            0u8, 0x1, 0x2, 0x3, 0x4, 0x6, 0x7, 0x8, 0xb, 0x13, 0x16, 0x17,
+        ]),
     )
 }
 

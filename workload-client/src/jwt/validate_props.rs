@@ -46,7 +46,10 @@ fn now() -> i64 {
 /// `header.claims.signature`, signed with the bundle's key whatever the header says.
 fn sign(header: &str, claims: &str) -> String {
     let input = format!("{}.{}", B64.encode(header), B64.encode(claims));
-    let sig = KEY.pair.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+    let sig = KEY
+        .pair
+        .sign(&SystemRandom::new(), input.as_bytes())
+        .unwrap();
     format!("{input}.{}", B64.encode(sig.as_ref()))
 }
 
@@ -57,9 +60,16 @@ fn validate(token: &str) -> Result<spiffe::JwtSvid, ValidationError> {
 /// The error of a refused token: bounded, and never a copy of the token's signature.
 fn check_refusal(token: &str, err: &ValidationError) -> Result<(), TestCaseError> {
     let text = format!("{err} {err:?}");
-    prop_assert!(text.len() <= 2 * MAX_ERROR_LEN, "{} bytes: {text:.200}", text.len());
+    prop_assert!(
+        text.len() <= 2 * MAX_ERROR_LEN,
+        "{} bytes: {text:.200}",
+        text.len()
+    );
     if let Some(sig) = token.rsplit('.').next().filter(|s| s.len() >= 16) {
-        prop_assert!(!text.contains(sig), "error echoes the signature: {text:.200}");
+        prop_assert!(
+            !text.contains(sig),
+            "error echoes the signature: {text:.200}"
+        );
     }
     Ok(())
 }

@@ -8,7 +8,10 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Request, StatusCode, header};
 use proptest::prelude::*;
 
-use super::{API_VERSION, IDENTITY_HEADER_NAME, Routes, TOKEN_PATH, parse_query, render_error, route_label, router};
+use super::{
+    API_VERSION, IDENTITY_HEADER_NAME, Routes, TOKEN_PATH, parse_query, render_error, route_label,
+    router,
+};
 use crate::cache_set::{CacheSet, SetLimits};
 use crate::http::props::{NO_WAIT, guarded, refusing_cache, send};
 use crate::provider::azure::config::{MAX_RESOURCE_LEN, check_resource};
@@ -34,8 +37,15 @@ fn extra() -> impl Strategy<Value = Vec<(String, String)>> {
     prop::collection::vec(
         (
             "[a-z_]{1,10}".prop_filter("not a parameter we read", |k| {
-                !["api-version", "resource", "client_id", "object_id", "principal_id", "mi_res_id"]
-                    .contains(&k.as_str())
+                ![
+                    "api-version",
+                    "resource",
+                    "client_id",
+                    "object_id",
+                    "principal_id",
+                    "mi_res_id",
+                ]
+                .contains(&k.as_str())
             }),
             "(?s).{0,20}",
         ),

@@ -35,14 +35,27 @@ fn scope() -> impl Strategy<Value = String> {
 
 /// Paths the metadata server answers, near misses of them, and anything else.
 fn path() -> impl Strategy<Value = String> {
-    let account = prop::sample::select(vec!["default", EMAIL, "other@x.iam.gserviceaccount.com", "", "Default"]);
+    let account = prop::sample::select(vec![
+        "default",
+        EMAIL,
+        "other@x.iam.gserviceaccount.com",
+        "",
+        "Default",
+    ]);
     let item = prop::sample::select(vec![
         "", "email", "aliases", "scopes", "token", "identity", "token/", "tok", "email/x",
     ]);
     prop_oneof![
         Just("/".to_owned()),
-        prop::sample::select(vec!["project/project-id", "project/numeric-project-id", "instance/service-accounts", "instance/service-accounts/", "instance/zone", "project/"])
-            .prop_map(|p| format!("{PREFIX}{p}")),
+        prop::sample::select(vec![
+            "project/project-id",
+            "project/numeric-project-id",
+            "instance/service-accounts",
+            "instance/service-accounts/",
+            "instance/zone",
+            "project/"
+        ])
+        .prop_map(|p| format!("{PREFIX}{p}")),
         (account.clone(), item).prop_map(|(a, i)| format!("{PREFIX}{ACCOUNTS}{a}/{i}")),
         account.prop_map(|a| format!("{PREFIX}{ACCOUNTS}{a}")),
         "(/[a-zA-Z0-9._~-]{0,10}){1,4}",
@@ -57,7 +70,14 @@ fn expected(path: &str, query: &str) -> StatusCode {
     let Some(rest) = path.strip_prefix(PREFIX) else {
         return StatusCode::NOT_FOUND;
     };
-    if ["project/project-id", "project/numeric-project-id", "instance/service-accounts", "instance/service-accounts/"].contains(&rest) {
+    if [
+        "project/project-id",
+        "project/numeric-project-id",
+        "instance/service-accounts",
+        "instance/service-accounts/",
+    ]
+    .contains(&rest)
+    {
         return StatusCode::OK;
     }
     let Some(account_path) = rest.strip_prefix(ACCOUNTS) else {
