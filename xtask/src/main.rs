@@ -1,13 +1,17 @@
 //! `cargo xtask <command>`: the project's commands, in Rust so they run wherever cargo does.
 //!
 //! - `test`: create the project venv with the real peers (tests/requirements.txt), then
-//!   `cargo fmt --check`, `cargo clippy -D warnings`, and every test. What CI runs.
+//!   `cargo fmt --check`, `cargo clippy -D warnings`, `cargo deny` (licenses, bans, sources;
+//!   offline), and every test. What CI runs.
+//! - `deny [--advisories]`: only the supply-chain check; `--advisories` also checks the
+//!   RustSec database (fetched from GitHub: not reachable from CI).
 //! - `demo`: the three sidecars with real Envoy, moto and the AWS CLI, step by step.
 //! - `regen`: regenerate the committed Workload API code (needs nothing installed: the
 //!   regen test uses a vendored protoc).
 //! - `venv`: only create/refresh the venv.
 #![allow(clippy::print_stdout)] // A command-line tool talks on stdout.
 
+mod deny;
 mod image;
 
 use std::path::{Path, PathBuf};
@@ -24,9 +28,10 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("venv") => venv().map(|_| ()),
         Some("image") => image::image(),
+        Some("deny") => deny::deny(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|image|regen|venv>\n\n  test   venv + fmt + clippy + all tests (what CI runs)\n  demo   the three sidecars with real Envoy, moto and the AWS CLI, step by step\n  bench  [authz|jwt-authn|sds|creds|uds]: each sidecar against a same-run baseline (release build)\n  image  static binaries + one podman image per sidecar (Containerfile)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers"
+                "usage: cargo xtask <test|demo|bench|image|regen|venv|deny>\n\n  test   venv + fmt + clippy + cargo deny + all tests (what CI runs)\n  demo   the three sidecars with real Envoy, moto and the AWS CLI, step by step\n  bench  [authz|jwt-authn|sds|creds|uds]: each sidecar against a same-run baseline (release build)\n  image  static binaries + one podman image per sidecar (Containerfile)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)"
             );
             return ExitCode::from(2);
         }
@@ -128,6 +133,8 @@ fn test(extra: &[String]) -> Result {
             "warnings",
         ]),
     )?;
+    // Supply chain: licenses, one version per crate family, crates.io only (deny.toml).
+    deny::check(false)?;
     // The end-to-end tests start the sidecar and agent binaries: build them first.
     run(
         "cargo build --bins",
