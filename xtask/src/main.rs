@@ -5,6 +5,8 @@
 //!   offline), and every test. What CI runs.
 //! - `deny [--advisories]`: only the supply-chain check; `--advisories` also checks the
 //!   RustSec database (fetched from GitHub: not reachable from CI).
+//! - `fuzz [--minutes N] [--cases N]`: the parsers' property tests, round after round with
+//!   fresh seeds, for N minutes (default 10).
 //! - `demo`: the three sidecars with real Envoy, moto and the AWS CLI, step by step.
 //! - `regen`: regenerate the committed Workload API code (needs nothing installed: the
 //!   regen test uses a vendored protoc).
@@ -12,6 +14,7 @@
 #![allow(clippy::print_stdout)] // A command-line tool talks on stdout.
 
 mod deny;
+mod fuzz;
 mod image;
 
 use std::path::{Path, PathBuf};
@@ -29,9 +32,10 @@ fn main() -> ExitCode {
         Some("venv") => venv().map(|_| ()),
         Some("image") => image::image(),
         Some("deny") => deny::deny(&args[1..]),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|image|regen|venv|deny>\n\n  test   venv + fmt + clippy + cargo deny + all tests (what CI runs)\n  demo   the three sidecars with real Envoy, moto and the AWS CLI, step by step\n  bench  [authz|jwt-authn|sds|creds|uds]: each sidecar against a same-run baseline (release build)\n  image  static binaries + one podman image per sidecar (Containerfile)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)"
+                "usage: cargo xtask <test|demo|bench|image|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests (what CI runs)\n  demo   the three sidecars with real Envoy, moto and the AWS CLI, step by step\n  bench  [authz|jwt-authn|sds|creds|uds]: each sidecar against a same-run baseline (release build)\n  image  static binaries + one podman image per sidecar (Containerfile)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
             );
             return ExitCode::from(2);
         }
