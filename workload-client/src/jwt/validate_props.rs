@@ -203,6 +203,24 @@ proptest! {
         check_refusal(&raw, &err)?;
     }
 
+    /// Claims of the wrong type or shape, with long attacker-chosen strings in them, signed
+    /// with a trusted key: refused with an error that does not carry them.
+    #[test]
+    fn badly_typed_claims_are_refused_without_echoing_them(
+        long in ("[a-zA-Z0-9 ]{1,40}", 2000usize..6000).prop_map(|(s, n)| s.repeat(n / s.len())),
+        field in prop::sample::select(vec!["sub", "aud", "exp", "nbf", "iat"]),
+        as_array in any::<bool>(),
+    ) {
+        let mut claims = json!({"sub": "spiffe://example.org/web", "aud": [AUD], "exp": now() + 600});
+        claims[field] = if as_array { json!([long.clone()]) } else { json!(long.clone()) };
+        let token = sign(&json!({"alg":"ES256","kid":KID}).to_string(), &claims.to_string());
+        match validate(&token) {
+            // `iat` and `nbf` are not JWT-SVID claims: their type is not checked.
+            Ok(_) => prop_assert!(field == "iat" || field == "nbf", "accepted a bad {field}"),
+            Err(e) => check_refusal(&token, &e)?,
+        }
+    }
+
     /// The size cap: past [`MAX_TOKEN_LEN`] nothing is decoded.
     #[test]
     fn oversized_tokens_are_refused_unparsed(extra in 1usize..4096) {
