@@ -378,6 +378,10 @@ pub async fn serve(
 }
 
 #[cfg(test)]
+#[path = "http_props.rs"]
+pub(crate) mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -455,6 +455,10 @@ fn http_status(code: u16) -> HttpStatusCode {
 }
 
 #[cfg(test)]
+#[path = "authz_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -519,6 +519,10 @@ fn listen_from_file(src: &Sources<'_>) -> Result<(String, SocketAddr), ConfigErr
 }
 
 #[cfg(test)]
+#[path = "config_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 

@@ -118,6 +118,10 @@ fn parse_value(v: &str) -> Result<String, String> {
 }
 
 #[cfg(test)]
+#[path = "hcl_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

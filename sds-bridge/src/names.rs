@@ -200,6 +200,10 @@ fn escape(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[path = "names_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

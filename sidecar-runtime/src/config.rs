@@ -135,8 +135,10 @@ pub fn listen(setting: &str, value: &str) -> Result<Listen, ConfigError> {
 /// write, and nothing past `0777` (no setuid, sticky) is accepted.
 pub fn socket_mode(setting: &str, value: &str) -> Result<u32, ConfigError> {
     let digits = value.strip_prefix("0o").unwrap_or(value);
+    // Octal digits only: `from_str_radix` also takes a leading `+`.
+    let octal = digits.bytes().all(|b| (b'0'..=b'7').contains(&b));
     match u32::from_str_radix(digits, 8) {
-        Ok(m) if m <= 0o777 && m & 0o600 == 0o600 => Ok(m),
+        Ok(m) if octal && m <= 0o777 && m & 0o600 == 0o600 => Ok(m),
         _ => Err(ConfigError::new(
             setting,
             value,
@@ -258,6 +260,10 @@ pub fn duration(setting: &str, value: &str) -> Result<Duration, ConfigError> {
 }
 
 #[cfg(test)]
+#[path = "config_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -332,7 +338,8 @@ mod tests {
         assert!(!unix_authority_adapter(&[(ENV_UNIX_AUTHORITY_ADAPTER, "OFF")]).unwrap());
         let e = unix_authority_adapter(&[(ENV_UNIX_AUTHORITY_ADAPTER, "no")]).unwrap_err();
         assert_eq!(e.setting, ENV_UNIX_AUTHORITY_ADAPTER);
-        for bad in ["0400", "1777", "rw", "0"] {
+        // "+600" and "0o+600": found by the property tests (from_str_radix took the sign).
+        for bad in ["0400", "1777", "rw", "0", "+600", "0o+600"] {
             assert_eq!(socket_mode("M", bad).unwrap_err().setting, "M", "{bad}");
         }
     }

@@ -163,8 +163,9 @@ impl Endpoint {
         let ip: IpAddr = host
             .parse()
             .map_err(|_| EndpointError::TcpHostNotIp(host.to_owned()))?;
+        // Digits only (RFC 3986 §3.2.3): `u16::from_str` also takes a leading `+`.
         let port: u16 = match port.parse() {
-            Ok(p) if p != 0 => p,
+            Ok(p) if p != 0 && port.bytes().all(|b| b.is_ascii_digit()) => p,
             _ => return Err(EndpointError::TcpInvalidPort(port.to_owned())),
         };
         Ok(Self::Tcp(SocketAddr::new(ip, port)))
@@ -313,6 +314,10 @@ pub fn resolve_endpoint_from(
 }
 
 #[cfg(test)]
+#[path = "endpoint_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -361,6 +366,8 @@ mod tests {
             ("tcp://127.0.0.1:http", E::TcpInvalidPort("http".into())),
             ("tcp://127.0.0.1:0", E::TcpInvalidPort("0".into())),
             ("tcp://127.0.0.1:70000", E::TcpInvalidPort("70000".into())),
+            // Found by the property tests: `u16::from_str` took the sign.
+            ("tcp://127.0.0.1:+80", E::TcpInvalidPort("+80".into())),
             ("tcp://localhost:80", E::TcpHostNotIp("localhost".into())),
             ("tcp://u@127.0.0.1:80", E::UserInfo),
         ];

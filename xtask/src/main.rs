@@ -1,13 +1,20 @@
 //! `cargo xtask <command>`: the project's commands, in Rust so they run wherever cargo does.
 //!
 //! - `test`: create the project venv with the real peers (tests/requirements.txt), then
-//!   `cargo fmt --check`, `cargo clippy -D warnings`, and every test. What CI runs.
+//!   `cargo fmt --check`, `cargo clippy -D warnings`, `cargo deny` (licenses, bans, sources;
+//!   offline), and every test. What CI runs.
+//! - `deny [--advisories]`: only the supply-chain check; `--advisories` also checks the
+//!   RustSec database (fetched from GitHub: not reachable from CI).
+//! - `fuzz [--minutes N] [--cases N]`: the parsers' property tests, round after round with
+//!   fresh seeds, for N minutes (default 10).
 //! - `demo`: the three sidecars with real Envoy, moto and the AWS CLI, step by step.
 //! - `regen`: regenerate the committed Workload API code (needs nothing installed: the
 //!   regen test uses a vendored protoc).
 //! - `venv`: only create/refresh the venv.
 #![allow(clippy::print_stdout)] // A command-line tool talks on stdout.
 
+mod deny;
+mod fuzz;
 mod image;
 
 use std::path::{Path, PathBuf};
@@ -25,9 +32,11 @@ fn main() -> ExitCode {
         Some("soak") => soak(&args[1..]),
         Some("venv") => venv().map(|_| ()),
         Some("image") => image::image(),
+        Some("deny") => deny::deny(&args[1..]),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|soak|image|regen|venv>\n\n  test   venv + fmt + clippy + all tests + a 60 s soak (what CI runs)\n  demo   the three sidecars with real Envoy, moto and the AWS CLI, step by step\n  bench  [authz|jwt-authn|sds|creds|uds]: each sidecar against a same-run baseline (release build)\n  soak   [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers"
+                "usage: cargo xtask <test|demo|bench|soak|image|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + a 60 s soak (what CI runs)\n  demo   the three sidecars with real Envoy, moto and the AWS CLI, step by step\n  bench  [authz|jwt-authn|sds|creds|uds]: each sidecar against a same-run baseline (release build)\n  soak   [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
             );
             return ExitCode::from(2);
         }
@@ -129,6 +138,8 @@ fn test(extra: &[String]) -> Result {
             "warnings",
         ]),
     )?;
+    // Supply chain: licenses, one version per crate family, crates.io only (deny.toml).
+    deny::check(false)?;
     // The end-to-end tests start the sidecar and agent binaries: build them first.
     run(
         "cargo build --bins",

@@ -112,4 +112,6 @@ impl Collector for UnixGrpcCollector {
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

@@ -513,7 +513,8 @@ fn wire(requests: &[Request]) -> Bytes {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // Cases from PROPTEST_CASES (default 256), so `cargo xtask fuzz` can run more.
+    #![proptest_config(ProptestConfig::default())]
 
     #[test]
     fn h2_decodes_what_the_client_encoded_except_a_refused_authority(

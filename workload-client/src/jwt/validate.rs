@@ -121,6 +121,15 @@ pub fn validate_jwt_svid(
     check_header(token)?;
     let svid = JwtSvid::parse_and_validate(token, bundles, &[audience])
         .map_err(|e| map_error(e, audience))?;
+    // The spiffe crate lower-cases an upper-case trust domain in `sub` and accepts it; the
+    // SPIFFE ID spec (and go-spiffe) refuse it. Refuse it too, so the identity we report and
+    // match allow lists against is exactly the one the token carries.
+    if svid.claims().sub() != svid.spiffe_id().to_string() {
+        return Err(ValidationError::InvalidSubject(format!(
+            "not in canonical form (trust domains are lower case: {})",
+            svid.spiffe_id()
+        )));
+    }
     let td = svid.spiffe_id().trust_domain();
     if let TrustDomainPolicy::Only(allowed) = policy
         && !allowed.contains(td)
@@ -197,6 +206,10 @@ fn map_error(e: JwtSvidError, audience: &str) -> ValidationError {
         other => V::Malformed(other.to_string()),
     }
 }
+
+#[cfg(test)]
+#[path = "validate_props.rs"]
+mod props;
 
 #[cfg(test)]
 mod tests {
@@ -380,6 +393,17 @@ mod tests {
                 expected: AUD.into()
             }
         );
+    }
+
+    #[test]
+    fn rejects_a_subject_with_an_upper_case_trust_domain() {
+        // Found by the property tests: spiffe lower-cases the trust domain and accepted it.
+        let key = EcKey::new("k1");
+        let set = bundles(&[("example.org", key.jwk())]);
+        let token = key.token(claims("spiffe://Example.org/web", AUD, 300));
+        let err = check(&token, &set).unwrap_err();
+        assert!(matches!(err, ValidationError::InvalidSubject(_)), "{err:?}");
+        assert_eq!(err.label(), "invalid_sub");
     }
 
     #[test]

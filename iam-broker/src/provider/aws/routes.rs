@@ -105,3 +105,7 @@ async fn container_creds(State(routes): State<Routes>, headers: HeaderMap) -> Re
         Err(response) => response,
     }
 }
+
+#[cfg(test)]
+#[path = "routes_props.rs"]
+mod props;

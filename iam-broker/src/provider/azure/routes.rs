@@ -185,6 +185,10 @@ pub fn parse_query(query: &str, client_id: &str) -> Result<String, String> {
 }
 
 #[cfg(test)]
+#[path = "routes_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -209,3 +209,7 @@ async fn token(routes: &Routes, query: &str) -> Response {
         Err(response) => response,
     }
 }
+
+#[cfg(test)]
+#[path = "routes_props.rs"]
+mod props;
