@@ -618,7 +618,8 @@ fn agent_outage(system: &mut System, record: &Shared, down: f64, counters: &mut 
             to: fresh + 0.5,
             paths: &[JWT_PATH, INJECTOR_PATH, CREDS_PATH, SDK_PATH],
             why: format!(
-                "agent down {down:.1} s, longer than the credentials held ({:.1} s)",
+                "agent down {:.1} s, longer than the credentials held ({:.1} s)",
+                up - killed,
                 (jwt_left - 1.0).min(x509_left)
             ),
         });
