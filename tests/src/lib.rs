@@ -3,7 +3,12 @@
 //! on readiness (a socket accepting connections, an HTTP 200), never on fixed sleeps.
 //!
 //! Missing peers are failures with instructions, never silent skips.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: panics are reports
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)] // test support: panics are reports
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -153,6 +158,30 @@ pub fn kill_all_children() {
     for pid in std::mem::take(&mut children.pids) {
         sigkill(pid);
     }
+}
+
+/// On Ctrl-C or SIGTERM: prints `message`, kills every child ([`kill_all_children`]), removes
+/// `dir` and exits 130. For the long-running binaries (demo, soak), where no destructor runs on
+/// a signal.
+pub fn on_signal_clean_up(dir: PathBuf, message: &'static str) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        println!("\n{message}");
+        kill_all_children();
+        let _ = std::fs::remove_dir_all(dir);
+        std::process::exit(130);
+    });
 }
 
 /// A child process killed (and reaped) on drop, its stderr kept in a file for failure reports.

@@ -389,18 +389,20 @@ static_resources:
 /// The client certificate's URI SAN and serial number from an `x-forwarded-client-cert` value
 /// (`By=…;Hash=…;Cert="<url-encoded PEM>";URI=spiffe://…`).
 pub fn xfcc_uri_and_serial(xfcc: &str) -> (String, String) {
-    let mut uri = String::new();
-    let mut cert = String::new();
-    for part in xfcc.split(';') {
-        if let Some(v) = part.strip_prefix("URI=") {
-            uri = v.to_owned();
-        } else if let Some(v) = part.strip_prefix("Cert=") {
-            cert = percent_decode(v.trim_matches('"'));
-        }
-    }
-    let der = pem_to_der(&cert);
+    let uri = xfcc
+        .split(';')
+        .find_map(|p| p.strip_prefix("URI="))
+        .unwrap_or_default()
+        .to_owned();
+    let der = xfcc_cert_der(xfcc).expect("XFCC carries Cert=");
     let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("XFCC Cert is X.509");
     (uri, parsed.raw_serial_as_string())
+}
+
+/// The DER of the client certificate in an `x-forwarded-client-cert` value's `Cert=` field.
+pub fn xfcc_cert_der(xfcc: &str) -> Option<Vec<u8>> {
+    let cert = xfcc.split(';').find_map(|p| p.strip_prefix("Cert="))?;
+    Some(pem_to_der(&percent_decode(cert.trim_matches('"'))))
 }
 
 fn percent_decode(s: &str) -> String {

@@ -25,7 +25,6 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use suite_tests::aws::{Broker, Moto, caller_identity, credential_process_profile, require_curl};
@@ -35,14 +34,12 @@ use suite_tests::sds::{
     tls_cluster, xfcc_uri_and_serial,
 };
 use suite_tests::sidecars::{JwtHelper, jwt_claims};
-use suite_tests::{DevAgent, free_port, kill_all_children, wait_until};
+use suite_tests::{DevAgent, free_port, on_signal_clean_up, wait_until};
 
 const TD: &str = "demo.example";
 const CLIENT: &str = "spiffe://demo.example/ns/demo/sa/client";
 const SERVER: &str = "spiffe://demo.example/ns/demo/sa/server";
 const BACKEND_AUDIENCE: &str = "demo-backend";
-
-static WORKDIR: OnceLock<std::path::PathBuf> = OnceLock::new();
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -67,30 +64,6 @@ fn elide(token: &str) -> String {
         &token[..12.min(token.len())],
         &token[token.len().saturating_sub(8)..]
     )
-}
-
-/// Stops every child and removes the work directory on Ctrl-C or SIGTERM.
-fn on_signal_clean_up() {
-    std::thread::spawn(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        });
-        println!("\ninterrupted: stopping everything the demo started");
-        kill_all_children();
-        if let Some(dir) = WORKDIR.get() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        std::process::exit(130);
-    });
 }
 
 fn jwt_step(dir: &Path, client_agent: &DevAgent, issuer: &str, oidc: u16) {
@@ -378,13 +351,15 @@ fn clouds_step(dir: &Path, client_agent: &DevAgent, issuer: &str) {
 }
 
 fn main() -> ExitCode {
-    on_signal_clean_up();
     let tmp = tempfile::Builder::new()
         .prefix("spiffe-demo-")
         .tempdir()
         .unwrap();
     let dir = tmp.path().to_path_buf();
-    let _ = WORKDIR.set(dir.clone());
+    on_signal_clean_up(
+        dir.clone(),
+        "interrupted: stopping everything the demo started",
+    );
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         step(
             0,

@@ -55,7 +55,7 @@ use suite_tests::sds::{
     filtered_listener, jwt_authn_config, mtls_listener_with_filters, sds_cluster, tls_cluster,
 };
 use suite_tests::sidecars::JwtHelper;
-use suite_tests::{DevAgent, Proc, free_port, kill_all_children, python_with, wait_until};
+use suite_tests::{DevAgent, Proc, free_port, on_signal_clean_up, python_with, wait_until};
 
 const TD: &str = "soak.example";
 const CLIENT: &str = "spiffe://soak.example/ns/soak/sa/client";
@@ -813,39 +813,9 @@ mod echo {
     }
 
     fn cert_not_after(xfcc: &str) -> Option<i64> {
-        let cert = xfcc.split(';').find_map(|p| p.strip_prefix("Cert="))?;
-        let pem = percent_decode(cert.trim_matches('"'));
-        let der = pem_der(&pem)?;
+        let der = suite_tests::sds::xfcc_cert_der(xfcc)?;
         let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
         Some(cert.validity().not_after.timestamp())
-    }
-
-    fn percent_decode(s: &str) -> String {
-        let b = s.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            let hex = (b[i] == b'%' && i + 2 < b.len())
-                .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok())
-                .flatten()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(v) = hex {
-                out.push(v);
-                i += 3;
-            } else {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-
-    fn pem_der(pem: &str) -> Option<Vec<u8>> {
-        use base64::Engine as _;
-        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        base64::engine::general_purpose::STANDARD
-            .decode(body.trim())
-            .ok()
     }
 }
 
@@ -1140,26 +1110,6 @@ fn report(record: &Record, samples: &Samples, f: Figures) -> bool {
     all
 }
 
-fn on_signal_clean_up(dir: PathBuf) {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        });
-        kill_all_children();
-        let _ = std::fs::remove_dir_all(dir);
-        std::process::exit(130);
-    });
-}
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut seconds = 600.0;
@@ -1180,7 +1130,10 @@ fn main() -> ExitCode {
         .tempdir()
         .unwrap();
     let dir = tmp.path().to_path_buf();
-    on_signal_clean_up(dir.clone());
+    on_signal_clean_up(
+        dir.clone(),
+        "interrupted: stopping everything the soak started",
+    );
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&dir, seconds)));
     match result {
         Ok(true) => {
