@@ -112,9 +112,9 @@ const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const FRAME_SIZE_ERROR: u32 = 0x6;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
@@ -190,6 +190,9 @@ struct Seen {
     /// Response header blocks; and how many began `:status: 200` (static index 8, 0x88).
     headers: usize,
     ok_headers: usize,
+    /// PING acknowledgements: h2 handles frames in order, so an ACK of a PING sent last
+    /// means everything before it was processed.
+    ping_acks: usize,
     closed: bool,
     /// Whether the first bytes were an HTTP/2 frame at all (vs. e.g. an HTTP/1 answer).
     not_h2: bool,
@@ -224,7 +227,8 @@ async fn h2_exchange(
                 Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
             }
             while buf.len() >= 9 {
-                let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+                let len =
+                    usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
                 if buf[3] > 0x9 && seen.headers == 0 && seen.resets.is_empty() {
                     seen.not_h2 = true;
                 }
@@ -240,6 +244,7 @@ async fn h2_exchange(
                         let code = u32::from_be_bytes(payload.try_into().unwrap());
                         *seen.resets.entry(code).or_default() += 1;
                     }
+                    PING if buf[4] & 1 == 1 => seen.ping_acks += 1,
                     HEADERS => {
                         seen.headers += 1;
                         seen.ok_headers += usize::from(payload.first() == Some(&0x88));
@@ -370,7 +375,11 @@ where
     let chunks: Vec<&[u8]> = block.chunks(16 * 1024).collect();
     for (i, c) in chunks.iter().enumerate() {
         let kind = if i == 0 { HEADERS } else { CONTINUATION };
-        let flags = if i + 1 == chunks.len() { END_HEADERS } else { 0 };
+        let flags = if i + 1 == chunks.len() {
+            END_HEADERS
+        } else {
+            0
+        };
         bytes.extend(frame(kind, flags, 1, c));
     }
     let (oversized_headers, _conn) = h2_exchange(port, bytes, |s| {
@@ -395,9 +404,12 @@ where
     for i in 0..10_000u32 {
         bytes.extend(frame(HEADERS, END_HEADERS, 2 * i + 1, &head));
     }
+    bytes.extend(frame(PING, 0, 0, b"abusive!"));
     let refused_wanted = 10_000 - max_streams;
     let (streams, conn) = h2_exchange(port, bytes, |s| {
-        s.goaway.is_some() || s.resets.get(&REFUSED_STREAM) >= Some(&refused_wanted)
+        s.goaway.is_some()
+            || (s.ping_acks > 0
+                && s.resets.get(&REFUSED_STREAM).copied().unwrap_or(0) >= refused_wanted)
     })
     .await;
     // The parked streams are held open while a well-behaved client is served.
@@ -431,7 +443,10 @@ where
 impl GrpcOutcome {
     /// What hyper/h2/tonic answer on every gRPC port of ours.
     fn assert_expected(&self, port: &Port, max_streams: usize) {
-        assert!(self.random_closed, "{port:?}: random bytes close the connection");
+        assert!(
+            self.random_closed,
+            "{port:?}: random bytes close the connection"
+        );
         // HTTP/1 is answered with the server's HTTP/2 SETTINGS, then the connection closes.
         assert!(
             self.http1_answer.as_bytes().get(3) == Some(&SETTINGS),
@@ -446,18 +461,32 @@ impl GrpcOutcome {
             "{port:?}: {:?}",
             self.oversized_headers
         );
-        assert_eq!(self.oversized_frame.goaway, Some(FRAME_SIZE_ERROR), "{port:?}");
         assert_eq!(
-            self.streams.resets.get(&REFUSED_STREAM),
-            Some(&(10_000 - max_streams)),
+            self.oversized_frame.goaway,
+            Some(FRAME_SIZE_ERROR),
+            "{port:?}"
+        );
+        assert_eq!(
+            self.streams
+                .resets
+                .get(&REFUSED_STREAM)
+                .copied()
+                .unwrap_or(0),
+            10_000 - max_streams,
             "{port:?}: exactly the streams past the cap refused: {:?}",
             self.streams
         );
         assert_eq!(self.streams.goaway, None, "{port:?}");
         assert_eq!(self.malformed, INTERNAL, "{port:?}: malformed protobuf");
         assert_eq!(self.compressed_without_encoding, INTERNAL, "{port:?}");
-        assert_eq!(self.four_gib_prefix, OUT_OF_RANGE, "{port:?}: 4 GiB length prefix");
-        assert_eq!(self.invalid_utf8, INTERNAL, "{port:?}: invalid UTF-8 in a string field");
+        assert_eq!(
+            self.four_gib_prefix, OUT_OF_RANGE,
+            "{port:?}: 4 GiB length prefix"
+        );
+        assert_eq!(
+            self.invalid_utf8, INTERNAL,
+            "{port:?}: invalid UTF-8 in a string field"
+        );
     }
 }
 
@@ -565,9 +594,10 @@ async fn jwt_auth_helper_ext_authz_tcp_and_unix_and_admin_survive_bad_input() {
         .unwrap();
     let bearer = format!("Bearer {token}");
     let tcp_client = tcp.client().await;
-    let unix_client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(
-        lazy_channel(&Endpoint::Unix(socket.clone())),
-    );
+    let unix_client =
+        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(
+            lazy_channel(&Endpoint::Unix(socket.clone())),
+        );
     let probe = |client: &envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient<tonic::transport::Channel>| {
         let mut client = client.clone();
         let bearer = bearer.clone();
@@ -578,8 +608,8 @@ async fn jwt_auth_helper_ext_authz_tcp_and_unix_and_admin_survive_bad_input() {
     };
     probe(&tcp_client).await;
     probe(&unix_client).await;
-    let mut rss_tcp = Rss::before("jwt-auth-helper (TCP)", &tcp.proc);
-    let mut rss_unix = Rss::before("jwt-auth-helper (Unix)", &unix.proc);
+    let rss_tcp = Rss::before("jwt-auth-helper (TCP)", &tcp.proc);
+    let rss_unix = Rss::before("jwt-auth-helper (Unix)", &unix.proc);
 
     // A CheckRequest whose header value is not UTF-8.
     let mut utf8 = check_request("svc", &[("x-bad", "¤¤")]).encode_to_vec();
@@ -592,7 +622,10 @@ async fn jwt_auth_helper_ext_authz_tcp_and_unix_and_admin_survive_bad_input() {
     ] {
         let o = grpc_battery(&port, CHECK, max, utf8.clone(), || probe(client)).await;
         eprintln!("jwt-auth-helper {port:?}: {o:#?}");
-        assert!(o.random_closed, "{port:?}: random bytes close the connection");
+        assert!(
+            o.random_closed,
+            "{port:?}: random bytes close the connection"
+        );
         o.assert_expected(&port, max);
         let _ = match port {
             Port::Tcp(_) => rss_tcp.check(&mut tcp.proc),
@@ -637,7 +670,10 @@ async fn jwt_auth_helper_ext_authz_tcp_and_unix_and_admin_survive_bad_input() {
 
     // A slow client on ext_authz (a byte every 250 ms): others are served meanwhile; the
     // server keeps the slow connection (no deadline on an HTTP/2 preface).
-    let cut = slow_client_while_served(&Port::Tcp(tcp.listen), &PREFACE[..12], || probe(&tcp_client)).await;
+    let cut = slow_client_while_served(&Port::Tcp(tcp.listen), &PREFACE[..12], || {
+        probe(&tcp_client)
+    })
+    .await;
     assert!(!cut, "ext_authz keeps a slow client's connection");
 
     // The admin port (HTTP/1 and h2c): random bytes, an oversized head, invalid UTF-8, a slow client.
@@ -688,8 +724,13 @@ async fn http1_battery<Fut: Future<Output = ()>>(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {}\r\n\r\n",
         "a".repeat(1024 * 1024)
     );
-    let oversized = send_and_read_to_close(port, big.as_bytes()).await.unwrap_or_default();
-    let mut bad = format!("GET {path}?q=¤¤ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bad: ¤¤\r\nConnection: close\r\n\r\n").into_bytes();
+    let oversized = send_and_read_to_close(port, big.as_bytes())
+        .await
+        .unwrap_or_default();
+    let mut bad = format!(
+        "GET {path}?q=¤¤ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bad: ¤¤\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
     bad = with_invalid_utf8(bad);
     let invalid = send_and_read_to_close(port, &bad).await.unwrap_or_default();
     let slow_cut = slow_client_while_served(
@@ -707,3 +748,224 @@ async fn http1_battery<Fut: Future<Output = ()>>(
     }
 }
 
+// === sds-bridge ===
+
+fn sds_request(names: &[String]) -> DiscoveryRequest {
+    DiscoveryRequest {
+        resource_names: names.to_vec(),
+        type_url: SECRET.to_owned(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sds_bridge_sds_socket_jwks_and_admin_survive_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = DevAgent::start(
+        dir.path(),
+        &[
+            "--trust-domain",
+            "example.org",
+            "--spiffe-id",
+            "spiffe://example.org/web",
+        ],
+    );
+    let jwks: SocketAddr = format!("127.0.0.1:{}", suite_tests::free_port())
+        .parse()
+        .unwrap();
+    let mut bridge = SdsBridge::start(
+        "sds-bridge",
+        dir.path(),
+        &agent.endpoint,
+        &["--jwks-listen", &jwks.to_string()],
+    );
+    bridge.wait_ready(Duration::from_secs(10));
+    let sds =
+        SecretDiscoveryServiceClient::new(lazy_channel(&Endpoint::Unix(bridge.socket.clone())));
+    let probe = || {
+        let mut sds = sds.clone();
+        async move {
+            let r = sds
+                .fetch_secrets(sds_request(&["default".to_owned()]))
+                .await
+                .expect("served meanwhile")
+                .into_inner();
+            assert_eq!(r.resources.len(), 1);
+        }
+    };
+    probe().await;
+    let rss = Rss::before("sds-bridge", &bridge.proc);
+
+    // A DiscoveryRequest whose resource name is not UTF-8.
+    let utf8 = with_invalid_utf8(sds_request(&["¤¤".to_owned()]).encode_to_vec());
+    let port = Port::Unix(bridge.socket.clone());
+    for _round in 0..2 {
+        // FetchSecrets: a unary call, so the 10,000 parked streams each wait for a body.
+        let o = grpc_battery(&port, FETCH_SECRETS, 128, utf8.clone(), probe).await;
+        eprintln!("sds-bridge SDS socket: {o:#?}");
+        o.assert_expected(&port, 128);
+        rss.check(&mut bridge.proc);
+    }
+    // StreamSecrets with a first request that is not protobuf: the stream ends INTERNAL.
+    let code = grpc_raw(&port, STREAM_SECRETS, grpc_frame(&random_bytes(512))).await;
+    assert_eq!(code, INTERNAL);
+
+    // 10,000 names in one request: unary is refused whole, a stream keeps the first 256.
+    let names: Vec<String> = (0..10_000)
+        .map(|i| format!("spiffe://example.org/name-{i}"))
+        .collect();
+    let mut with_default = names.clone();
+    with_default.insert(0, "default".to_owned());
+    let refused = sds
+        .clone()
+        .fetch_secrets(sds_request(&with_default))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(sds_request(&with_default)).await.unwrap();
+    let mut stream = sds
+        .clone()
+        .stream_secrets(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(READ_LIMIT, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.resources.len(), 1, "only `default` exists");
+    let over = bridge.metric("sds_bridge_refusals_total{reason=\"names_per_request\"}");
+    assert!(over >= (10_001 - 256) as f64, "{over}");
+    probe().await;
+    drop((tx, stream));
+
+    // The JWKS endpoint and the admin port: HTTP/1 (and h2c) listeners.
+    for (what, addr, path) in [
+        ("JWKS", jwks, "/jwks/example.org"),
+        ("admin", bridge.admin, "/healthz"),
+    ] {
+        let outcome = http1_battery(&Port::Tcp(addr), path, probe).await;
+        eprintln!("sds-bridge {what}: {outcome:#?}");
+        outcome.assert_expected(what);
+    }
+    let served = suite_tests::envoy::request(jwks, "GET", "/jwks/example.org", &[]).unwrap();
+    assert_eq!(served.status, 200);
+    rss.check(&mut bridge.proc);
+}
+
+impl Http1Outcome {
+    /// What hyper answers on every HTTP/1 listener of ours.
+    fn assert_expected(&self, what: &str) {
+        assert!(
+            self.random_closed,
+            "{what}: random bytes close the connection"
+        );
+        assert_eq!(self.random_status, "400", "{what}");
+        assert_eq!(self.oversized_status, "431", "{what}");
+        assert_eq!(self.invalid_utf8_status, "400", "{what}");
+        // Others were served while it trickled; hyper holds a slow head for up to its
+        // header read timeout (10 s on the broker, none on axum::serve's admin and JWKS).
+        assert!(!self.slow_cut, "{what}: slow client cut within 3 s");
+    }
+}
+
+// === The dev agent's Workload API ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_agent_workload_api_survives_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = DevAgent::start(dir.path(), &["--spiffe-id", "spiffe://example.org/web"]);
+    let client = WorkloadApiClient::new(Endpoint::parse(&agent.endpoint).unwrap());
+    let probe = || {
+        let client = client.clone();
+        async move {
+            let svid = client.fetch_jwt_svid(&["backend".to_owned()], None).await;
+            assert!(svid.is_ok(), "served meanwhile: {svid:?}");
+        }
+    };
+    probe().await;
+    let rss = Rss::before("spiffe-dev-agent", &agent.proc);
+    // A JWTSVIDRequest whose audience is not UTF-8.
+    let mut utf8 = vec![0x0a, 4];
+    utf8.extend("¤¤".as_bytes());
+    let utf8 = with_invalid_utf8(utf8);
+    let port = Port::Unix(agent.socket.clone());
+    for _round in 0..2 {
+        let o = grpc_battery(&port, FETCH_JWT, 10_000, utf8.clone(), probe).await;
+        eprintln!("dev agent: {o:#?}");
+        // No stream cap: all 10,000 are accepted and parked until the connection goes.
+        o.assert_expected(&port, 10_000);
+        rss.check(&mut agent.proc);
+    }
+}
+
+// === iam-broker ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_broker_credentials_and_admin_ports_survive_bad_input() {
+    use suite_tests::aws::{Broker, Moto, StsProxy};
+    let dir = tempfile::tempdir().unwrap();
+    let agent = DevAgent::start(
+        dir.path(),
+        &[
+            "--spiffe-id",
+            "spiffe://example.org/ns/default/sa/web",
+            "--jwt-ttl",
+            "5m",
+        ],
+    );
+    let moto = Moto::start(dir.path());
+    let proxy = StsProxy::start(moto.addr);
+    let mut broker = Broker::start(dir.path(), &agent.endpoint, &proxy.url(), &[], &[]);
+    broker.wait_ready(Duration::from_secs(30));
+    let creds = broker.creds();
+    assert_eq!(creds.status, 200, "{}", creds.body);
+    let listen = broker.listen;
+    let probe = || async move {
+        let r = suite_tests::envoy::request(listen, "GET", "/v1/creds", &[]).unwrap();
+        assert_eq!(r.status, 200, "served meanwhile: {}", r.body);
+    };
+    let rss = Rss::before("iam-broker", &broker.proc);
+
+    // A slow head (a byte every 250 ms, 15 s of it) is cut at the 10 s header read timeout.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let head = b"GET /v1/creds HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaa".to_vec();
+    assert!(head.len() * 250 > 15_000);
+    let slow = tokio::spawn(slowloris(
+        Port::Tcp(listen),
+        head,
+        Duration::from_millis(250),
+        sent.clone(),
+    ));
+
+    for (what, addr, path) in [
+        ("credentials", listen, "/v1/creds"),
+        ("admin", broker.admin, "/healthz"),
+    ] {
+        let outcome = http1_battery(&Port::Tcp(addr), path, probe).await;
+        eprintln!("iam-broker {what}: {outcome:#?}");
+        outcome.assert_expected(what);
+        rss.check(&mut broker.proc);
+    }
+    // HTTP/2 with prior knowledge on the HTTP/1-only credentials port: closed unanswered.
+    let h2 = send_and_read_to_close(&Port::Tcp(listen), &h2_start())
+        .await
+        .expect("closed");
+    assert!(h2.is_empty(), "{:?}", String::from_utf8_lossy(&h2));
+
+    let started = Instant::now();
+    assert!(slow.await.unwrap(), "the slow head was cut off");
+    let bytes = sent.load(Ordering::SeqCst);
+    eprintln!("slow head cut after {bytes} bytes");
+    assert!(
+        (36..=48).contains(&bytes),
+        "cut at ~10 s (40 bytes at 4/s), not before: {bytes} bytes, {:?} after the rest",
+        started.elapsed()
+    );
+    probe().await;
+    // Nothing disturbed: one STS call for all of it.
+    assert_eq!(proxy.assume_calls(), 1);
+    rss.check(&mut broker.proc);
+}
