@@ -968,3 +968,56 @@ async fn iam_broker_credentials_and_admin_ports_survive_bad_input() {
     assert_eq!(proxy.assume_calls(), 1);
     rss.check(&mut broker.proc);
 }
+
+#[test]
+fn iam_broker_gcp_refuses_huge_and_invalid_scope_lists_and_keeps_serving() {
+    use suite_tests::gcp::{PROJECT_ID, PROVIDER};
+    const TOKEN: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
+    let dir = tempfile::tempdir().unwrap();
+    let agent = DevAgent::start(dir.path(), &["--spiffe-id", "spiffe://example.org/web"]);
+    // Scope lists are judged before any exchange: no Google is needed (nothing listens here).
+    let google = format!("https://127.0.0.1:{}", suite_tests::free_port());
+    let mut broker = suite_tests::azure::start_broker(
+        dir.path(),
+        &agent.endpoint,
+        &[
+            "gcp",
+            "--audience",
+            PROVIDER,
+            "--project-id",
+            PROJECT_ID,
+            "--sts-endpoint",
+            &google,
+            "--iam-credentials-endpoint",
+            &google,
+        ],
+        &[],
+    );
+    let flavor = [("Metadata-Flavor", "Google")];
+    let get =
+        |path: &str| suite_tests::envoy::request(broker.listen, "GET", path, &flavor).unwrap();
+    let rss = Rss::before("iam-broker gcp", &broker.proc);
+    let scopes = |n: usize| {
+        (0..n)
+            .map(|i| format!("https://www.googleapis.com/auth/s{i}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    // 10,000 scopes do not fit a 16 KiB head; 17 fit and are refused by the parser.
+    assert_eq!(
+        get(&format!("{TOKEN}?scopes={}", scopes(10_000))).status,
+        431
+    );
+    let r = get(&format!("{TOKEN}?scopes={}", scopes(17)));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("at most 16 scopes"), "{}", r.body);
+    // Percent-encoded bytes that are not UTF-8.
+    let r = get(&format!(
+        "{TOKEN}?scopes=https://www.googleapis.com/auth/%C0%FF%FE%80"
+    ));
+    assert_eq!(r.status, 400, "{}", r.body);
+    // Served meanwhile: what needs no exchange.
+    let r = get("/computeMetadata/v1/project/project-id");
+    assert_eq!((r.status, r.body.as_str()), (200, PROJECT_ID));
+    rss.check(&mut broker.proc);
+}
