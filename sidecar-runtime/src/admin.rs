@@ -27,6 +27,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::metrics::RuntimeCollector;
+use crate::serve::Limits;
 use crate::shutdown::Shutdown;
 
 /// The answer of a readiness check.
@@ -96,9 +97,7 @@ impl Admin {
 
     /// Serves until `shutdown` triggers.
     pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(async move { shutdown.wait().await })
-            .await
+        crate::serve::serve(listener, self.router(), Limits::default(), shutdown).await
     }
 }
 
