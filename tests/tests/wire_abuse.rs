@@ -538,6 +538,47 @@ async fn slow_client_while_served<Fut: Future<Output = ()>>(
     slow.await.unwrap()
 }
 
+/// A slow head on an HTTP/1 `port` (a byte every 250 ms, 15 s of it), started now and
+/// checked by [`SlowHead::assert_cut`] at the end of a test, while everything else runs.
+struct SlowHead {
+    what: &'static str,
+    sent: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<bool>,
+}
+
+impl SlowHead {
+    fn start(what: &'static str, addr: SocketAddr, path: &str) -> Self {
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: {}",
+            "a".repeat(40)
+        );
+        assert!(head.len() * 250 > 15_000);
+        let sent = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(slowloris(
+            Port::Tcp(addr),
+            head.into_bytes(),
+            Duration::from_millis(250),
+            sent.clone(),
+        ));
+        Self { what, sent, task }
+    }
+
+    /// The server cut it off at its 10 s header read timeout (40 bytes at 4 a second).
+    async fn assert_cut(self) {
+        let what = self.what;
+        assert!(
+            self.task.await.unwrap(),
+            "{what}: the slow head was cut off"
+        );
+        let bytes = self.sent.load(Ordering::SeqCst);
+        eprintln!("{what}: slow head cut after {bytes} bytes");
+        assert!(
+            (34..=48).contains(&bytes),
+            "{what}: cut at ~10 s (40 bytes at 4/s), not before: {bytes} bytes"
+        );
+    }
+}
+
 /// RSS of one process before the abuse, checked against [`RSS_BOUND_KIB`] after it.
 #[derive(Debug)]
 struct Rss {
@@ -608,6 +649,7 @@ async fn jwt_auth_helper_ext_authz_tcp_and_unix_and_admin_survive_bad_input() {
     };
     probe(&tcp_client).await;
     probe(&unix_client).await;
+    let slow_admin = SlowHead::start("jwt-auth-helper admin", tcp.admin, "/healthz");
     let rss_tcp = Rss::before("jwt-auth-helper (TCP)", &tcp.proc);
     let rss_unix = Rss::before("jwt-auth-helper (Unix)", &unix.proc);
 
@@ -676,15 +718,15 @@ async fn jwt_auth_helper_ext_authz_tcp_and_unix_and_admin_survive_bad_input() {
     .await;
     assert!(!cut, "ext_authz keeps a slow client's connection");
 
-    // The admin port (HTTP/1 and h2c): random bytes, an oversized head, invalid UTF-8, a slow client.
+    // The admin port: random bytes, an oversized head, invalid UTF-8, slow clients.
     let admin = Port::Tcp(tcp.admin);
     let outcome = http1_battery(&admin, "/healthz", || async {
         assert_eq!(tcp.readyz(), 200);
     })
     .await;
     eprintln!("jwt-auth-helper admin: {outcome:#?}");
-    assert!(outcome.random_closed);
-    assert_eq!(outcome.oversized_status, "431");
+    outcome.assert_expected("jwt-auth-helper admin");
+    slow_admin.assert_cut().await;
 
     rss_tcp.check(&mut tcp.proc);
     rss_unix.check(&mut unix.proc);
@@ -795,6 +837,10 @@ async fn sds_bridge_sds_socket_jwks_and_admin_survive_bad_input() {
     };
     probe().await;
     let rss = Rss::before("sds-bridge", &bridge.proc);
+    let slow = [
+        SlowHead::start("JWKS", jwks, "/jwks/example.org"),
+        SlowHead::start("sds-bridge admin", bridge.admin, "/healthz"),
+    ];
 
     // A DiscoveryRequest whose resource name is not UTF-8.
     let utf8 = with_invalid_utf8(sds_request(&["¤¤".to_owned()]).encode_to_vec());
@@ -841,7 +887,7 @@ async fn sds_bridge_sds_socket_jwks_and_admin_survive_bad_input() {
     probe().await;
     drop((tx, stream));
 
-    // The JWKS endpoint and the admin port: HTTP/1 (and h2c) listeners.
+    // The JWKS endpoint and the admin port: HTTP/1 listeners.
     for (what, addr, path) in [
         ("JWKS", jwks, "/jwks/example.org"),
         ("admin", bridge.admin, "/healthz"),
@@ -849,6 +895,9 @@ async fn sds_bridge_sds_socket_jwks_and_admin_survive_bad_input() {
         let outcome = http1_battery(&Port::Tcp(addr), path, probe).await;
         eprintln!("sds-bridge {what}: {outcome:#?}");
         outcome.assert_expected(what);
+    }
+    for head in slow {
+        head.assert_cut().await;
     }
     let served = suite_tests::envoy::request(jwks, "GET", "/jwks/example.org", &[]).unwrap();
     assert_eq!(served.status, 200);
@@ -865,8 +914,7 @@ impl Http1Outcome {
         assert_eq!(self.random_status, "400", "{what}");
         assert_eq!(self.oversized_status, "431", "{what}");
         assert_eq!(self.invalid_utf8_status, "400", "{what}");
-        // Others were served while it trickled; hyper holds a slow head for up to its
-        // header read timeout (10 s on the broker, none on axum::serve's admin and JWKS).
+        // Others were served while it trickled; the head deadline is 10 s ([`SlowHead`]).
         assert!(!self.slow_cut, "{what}: slow client cut within 3 s");
     }
 }
@@ -928,16 +976,11 @@ async fn iam_broker_credentials_and_admin_ports_survive_bad_input() {
     };
     let rss = Rss::before("iam-broker", &broker.proc);
 
-    // A slow head (a byte every 250 ms, 15 s of it) is cut at the 10 s header read timeout.
-    let sent = Arc::new(AtomicUsize::new(0));
-    let head = b"GET /v1/creds HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaa".to_vec();
-    assert!(head.len() * 250 > 15_000);
-    let slow = tokio::spawn(slowloris(
-        Port::Tcp(listen),
-        head,
-        Duration::from_millis(250),
-        sent.clone(),
-    ));
+    // Slow heads are cut at the 10 s header read timeout.
+    let slow = [
+        SlowHead::start("credentials", listen, "/v1/creds"),
+        SlowHead::start("admin", broker.admin, "/healthz"),
+    ];
 
     for (what, addr, path) in [
         ("credentials", listen, "/v1/creds"),
@@ -954,15 +997,9 @@ async fn iam_broker_credentials_and_admin_ports_survive_bad_input() {
         .expect("closed");
     assert!(h2.is_empty(), "{:?}", String::from_utf8_lossy(&h2));
 
-    let started = Instant::now();
-    assert!(slow.await.unwrap(), "the slow head was cut off");
-    let bytes = sent.load(Ordering::SeqCst);
-    eprintln!("slow head cut after {bytes} bytes");
-    assert!(
-        (36..=48).contains(&bytes),
-        "cut at ~10 s (40 bytes at 4/s), not before: {bytes} bytes, {:?} after the rest",
-        started.elapsed()
-    );
+    for head in slow {
+        head.assert_cut().await;
+    }
     probe().await;
     // Nothing disturbed: one STS call for all of it.
     assert_eq!(proxy.assume_calls(), 1);
