@@ -1062,3 +1062,57 @@ fn iam_broker_gcp_refuses_huge_and_invalid_scope_lists_and_keeps_serving() {
     assert_eq!((r.status, r.body.as_str()), (200, PROJECT_ID));
     rss.check(&mut broker.proc);
 }
+
+#[test]
+fn iam_broker_azure_refuses_huge_and_invalid_resources_and_keeps_serving() {
+    use suite_tests::azure::{CLIENT_ID, TENANT};
+    const SECRET_HEADER: &str = "wire-abuse-identity-header";
+    let dir = tempfile::tempdir().unwrap();
+    let agent = DevAgent::start(dir.path(), &["--spiffe-id", "spiffe://example.org/web"]);
+    // Resources are judged before any exchange: no Entra ID is needed (nothing listens here).
+    let entra = format!("https://127.0.0.1:{}", suite_tests::free_port());
+    let mut broker = suite_tests::azure::start_broker(
+        dir.path(),
+        &agent.endpoint,
+        &[
+            "azure",
+            "--tenant-id",
+            TENANT,
+            "--client-id",
+            CLIENT_ID,
+            "--authority-host",
+            &entra,
+        ],
+        &[("IDENTITY_HEADER", SECRET_HEADER)],
+    );
+    let rss = Rss::before("iam-broker azure", &broker.proc);
+    let msi = |query: &str| {
+        let path = format!("/msi/token?api-version=2019-08-01&{query}");
+        let headers = [("X-IDENTITY-HEADER", SECRET_HEADER)];
+        let r = suite_tests::envoy::request(broker.listen, "GET", &path, &headers).unwrap();
+        (r.status, r.body)
+    };
+    let long = format!("resource=https://{}", "a".repeat(10_000));
+    let many = (0..300)
+        .map(|i| format!("resource=https://r{i}.example"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let huge = (0..10_000)
+        .map(|i| format!("resource=https://r{i}.example"))
+        .collect::<Vec<_>>()
+        .join("&");
+    for (query, status, says) in [
+        (long.as_str(), 400, "a resource must be 1 to"),
+        (many.as_str(), 400, "more than one resource"),
+        (huge.as_str(), 431, ""),
+        ("resource=https://%C0%FF%FE%80", 400, "printable ASCII"),
+    ] {
+        let (got, body) = msi(query);
+        assert_eq!(got, status, "{body}");
+        assert!(body.contains(says), "{body}");
+    }
+    // Served meanwhile: probes and metrics.
+    let (status, _) = suite_tests::http(broker.admin, "GET", "/healthz").unwrap();
+    assert_eq!(status, 200);
+    rss.check(&mut broker.proc);
+}
