@@ -26,11 +26,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use sidecar_runtime::{Readiness, Shutdown};
-use tokio::net::TcpListener;
+use sidecar_runtime::Readiness;
 
 use crate::cache::{CacheError, CredentialCache, Held};
 use crate::metrics::Metrics;
@@ -308,74 +304,9 @@ pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
 
 // === Server ===
 
-/// Bounds on what a client may send.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Request line + headers, in bytes (hyper's minimum is 8 KiB).
-    pub max_header_bytes: usize,
-    /// Number of headers.
-    pub max_headers: usize,
-    /// Time to send the request head.
-    pub header_read_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_header_bytes: 16 * 1024,
-            max_headers: 64,
-            header_read_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// Serves `app` on `listener` (HTTP/1.1, keep-alive, `TCP_NODELAY`) until `shutdown`, then
-/// lets requests in flight finish (at most 5 s).
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    limits: Limits,
-    shutdown: Shutdown,
-) -> std::io::Result<()> {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers);
-    let graceful = GracefulShutdown::new();
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.wait() => break,
-        };
-        // Small JSON answers must not wait on Nagle + delayed ACK.
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(Duration::from_secs(5)) => {
-            tracing::warn!("requests still in flight after 5 s; closing");
-        }
-    }
-    Ok(())
-}
+/// The server and its limits live in `sidecar_runtime::serve` (the admin and JWKS listeners
+/// use them too); re-exported for the broker's wiring.
+pub use sidecar_runtime::serve::{Limits, serve};
 
 #[cfg(test)]
 #[path = "http_props.rs"]

@@ -48,6 +48,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde_json::{Map, Value, json};
 use sidecar_runtime::Shutdown;
+use sidecar_runtime::serve::Limits;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use workload_client::JwtBundleWatcher;
@@ -279,9 +280,7 @@ impl JwksEndpoint {
 
     /// Serves on `listener` until `shutdown` triggers.
     pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(async move { shutdown.wait().await })
-            .await
+        sidecar_runtime::serve::serve(listener, self.router(), Limits::default(), shutdown).await
     }
 }
 

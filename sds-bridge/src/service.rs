@@ -261,8 +261,9 @@ impl SecretDiscoveryService for SdsService {
     }
 }
 
-/// Runs one stream until Envoy closes it, it breaks, or the bridge shuts down (then the
-/// response stream ends with OK status, so Envoy reconnects to the next bridge cleanly).
+/// Runs one stream until Envoy closes it, it breaks (a request that does not decode: the
+/// stream ends with that status), or the bridge shuts down (then the response stream ends
+/// with OK status, so Envoy reconnects to the next bridge cleanly).
 async fn run_stream(
     inner: Arc<Inner>,
     mut requests: Streaming<DiscoveryRequest>,
@@ -315,6 +316,9 @@ async fn run_stream(
                 }
                 Err(status) => {
                     tracing::debug!(code = ?status.code(), message = status.message(), "stream broken");
+                    // A request that does not decode ends the stream with that error, not
+                    // with OK: the client learns why (if it is gone, nothing is sent).
+                    let _ = tx.try_send(Err(status));
                     break;
                 }
             },

@@ -6,6 +6,8 @@
 //! - `GET /metrics`: Prometheus/OpenMetrics text.
 //!
 //! Kept off the data-plane port so that a probe or a scrape never competes with Envoy's calls.
+//! Served by [`crate::serve`]: HTTP/1.1, request heads bounded in size (16 KiB, 64 headers)
+//! and time (10 s), so a client trickling its head cannot hold a connection indefinitely.
 //!
 //! Every request passes a `Host` guard first: a web page whose DNS name was rebound to this
 //! address still sends its own name as `Host`, and must not read `/readyz` (error text) or
@@ -27,6 +29,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::metrics::RuntimeCollector;
+use crate::serve::Limits;
 use crate::shutdown::Shutdown;
 
 /// The answer of a readiness check.
@@ -96,9 +99,7 @@ impl Admin {
 
     /// Serves until `shutdown` triggers.
     pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(async move { shutdown.wait().await })
-            .await
+        crate::serve::serve(listener, self.router(), Limits::default(), shutdown).await
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! - [`logging`]: `tracing` to stderr, text or JSON, filtered by `RUST_LOG`;
 //! - [`admin`]: the admin HTTP listener with `/healthz`, `/readyz` and `/metrics`;
+//! - [`serve`]: the HTTP/1.1 server of every loopback listener, heads bounded in size and time;
 //! - [`shutdown`]: SIGTERM/SIGINT as a future, fanned out to every server;
 //! - [`config`]: typed values parsed from strings with errors that name the setting;
 //! - [`entry`]: config errors to exit code 2, logging, signals, the run's exit code;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod entry;
 pub mod logging;
 pub mod metrics;
+pub mod serve;
 pub mod shutdown;
 pub mod tls_roots;
 pub mod uds;

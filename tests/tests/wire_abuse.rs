@@ -1,0 +1,1118 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
+//! Bad input on the wire, per listener: random bytes, the wrong HTTP version, oversized
+//! headers and frames, a slow client, 10,000 streams on one connection, malformed protobuf and
+//! invalid UTF-8, huge audience lists and SDS requests for 10,000 names. For each: the process
+//! keeps running, its RSS stays bounded (see [`Rss`]), and a
+//! well-behaved client is served while the abuse is in flight. README "Bad input on the wire"
+//! records what each sidecar answered; cases covered elsewhere are referenced there.
+//!
+//! The abusive clients are written here from raw bytes (frames, HPACK literals, gRPC length
+//! prefixes) or with the `h2` crate when the point is the body, so nothing in between can
+//! tidy the input up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dev_agent::{Agent, Config as AgentConfig};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+use prost::Message as _;
+use suite_tests::procfs::rss_kib;
+use suite_tests::sds::SdsBridge;
+use suite_tests::sidecars::{JwtHelper, Verdict, check, check_request, claims};
+use suite_tests::{DevAgent, Proc};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use workload_client::spiffe::TrustDomain;
+use workload_client::{Endpoint, WorkloadApiClient, lazy_channel};
+
+/// How much a process's resident set may grow across two rounds of abuse. 4,096 parked
+/// streams on one connection (jwt-auth-helper's cap) peak at ~40 MiB, and glibc keeps freed
+/// memory in per-thread arenas, so a round's figure is not the floor: measured with
+/// `MALLOC_ARENA_MAX=1`, sixteen rounds of 10,000 streams plateau at +57 MiB (+38, +51, +56,
+/// then +0.1 MiB in the last ten rounds together); unbounded growth would cross this in a
+/// round or two.
+const RSS_BOUND_KIB: u64 = 96 * 1024;
+/// Safety net for reads from an abusive connection (a healthy server answers in milliseconds).
+const READ_LIMIT: Duration = Duration::from_secs(20);
+const AUD: &str = "spiffe://example.org/backend";
+const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
+const STREAM_SECRETS: &str = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
+const FETCH_SECRETS: &str = "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets";
+const FETCH_JWT: &str = "/SpiffeWorkloadAPI/FetchJWTSVID";
+const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+// === Connections ===
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A listener under test.
+#[derive(Clone, Debug)]
+enum Port {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl Port {
+    async fn connect(&self) -> Box<dyn Io> {
+        match self {
+            Self::Tcp(a) => Box::new(tokio::net::TcpStream::connect(a).await.unwrap()),
+            Self::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await.unwrap()),
+        }
+    }
+}
+
+/// `n` reproducible pseudo-random bytes (xorshift), never starting like an HTTP/2 preface.
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[3]
+        })
+        .collect()
+}
+
+/// Writes `bytes` (the server may stop reading and close: write errors are part of the
+/// answer) and reads until the server closes; returns what it sent back, or `None` if it
+/// kept the connection open past [`READ_LIMIT`].
+async fn send_and_read_to_close(port: &Port, bytes: &[u8]) -> Option<Vec<u8>> {
+    let io = port.connect().await;
+    let (mut r, mut w) = tokio::io::split(io);
+    let write = async {
+        let _ = w.write_all(bytes).await;
+        let _ = w.flush().await;
+        w
+    };
+    let read = async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match tokio::time::timeout(READ_LIMIT, r.read(&mut buf)).await {
+                Err(_) => return None,
+                Ok(Ok(0) | Err(_)) => return Some(got),
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let (_w, got) = tokio::join!(write, read);
+    got
+}
+
+// === Raw HTTP/2 ===
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_HEADERS: u8 = 0x4;
+const FRAME_SIZE_ERROR: u32 = 0x6;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+const INTERNAL: u32 = 13;
+const OUT_OF_RANGE: u32 = 11;
+const REFUSED_STREAM: u32 = 0x7;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap();
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+/// An HPACK integer with an `n`-bit prefix (RFC 7541 §5.1).
+fn hpack_int(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.push(first | u8::try_from(v).unwrap());
+        return;
+    }
+    out.push(first | u8::try_from(max).unwrap());
+    v -= max;
+    while v >= 128 {
+        out.push(u8::try_from(v % 128).unwrap() | 0x80);
+        v /= 128;
+    }
+    out.push(u8::try_from(v).unwrap());
+}
+
+/// A literal header field without indexing, new name, no Huffman (RFC 7541 §6.2.2).
+fn literal(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.push(0);
+    hpack_int(out, 0, 7, name.len());
+    out.extend(name.as_bytes());
+    hpack_int(out, 0, 7, value.len());
+    out.extend(value);
+}
+
+/// The header block of a gRPC request to `path`.
+fn grpc_head(path: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (k, v) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("workload.spiffe.io", "true"),
+    ] {
+        literal(&mut b, k, v.as_bytes());
+    }
+    b
+}
+
+/// The preface and an empty SETTINGS frame.
+fn h2_start() -> Vec<u8> {
+    let mut b = PREFACE.to_vec();
+    b.extend(frame(SETTINGS, 0, 0, &[]));
+    b
+}
+
+/// What a server sent back on a raw HTTP/2 connection.
+#[derive(Debug, Default)]
+struct Seen {
+    /// GOAWAY's error code.
+    goaway: Option<u32>,
+    /// RST_STREAM frames by error code.
+    resets: std::collections::BTreeMap<u32, usize>,
+    /// Response header blocks; and how many began `:status: 200` (static index 8, 0x88).
+    headers: usize,
+    ok_headers: usize,
+    /// PING acknowledgements: h2 handles frames in order, so an ACK of a PING sent last
+    /// means everything before it was processed.
+    ping_acks: usize,
+    closed: bool,
+    /// Whether the first bytes were an HTTP/2 frame at all (vs. e.g. an HTTP/1 answer).
+    not_h2: bool,
+}
+
+/// Writes `bytes` while reading frames until `done(seen)`, a close or [`READ_LIMIT`].
+async fn h2_exchange(
+    port: &Port,
+    bytes: Vec<u8>,
+    done: impl Fn(&Seen) -> bool,
+) -> (Seen, Box<dyn Io>) {
+    let io = port.connect().await;
+    let (mut r, mut w) = tokio::io::split(io);
+    let write = async move {
+        let _ = w.write_all(&bytes).await;
+        let _ = w.flush().await;
+        w
+    };
+    let read = async {
+        let mut seen = Seen::default();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        let deadline = Instant::now() + READ_LIMIT;
+        while !done(&seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, r.read(&mut chunk)).await {
+                Err(_) => break,
+                Ok(Ok(0) | Err(_)) => {
+                    seen.closed = true;
+                    break;
+                }
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            }
+            while buf.len() >= 9 {
+                let len =
+                    usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+                if buf[3] > 0x9 && seen.headers == 0 && seen.resets.is_empty() {
+                    seen.not_h2 = true;
+                }
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let payload = &buf[9..9 + len];
+                match buf[3] {
+                    GOAWAY if len >= 8 => {
+                        seen.goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+                    }
+                    RST_STREAM if len == 4 => {
+                        let code = u32::from_be_bytes(payload.try_into().unwrap());
+                        *seen.resets.entry(code).or_default() += 1;
+                    }
+                    PING if buf[4] & 1 == 1 => seen.ping_acks += 1,
+                    HEADERS => {
+                        seen.headers += 1;
+                        seen.ok_headers += usize::from(payload.first() == Some(&0x88));
+                    }
+                    _ => {}
+                }
+                buf.drain(..9 + len);
+            }
+        }
+        (seen, r)
+    };
+    let (w, (seen, r)) = tokio::join!(write, read);
+    (seen, Box::new(r.unsplit(w)))
+}
+
+// === gRPC bodies through h2 ===
+
+/// Sends one gRPC request with `body` as the raw message bytes (length prefix and all) and
+/// returns the `grpc-status` the server answered with.
+async fn grpc_raw(port: &Port, path: &str, body: Vec<u8>) -> u32 {
+    let io = port.connect().await;
+    let (mut client, conn) = h2::client::handshake(io).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let request = http::Request::post(format!("http://localhost{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("workload.spiffe.io", "true")
+        .body(())
+        .unwrap();
+    client = client.ready().await.unwrap();
+    let (response, mut stream) = client.send_request(request, false).unwrap();
+    stream.send_data(Bytes::from(body), true).unwrap();
+    let response = tokio::time::timeout(READ_LIMIT, response)
+        .await
+        .unwrap()
+        .unwrap();
+    let status = |h: &http::HeaderMap| {
+        h.get("grpc-status")
+            .map(|v| v.to_str().unwrap().parse::<u32>().unwrap())
+    };
+    let code = if let Some(code) = status(response.headers()) {
+        code
+    } else {
+        let mut body = response.into_body();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        status(&body.trailers().await.unwrap().expect("trailers")).expect("grpc-status")
+    };
+    conn.abort();
+    code
+}
+
+/// A gRPC message: the 5-byte prefix (not compressed) and `message`.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut b = vec![0];
+    b.extend(u32::try_from(message.len()).unwrap().to_be_bytes());
+    b.extend(message);
+    b
+}
+
+/// `message` with every occurrence of the marker `¤¤` (C2 A4 C2 A4) replaced by bytes that
+/// are not UTF-8 (C0 FF FE 80: same length, so protobuf lengths still hold).
+fn with_invalid_utf8(mut message: Vec<u8>) -> Vec<u8> {
+    let marker = "¤¤".as_bytes();
+    let mut i = 0;
+    let mut replaced = 0;
+    while i + marker.len() <= message.len() {
+        if &message[i..i + marker.len()] == marker {
+            message[i..i + marker.len()].copy_from_slice(&[0xc0, 0xff, 0xfe, 0x80]);
+            replaced += 1;
+        }
+        i += 1;
+    }
+    assert!(replaced > 0, "marker present");
+    message
+}
+
+// === The battery for gRPC listeners ===
+
+/// What a gRPC listener did with each abusive input.
+#[derive(Debug)]
+struct GrpcOutcome {
+    random_closed: bool,
+    http1_answer: String,
+    oversized_headers: Seen,
+    oversized_frame: Seen,
+    streams: Seen,
+    malformed: u32,
+    compressed_without_encoding: u32,
+    four_gib_prefix: u32,
+    invalid_utf8: u32,
+}
+
+/// Runs the wire battery against a gRPC `port` whose streams are capped at `max_streams`:
+/// `request_path` names a method and `valid`/`utf8` are well-formed and invalid-UTF-8
+/// messages for it; `probe` is a well-behaved client, run while each abuse is in flight.
+async fn grpc_battery<F, Fut>(
+    port: &Port,
+    request_path: &str,
+    max_streams: usize,
+    invalid_utf8: Vec<u8>,
+    probe: F,
+) -> GrpcOutcome
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    // Random bytes: the connection is closed (h2 sees no preface).
+    let random_closed = send_and_read_to_close(port, &random_bytes(256 * 1024))
+        .await
+        .is_some();
+    // HTTP/1 on a gRPC port.
+    let http1 = send_and_read_to_close(
+        port,
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await
+    .expect("HTTP/1 request closed");
+    let http1_answer = String::from_utf8_lossy(&http1[..http1.len().min(40)]).into_owned();
+
+    // A 1 MiB header block: HEADERS and 63 CONTINUATION frames of 16 KiB (the frame size
+    // every peer must accept), one literal header far over the 16 KiB header list limit.
+    let mut block = grpc_head(request_path);
+    literal(&mut block, "x-huge", &vec![b'a'; 1024 * 1024]);
+    let mut bytes = h2_start();
+    let chunks: Vec<&[u8]> = block.chunks(16 * 1024).collect();
+    for (i, c) in chunks.iter().enumerate() {
+        let kind = if i == 0 { HEADERS } else { CONTINUATION };
+        let flags = if i + 1 == chunks.len() {
+            END_HEADERS
+        } else {
+            0
+        };
+        bytes.extend(frame(kind, flags, 1, c));
+    }
+    let (oversized_headers, _conn) = h2_exchange(port, bytes, |s| {
+        s.goaway.is_some() || !s.resets.is_empty() || s.headers > 0
+    })
+    .await;
+    probe().await;
+
+    // A DATA frame claiming 16 MiB - 1, past SETTINGS_MAX_FRAME_SIZE (16 KiB).
+    let mut bytes = h2_start();
+    bytes.extend(frame(HEADERS, END_HEADERS, 1, &grpc_head(request_path)));
+    let mut huge = frame(DATA, 0, 1, &[]);
+    huge[..3].copy_from_slice(&[0xff, 0xff, 0xff]);
+    bytes.extend(huge);
+    bytes.extend(vec![0u8; 64 * 1024]);
+    let (oversized_frame, _conn) = h2_exchange(port, bytes, |s| s.goaway.is_some()).await;
+    probe().await;
+
+    // 10,000 streams on one connection, each a request head whose body never comes.
+    let mut bytes = h2_start();
+    let head = grpc_head(request_path);
+    for i in 0..10_000u32 {
+        bytes.extend(frame(HEADERS, END_HEADERS, 2 * i + 1, &head));
+    }
+    bytes.extend(frame(PING, 0, 0, b"abusive!"));
+    let refused_wanted = 10_000 - max_streams;
+    let (streams, conn) = h2_exchange(port, bytes, |s| {
+        s.goaway.is_some()
+            || (s.ping_acks > 0
+                && s.resets.get(&REFUSED_STREAM).copied().unwrap_or(0) >= refused_wanted)
+    })
+    .await;
+    // The parked streams are held open while a well-behaved client is served.
+    probe().await;
+    drop(conn);
+
+    // Bodies that are not what they say.
+    let malformed = grpc_raw(port, request_path, grpc_frame(&random_bytes(512))).await;
+    let mut compressed = grpc_frame(b"\x0a\x03abc");
+    compressed[0] = 1;
+    let compressed_without_encoding = grpc_raw(port, request_path, compressed).await;
+    let mut prefix = vec![0, 0xff, 0xff, 0xff, 0xff];
+    prefix.extend(random_bytes(1024));
+    let four_gib_prefix = grpc_raw(port, request_path, prefix).await;
+    let invalid_utf8 = grpc_raw(port, request_path, grpc_frame(&invalid_utf8)).await;
+    probe().await;
+
+    GrpcOutcome {
+        random_closed,
+        http1_answer,
+        oversized_headers,
+        oversized_frame,
+        streams,
+        malformed,
+        compressed_without_encoding,
+        four_gib_prefix,
+        invalid_utf8,
+    }
+}
+
+impl GrpcOutcome {
+    /// What hyper/h2/tonic answer on every gRPC port of ours.
+    fn assert_expected(&self, port: &Port, max_streams: usize) {
+        assert!(
+            self.random_closed,
+            "{port:?}: random bytes close the connection"
+        );
+        // HTTP/1 is answered with the server's HTTP/2 SETTINGS, then the connection closes.
+        assert!(
+            self.http1_answer.as_bytes().get(3) == Some(&SETTINGS),
+            "{port:?}: HTTP/1 is not served: {:?}",
+            self.http1_answer
+        );
+        // A megabyte of CONTINUATION frames: h2 stops reading at the header list limit.
+        assert_eq!(self.oversized_headers.ok_headers, 0, "{port:?}");
+        assert_eq!(
+            self.oversized_headers.goaway,
+            Some(ENHANCE_YOUR_CALM),
+            "{port:?}: {:?}",
+            self.oversized_headers
+        );
+        assert_eq!(
+            self.oversized_frame.goaway,
+            Some(FRAME_SIZE_ERROR),
+            "{port:?}"
+        );
+        assert_eq!(
+            self.streams
+                .resets
+                .get(&REFUSED_STREAM)
+                .copied()
+                .unwrap_or(0),
+            10_000 - max_streams,
+            "{port:?}: exactly the streams past the cap refused: {:?}",
+            self.streams
+        );
+        assert_eq!(self.streams.goaway, None, "{port:?}");
+        assert_eq!(self.malformed, INTERNAL, "{port:?}: malformed protobuf");
+        assert_eq!(self.compressed_without_encoding, INTERNAL, "{port:?}");
+        assert_eq!(
+            self.four_gib_prefix, OUT_OF_RANGE,
+            "{port:?}: 4 GiB length prefix"
+        );
+        assert_eq!(
+            self.invalid_utf8, INTERNAL,
+            "{port:?}: invalid UTF-8 in a string field"
+        );
+    }
+}
+
+/// A client sending `bytes` one at a time, `every` apart; `sent` counts them. Returns how
+/// long after connecting the server closed the connection, if it did before the last byte.
+async fn slowloris(
+    port: Port,
+    bytes: Vec<u8>,
+    every: Duration,
+    sent: Arc<AtomicUsize>,
+) -> Option<Duration> {
+    let mut io = port.connect().await;
+    let connected = Instant::now();
+    for b in bytes {
+        if io.write_all(&[b]).await.is_err() {
+            return Some(connected.elapsed());
+        }
+        sent.fetch_add(1, Ordering::SeqCst);
+        // Pacing the abuse, not waiting for a condition; whatever the server says meanwhile
+        // is read and dropped, a close ends it.
+        let next = tokio::time::Instant::now() + every;
+        let mut buf = [0u8; 1024];
+        while let Ok(r) = tokio::time::timeout_at(next, io.read(&mut buf)).await {
+            if matches!(r, Ok(0) | Err(_)) {
+                return Some(connected.elapsed());
+            }
+        }
+    }
+    None
+}
+
+/// Runs a slow client against `port` and `probe` while it is mid-way; returns whether the
+/// server closed the slow connection early.
+async fn slow_client_while_served<Fut: Future<Output = ()>>(
+    port: &Port,
+    bytes: &[u8],
+    probe: impl FnOnce() -> Fut,
+) -> bool {
+    let sent = Arc::new(AtomicUsize::new(0));
+    let slow = tokio::spawn(slowloris(
+        port.clone(),
+        bytes.to_vec(),
+        Duration::from_millis(250),
+        sent.clone(),
+    ));
+    while sent.load(Ordering::SeqCst) < 3 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    probe().await;
+    assert!(
+        !slow.is_finished() && sent.load(Ordering::SeqCst) < bytes.len(),
+        "the probe ran while the slow client was still sending"
+    );
+    slow.await.unwrap().is_some()
+}
+
+/// A slow head on an HTTP/1 `port` (a byte every 250 ms, 15 s of it), started now and
+/// checked by [`SlowHead::assert_cut`] at the end of a test, while everything else runs.
+struct SlowHead {
+    what: &'static str,
+    sent: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<Option<Duration>>,
+}
+
+impl SlowHead {
+    fn start(what: &'static str, addr: SocketAddr, path: &str) -> Self {
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: {}",
+            "a".repeat(40)
+        );
+        assert!(head.len() * 250 > 15_000);
+        let sent = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(slowloris(
+            Port::Tcp(addr),
+            head.into_bytes(),
+            Duration::from_millis(250),
+            sent.clone(),
+        ));
+        Self { what, sent, task }
+    }
+
+    /// The server cut it off at its 10 s header read timeout, not before.
+    async fn assert_cut(self) {
+        let what = self.what;
+        let cut = self.task.await.unwrap();
+        let bytes = self.sent.load(Ordering::SeqCst);
+        eprintln!("{what}: slow head cut after {cut:?}, {bytes} bytes");
+        let cut = cut.unwrap_or_else(|| panic!("{what}: the slow head was not cut off"));
+        assert!(
+            cut >= Duration::from_secs(10) && cut < Duration::from_secs(15),
+            "{what}: cut at the 10 s head deadline: {cut:?}"
+        );
+    }
+}
+
+/// RSS of one process before the abuse, checked against [`RSS_BOUND_KIB`] after it.
+#[derive(Debug)]
+struct Rss {
+    what: &'static str,
+    before: u64,
+}
+
+impl Rss {
+    fn before(what: &'static str, proc: &Proc) -> Self {
+        Self {
+            what,
+            before: rss_kib(proc.pid()),
+        }
+    }
+
+    /// Checks that the process still runs and its RSS is within the bound.
+    fn check(&self, proc: &mut Proc) -> u64 {
+        proc.assert_running();
+        let now = rss_kib(proc.pid());
+        let (what, before) = (self.what, self.before);
+        eprintln!("{what}: RSS {before} KiB before, {now} KiB now");
+        assert!(
+            now <= before + RSS_BOUND_KIB,
+            "{what}: RSS grew from {before} KiB to {now} KiB (bound +{RSS_BOUND_KIB} KiB)"
+        );
+        now
+    }
+}
+
+// === jwt-auth-helper ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_auth_helper_ext_authz_tcp_and_unix_and_admin_survive_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(AgentConfig::new(
+        Endpoint::Unix(dir.path().join("agent.sock")),
+        TrustDomain::new("example.org").unwrap(),
+    ))
+    .await
+    .unwrap();
+    let endpoint = agent.endpoint().to_string();
+    let args = ["--mode", "jwt_svid_validator", "--audience", AUD];
+    let mut tcp = JwtHelper::start(dir.path(), &endpoint, &args);
+    let unix_dir = dir.path().join("unix");
+    std::fs::create_dir(&unix_dir).unwrap();
+    let (mut unix, socket) = JwtHelper::start_unix(&unix_dir, &endpoint, &args);
+    tcp.wait_ready(Duration::from_secs(10));
+    unix.wait_ready(Duration::from_secs(10));
+
+    let client_id = "spiffe://example.org/ns/default/sa/client";
+    let token = agent
+        .authority()
+        .sign_claims(&claims(client_id, AUD, 300))
+        .unwrap();
+    let bearer = format!("Bearer {token}");
+    let tcp_client = tcp.client().await;
+    let unix_client =
+        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(
+            lazy_channel(&Endpoint::Unix(socket.clone())),
+        );
+    let probe = |client: &envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient<tonic::transport::Channel>| {
+        let mut client = client.clone();
+        let bearer = bearer.clone();
+        async move {
+            let v = check(&mut client, "svc", &[("authorization", &bearer)]).await;
+            assert!(matches!(v, Verdict::Allowed(_)), "served meanwhile: {v:?}");
+        }
+    };
+    probe(&tcp_client).await;
+    probe(&unix_client).await;
+    let slow_admin = SlowHead::start("jwt-auth-helper admin", tcp.admin, "/healthz");
+    let rss_tcp = Rss::before("jwt-auth-helper (TCP)", &tcp.proc);
+    let rss_unix = Rss::before("jwt-auth-helper (Unix)", &unix.proc);
+
+    // A CheckRequest whose header value is not UTF-8.
+    let mut utf8 = check_request("svc", &[("x-bad", "¤¤")]).encode_to_vec();
+    utf8 = with_invalid_utf8(utf8);
+    for (port, client, max) in [
+        (Port::Tcp(tcp.listen), &tcp_client, 4096),
+        (Port::Unix(socket.clone()), &unix_client, 4096),
+        (Port::Tcp(tcp.listen), &tcp_client, 4096),
+        (Port::Unix(socket.clone()), &unix_client, 4096),
+    ] {
+        let o = grpc_battery(&port, CHECK, max, utf8.clone(), || probe(client)).await;
+        eprintln!("jwt-auth-helper {port:?}: {o:#?}");
+        assert!(
+            o.random_closed,
+            "{port:?}: random bytes close the connection"
+        );
+        o.assert_expected(&port, max);
+        let _ = match port {
+            Port::Tcp(_) => rss_tcp.check(&mut tcp.proc),
+            Port::Unix(_) => rss_unix.check(&mut unix.proc),
+        };
+    }
+
+    // Huge audience lists: a signed token naming 10,000 audiences is refused by its size
+    // before any parsing (ours among them or not); the spiffe crate refuses more than 32
+    // (as malformed JSON, before the signature is looked at), and accepts 32, ours last.
+    let signed = |n: usize, ours: bool| {
+        let mut c = claims(client_id, AUD, 300);
+        c.aud = (0..n)
+            .map(|i| format!("spiffe://example.org/aud-{i}"))
+            .collect();
+        if ours {
+            c.aud.push(AUD.to_owned());
+        }
+        format!("Bearer {}", agent.authority().sign_claims(&c).unwrap())
+    };
+    let mut c = tcp_client.clone();
+    let started = Instant::now();
+    for ours in [true, false] {
+        let huge = check(&mut c, "svc", &[("authorization", &signed(10_000, ours))]).await;
+        assert_eq!(huge.status(), 401, "{huge:?}");
+        let Verdict::Denied { body, .. } = huge else {
+            unreachable!()
+        };
+        assert!(body.contains("longer than 16384 bytes"), "{body}");
+    }
+    let most = check(&mut c, "svc", &[("authorization", &signed(31, true))]).await;
+    assert!(matches!(most, Verdict::Allowed(_)), "{most:?}");
+    let others = check(&mut c, "svc", &[("authorization", &signed(32, false))]).await;
+    assert_eq!(others.status(), 401, "{others:?}");
+    let over = check(&mut c, "svc", &[("authorization", &signed(32, true))]).await;
+    assert_eq!(over.status(), 401, "{over:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A slow client on ext_authz (a byte every 250 ms): others are served meanwhile; the
+    // server keeps the slow connection (no deadline on an HTTP/2 preface).
+    let cut = slow_client_while_served(&Port::Tcp(tcp.listen), &PREFACE[..12], || {
+        probe(&tcp_client)
+    })
+    .await;
+    assert!(!cut, "ext_authz keeps a slow client's connection");
+
+    // The admin port: random bytes, an oversized head, invalid UTF-8, slow clients.
+    let admin = Port::Tcp(tcp.admin);
+    let outcome = http1_battery(&admin, "/healthz", || async {
+        assert_eq!(tcp.readyz(), 200);
+    })
+    .await;
+    eprintln!("jwt-auth-helper admin: {outcome:#?}");
+    outcome.assert_expected("jwt-auth-helper admin");
+    slow_admin.assert_cut().await;
+
+    rss_tcp.check(&mut tcp.proc);
+    rss_unix.check(&mut unix.proc);
+}
+
+// === HTTP/1 listeners ===
+
+#[derive(Debug)]
+struct Http1Outcome {
+    random_closed: bool,
+    random_status: String,
+    oversized_status: String,
+    invalid_utf8_status: String,
+    slow_cut: bool,
+}
+
+/// The status code of an HTTP/1 answer (`"none"` if there was none).
+fn status_of(answer: &[u8]) -> String {
+    let text = String::from_utf8_lossy(answer);
+    text.strip_prefix("HTTP/1.1 ")
+        .and_then(|s| s.get(..3))
+        .unwrap_or("none")
+        .to_owned()
+}
+
+/// The wire battery for an HTTP/1 `port` serving `path`; `probe` runs while a slow client is
+/// mid-way.
+async fn http1_battery<Fut: Future<Output = ()>>(
+    port: &Port,
+    path: &str,
+    probe: impl FnOnce() -> Fut,
+) -> Http1Outcome {
+    let random = send_and_read_to_close(port, &random_bytes(256 * 1024)).await;
+    let random_closed = random.is_some();
+    let random_status = status_of(&random.unwrap_or_default());
+    let big = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(1024 * 1024)
+    );
+    let oversized = send_and_read_to_close(port, big.as_bytes())
+        .await
+        .unwrap_or_default();
+    let mut bad = format!(
+        "GET {path}?q=¤¤ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bad: ¤¤\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    bad = with_invalid_utf8(bad);
+    let invalid = send_and_read_to_close(port, &bad).await.unwrap_or_default();
+    let slow_cut = slow_client_while_served(
+        port,
+        &format!("GET {path} HTTP/1.1\r\n").as_bytes()[..12],
+        probe,
+    )
+    .await;
+    Http1Outcome {
+        random_closed,
+        random_status,
+        oversized_status: status_of(&oversized),
+        invalid_utf8_status: status_of(&invalid),
+        slow_cut,
+    }
+}
+
+// === sds-bridge ===
+
+fn sds_request(names: &[String]) -> DiscoveryRequest {
+    DiscoveryRequest {
+        resource_names: names.to_vec(),
+        type_url: SECRET.to_owned(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sds_bridge_sds_socket_jwks_and_admin_survive_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = DevAgent::start(
+        dir.path(),
+        &[
+            "--trust-domain",
+            "example.org",
+            "--spiffe-id",
+            "spiffe://example.org/web",
+        ],
+    );
+    let jwks: SocketAddr = format!("127.0.0.1:{}", suite_tests::free_port())
+        .parse()
+        .unwrap();
+    let mut bridge = SdsBridge::start(
+        "sds-bridge",
+        dir.path(),
+        &agent.endpoint,
+        &["--jwks-listen", &jwks.to_string()],
+    );
+    bridge.wait_ready(Duration::from_secs(10));
+    let sds =
+        SecretDiscoveryServiceClient::new(lazy_channel(&Endpoint::Unix(bridge.socket.clone())));
+    let probe = || {
+        let mut sds = sds.clone();
+        async move {
+            let r = sds
+                .fetch_secrets(sds_request(&["default".to_owned()]))
+                .await
+                .expect("served meanwhile")
+                .into_inner();
+            assert_eq!(r.resources.len(), 1);
+        }
+    };
+    probe().await;
+    let rss = Rss::before("sds-bridge", &bridge.proc);
+    let slow = [
+        SlowHead::start("JWKS", jwks, "/jwks/example.org"),
+        SlowHead::start("sds-bridge admin", bridge.admin, "/healthz"),
+    ];
+
+    // A DiscoveryRequest whose resource name is not UTF-8.
+    let utf8 = with_invalid_utf8(sds_request(&["¤¤".to_owned()]).encode_to_vec());
+    let port = Port::Unix(bridge.socket.clone());
+    for _round in 0..2 {
+        // FetchSecrets: a unary call, so the 10,000 parked streams each wait for a body.
+        let o = grpc_battery(&port, FETCH_SECRETS, 128, utf8.clone(), probe).await;
+        eprintln!("sds-bridge SDS socket: {o:#?}");
+        o.assert_expected(&port, 128);
+        rss.check(&mut bridge.proc);
+    }
+    // StreamSecrets with a first request that is not protobuf: the stream ends INTERNAL.
+    let code = grpc_raw(&port, STREAM_SECRETS, grpc_frame(&random_bytes(512))).await;
+    assert_eq!(code, INTERNAL);
+
+    // 10,000 names in one request: unary is refused whole, a stream keeps the first 256.
+    let names: Vec<String> = (0..10_000)
+        .map(|i| format!("spiffe://example.org/name-{i}"))
+        .collect();
+    let mut with_default = names.clone();
+    with_default.insert(0, "default".to_owned());
+    let refused = sds
+        .clone()
+        .fetch_secrets(sds_request(&with_default))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(sds_request(&with_default)).await.unwrap();
+    let mut stream = sds
+        .clone()
+        .stream_secrets(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(READ_LIMIT, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.resources.len(), 1, "only `default` exists");
+    let over = bridge.metric("sds_bridge_refusals_total{reason=\"names_per_request\"}");
+    assert!(over >= (10_001 - 256) as f64, "{over}");
+    probe().await;
+    drop((tx, stream));
+
+    // The JWKS endpoint and the admin port: HTTP/1 listeners.
+    for (what, addr, path) in [
+        ("JWKS", jwks, "/jwks/example.org"),
+        ("admin", bridge.admin, "/healthz"),
+    ] {
+        let outcome = http1_battery(&Port::Tcp(addr), path, probe).await;
+        eprintln!("sds-bridge {what}: {outcome:#?}");
+        outcome.assert_expected(what);
+    }
+    for head in slow {
+        head.assert_cut().await;
+    }
+    let served = suite_tests::envoy::request(jwks, "GET", "/jwks/example.org", &[]).unwrap();
+    assert_eq!(served.status, 200);
+    rss.check(&mut bridge.proc);
+}
+
+impl Http1Outcome {
+    /// What hyper answers on every HTTP/1 listener of ours.
+    fn assert_expected(&self, what: &str) {
+        assert!(
+            self.random_closed,
+            "{what}: random bytes close the connection"
+        );
+        assert_eq!(self.random_status, "400", "{what}");
+        assert_eq!(self.oversized_status, "431", "{what}");
+        assert_eq!(self.invalid_utf8_status, "400", "{what}");
+        // Others were served while it trickled; the head deadline is 10 s ([`SlowHead`]).
+        assert!(!self.slow_cut, "{what}: slow client cut within 3 s");
+    }
+}
+
+// === The dev agent's Workload API ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_agent_workload_api_survives_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = DevAgent::start(dir.path(), &["--spiffe-id", "spiffe://example.org/web"]);
+    let client = WorkloadApiClient::new(Endpoint::parse(&agent.endpoint).unwrap());
+    let probe = || {
+        let client = client.clone();
+        async move {
+            let svid = client.fetch_jwt_svid(&["backend".to_owned()], None).await;
+            assert!(svid.is_ok(), "served meanwhile: {svid:?}");
+        }
+    };
+    probe().await;
+    let rss = Rss::before("spiffe-dev-agent", &agent.proc);
+    // A JWTSVIDRequest whose audience is not UTF-8.
+    let mut utf8 = vec![0x0a, 4];
+    utf8.extend("¤¤".as_bytes());
+    let utf8 = with_invalid_utf8(utf8);
+    let port = Port::Unix(agent.socket.clone());
+    for _round in 0..2 {
+        let o = grpc_battery(&port, FETCH_JWT, 1024, utf8.clone(), probe).await;
+        eprintln!("dev agent: {o:#?}");
+        o.assert_expected(&port, 1024);
+        rss.check(&mut agent.proc);
+    }
+}
+
+// === iam-broker ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_broker_credentials_and_admin_ports_survive_bad_input() {
+    use suite_tests::aws::{Broker, Moto, StsProxy};
+    let dir = tempfile::tempdir().unwrap();
+    let agent = DevAgent::start(
+        dir.path(),
+        &[
+            "--spiffe-id",
+            "spiffe://example.org/ns/default/sa/web",
+            "--jwt-ttl",
+            "5m",
+        ],
+    );
+    let moto = Moto::start(dir.path());
+    let proxy = StsProxy::start(moto.addr);
+    let mut broker = Broker::start(dir.path(), &agent.endpoint, &proxy.url(), &[], &[]);
+    broker.wait_ready(Duration::from_secs(30));
+    let creds = broker.creds();
+    assert_eq!(creds.status, 200, "{}", creds.body);
+    let listen = broker.listen;
+    let probe = || async move {
+        let r = suite_tests::envoy::request(listen, "GET", "/v1/creds", &[]).unwrap();
+        assert_eq!(r.status, 200, "served meanwhile: {}", r.body);
+    };
+    let rss = Rss::before("iam-broker", &broker.proc);
+
+    // Slow heads are cut at the 10 s header read timeout.
+    let slow = [
+        SlowHead::start("credentials", listen, "/v1/creds"),
+        SlowHead::start("admin", broker.admin, "/healthz"),
+    ];
+
+    for (what, addr, path) in [
+        ("credentials", listen, "/v1/creds"),
+        ("admin", broker.admin, "/healthz"),
+    ] {
+        let outcome = http1_battery(&Port::Tcp(addr), path, probe).await;
+        eprintln!("iam-broker {what}: {outcome:#?}");
+        outcome.assert_expected(what);
+        rss.check(&mut broker.proc);
+    }
+    // HTTP/2 with prior knowledge on the HTTP/1-only credentials port: closed unanswered.
+    let h2 = send_and_read_to_close(&Port::Tcp(listen), &h2_start())
+        .await
+        .expect("closed");
+    assert!(h2.is_empty(), "{:?}", String::from_utf8_lossy(&h2));
+
+    for head in slow {
+        head.assert_cut().await;
+    }
+    probe().await;
+    // Nothing disturbed: one STS call for all of it.
+    assert_eq!(proxy.assume_calls(), 1);
+    rss.check(&mut broker.proc);
+}
+
+#[test]
+fn iam_broker_gcp_refuses_huge_and_invalid_scope_lists_and_keeps_serving() {
+    use suite_tests::gcp::{PROJECT_ID, PROVIDER};
+    const TOKEN: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
+    let dir = tempfile::tempdir().unwrap();
+    let agent = DevAgent::start(dir.path(), &["--spiffe-id", "spiffe://example.org/web"]);
+    // Scope lists are judged before any exchange: no Google is needed (nothing listens here).
+    let google = format!("https://127.0.0.1:{}", suite_tests::free_port());
+    let mut broker = suite_tests::azure::start_broker(
+        dir.path(),
+        &agent.endpoint,
+        &[
+            "gcp",
+            "--audience",
+            PROVIDER,
+            "--project-id",
+            PROJECT_ID,
+            "--sts-endpoint",
+            &google,
+            "--iam-credentials-endpoint",
+            &google,
+        ],
+        &[],
+    );
+    let flavor = [("Metadata-Flavor", "Google")];
+    let get =
+        |path: &str| suite_tests::envoy::request(broker.listen, "GET", path, &flavor).unwrap();
+    let rss = Rss::before("iam-broker gcp", &broker.proc);
+    let scopes = |n: usize| {
+        (0..n)
+            .map(|i| format!("https://www.googleapis.com/auth/s{i}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    // 10,000 scopes do not fit a 16 KiB head; 17 fit and are refused by the parser.
+    assert_eq!(
+        get(&format!("{TOKEN}?scopes={}", scopes(10_000))).status,
+        431
+    );
+    let r = get(&format!("{TOKEN}?scopes={}", scopes(17)));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("at most 16 scopes"), "{}", r.body);
+    // Percent-encoded bytes that are not UTF-8.
+    let r = get(&format!(
+        "{TOKEN}?scopes=https://www.googleapis.com/auth/%C0%FF%FE%80"
+    ));
+    assert_eq!(r.status, 400, "{}", r.body);
+    // Served meanwhile: what needs no exchange.
+    let r = get("/computeMetadata/v1/project/project-id");
+    assert_eq!((r.status, r.body.as_str()), (200, PROJECT_ID));
+    rss.check(&mut broker.proc);
+}
+
+#[test]
+fn iam_broker_azure_refuses_huge_and_invalid_resources_and_keeps_serving() {
+    use suite_tests::azure::{CLIENT_ID, TENANT};
+    const SECRET_HEADER: &str = "wire-abuse-identity-header";
+    let dir = tempfile::tempdir().unwrap();
+    let agent = DevAgent::start(dir.path(), &["--spiffe-id", "spiffe://example.org/web"]);
+    // Resources are judged before any exchange: no Entra ID is needed (nothing listens here).
+    let entra = format!("https://127.0.0.1:{}", suite_tests::free_port());
+    let mut broker = suite_tests::azure::start_broker(
+        dir.path(),
+        &agent.endpoint,
+        &[
+            "azure",
+            "--tenant-id",
+            TENANT,
+            "--client-id",
+            CLIENT_ID,
+            "--authority-host",
+            &entra,
+        ],
+        &[("IDENTITY_HEADER", SECRET_HEADER)],
+    );
+    let rss = Rss::before("iam-broker azure", &broker.proc);
+    let msi = |query: &str| {
+        let path = format!("/msi/token?api-version=2019-08-01&{query}");
+        let headers = [("X-IDENTITY-HEADER", SECRET_HEADER)];
+        let r = suite_tests::envoy::request(broker.listen, "GET", &path, &headers).unwrap();
+        (r.status, r.body)
+    };
+    let long = format!("resource=https://{}", "a".repeat(10_000));
+    let many = (0..300)
+        .map(|i| format!("resource=https://r{i}.example"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let huge = (0..10_000)
+        .map(|i| format!("resource=https://r{i}.example"))
+        .collect::<Vec<_>>()
+        .join("&");
+    for (query, status, says) in [
+        (long.as_str(), 400, "a resource must be 1 to"),
+        (many.as_str(), 400, "more than one resource"),
+        (huge.as_str(), 431, ""),
+        ("resource=https://%C0%FF%FE%80", 400, "printable ASCII"),
+    ] {
+        let (got, body) = msi(query);
+        assert_eq!(got, status, "{body}");
+        assert!(body.contains(says), "{body}");
+    }
+    // Served meanwhile: probes and metrics.
+    let (status, _) = suite_tests::http(broker.admin, "GET", "/healthz").unwrap();
+    assert_eq!(status, 200);
+    rss.check(&mut broker.proc);
+}
