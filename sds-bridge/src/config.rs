@@ -99,6 +99,8 @@ pub struct Cli {
     /// Serve each trust domain's JWT-SVID keys as a JWKS for Envoy's jwt_authn at
     /// http://ADDR/jwks/<trust domain> (loopback only, like --listen), or "off"
     /// [default: off]. `sds-bridge jwt-authn-config` prints the matching Envoy filters.
+    /// When set, /readyz also waits for the first JWT bundle set (until then every token
+    /// would be refused).
     #[arg(long)]
     pub jwks_listen: Option<String>,
     /// Print configuration instead of serving.

@@ -58,6 +58,30 @@ fn get_with(port: u16, token: &str) -> Response {
     .expect("HTTP request through Envoy")
 }
 
+/// jwt_authn's refusal of a bad token as Envoy sends it: 401, `www-authenticate: Bearer
+/// realm="<url>", error="invalid_token"`, and the reason as the body.
+fn assert_invalid_token(r: &Response, what: &str) {
+    assert_eq!(r.status, 401, "{what}: {r:?}");
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|h| h.starts_with("Bearer realm=\"http://")
+                && h.ends_with(", error=\"invalid_token\"")),
+        "{what}: {r:?}"
+    );
+    assert!(!r.body.is_empty(), "{what}: the reason: {r:?}");
+}
+
+/// RBAC's refusal of an authenticated SPIFFE ID as Envoy sends it: 403, `RBAC: access denied`,
+/// no challenge (the credential was fine).
+fn assert_rbac_denied(r: &Response, what: &str) {
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (403, "RBAC: access denied"),
+        "{what}: {r:?}"
+    );
+    assert_eq!(r.header("www-authenticate"), None, "{what}: {r:?}");
+}
+
 /// An in-process agent for example.org federated with partner.org (ES256).
 async fn agent(dir: &Path) -> RunningAgent {
     let mut config = AgentConfig::new(Endpoint::Unix(dir.join("agent.sock")), td("example.org"));
@@ -75,14 +99,24 @@ fn bridge(dir: &Path, agent: &str) -> (SdsBridge, SocketAddr) {
         &["--jwks-listen", &jwks.to_string()],
     );
     bridge.wait_ready(Duration::from_secs(10));
-    wait_until("JWKS served", Duration::from_secs(10), || {
-        request(jwks, "GET", "/jwks/example.org", &[]).is_some_and(|r| r.status == 200)
-    });
+    // With --jwks-listen, /readyz waits for the first JWT bundle set: ready means served.
+    let r = request(jwks, "GET", "/jwks/example.org", &[]).unwrap();
+    assert_eq!(r.status, 200, "JWKS served once ready: {r:?}");
     (bridge, jwks)
 }
 
-/// `sds-bridge jwt-authn-config` for `tds` against `jwks`: (HTTP filters, JWKS cluster).
-fn generated(tds: &[&str], jwks: SocketAddr, extra: &[&str]) -> (String, String) {
+/// What `sds-bridge jwt-authn-config` prints for `tds` against `jwks` (plus `extra` flags), or
+/// a hand-written stand-in.
+struct Generated {
+    /// Connection manager fields (`--part local-reply`).
+    hcm: String,
+    /// HTTP filters (`--part filters`).
+    filters: String,
+    /// Clusters they need (`--part cluster`).
+    clusters: Vec<String>,
+}
+
+fn generated(tds: &[&str], jwks: SocketAddr, extra: &[&str]) -> Generated {
     let mut args: Vec<String> = vec!["--audience".into(), AUD.into()];
     for t in tds {
         args.extend(["--trust-domain".into(), (*t).into()]);
@@ -95,31 +129,66 @@ fn generated(tds: &[&str], jwks: SocketAddr, extra: &[&str]) -> (String, String)
         a.extend(["--part", part]);
         jwt_authn_config(&a)
     };
-    (with("filters"), with("cluster"))
+    Generated {
+        hcm: with("local-reply"),
+        filters: with("filters"),
+        clusters: vec![with("cluster")],
+    }
 }
 
-/// An Envoy whose one listener runs `filters` in front of `upstream`.
-fn jwt_envoy(
-    name: &str,
-    dir: &Path,
-    filters: &str,
-    clusters: &[String],
-    upstream: SocketAddr,
-) -> (Envoy, u16) {
+/// An Envoy whose one listener runs `config` in front of `upstream`.
+fn jwt_envoy(name: &str, dir: &Path, config: &Generated, upstream: SocketAddr) -> (Envoy, u16) {
     let port = free_port();
     let mut all = vec![static_cluster("upstream", upstream, false)];
-    all.extend(clusters.iter().cloned());
+    all.extend(config.clusters.iter().cloned());
     let envoy = Envoy::start(
         name,
         dir,
         &bootstrap(
             free_port(),
             name,
-            &[filtered_listener("ingress", port, filters)],
+            &[filtered_listener(
+                "ingress",
+                port,
+                &config.hcm,
+                &config.filters,
+            )],
             &all,
         ),
     );
     (envoy, port)
+}
+
+/// The JWT path end to end: sds-bridge (SDS and JWKS) on the agent at `agent`, an echo
+/// upstream, and Envoy (listener `ingress`) running what the generator prints for `tds`.
+struct JwtPath {
+    _bridge: SdsBridge,
+    upstream: EchoServer,
+    envoy: Envoy,
+    port: u16,
+}
+
+fn jwt_path(dir: &Path, agent: &str, tds: &[&str], extra: &[&str]) -> JwtPath {
+    let (bridge, jwks) = bridge(dir, agent);
+    let upstream = EchoServer::start();
+    let (envoy, port) = jwt_envoy("inbound", dir, &generated(tds, jwks, extra), upstream.addr);
+    JwtPath {
+        _bridge: bridge,
+        upstream,
+        envoy,
+        port,
+    }
+}
+
+/// Runs `body(dir, agent endpoint)` on a blocking thread: Envoy, the sidecars and blocking
+/// requests must not stall the runtime that serves the in-process agent.
+fn off_runtime<T: Send + 'static>(
+    dir: &Path,
+    agent: &RunningAgent,
+    body: impl FnOnce(&Path, &str) -> T + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    let (dir, endpoint) = (dir.to_path_buf(), agent.endpoint().to_string());
+    tokio::task::spawn_blocking(move || body(&dir, &endpoint))
 }
 
 /// The JWKS of `authorities` merged into one document, as SPIRE's OIDC discovery provider or a
@@ -177,13 +246,9 @@ async fn jwt_authn_with_bridge_jwks_accepts_fresh_svids_and_rejects_bad_ones() {
         ("sub of A signed with B's key", confused.clone()),
     ];
     let merged = merged_jwks(&[&own, &partner]);
-    let endpoint = agent.endpoint().to_string();
-    let dir_path = dir.path().to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let (_bridge, jwks) = bridge(&dir_path, &endpoint);
-        let upstream = EchoServer::start();
-        let (filters, cluster) = generated(&["example.org", "partner.org"], jwks, &[]);
-        let (envoy, port) = jwt_envoy("inbound", &dir_path, &filters, &[cluster], upstream.addr);
+    off_runtime(dir.path(), &agent, move |dir, agent| {
+        let path = jwt_path(dir, agent, &["example.org", "partner.org"], &[]);
+        let (upstream, envoy, port) = (&path.upstream, &path.envoy, path.port);
 
         for (what, token, sub) in [
             ("own", &fresh, CLIENT),
@@ -202,17 +267,13 @@ async fn jwt_authn_with_bridge_jwks_accepts_fresh_svids_and_rejects_bad_ones() {
             );
         }
         for (what, token) in &bad {
+            // Wrong audience included: jwt_authn says 403, the generated local_reply_config
+            // makes it 401 and keeps jwt_authn's body and header.
             let r = get_with(port, token);
-            // jwt_authn answers a valid token for another audience with 403 ("Audiences in
-            // Jwt are not allowed"), not 401, and has no setting to change it; it is still an
-            // `invalid_token` refusal that never reaches the app.
-            let want = if *what == "wrong audience" { 403 } else { 401 };
-            assert_eq!(r.status, want, "{what}: {r:?}");
-            assert!(
-                r.header("www-authenticate")
-                    .is_some_and(|h| h.contains("error=\"invalid_token\"")),
-                "{what}: {r:?}"
-            );
+            assert_invalid_token(&r, what);
+            if *what == "wrong audience" {
+                assert_eq!(r.body, "Audiences in Jwt are not allowed");
+            }
         }
         let none = request(addr(port), "GET", "/", &[("x-spiffe-id", CLIENT)]).unwrap();
         assert_eq!(none.status, 401, "no token: {none:?}");
@@ -239,8 +300,12 @@ async fn jwt_authn_with_bridge_jwks_accepts_fresh_svids_and_rejects_bad_ones() {
       requires: {{ provider_name: merged }}"#,
             merged = serde_json::to_string(&merged).unwrap()
         );
-        let (_merged_envoy, merged_port) =
-            jwt_envoy("merged", &dir_path, &merged_filter, &[], upstream.addr);
+        let merged = Generated {
+            hcm: String::new(),
+            filters: merged_filter,
+            clusters: Vec::new(),
+        };
+        let (_merged_envoy, merged_port) = jwt_envoy("merged", dir, &merged, upstream.addr);
         let r = get_with(merged_port, &confused);
         assert_eq!(
             r.status, 200,
@@ -263,11 +328,9 @@ async fn jwt_authn_with_bridge_jwks_accepts_fresh_svids_and_rejects_bad_ones() {
 async fn jwks_endpoint_revalidates_and_answers_unknown_trust_domains_with_a_tombstone() {
     let dir = tempfile::tempdir().unwrap();
     let agent = agent(dir.path()).await;
-    let endpoint = agent.endpoint().to_string();
-    let dir_path = dir.path().to_path_buf();
     let own_kid = agent.authority().current_kid();
-    tokio::task::spawn_blocking(move || {
-        let (bridge, jwks) = bridge(&dir_path, &endpoint);
+    off_runtime(dir.path(), &agent, move |dir, agent| {
+        let (bridge, jwks) = bridge(dir, agent);
         let r = request(jwks, "GET", "/jwks/example.org", &[]).unwrap();
         assert_eq!(r.header("cache-control"), Some("no-cache"));
         let etag = r.header("etag").unwrap().to_owned();
@@ -319,26 +382,25 @@ async fn jwks_endpoint_revalidates_and_answers_unknown_trust_domains_with_a_tomb
 async fn jwt_key_rotation_under_load_fails_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Arc::new(agent(dir.path()).await);
-    let endpoint = agent.endpoint().to_string();
-    let dir_path = dir.path().to_path_buf();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(u16, SocketAddr)>();
     let stop = Arc::new(AtomicBool::new(false));
+    // A failed assertion below must stop the clients too, or the runtime waits for them forever.
+    let _stop_on_panic = StopOnDrop(stop.clone());
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     // Processes and load run off the runtime serving the agent; rotations happen on it.
     let load = {
-        let (agent, stop, ok, failed) = (agent.clone(), stop.clone(), ok.clone(), failed.clone());
-        tokio::task::spawn_blocking(move || {
-            let (_bridge, jwks) = bridge(&dir_path, &endpoint);
-            let upstream = EchoServer::start();
+        let (shared, stop, ok, failed) = (agent.clone(), stop.clone(), ok.clone(), failed.clone());
+        off_runtime(dir.path(), &agent, move |dir, endpoint| {
+            let agent = shared;
             // cache_duration 6s: Envoy refetches every second.
-            let (filters, cluster) = generated(
+            let path = jwt_path(
+                dir,
+                endpoint,
                 &["example.org", "partner.org"],
-                jwks,
                 &["--cache-duration", "6s"],
             );
-            let (envoy, port) =
-                jwt_envoy("inbound", &dir_path, &filters, &[cluster], upstream.addr);
-            ready_tx.send((port, envoy.admin)).unwrap();
+            let port = path.port;
+            ready_tx.send((port, path.envoy.admin)).unwrap();
             let clients: Vec<_> = (0..3)
                 .map(|_| {
                     let (agent, stop, ok, failed) =
@@ -366,7 +428,7 @@ async fn jwt_key_rotation_under_load_fails_no_request() {
             for c in clients {
                 c.join().unwrap();
             }
-            drop(envoy);
+            drop(path);
         })
     };
     let (_port, envoy_admin) = tokio::task::spawn_blocking(move || ready_rx.recv().unwrap())
@@ -412,21 +474,29 @@ async fn rbac_on_the_jwt_sub_allows_one_id_forbids_others_and_refuses_foreign_do
     let allowed = own.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
     let other = own.sign_claims(&claims(OTHER, AUD, 300)).unwrap();
     let foreign = partner.sign_claims(&claims(PARTNER, AUD, 300)).unwrap();
-    let endpoint = agent.endpoint().to_string();
-    let dir_path = dir.path().to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let (_bridge, jwks) = bridge(&dir_path, &endpoint);
-        let upstream = EchoServer::start();
+    let elsewhere = own
+        .sign_claims(&claims(
+            CLIENT,
+            "spiffe://example.org/ns/default/sa/elsewhere",
+            300,
+        ))
+        .unwrap();
+    off_runtime(dir.path(), &agent, move |dir, agent| {
         // Only example.org is trusted here; partner.org has a bundle but no provider.
-        let (filters, cluster) = generated(&["example.org"], jwks, &["--allow-spiffe-id", CLIENT]);
-        let (envoy, port) = jwt_envoy("inbound", &dir_path, &filters, &[cluster], upstream.addr);
+        let path = jwt_path(dir, agent, &["example.org"], &["--allow-spiffe-id", CLIENT]);
+        let (upstream, envoy, port) = (&path.upstream, &path.envoy, path.port);
         assert_eq!(get_with(port, &allowed).status, 200);
-        let r = get_with(port, &other);
-        assert_eq!(r.status, 403, "same trust domain, not allowed: {r:?}");
-        let r = get_with(port, &foreign);
-        assert_eq!(r.status, 401, "foreign trust domain: {r:?}");
+        assert_rbac_denied(&get_with(port, &other), "same trust domain, not allowed");
+        assert_invalid_token(&get_with(port, &foreign), "foreign trust domain");
+        // The local reply mapper turns jwt_authn's wrong-audience 403 into 401 and leaves
+        // RBAC's 403 (above) alone, on the same listener.
+        assert_invalid_token(
+            &get_with(port, &elsewhere),
+            "the allowed ID, another audience",
+        );
         assert_eq!(upstream.requests(), 1);
         assert_eq!(envoy.stat("http.ingress.rbac.denied"), Some(1));
+        assert_eq!(envoy.stat("http.ingress.jwt_authn.denied"), Some(2));
     })
     .await
     .unwrap();
@@ -493,10 +563,8 @@ async fn rbac_on_the_mtls_peer_allows_one_id_forbids_others_and_refuses_foreign_
             svid_pems(&evil, "spiffe://evil.org/ns/default/sa/client"),
         ),
     ];
-    let endpoint = agent.endpoint().to_string();
-    let dir_path = dir.path().to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let (bridge, jwks) = bridge(&dir_path, &endpoint);
+    off_runtime(dir.path(), &agent, move |dir, agent| {
+        let (bridge, jwks) = bridge(dir, agent);
         let upstream = EchoServer::start();
         let rbac = jwt_authn_config(&[
             "--trust-domain",
@@ -516,7 +584,7 @@ async fn rbac_on_the_mtls_peer_allows_one_id_forbids_others_and_refuses_foreign_
         let tls = common_tls_context(Shape::All, "sds", "", "example.org");
         let server = Envoy::start(
             "server",
-            &dir_path,
+            dir,
             &bootstrap(
                 free_port(),
                 "server",
@@ -529,7 +597,7 @@ async fn rbac_on_the_mtls_peer_allows_one_id_forbids_others_and_refuses_foreign_
         );
         let clients: Vec<(&str, String, String)> =
             clients.into_iter().map(|(n, (c, k))| (n, c, k)).collect();
-        let (_clients, port) = mtls_clients(&dir_path, addr(server_port), &clients);
+        let (_clients, port) = mtls_clients(dir, addr(server_port), &clients);
         let get = |path: &str| request(addr(port), "GET", path, &[]).unwrap();
         let r = get("/allowed");
         assert_eq!(r.status, 200, "{r:?}");
@@ -559,6 +627,15 @@ async fn rbac_on_the_mtls_peer_allows_one_id_forbids_others_and_refuses_foreign_
     agent.shutdown().await;
 }
 
+/// Sets the flag when dropped, also while unwinding from a panic.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// How long after `start` `refused` first held, polling as fast as requests go.
 fn time_until_refused(
     start: Instant,
@@ -585,14 +662,12 @@ async fn dropping_a_federated_trust_domain_refuses_its_mtls_and_jwt_requests_wit
         ("own".to_owned(), svid_pems(&own, CLIENT)),
         ("partner".to_owned(), svid_pems(&partner, PARTNER)),
     ];
-    let endpoint = agent.endpoint().to_string();
-    let dir_path = dir.path().to_path_buf();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<Instant>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    let measured = tokio::task::spawn_blocking(move || {
-        let (bridge, jwks) = bridge(&dir_path, &endpoint);
+    let measured = off_runtime(dir.path(), &agent, move |dir, agent| {
+        let (bridge, jwks) = bridge(dir, agent);
         let upstream = EchoServer::start();
-        let (filters, cluster) = generated(
+        let jwt = generated(
             &["example.org", "partner.org"],
             jwks,
             &["--cache-duration", "6s"],
@@ -602,18 +677,18 @@ async fn dropping_a_federated_trust_domain_refuses_its_mtls_and_jwt_requests_wit
         let tls = common_tls_context(Shape::All, "sds", "", "example.org");
         let _server = Envoy::start(
             "server",
-            &dir_path,
+            dir,
             &bootstrap(
                 free_port(),
                 "server",
                 &[
                     mtls_listener_with_filters("mtls", mtls_port, &tls, ""),
-                    filtered_listener("jwt", jwt_port, &filters),
+                    filtered_listener("jwt", jwt_port, &jwt.hcm, &jwt.filters),
                 ],
                 &[
                     static_cluster("upstream", upstream.addr, false),
                     sds_cluster("sds", &bridge.socket),
-                    cluster,
+                    jwt.clusters[0].clone(),
                 ],
             ),
         );
@@ -621,7 +696,7 @@ async fn dropping_a_federated_trust_domain_refuses_its_mtls_and_jwt_requests_wit
             .iter()
             .map(|(n, (c, k))| (n.as_str(), c.clone(), k.clone()))
             .collect();
-        let (_clients, client_port) = mtls_clients(&dir_path, addr(mtls_port), &clients);
+        let (_clients, client_port) = mtls_clients(dir, addr(mtls_port), &clients);
         let mtls = |path: &str| request(addr(client_port), "GET", path, &[]).unwrap().status;
         for path in ["/own", "/partner"] {
             assert_eq!(mtls(path), 200, "{path} before the drop");
@@ -663,18 +738,16 @@ async fn retiring_the_ca_refuses_certificates_it_issued_while_reissued_svids_kee
     let agent = agent(dir.path()).await;
     // A client certificate of the CA about to be retired, as an attacker would hold it.
     let (stolen_cert, stolen_key) = svid_pems(agent.authority(), CLIENT);
-    let endpoint = agent.endpoint().to_string();
-    let dir_path = dir.path().to_path_buf();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<Instant>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    let measured = tokio::task::spawn_blocking(move || {
-        let (bridge, _jwks) = bridge(&dir_path, &endpoint);
+    let measured = off_runtime(dir.path(), &agent, move |dir, agent| {
+        let (bridge, _jwks) = bridge(dir, agent);
         let upstream = EchoServer::start();
         let server_port = free_port();
         let tls = common_tls_context(Shape::All, "sds", "", "example.org");
         let _server = Envoy::start(
             "server",
-            &dir_path,
+            dir,
             &bootstrap(
                 free_port(),
                 "server",
@@ -690,7 +763,7 @@ async fn retiring_the_ca_refuses_certificates_it_issued_while_reissued_svids_kee
         let port = free_port();
         let _clients = Envoy::start(
             "clients",
-            &dir_path,
+            dir,
             &bootstrap(
                 free_port(),
                 "clients",

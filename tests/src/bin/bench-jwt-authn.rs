@@ -124,7 +124,12 @@ async fn main() {
                 1 => sds::bootstrap(
                     admin,
                     "bench",
-                    &[filtered_listener("ingress", port, &generated("filters"))],
+                    &[filtered_listener(
+                        "ingress",
+                        port,
+                        &generated("local-reply"),
+                        &generated("filters"),
+                    )],
                     &[
                         static_cluster("upstream", upstream.addr, false),
                         generated("cluster"),
