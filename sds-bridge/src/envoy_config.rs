@@ -19,7 +19,9 @@
 //!    across the providers. No `jwt_cache_config`: Envoy's cache of verified tokens is not
 //!    cleared when the JWKS changes, so a cached token of a revoked key or trust domain kept
 //!    being accepted (measured: still 200 15 s after the drop, where without it 401 came in
-//!    under a second); it would trade revocation for the signature check.
+//!    under a second); it would trade revocation for the signature check. Envoy 1.40's source
+//!    says the same: the cache is per provider and worker, a JWKS refresh replaces only the
+//!    keys, a hit re-checks only time and audience, and no setting bounds an entry but `exp`.
 //! 3. With `--allow-spiffe-id`, an RBAC filter allowing only those IDs: on the JWT `sub` from
 //!    `jwt_authn`'s metadata (`--principal jwt`), or on the mTLS peer's URI SAN
 //!    (`--principal x509`, for listeners whose client certificates come through sds-bridge).
