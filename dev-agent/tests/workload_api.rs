@@ -633,6 +633,17 @@ async fn dropping_a_federation_and_retiring_the_ca_reach_every_stream_in_one_pus
     agent.shutdown().await;
 }
 
+/// The first message of a stream the agent answered.
+async fn first<T>(response: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>) -> T {
+    response
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn revocations_survive_a_restart_on_the_same_state_dir() {
     let dir = tempfile::tempdir().unwrap();
@@ -657,26 +668,11 @@ async fn revocations_survive_a_restart_on_the_same_state_dir() {
     assert_ne!(agent.authority().ca_der(), old_ca);
     assert_eq!(agent.authority().current_kid(), kid);
     let mut client = connect(&agent).await;
-    let svids = client
-        .fetch_x509svid(req(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .next()
-        .await
-        .unwrap()
-        .unwrap();
+    let svids = first(client.fetch_x509svid(req(X509svidRequest {})).await).await;
     assert!(svids.federated_bundles.is_empty());
     assert_eq!(svids.svids[0].bundle, new_ca, "the retired CA stays out");
-    let jwt = client
-        .fetch_jwt_bundles(req(JwtBundlesRequest {}))
+    let jwt = first(client.fetch_jwt_bundles(req(JwtBundlesRequest {})).await)
         .await
-        .unwrap()
-        .into_inner()
-        .next()
-        .await
-        .unwrap()
-        .unwrap()
         .bundles;
     assert_eq!(jwt.keys().collect::<Vec<_>>(), ["spiffe://example.org"]);
     let own = String::from_utf8(jwt["spiffe://example.org"].clone()).unwrap();

@@ -191,6 +191,32 @@ fn off_runtime<T: Send + 'static>(
     tokio::task::spawn_blocking(move || body(&dir, &endpoint))
 }
 
+/// Starts the agent in a temp dir, takes what the test needs from it with `prepare` (its
+/// authorities, to sign tokens and issue certificates with), runs `body` off the runtime with
+/// the dir and the agent's endpoint, then shuts the agent down.
+async fn with_agent<P: Send + 'static>(
+    prepare: impl FnOnce(&RunningAgent) -> P,
+    body: impl FnOnce(&Path, &str, P) + Send + 'static,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path()).await;
+    let prepared = prepare(&agent);
+    off_runtime(dir.path(), &agent, move |dir, endpoint| {
+        body(dir, endpoint, prepared);
+    })
+    .await
+    .unwrap();
+    agent.shutdown().await;
+}
+
+/// The own and partner.org authorities.
+fn own_and_partner(agent: &RunningAgent) -> (Arc<Authority>, Arc<Authority>) {
+    (
+        agent.authority().clone(),
+        agent.federated_authority(&td("partner.org")).unwrap(),
+    )
+}
+
 /// The JWKS of `authorities` merged into one document, as SPIRE's OIDC discovery provider or a
 /// hand-written `local_jwks` would serve them.
 fn merged_jwks(authorities: &[&Authority]) -> String {
@@ -207,46 +233,39 @@ fn merged_jwks(authorities: &[&Authority]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_authn_with_bridge_jwks_accepts_fresh_svids_and_rejects_bad_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = agent(dir.path()).await;
-    let own = agent.authority().clone();
-    let partner = agent.federated_authority(&td("partner.org")).unwrap();
-    // Keys the agent never published: an unknown kid of our own trust domain.
-    let stranger =
-        tokio::task::spawn_blocking(|| Authority::new(td("example.org"), JwtAlg::Es256).unwrap())
-            .await
-            .unwrap();
-    let fresh = own.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
-    let partner_fresh = partner.sign_claims(&claims(PARTNER, AUD, 300)).unwrap();
-    // Key confusion: a SPIFFE ID of example.org vouched for by partner.org's key.
-    let confused = partner.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
-    let bad = vec![
-        (
-            "expired",
-            own.sign_claims(&claims(CLIENT, AUD, -10)).unwrap(),
-        ),
-        (
-            "wrong audience",
-            own.sign_claims(&claims(CLIENT, "someone-else", 300))
-                .unwrap(),
-        ),
-        ("alg none", alg_none(&fresh, &own.current_kid())),
-        (
-            "tampered",
-            tampered(
-                &fresh,
-                &own.sign_claims(&claims("spiffe://example.org/admin", AUD, 300))
+    with_agent(own_and_partner, move |dir, agent, (own, partner)| {
+        // Keys the agent never published: an unknown kid of our own trust domain.
+        let stranger = Authority::new(td("example.org"), JwtAlg::Es256).unwrap();
+        let fresh = own.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
+        let partner_fresh = partner.sign_claims(&claims(PARTNER, AUD, 300)).unwrap();
+        // Key confusion: a SPIFFE ID of example.org vouched for by partner.org's key.
+        let confused = partner.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
+        let bad = vec![
+            (
+                "expired",
+                own.sign_claims(&claims(CLIENT, AUD, -10)).unwrap(),
+            ),
+            (
+                "wrong audience",
+                own.sign_claims(&claims(CLIENT, "someone-else", 300))
                     .unwrap(),
             ),
-        ),
-        (
-            "unknown kid",
-            stranger.sign_claims(&claims(CLIENT, AUD, 300)).unwrap(),
-        ),
-        ("sub of A signed with B's key", confused.clone()),
-    ];
-    let merged = merged_jwks(&[&own, &partner]);
-    off_runtime(dir.path(), &agent, move |dir, agent| {
+            ("alg none", alg_none(&fresh, &own.current_kid())),
+            (
+                "tampered",
+                tampered(
+                    &fresh,
+                    &own.sign_claims(&claims("spiffe://example.org/admin", AUD, 300))
+                        .unwrap(),
+                ),
+            ),
+            (
+                "unknown kid",
+                stranger.sign_claims(&claims(CLIENT, AUD, 300)).unwrap(),
+            ),
+            ("sub of A signed with B's key", confused.clone()),
+        ];
+        let merged = merged_jwks(&[&own, &partner]);
         let path = jwt_path(dir, agent, &["example.org", "partner.org"], &[]);
         let (upstream, envoy, port) = (&path.upstream, &path.envoy, path.port);
 
@@ -319,63 +338,59 @@ async fn jwt_authn_with_bridge_jwks_accepts_fresh_svids_and_rejects_bad_ones() {
             "and the app would believe it is {CLIENT}"
         );
     })
-    .await
-    .unwrap();
-    agent.shutdown().await;
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_endpoint_revalidates_and_answers_unknown_trust_domains_with_a_tombstone() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = agent(dir.path()).await;
-    let own_kid = agent.authority().current_kid();
-    off_runtime(dir.path(), &agent, move |dir, agent| {
-        let (bridge, jwks) = bridge(dir, agent);
-        let r = request(jwks, "GET", "/jwks/example.org", &[]).unwrap();
-        assert_eq!(r.header("cache-control"), Some("no-cache"));
-        let etag = r.header("etag").unwrap().to_owned();
-        assert!(r.body.contains(&own_kid), "{}", r.body);
-        let again = request(
-            jwks,
-            "GET",
-            "/jwks/example.org",
-            &[("if-none-match", &etag)],
-        )
-        .unwrap();
-        assert_eq!((again.status, again.body.as_str()), (304, ""));
-        let partner = request(jwks, "GET", "/jwks/partner.org", &[]).unwrap();
-        assert_eq!(partner.status, 200);
-        assert_ne!(
-            partner.header("etag"),
-            Some(etag.as_str()),
-            "one JWKS per trust domain"
-        );
-        let unknown = request(jwks, "GET", "/jwks/elsewhere.org", &[]).unwrap();
-        assert_eq!(unknown.status, 200);
-        assert!(
-            unknown.body.contains("sds-bridge-no-bundle"),
-            "{}",
-            unknown.body
-        );
-        let rebinding = request(
-            jwks,
-            "GET",
-            "/jwks/example.org",
-            &[("host", "evil.example")],
-        );
-        assert_eq!(rebinding.unwrap().status, 403);
-        let count = |result: &str| {
-            bridge.metric(&format!(
-                "sds_bridge_jwks_requests_total{{result=\"{result}\"}}"
-            ))
-        };
-        assert_eq!(count("not_modified"), 1.0);
-        assert_eq!(count("no_bundle"), 1.0);
-        assert!(count("ok") >= 3.0, "{}", count("ok"));
-    })
-    .await
-    .unwrap();
-    agent.shutdown().await;
+    with_agent(
+        |agent| agent.authority().current_kid(),
+        move |dir, agent, own_kid| {
+            let (bridge, jwks) = bridge(dir, agent);
+            let r = request(jwks, "GET", "/jwks/example.org", &[]).unwrap();
+            assert_eq!(r.header("cache-control"), Some("no-cache"));
+            let etag = r.header("etag").unwrap().to_owned();
+            assert!(r.body.contains(&own_kid), "{}", r.body);
+            let again = request(
+                jwks,
+                "GET",
+                "/jwks/example.org",
+                &[("if-none-match", &etag)],
+            )
+            .unwrap();
+            assert_eq!((again.status, again.body.as_str()), (304, ""));
+            let partner = request(jwks, "GET", "/jwks/partner.org", &[]).unwrap();
+            assert_eq!(partner.status, 200);
+            assert_ne!(
+                partner.header("etag"),
+                Some(etag.as_str()),
+                "one JWKS per trust domain"
+            );
+            let unknown = request(jwks, "GET", "/jwks/elsewhere.org", &[]).unwrap();
+            assert_eq!(unknown.status, 200);
+            assert!(
+                unknown.body.contains("sds-bridge-no-bundle"),
+                "{}",
+                unknown.body
+            );
+            let rebinding = request(
+                jwks,
+                "GET",
+                "/jwks/example.org",
+                &[("host", "evil.example")],
+            );
+            assert_eq!(rebinding.unwrap().status, 403);
+            let count = |result: &str| {
+                bridge.metric(&format!(
+                    "sds_bridge_jwks_requests_total{{result=\"{result}\"}}"
+                ))
+            };
+            assert_eq!(count("not_modified"), 1.0);
+            assert_eq!(count("no_bundle"), 1.0);
+            assert!(count("ok") >= 3.0, "{}", count("ok"));
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,21 +482,17 @@ async fn jwt_key_rotation_under_load_fails_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_on_the_jwt_sub_allows_one_id_forbids_others_and_refuses_foreign_domains() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = agent(dir.path()).await;
-    let own = agent.authority().clone();
-    let partner = agent.federated_authority(&td("partner.org")).unwrap();
-    let allowed = own.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
-    let other = own.sign_claims(&claims(OTHER, AUD, 300)).unwrap();
-    let foreign = partner.sign_claims(&claims(PARTNER, AUD, 300)).unwrap();
-    let elsewhere = own
-        .sign_claims(&claims(
-            CLIENT,
-            "spiffe://example.org/ns/default/sa/elsewhere",
-            300,
-        ))
-        .unwrap();
-    off_runtime(dir.path(), &agent, move |dir, agent| {
+    with_agent(own_and_partner, move |dir, agent, (own, partner)| {
+        let allowed = own.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
+        let other = own.sign_claims(&claims(OTHER, AUD, 300)).unwrap();
+        let foreign = partner.sign_claims(&claims(PARTNER, AUD, 300)).unwrap();
+        let elsewhere = own
+            .sign_claims(&claims(
+                CLIENT,
+                "spiffe://example.org/ns/default/sa/elsewhere",
+                300,
+            ))
+            .unwrap();
         // Only example.org is trusted here; partner.org has a bundle but no provider.
         let path = jwt_path(dir, agent, &["example.org"], &["--allow-spiffe-id", CLIENT]);
         let (upstream, envoy, port) = (&path.upstream, &path.envoy, path.port);
@@ -498,9 +509,35 @@ async fn rbac_on_the_jwt_sub_allows_one_id_forbids_others_and_refuses_foreign_do
         assert_eq!(envoy.stat("http.ingress.rbac.denied"), Some(1));
         assert_eq!(envoy.stat("http.ingress.jwt_authn.denied"), Some(2));
     })
-    .await
-    .unwrap();
-    agent.shutdown().await;
+    .await;
+}
+
+/// The server Envoy: an mTLS listener on a free port (returned) whose certificate and client
+/// validation (own and federated bundles, `ALL`) come from `bridge`, running `filters` in front
+/// of `upstream`; plus `listeners` and `clusters`.
+fn mtls_server(
+    dir: &Path,
+    bridge: &SdsBridge,
+    upstream: SocketAddr,
+    filters: &str,
+    listeners: &[String],
+    clusters: &[String],
+) -> (Envoy, u16) {
+    let port = free_port();
+    let tls = common_tls_context(Shape::All, "sds", "", "example.org");
+    let mut all_listeners = vec![mtls_listener_with_filters("mtls", port, &tls, filters)];
+    all_listeners.extend(listeners.iter().cloned());
+    let mut all_clusters = vec![
+        static_cluster("upstream", upstream, false),
+        sds_cluster("sds", &bridge.socket),
+    ];
+    all_clusters.extend(clusters.iter().cloned());
+    let envoy = Envoy::start(
+        "server",
+        dir,
+        &bootstrap(free_port(), "server", &all_listeners, &all_clusters),
+    );
+    (envoy, port)
 }
 
 /// An Envoy with one HTTP listener and one TLS cluster per `(path prefix, cert PEM, key PEM)`,
@@ -548,83 +585,64 @@ fn svid_pems(authority: &Authority, id: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_on_the_mtls_peer_allows_one_id_forbids_others_and_refuses_foreign_domains() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = agent(dir.path()).await;
-    let own = agent.authority().clone();
-    let evil =
-        tokio::task::spawn_blocking(|| Authority::new(td("evil.org"), JwtAlg::Es256).unwrap())
-            .await
-            .unwrap();
-    let clients = vec![
-        ("allowed", svid_pems(&own, CLIENT)),
-        ("other", svid_pems(&own, OTHER)),
-        (
-            "foreign",
-            svid_pems(&evil, "spiffe://evil.org/ns/default/sa/client"),
-        ),
-    ];
-    off_runtime(dir.path(), &agent, move |dir, agent| {
-        let (bridge, jwks) = bridge(dir, agent);
-        let upstream = EchoServer::start();
-        let rbac = jwt_authn_config(&[
-            "--trust-domain",
-            "example.org",
-            "--audience",
-            AUD,
-            "--jwks-address",
-            &jwks.to_string(),
-            "--allow-spiffe-id",
-            CLIENT,
-            "--principal",
-            "x509",
-            "--part",
-            "rbac",
-        ]);
-        let server_port = free_port();
-        let tls = common_tls_context(Shape::All, "sds", "", "example.org");
-        let server = Envoy::start(
-            "server",
-            dir,
-            &bootstrap(
-                free_port(),
-                "server",
-                &[mtls_listener_with_filters("mtls", server_port, &tls, &rbac)],
-                &[
-                    static_cluster("upstream", upstream.addr, false),
-                    sds_cluster("sds", &bridge.socket),
-                ],
-            ),
-        );
-        let clients: Vec<(&str, String, String)> =
-            clients.into_iter().map(|(n, (c, k))| (n, c, k)).collect();
-        let (_clients, port) = mtls_clients(dir, addr(server_port), &clients);
-        let get = |path: &str| request(addr(port), "GET", path, &[]).unwrap();
-        let r = get("/allowed");
-        assert_eq!(r.status, 200, "{r:?}");
-        assert!(
-            r.json()["headers"]["x-forwarded-client-cert"]
-                .as_str()
-                .unwrap()
-                .contains(&format!("URI={CLIENT}"))
-        );
-        let r = get("/other");
-        assert_eq!(r.status, 403, "same trust domain, not allowed: {r:?}");
-        let r = get("/foreign");
-        assert_eq!(r.status, 503, "foreign trust domain: {r:?}");
-        assert_eq!(
-            server.stat(&format!(
-                "listener.127.0.0.1_{server_port}.ssl.fail_verify_error"
-            )),
-            Some(1),
-            "refused in the handshake: {}",
-            server.stats_matching("ssl.fail")
-        );
-        assert_eq!(server.stat("http.mtls.rbac.denied"), Some(1));
-        assert_eq!(upstream.requests(), 1);
-    })
-    .await
-    .unwrap();
-    agent.shutdown().await;
+    with_agent(
+        |agent| agent.authority().clone(),
+        move |dir, agent, own| {
+            let evil = Authority::new(td("evil.org"), JwtAlg::Es256).unwrap();
+            let clients = vec![
+                ("allowed", svid_pems(&own, CLIENT)),
+                ("other", svid_pems(&own, OTHER)),
+                (
+                    "foreign",
+                    svid_pems(&evil, "spiffe://evil.org/ns/default/sa/client"),
+                ),
+            ];
+            let (bridge, jwks) = bridge(dir, agent);
+            let upstream = EchoServer::start();
+            let rbac = jwt_authn_config(&[
+                "--trust-domain",
+                "example.org",
+                "--audience",
+                AUD,
+                "--jwks-address",
+                &jwks.to_string(),
+                "--allow-spiffe-id",
+                CLIENT,
+                "--principal",
+                "x509",
+                "--part",
+                "rbac",
+            ]);
+            let (server, server_port) = mtls_server(dir, &bridge, upstream.addr, &rbac, &[], &[]);
+            let clients: Vec<(&str, String, String)> =
+                clients.into_iter().map(|(n, (c, k))| (n, c, k)).collect();
+            let (_clients, port) = mtls_clients(dir, addr(server_port), &clients);
+            let get = |path: &str| request(addr(port), "GET", path, &[]).unwrap();
+            let r = get("/allowed");
+            assert_eq!(r.status, 200, "{r:?}");
+            assert!(
+                r.json()["headers"]["x-forwarded-client-cert"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("URI={CLIENT}"))
+            );
+            let r = get("/other");
+            assert_eq!(r.status, 403, "same trust domain, not allowed: {r:?}");
+            let r = get("/foreign");
+            assert_eq!(r.status, 503, "foreign trust domain: {r:?}");
+            assert_eq!(
+                server.stat(&format!(
+                    "listener.127.0.0.1_{server_port}.ssl.fail_verify_error"
+                )),
+                Some(1),
+                "refused in the handshake: {}",
+                server.stats_matching("ssl.fail")
+            );
+            assert_eq!(server.stat("http.mtls.rbac.denied"), Some(1));
+            assert_eq!(upstream.requests(), 1);
+        },
+    )
+    .await;
 }
 
 /// Sets the flag when dropped, also while unwinding from a panic.
@@ -672,25 +690,14 @@ async fn dropping_a_federated_trust_domain_refuses_its_mtls_and_jwt_requests_wit
             jwks,
             &["--cache-duration", "6s"],
         );
-        let (mtls_port, jwt_port) = (free_port(), free_port());
-        // The own and federated bundles (ALL) validate client certificates.
-        let tls = common_tls_context(Shape::All, "sds", "", "example.org");
-        let _server = Envoy::start(
-            "server",
+        let jwt_port = free_port();
+        let (_server, mtls_port) = mtls_server(
             dir,
-            &bootstrap(
-                free_port(),
-                "server",
-                &[
-                    mtls_listener_with_filters("mtls", mtls_port, &tls, ""),
-                    filtered_listener("jwt", jwt_port, &jwt.hcm, &jwt.filters),
-                ],
-                &[
-                    static_cluster("upstream", upstream.addr, false),
-                    sds_cluster("sds", &bridge.socket),
-                    jwt.clusters[0].clone(),
-                ],
-            ),
+            &bridge,
+            upstream.addr,
+            "",
+            &[filtered_listener("jwt", jwt_port, &jwt.hcm, &jwt.filters)],
+            &jwt.clusters,
         );
         let clients: Vec<(&str, String, String)> = clients
             .iter()
@@ -743,21 +750,7 @@ async fn retiring_the_ca_refuses_certificates_it_issued_while_reissued_svids_kee
     let measured = off_runtime(dir.path(), &agent, move |dir, agent| {
         let (bridge, _jwks) = bridge(dir, agent);
         let upstream = EchoServer::start();
-        let server_port = free_port();
-        let tls = common_tls_context(Shape::All, "sds", "", "example.org");
-        let _server = Envoy::start(
-            "server",
-            dir,
-            &bootstrap(
-                free_port(),
-                "server",
-                &[mtls_listener_with_filters("mtls", server_port, &tls, "")],
-                &[
-                    static_cluster("upstream", upstream.addr, false),
-                    sds_cluster("sds", &bridge.socket),
-                ],
-            ),
-        );
+        let (_server, server_port) = mtls_server(dir, &bridge, upstream.addr, "", &[], &[]);
         // "fresh" presents the bridge's current SVID (re-issued by the agent after the
         // retirement and pushed over SDS); "stolen" the certificate minted before it.
         let port = free_port();
