@@ -112,7 +112,8 @@ pub struct Cli {
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Print Envoy's jwt_authn (one provider per trust domain, JWKS from --jwks-listen),
-    /// the x-spiffe-id header scrubbing and optional RBAC filter, and the JWKS cluster.
+    /// the x-spiffe-id header scrubbing and optional RBAC filter, the JWKS cluster, and the
+    /// connection manager's local_reply_config (wrong audience → 401).
     JwtAuthnConfig(crate::envoy_config::JwtAuthnArgs),
 }
 

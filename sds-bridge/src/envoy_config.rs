@@ -72,7 +72,7 @@ pub enum Principal {
 /// Which part to print.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
-    /// A YAML document with `http_filters:` and `clusters:`.
+    /// A YAML document with `local_reply_config:`, `http_filters:` and `clusters:`.
     All,
     /// The HTTP filters only (list items, for a listener's `http_filters`).
     Filters,
