@@ -5,7 +5,8 @@
 //! replaces the X.509 CA at once (new CA, SVIDs re-issued, the old CA out of the bundle), and
 //! `POST /federation/drop/<trust domain>` stops federating with a partner (its X.509 and JWT
 //! bundles leave every stream). These endpoints answer once the new material has been pushed
-//! to the streams.
+//! to the streams; with `--state-dir` it is on disk first (see [`crate::state`]), so a restart
+//! does not undo a revocation.
 
 use std::sync::Arc;
 

@@ -149,23 +149,31 @@ impl Shared {
 
     /// Stops federating with `trust_domain`, as after a partner's compromise: its X.509 and JWT
     /// bundles leave every stream in one push (X.509-SVID, X.509 bundles and JWT bundles
-    /// streams). Returns `false` if it was not federated. Lasts until restart: `--federate-with`
-    /// decides at start.
+    /// streams). Returns `false` if it was not federated. With `--state-dir` the drop is
+    /// recorded first and survives restarts (even with `--federate-with` still naming it);
+    /// without, a restart federates again, with new keys for every trust domain.
     pub(crate) async fn drop_federation(&self, trust_domain: &TrustDomain) -> Result<bool, Error> {
         let _x509 = self.x509_lock.lock().await;
         let _jwt = self.jwt_lock.lock().await;
-        let removed = {
-            let mut federated = self
-                .federated
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            let before = federated.len();
-            federated.retain(|a| a.trust_domain() != trust_domain);
-            before != federated.len()
-        };
-        if !removed {
+        if !self
+            .federated()
+            .iter()
+            .any(|a| a.trust_domain() == trust_domain)
+        {
             return Ok(false);
         }
+        // On disk before in memory: if recording fails, nothing changed and the operator
+        // sees the error.
+        if let Some(state) = self.state.clone() {
+            let td = trust_domain.clone();
+            tokio::task::spawn_blocking(move || state.mark_federation_dropped(&td))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??;
+        }
+        self.federated
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|a| a.trust_domain() != trust_domain);
         // The SVIDs themselves are unchanged: push the current ones with the new bundle map.
         let current = self.x509.borrow().clone();
         let mut response = current.response.clone();
@@ -193,6 +201,16 @@ impl Shared {
         .await
         .map_err(|e| Error::Task(e.to_string()))?
         .map_err(crate::authority::AuthorityError::from)?;
+        // On disk before in memory, so a restart never brings the retired CA back.
+        let next = match self.state.clone() {
+            Some(state) => {
+                let td = self.own.trust_domain().clone();
+                tokio::task::spawn_blocking(move || state.save_ca(&td, &next).map(|()| next))
+                    .await
+                    .map_err(|e| Error::Task(e.to_string()))??
+            }
+            None => next,
+        };
         self.own.retire_ca_now(next)?;
         let snapshot = self.issue_x509()?;
         self.x509.send_replace(Arc::new(snapshot));
@@ -438,17 +456,23 @@ async fn load_authorities(config: &Config) -> Result<(Arc<Authority>, Vec<Arc<Au
     let ca_validity = DEFAULT_CA_VALIDITY.max(config.x509_ttl.saturating_mul(10));
     let (x509_ttl, jwt_ttl) = (config.x509_ttl, config.jwt_ttl);
     let authorities = tokio::task::spawn_blocking(move || {
-        domains
-            .into_iter()
-            .map(|td: TrustDomain| -> Result<Authority, Error> {
-                Ok(match &state {
-                    Some(state) => {
-                        state.load_or_create(&td, alg, ca_validity, x509_ttl, jwt_ttl)?
-                    }
-                    None => Authority::new(td, alg)?,
-                })
-            })
-            .collect::<Result<Vec<_>, Error>>()
+        let mut authorities = Vec::new();
+        for (i, td) in domains.into_iter().enumerate() {
+            authorities.push(match &state {
+                // An operator's drop outlives the --federate-with that still names it.
+                Some(state) if i > 0 && state.federation_dropped(&td)? => {
+                    tracing::warn!(
+                        trust_domain = %td,
+                        "not federating: an operator dropped this trust domain (delete \
+                         <state-dir>/<trust-domain>/federation-dropped to federate again)"
+                    );
+                    continue;
+                }
+                Some(state) => state.load_or_create(&td, alg, ca_validity, x509_ttl, jwt_ttl)?,
+                None => Authority::new(td, alg)?,
+            });
+        }
+        Ok::<_, Error>(authorities)
     })
     .await
     .map_err(|e| Error::Task(e.to_string()))??;

@@ -8,7 +8,14 @@
 //! <state-dir>/<trust-domain>/ca-key.pem     PKCS#8 PEM
 //! <state-dir>/<trust-domain>/ca-cert.pem    PEM
 //! <state-dir>/<trust-domain>/jwt-keys.json  {"alg","current":{pkcs8,since,max_exp},"next":{pkcs8},"retired":[...]}
+//! <state-dir>/<trust-domain>/federation-dropped  {"dropped_at": <Unix seconds>}
 //! ```
+//!
+//! Operator revocations are written here before they take effect, so a restart never undoes
+//! them: a CA retired early (`/retire/x509`) is replaced on disk, a JWT key retired early
+//! (`/retire/jwt`) leaves `jwt-keys.json`, and a dropped federation (`/federation/drop/<td>`)
+//! leaves a `federation-dropped` marker that keeps the trust domain out even while
+//! `--federate-with` still names it. Deleting the marker (agent stopped) federates again.
 //!
 //! All functions here do blocking file I/O: call them from `spawn_blocking`.
 
@@ -108,14 +115,7 @@ impl StateDir {
         jwt_ttl: Duration,
     ) -> Result<Authority, StateError> {
         let dir = self.domain_dir(td);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| StateError::Io {
-                path: dir.clone(),
-                source,
-            })?;
+        create_private_dir(&dir)?;
         let ca = self.load_or_create_ca(&dir, td, ca_validity, min_remaining)?;
         let (keys, dirty) = load_or_create_jwt_keys(&dir, alg, jwt_ttl)?;
         let authority = Authority::from_parts(ca, keys);
@@ -148,6 +148,28 @@ impl StateDir {
         write_private(&key_path, ca.key_pem().expose())?;
         write_private(&cert_path, ca.cert_pem().as_bytes())?;
         Ok(ca)
+    }
+
+    /// Persists `ca` as `td`'s CA (a CA retired early must stay retired across restarts).
+    /// The key is written first: a crash between the two writes leaves a pair that does not
+    /// load (an error at start), never the retired CA.
+    pub fn save_ca(&self, td: &TrustDomain, ca: &CertificateAuthority) -> Result<(), StateError> {
+        let dir = self.domain_dir(td);
+        write_private(&dir.join("ca-key.pem"), ca.key_pem().expose())?;
+        write_private(&dir.join("ca-cert.pem"), ca.cert_pem().as_bytes())
+    }
+
+    /// Records that the federation with `td` was dropped by an operator.
+    pub fn mark_federation_dropped(&self, td: &TrustDomain) -> Result<(), StateError> {
+        let dir = self.domain_dir(td);
+        create_private_dir(&dir)?;
+        let body = serde_json::json!({ "dropped_at": unix_now() }).to_string();
+        write_private(&dir.join(FEDERATION_DROPPED), body.as_bytes())
+    }
+
+    /// Whether the federation with `td` was dropped (see [`Self::mark_federation_dropped`]).
+    pub fn federation_dropped(&self, td: &TrustDomain) -> Result<bool, StateError> {
+        Ok(read_optional(&self.domain_dir(td).join(FEDERATION_DROPPED))?.is_some())
     }
 
     /// Persists the JWT key set of `authority` (after a rotation or prune).
@@ -219,6 +241,20 @@ fn load_or_create_jwt_keys(
         dirty = true;
     }
     Ok((keys, dirty))
+}
+
+/// The marker file of a dropped federation.
+const FEDERATION_DROPPED: &str = "federation-dropped";
+
+fn create_private_dir(dir: &Path) -> Result<(), StateError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StateError::Io {
+            path: dir.to_owned(),
+            source,
+        })
 }
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateError> {

@@ -632,3 +632,59 @@ async fn dropping_a_federation_and_retiring_the_ca_reach_every_stream_in_one_pus
     assert_eq!(x509["spiffe://example.org"], new_ca);
     agent.shutdown().await;
 }
+
+/// The first message of a stream the agent answered.
+async fn first<T>(response: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>) -> T {
+    response
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn revocations_survive_a_restart_on_the_same_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.state_dir = Some(dir.path().join("state"));
+    cfg.federate_with = vec![td("other.org")];
+    let agent = Agent::start(cfg.clone()).await.unwrap();
+    let old_ca = agent.authority().ca_der();
+    assert!(agent.drop_federation(&td("other.org")).await.unwrap());
+    agent.retire_x509_ca_now().await.unwrap();
+    let retired_kid = agent.retire_jwt_key_now().await.unwrap();
+    let (new_ca, kid) = (agent.authority().ca_der(), agent.authority().current_kid());
+    agent.shutdown().await;
+
+    // The same flags: --federate-with still names the dropped trust domain.
+    let agent = Agent::start(cfg).await.unwrap();
+    assert!(
+        agent.federated_authority(&td("other.org")).is_none(),
+        "the drop outlives the restart"
+    );
+    assert_eq!(agent.authority().ca_der(), new_ca, "the replacement CA");
+    assert_ne!(agent.authority().ca_der(), old_ca);
+    assert_eq!(agent.authority().current_kid(), kid);
+    let mut client = connect(&agent).await;
+    let svids = first(client.fetch_x509svid(req(X509svidRequest {})).await).await;
+    assert!(svids.federated_bundles.is_empty());
+    assert_eq!(svids.svids[0].bundle, new_ca, "the retired CA stays out");
+    let jwt = first(client.fetch_jwt_bundles(req(JwtBundlesRequest {})).await)
+        .await
+        .bundles;
+    assert_eq!(jwt.keys().collect::<Vec<_>>(), ["spiffe://example.org"]);
+    let own = String::from_utf8(jwt["spiffe://example.org"].clone()).unwrap();
+    assert!(
+        own.contains(&kid) && !own.contains(&retired_kid),
+        "the retired JWT key stays out: {own}"
+    );
+    assert!(
+        dir.path()
+            .join("state/other.org/federation-dropped")
+            .is_file(),
+        "deleting this marker is how an operator federates again"
+    );
+    agent.shutdown().await;
+}

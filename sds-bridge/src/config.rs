@@ -99,6 +99,8 @@ pub struct Cli {
     /// Serve each trust domain's JWT-SVID keys as a JWKS for Envoy's jwt_authn at
     /// http://ADDR/jwks/<trust domain> (loopback only, like --listen), or "off"
     /// [default: off]. `sds-bridge jwt-authn-config` prints the matching Envoy filters.
+    /// When set, /readyz also waits for the first JWT bundle set (until then every token
+    /// would be refused).
     #[arg(long)]
     pub jwks_listen: Option<String>,
     /// Print configuration instead of serving.
@@ -110,7 +112,8 @@ pub struct Cli {
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Print Envoy's jwt_authn (one provider per trust domain, JWKS from --jwks-listen),
-    /// the x-spiffe-id header scrubbing and optional RBAC filter, and the JWKS cluster.
+    /// the x-spiffe-id header scrubbing and optional RBAC filter, the JWKS cluster, and the
+    /// connection manager's local_reply_config (wrong audience → 401).
     JwtAuthnConfig(crate::envoy_config::JwtAuthnArgs),
 }
 

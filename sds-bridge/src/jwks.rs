@@ -22,7 +22,9 @@
 //!   it had, so a revoked trust domain's keys would stay trusted; a valid document with no
 //!   usable key replaces them, and every token of that trust domain fails with 401.
 //! - Before the first bundle snapshot the endpoint answers 503 (Envoy retries after
-//!   `failed_refetch_duration`), never a tombstone: that would look like a revocation.
+//!   `failed_refetch_duration`), never a tombstone: that would look like a revocation. Until
+//!   then the bridge is not ready ([`JwksEndpoint::readiness`]): Envoy has no keys, so every
+//!   token would get 401, and the pod must not receive traffic yet.
 //! - The same `Host` guard as the admin server (DNS rebinding).
 //! - `sds_bridge_jwks_requests_total{result}` counts answers: `ok`, `not_modified`,
 //!   `no_bundle` (tombstone served: a revoked or unknown trust domain), `not_ready`,
@@ -48,11 +50,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde_json::{Map, Value, json};
 use sidecar_runtime::Shutdown;
+use sidecar_runtime::admin::Readiness;
 use sidecar_runtime::serve::Limits;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use workload_client::JwtBundleWatcher;
 use workload_client::spiffe::{JwtBundle, JwtBundleSet, TrustDomain};
+use workload_client::{JwtBundleWatcher, StreamStatus};
 
 /// The path prefix; the trust domain name follows (`/jwks/example.org`).
 pub const PATH_PREFIX: &str = "/jwks/";
@@ -260,6 +263,26 @@ impl JwksEndpoint {
         );
     }
 
+    /// `/readyz`'s view of the endpoint: ready once the first JWT bundle set has arrived
+    /// (before it Envoy's `jwt_authn` holds no keys and refuses every token), and not once the
+    /// bundle stream gave up (revocations would no longer reach Envoy).
+    pub fn readiness(&self, stream: &StreamStatus) -> Readiness {
+        if stream.gave_up {
+            return Readiness::NotReady(format!(
+                "the Workload API refused the JWT bundle stream (--jwks-listen): {}",
+                stream.last_error.clone().unwrap_or_default()
+            ));
+        }
+        if self.documents.borrow().is_none() {
+            return Readiness::NotReady(
+                "no JWT bundles from the Workload API yet (--jwks-listen): every token would be \
+                 refused"
+                    .into(),
+            );
+        }
+        Readiness::Ready
+    }
+
     fn count(&self, result: &str) {
         self.requests
             .get_or_create(&ResultLabels {
@@ -424,6 +447,35 @@ mod tests {
         let jwk: Value = serde_json::from_str(&a.body).unwrap();
         assert_eq!(jwk["keys"][0]["kid"], TOMBSTONE_KID);
         assert!(jwk["keys"][0].get("d").is_none());
+    }
+
+    #[test]
+    fn ready_once_the_first_bundle_set_arrived_and_while_the_stream_lives() {
+        let (tx, rx) = watch::channel(None);
+        let endpoint = JwksEndpoint::new(rx, tombstone().unwrap());
+        let live = StreamStatus::default();
+        let reason = |r: Readiness| match r {
+            Readiness::Ready => None,
+            Readiness::NotReady(why) => Some(why),
+        };
+        assert!(
+            reason(endpoint.readiness(&live)).is_some_and(|r| r.contains("no JWT bundles")),
+            "before the first bundle set"
+        );
+        tx.send(Some(Arc::new(Documents::render(&set(&[(
+            "example.org",
+            json!({"keys": [ec_key("k1", "jwt-svid")]}),
+        )])))))
+        .unwrap();
+        assert_eq!(reason(endpoint.readiness(&live)), None);
+        let gave_up = StreamStatus {
+            gave_up: true,
+            last_error: Some("PermissionDenied".into()),
+            ..StreamStatus::default()
+        };
+        assert!(
+            reason(endpoint.readiness(&gave_up)).is_some_and(|r| r.contains("PermissionDenied"))
+        );
     }
 
     #[test]

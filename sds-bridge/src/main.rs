@@ -128,6 +128,10 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     if let Some(listener) = admin_listener {
         let ready = {
             let watcher = watcher.clone();
+            // With --jwks-listen, ready only once the JWKS can be served too.
+            let jwks = jwks
+                .as_ref()
+                .map(|(_, bundles, endpoint)| (bundles.clone(), endpoint.clone()));
             move || match watcher.current() {
                 _ if watcher.status().gave_up => Readiness::NotReady(format!(
                     "the Workload API refused the X.509 stream: {}",
@@ -137,7 +141,10 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                 Some(ctx) if ctx.remaining(SystemTime::now()).is_zero() => Readiness::NotReady(
                     "the X.509-SVID has expired and the Workload API has not renewed it".into(),
                 ),
-                Some(_) => Readiness::Ready,
+                Some(_) => match &jwks {
+                    Some((bundles, endpoint)) => endpoint.readiness(&bundles.status()),
+                    None => Readiness::Ready,
+                },
             }
         };
         Admin::new(registry, ready).spawn(listener, shutdown.clone());

@@ -324,11 +324,12 @@ typed_config:
     )
 }
 
-/// A plain HTTP listener on `port` running `filters` (column-0 HTTP filter list items, e.g.
-/// what `sds-bridge jwt-authn-config --part filters` prints) and routing everything to
+/// A plain HTTP listener on `port` whose connection manager has the fields `hcm` (column 0,
+/// e.g. what `sds-bridge jwt-authn-config --part local-reply` prints; may be empty) and runs
+/// `filters` (column-0 HTTP filter list items, e.g. `--part filters`), routing everything to
 /// cluster `upstream` (column-0 list item).
-pub fn filtered_listener(name: &str, port: u16, filters: &str) -> String {
-    hcm_listener(name, port, "", TO_UPSTREAM, filters, None)
+pub fn filtered_listener(name: &str, port: u16, hcm: &str, filters: &str) -> String {
+    hcm_listener(name, port, hcm, TO_UPSTREAM, filters, None)
 }
 
 /// A client-side `common_tls_context` (column 0) presenting an inline certificate and key

@@ -58,6 +58,30 @@ fn get_with(port: u16, token: &str) -> Response {
     .expect("HTTP request through Envoy")
 }
 
+/// jwt_authn's refusal of a bad token as Envoy sends it: 401, `www-authenticate: Bearer
+/// realm="<url>", error="invalid_token"`, and the reason as the body.
+fn assert_invalid_token(r: &Response, what: &str) {
+    assert_eq!(r.status, 401, "{what}: {r:?}");
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|h| h.starts_with("Bearer realm=\"http://")
+                && h.ends_with(", error=\"invalid_token\"")),
+        "{what}: {r:?}"
+    );
+    assert!(!r.body.is_empty(), "{what}: the reason: {r:?}");
+}
+
+/// RBAC's refusal of an authenticated SPIFFE ID as Envoy sends it: 403, `RBAC: access denied`,
+/// no challenge (the credential was fine).
+fn assert_rbac_denied(r: &Response, what: &str) {
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (403, "RBAC: access denied"),
+        "{what}: {r:?}"
+    );
+    assert_eq!(r.header("www-authenticate"), None, "{what}: {r:?}");
+}
+
 /// An in-process agent for example.org federated with partner.org (ES256).
 async fn agent(dir: &Path) -> RunningAgent {
     let mut config = AgentConfig::new(Endpoint::Unix(dir.join("agent.sock")), td("example.org"));
@@ -75,14 +99,24 @@ fn bridge(dir: &Path, agent: &str) -> (SdsBridge, SocketAddr) {
         &["--jwks-listen", &jwks.to_string()],
     );
     bridge.wait_ready(Duration::from_secs(10));
-    wait_until("JWKS served", Duration::from_secs(10), || {
-        request(jwks, "GET", "/jwks/example.org", &[]).is_some_and(|r| r.status == 200)
-    });
+    // With --jwks-listen, /readyz waits for the first JWT bundle set: ready means served.
+    let r = request(jwks, "GET", "/jwks/example.org", &[]).unwrap();
+    assert_eq!(r.status, 200, "JWKS served once ready: {r:?}");
     (bridge, jwks)
 }
 
-/// `sds-bridge jwt-authn-config` for `tds` against `jwks`: (HTTP filters, JWKS cluster).
-fn generated(tds: &[&str], jwks: SocketAddr, extra: &[&str]) -> (String, String) {
+/// What `sds-bridge jwt-authn-config` prints for `tds` against `jwks` (plus `extra` flags), or
+/// a hand-written stand-in.
+struct Generated {
+    /// Connection manager fields (`--part local-reply`).
+    hcm: String,
+    /// HTTP filters (`--part filters`).
+    filters: String,
+    /// Clusters they need (`--part cluster`).
+    clusters: Vec<String>,
+}
+
+fn generated(tds: &[&str], jwks: SocketAddr, extra: &[&str]) -> Generated {
     let mut args: Vec<String> = vec!["--audience".into(), AUD.into()];
     for t in tds {
         args.extend(["--trust-domain".into(), (*t).into()]);
@@ -95,31 +129,92 @@ fn generated(tds: &[&str], jwks: SocketAddr, extra: &[&str]) -> (String, String)
         a.extend(["--part", part]);
         jwt_authn_config(&a)
     };
-    (with("filters"), with("cluster"))
+    Generated {
+        hcm: with("local-reply"),
+        filters: with("filters"),
+        clusters: vec![with("cluster")],
+    }
 }
 
-/// An Envoy whose one listener runs `filters` in front of `upstream`.
-fn jwt_envoy(
-    name: &str,
-    dir: &Path,
-    filters: &str,
-    clusters: &[String],
-    upstream: SocketAddr,
-) -> (Envoy, u16) {
+/// An Envoy whose one listener runs `config` in front of `upstream`.
+fn jwt_envoy(name: &str, dir: &Path, config: &Generated, upstream: SocketAddr) -> (Envoy, u16) {
     let port = free_port();
     let mut all = vec![static_cluster("upstream", upstream, false)];
-    all.extend(clusters.iter().cloned());
+    all.extend(config.clusters.iter().cloned());
     let envoy = Envoy::start(
         name,
         dir,
         &bootstrap(
             free_port(),
             name,
-            &[filtered_listener("ingress", port, filters)],
+            &[filtered_listener(
+                "ingress",
+                port,
+                &config.hcm,
+                &config.filters,
+            )],
             &all,
         ),
     );
     (envoy, port)
+}
+
+/// The JWT path end to end: sds-bridge (SDS and JWKS) on the agent at `agent`, an echo
+/// upstream, and Envoy (listener `ingress`) running what the generator prints for `tds`.
+struct JwtPath {
+    _bridge: SdsBridge,
+    upstream: EchoServer,
+    envoy: Envoy,
+    port: u16,
+}
+
+fn jwt_path(dir: &Path, agent: &str, tds: &[&str], extra: &[&str]) -> JwtPath {
+    let (bridge, jwks) = bridge(dir, agent);
+    let upstream = EchoServer::start();
+    let (envoy, port) = jwt_envoy("inbound", dir, &generated(tds, jwks, extra), upstream.addr);
+    JwtPath {
+        _bridge: bridge,
+        upstream,
+        envoy,
+        port,
+    }
+}
+
+/// Runs `body(dir, agent endpoint)` on a blocking thread: Envoy, the sidecars and blocking
+/// requests must not stall the runtime that serves the in-process agent.
+fn off_runtime<T: Send + 'static>(
+    dir: &Path,
+    agent: &RunningAgent,
+    body: impl FnOnce(&Path, &str) -> T + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    let (dir, endpoint) = (dir.to_path_buf(), agent.endpoint().to_string());
+    tokio::task::spawn_blocking(move || body(&dir, &endpoint))
+}
+
+/// Starts the agent in a temp dir, takes what the test needs from it with `prepare` (its
+/// authorities, to sign tokens and issue certificates with), runs `body` off the runtime with
+/// the dir and the agent's endpoint, then shuts the agent down.
+async fn with_agent<P: Send + 'static>(
+    prepare: impl FnOnce(&RunningAgent) -> P,
+    body: impl FnOnce(&Path, &str, P) + Send + 'static,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path()).await;
+    let prepared = prepare(&agent);
+    off_runtime(dir.path(), &agent, move |dir, endpoint| {
+        body(dir, endpoint, prepared);
+    })
+    .await
+    .unwrap();
+    agent.shutdown().await;
+}
+
+/// The own and partner.org authorities.
+fn own_and_partner(agent: &RunningAgent) -> (Arc<Authority>, Arc<Authority>) {
+    (
+        agent.authority().clone(),
+        agent.federated_authority(&td("partner.org")).unwrap(),
+    )
 }
 
 /// The JWKS of `authorities` merged into one document, as SPIRE's OIDC discovery provider or a
@@ -138,52 +233,41 @@ fn merged_jwks(authorities: &[&Authority]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_authn_with_bridge_jwks_accepts_fresh_svids_and_rejects_bad_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = agent(dir.path()).await;
-    let own = agent.authority().clone();
-    let partner = agent.federated_authority(&td("partner.org")).unwrap();
-    // Keys the agent never published: an unknown kid of our own trust domain.
-    let stranger =
-        tokio::task::spawn_blocking(|| Authority::new(td("example.org"), JwtAlg::Es256).unwrap())
-            .await
-            .unwrap();
-    let fresh = own.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
-    let partner_fresh = partner.sign_claims(&claims(PARTNER, AUD, 300)).unwrap();
-    // Key confusion: a SPIFFE ID of example.org vouched for by partner.org's key.
-    let confused = partner.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
-    let bad = vec![
-        (
-            "expired",
-            own.sign_claims(&claims(CLIENT, AUD, -10)).unwrap(),
-        ),
-        (
-            "wrong audience",
-            own.sign_claims(&claims(CLIENT, "someone-else", 300))
-                .unwrap(),
-        ),
-        ("alg none", alg_none(&fresh, &own.current_kid())),
-        (
-            "tampered",
-            tampered(
-                &fresh,
-                &own.sign_claims(&claims("spiffe://example.org/admin", AUD, 300))
+    with_agent(own_and_partner, move |dir, agent, (own, partner)| {
+        // Keys the agent never published: an unknown kid of our own trust domain.
+        let stranger = Authority::new(td("example.org"), JwtAlg::Es256).unwrap();
+        let fresh = own.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
+        let partner_fresh = partner.sign_claims(&claims(PARTNER, AUD, 300)).unwrap();
+        // Key confusion: a SPIFFE ID of example.org vouched for by partner.org's key.
+        let confused = partner.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
+        let bad = vec![
+            (
+                "expired",
+                own.sign_claims(&claims(CLIENT, AUD, -10)).unwrap(),
+            ),
+            (
+                "wrong audience",
+                own.sign_claims(&claims(CLIENT, "someone-else", 300))
                     .unwrap(),
             ),
-        ),
-        (
-            "unknown kid",
-            stranger.sign_claims(&claims(CLIENT, AUD, 300)).unwrap(),
-        ),
-        ("sub of A signed with B's key", confused.clone()),
-    ];
-    let merged = merged_jwks(&[&own, &partner]);
-    let endpoint = agent.endpoint().to_string();
-    let dir_path = dir.path().to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let (_bridge, jwks) = bridge(&dir_path, &endpoint);
-        let upstream = EchoServer::start();
-        let (filters, cluster) = generated(&["example.org", "partner.org"], jwks, &[]);
-        let (envoy, port) = jwt_envoy("inbound", &dir_path, &filters, &[cluster], upstream.addr);
+            ("alg none", alg_none(&fresh, &own.current_kid())),
+            (
+                "tampered",
+                tampered(
+                    &fresh,
+                    &own.sign_claims(&claims("spiffe://example.org/admin", AUD, 300))
+                        .unwrap(),
+                ),
+            ),
+            (
+                "unknown kid",
+                stranger.sign_claims(&claims(CLIENT, AUD, 300)).unwrap(),
+            ),
+            ("sub of A signed with B's key", confused.clone()),
+        ];
+        let merged = merged_jwks(&[&own, &partner]);
+        let path = jwt_path(dir, agent, &["example.org", "partner.org"], &[]);
+        let (upstream, envoy, port) = (&path.upstream, &path.envoy, path.port);
 
         for (what, token, sub) in [
             ("own", &fresh, CLIENT),
@@ -202,17 +286,13 @@ async fn jwt_authn_with_bridge_jwks_accepts_fresh_svids_and_rejects_bad_ones() {
             );
         }
         for (what, token) in &bad {
+            // Wrong audience included: jwt_authn says 403, the generated local_reply_config
+            // makes it 401 and keeps jwt_authn's body and header.
             let r = get_with(port, token);
-            // jwt_authn answers a valid token for another audience with 403 ("Audiences in
-            // Jwt are not allowed"), not 401, and has no setting to change it; it is still an
-            // `invalid_token` refusal that never reaches the app.
-            let want = if *what == "wrong audience" { 403 } else { 401 };
-            assert_eq!(r.status, want, "{what}: {r:?}");
-            assert!(
-                r.header("www-authenticate")
-                    .is_some_and(|h| h.contains("error=\"invalid_token\"")),
-                "{what}: {r:?}"
-            );
+            assert_invalid_token(&r, what);
+            if *what == "wrong audience" {
+                assert_eq!(r.body, "Audiences in Jwt are not allowed");
+            }
         }
         let none = request(addr(port), "GET", "/", &[("x-spiffe-id", CLIENT)]).unwrap();
         assert_eq!(none.status, 401, "no token: {none:?}");
@@ -239,8 +319,12 @@ async fn jwt_authn_with_bridge_jwks_accepts_fresh_svids_and_rejects_bad_ones() {
       requires: {{ provider_name: merged }}"#,
             merged = serde_json::to_string(&merged).unwrap()
         );
-        let (_merged_envoy, merged_port) =
-            jwt_envoy("merged", &dir_path, &merged_filter, &[], upstream.addr);
+        let merged = Generated {
+            hcm: String::new(),
+            filters: merged_filter,
+            clusters: Vec::new(),
+        };
+        let (_merged_envoy, merged_port) = jwt_envoy("merged", dir, &merged, upstream.addr);
         let r = get_with(merged_port, &confused);
         assert_eq!(
             r.status, 200,
@@ -254,91 +338,84 @@ async fn jwt_authn_with_bridge_jwks_accepts_fresh_svids_and_rejects_bad_ones() {
             "and the app would believe it is {CLIENT}"
         );
     })
-    .await
-    .unwrap();
-    agent.shutdown().await;
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_endpoint_revalidates_and_answers_unknown_trust_domains_with_a_tombstone() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = agent(dir.path()).await;
-    let endpoint = agent.endpoint().to_string();
-    let dir_path = dir.path().to_path_buf();
-    let own_kid = agent.authority().current_kid();
-    tokio::task::spawn_blocking(move || {
-        let (bridge, jwks) = bridge(&dir_path, &endpoint);
-        let r = request(jwks, "GET", "/jwks/example.org", &[]).unwrap();
-        assert_eq!(r.header("cache-control"), Some("no-cache"));
-        let etag = r.header("etag").unwrap().to_owned();
-        assert!(r.body.contains(&own_kid), "{}", r.body);
-        let again = request(
-            jwks,
-            "GET",
-            "/jwks/example.org",
-            &[("if-none-match", &etag)],
-        )
-        .unwrap();
-        assert_eq!((again.status, again.body.as_str()), (304, ""));
-        let partner = request(jwks, "GET", "/jwks/partner.org", &[]).unwrap();
-        assert_eq!(partner.status, 200);
-        assert_ne!(
-            partner.header("etag"),
-            Some(etag.as_str()),
-            "one JWKS per trust domain"
-        );
-        let unknown = request(jwks, "GET", "/jwks/elsewhere.org", &[]).unwrap();
-        assert_eq!(unknown.status, 200);
-        assert!(
-            unknown.body.contains("sds-bridge-no-bundle"),
-            "{}",
-            unknown.body
-        );
-        let rebinding = request(
-            jwks,
-            "GET",
-            "/jwks/example.org",
-            &[("host", "evil.example")],
-        );
-        assert_eq!(rebinding.unwrap().status, 403);
-        let count = |result: &str| {
-            bridge.metric(&format!(
-                "sds_bridge_jwks_requests_total{{result=\"{result}\"}}"
-            ))
-        };
-        assert_eq!(count("not_modified"), 1.0);
-        assert_eq!(count("no_bundle"), 1.0);
-        assert!(count("ok") >= 3.0, "{}", count("ok"));
-    })
-    .await
-    .unwrap();
-    agent.shutdown().await;
+    with_agent(
+        |agent| agent.authority().current_kid(),
+        move |dir, agent, own_kid| {
+            let (bridge, jwks) = bridge(dir, agent);
+            let r = request(jwks, "GET", "/jwks/example.org", &[]).unwrap();
+            assert_eq!(r.header("cache-control"), Some("no-cache"));
+            let etag = r.header("etag").unwrap().to_owned();
+            assert!(r.body.contains(&own_kid), "{}", r.body);
+            let again = request(
+                jwks,
+                "GET",
+                "/jwks/example.org",
+                &[("if-none-match", &etag)],
+            )
+            .unwrap();
+            assert_eq!((again.status, again.body.as_str()), (304, ""));
+            let partner = request(jwks, "GET", "/jwks/partner.org", &[]).unwrap();
+            assert_eq!(partner.status, 200);
+            assert_ne!(
+                partner.header("etag"),
+                Some(etag.as_str()),
+                "one JWKS per trust domain"
+            );
+            let unknown = request(jwks, "GET", "/jwks/elsewhere.org", &[]).unwrap();
+            assert_eq!(unknown.status, 200);
+            assert!(
+                unknown.body.contains("sds-bridge-no-bundle"),
+                "{}",
+                unknown.body
+            );
+            let rebinding = request(
+                jwks,
+                "GET",
+                "/jwks/example.org",
+                &[("host", "evil.example")],
+            );
+            assert_eq!(rebinding.unwrap().status, 403);
+            let count = |result: &str| {
+                bridge.metric(&format!(
+                    "sds_bridge_jwks_requests_total{{result=\"{result}\"}}"
+                ))
+            };
+            assert_eq!(count("not_modified"), 1.0);
+            assert_eq!(count("no_bundle"), 1.0);
+            assert!(count("ok") >= 3.0, "{}", count("ok"));
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_key_rotation_under_load_fails_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Arc::new(agent(dir.path()).await);
-    let endpoint = agent.endpoint().to_string();
-    let dir_path = dir.path().to_path_buf();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(u16, SocketAddr)>();
     let stop = Arc::new(AtomicBool::new(false));
+    // A failed assertion below must stop the clients too, or the runtime waits for them forever.
+    let _stop_on_panic = StopOnDrop(stop.clone());
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     // Processes and load run off the runtime serving the agent; rotations happen on it.
     let load = {
-        let (agent, stop, ok, failed) = (agent.clone(), stop.clone(), ok.clone(), failed.clone());
-        tokio::task::spawn_blocking(move || {
-            let (_bridge, jwks) = bridge(&dir_path, &endpoint);
-            let upstream = EchoServer::start();
+        let (shared, stop, ok, failed) = (agent.clone(), stop.clone(), ok.clone(), failed.clone());
+        off_runtime(dir.path(), &agent, move |dir, endpoint| {
+            let agent = shared;
             // cache_duration 6s: Envoy refetches every second.
-            let (filters, cluster) = generated(
+            let path = jwt_path(
+                dir,
+                endpoint,
                 &["example.org", "partner.org"],
-                jwks,
                 &["--cache-duration", "6s"],
             );
-            let (envoy, port) =
-                jwt_envoy("inbound", &dir_path, &filters, &[cluster], upstream.addr);
-            ready_tx.send((port, envoy.admin)).unwrap();
+            let port = path.port;
+            ready_tx.send((port, path.envoy.admin)).unwrap();
             let clients: Vec<_> = (0..3)
                 .map(|_| {
                     let (agent, stop, ok, failed) =
@@ -366,7 +443,7 @@ async fn jwt_key_rotation_under_load_fails_no_request() {
             for c in clients {
                 c.join().unwrap();
             }
-            drop(envoy);
+            drop(path);
         })
     };
     let (_port, envoy_admin) = tokio::task::spawn_blocking(move || ready_rx.recv().unwrap())
@@ -405,32 +482,62 @@ async fn jwt_key_rotation_under_load_fails_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_on_the_jwt_sub_allows_one_id_forbids_others_and_refuses_foreign_domains() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = agent(dir.path()).await;
-    let own = agent.authority().clone();
-    let partner = agent.federated_authority(&td("partner.org")).unwrap();
-    let allowed = own.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
-    let other = own.sign_claims(&claims(OTHER, AUD, 300)).unwrap();
-    let foreign = partner.sign_claims(&claims(PARTNER, AUD, 300)).unwrap();
-    let endpoint = agent.endpoint().to_string();
-    let dir_path = dir.path().to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let (_bridge, jwks) = bridge(&dir_path, &endpoint);
-        let upstream = EchoServer::start();
+    with_agent(own_and_partner, move |dir, agent, (own, partner)| {
+        let allowed = own.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
+        let other = own.sign_claims(&claims(OTHER, AUD, 300)).unwrap();
+        let foreign = partner.sign_claims(&claims(PARTNER, AUD, 300)).unwrap();
+        let elsewhere = own
+            .sign_claims(&claims(
+                CLIENT,
+                "spiffe://example.org/ns/default/sa/elsewhere",
+                300,
+            ))
+            .unwrap();
         // Only example.org is trusted here; partner.org has a bundle but no provider.
-        let (filters, cluster) = generated(&["example.org"], jwks, &["--allow-spiffe-id", CLIENT]);
-        let (envoy, port) = jwt_envoy("inbound", &dir_path, &filters, &[cluster], upstream.addr);
+        let path = jwt_path(dir, agent, &["example.org"], &["--allow-spiffe-id", CLIENT]);
+        let (upstream, envoy, port) = (&path.upstream, &path.envoy, path.port);
         assert_eq!(get_with(port, &allowed).status, 200);
-        let r = get_with(port, &other);
-        assert_eq!(r.status, 403, "same trust domain, not allowed: {r:?}");
-        let r = get_with(port, &foreign);
-        assert_eq!(r.status, 401, "foreign trust domain: {r:?}");
+        assert_rbac_denied(&get_with(port, &other), "same trust domain, not allowed");
+        assert_invalid_token(&get_with(port, &foreign), "foreign trust domain");
+        // The local reply mapper turns jwt_authn's wrong-audience 403 into 401 and leaves
+        // RBAC's 403 (above) alone, on the same listener.
+        assert_invalid_token(
+            &get_with(port, &elsewhere),
+            "the allowed ID, another audience",
+        );
         assert_eq!(upstream.requests(), 1);
         assert_eq!(envoy.stat("http.ingress.rbac.denied"), Some(1));
+        assert_eq!(envoy.stat("http.ingress.jwt_authn.denied"), Some(2));
     })
-    .await
-    .unwrap();
-    agent.shutdown().await;
+    .await;
+}
+
+/// The server Envoy: an mTLS listener on a free port (returned) whose certificate and client
+/// validation (own and federated bundles, `ALL`) come from `bridge`, running `filters` in front
+/// of `upstream`; plus `listeners` and `clusters`.
+fn mtls_server(
+    dir: &Path,
+    bridge: &SdsBridge,
+    upstream: SocketAddr,
+    filters: &str,
+    listeners: &[String],
+    clusters: &[String],
+) -> (Envoy, u16) {
+    let port = free_port();
+    let tls = common_tls_context(Shape::All, "sds", "", "example.org");
+    let mut all_listeners = vec![mtls_listener_with_filters("mtls", port, &tls, filters)];
+    all_listeners.extend(listeners.iter().cloned());
+    let mut all_clusters = vec![
+        static_cluster("upstream", upstream, false),
+        sds_cluster("sds", &bridge.socket),
+    ];
+    all_clusters.extend(clusters.iter().cloned());
+    let envoy = Envoy::start(
+        "server",
+        dir,
+        &bootstrap(free_port(), "server", &all_listeners, &all_clusters),
+    );
+    (envoy, port)
 }
 
 /// An Envoy with one HTTP listener and one TLS cluster per `(path prefix, cert PEM, key PEM)`,
@@ -478,85 +585,73 @@ fn svid_pems(authority: &Authority, id: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_on_the_mtls_peer_allows_one_id_forbids_others_and_refuses_foreign_domains() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = agent(dir.path()).await;
-    let own = agent.authority().clone();
-    let evil =
-        tokio::task::spawn_blocking(|| Authority::new(td("evil.org"), JwtAlg::Es256).unwrap())
-            .await
-            .unwrap();
-    let clients = vec![
-        ("allowed", svid_pems(&own, CLIENT)),
-        ("other", svid_pems(&own, OTHER)),
-        (
-            "foreign",
-            svid_pems(&evil, "spiffe://evil.org/ns/default/sa/client"),
-        ),
-    ];
-    let endpoint = agent.endpoint().to_string();
-    let dir_path = dir.path().to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let (bridge, jwks) = bridge(&dir_path, &endpoint);
-        let upstream = EchoServer::start();
-        let rbac = jwt_authn_config(&[
-            "--trust-domain",
-            "example.org",
-            "--audience",
-            AUD,
-            "--jwks-address",
-            &jwks.to_string(),
-            "--allow-spiffe-id",
-            CLIENT,
-            "--principal",
-            "x509",
-            "--part",
-            "rbac",
-        ]);
-        let server_port = free_port();
-        let tls = common_tls_context(Shape::All, "sds", "", "example.org");
-        let server = Envoy::start(
-            "server",
-            &dir_path,
-            &bootstrap(
-                free_port(),
-                "server",
-                &[mtls_listener_with_filters("mtls", server_port, &tls, &rbac)],
-                &[
-                    static_cluster("upstream", upstream.addr, false),
-                    sds_cluster("sds", &bridge.socket),
-                ],
-            ),
-        );
-        let clients: Vec<(&str, String, String)> =
-            clients.into_iter().map(|(n, (c, k))| (n, c, k)).collect();
-        let (_clients, port) = mtls_clients(&dir_path, addr(server_port), &clients);
-        let get = |path: &str| request(addr(port), "GET", path, &[]).unwrap();
-        let r = get("/allowed");
-        assert_eq!(r.status, 200, "{r:?}");
-        assert!(
-            r.json()["headers"]["x-forwarded-client-cert"]
-                .as_str()
-                .unwrap()
-                .contains(&format!("URI={CLIENT}"))
-        );
-        let r = get("/other");
-        assert_eq!(r.status, 403, "same trust domain, not allowed: {r:?}");
-        let r = get("/foreign");
-        assert_eq!(r.status, 503, "foreign trust domain: {r:?}");
-        assert_eq!(
-            server.stat(&format!(
-                "listener.127.0.0.1_{server_port}.ssl.fail_verify_error"
-            )),
-            Some(1),
-            "refused in the handshake: {}",
-            server.stats_matching("ssl.fail")
-        );
-        assert_eq!(server.stat("http.mtls.rbac.denied"), Some(1));
-        assert_eq!(upstream.requests(), 1);
-    })
-    .await
-    .unwrap();
-    agent.shutdown().await;
+    with_agent(
+        |agent| agent.authority().clone(),
+        move |dir, agent, own| {
+            let evil = Authority::new(td("evil.org"), JwtAlg::Es256).unwrap();
+            let clients = vec![
+                ("allowed", svid_pems(&own, CLIENT)),
+                ("other", svid_pems(&own, OTHER)),
+                (
+                    "foreign",
+                    svid_pems(&evil, "spiffe://evil.org/ns/default/sa/client"),
+                ),
+            ];
+            let (bridge, jwks) = bridge(dir, agent);
+            let upstream = EchoServer::start();
+            let rbac = jwt_authn_config(&[
+                "--trust-domain",
+                "example.org",
+                "--audience",
+                AUD,
+                "--jwks-address",
+                &jwks.to_string(),
+                "--allow-spiffe-id",
+                CLIENT,
+                "--principal",
+                "x509",
+                "--part",
+                "rbac",
+            ]);
+            let (server, server_port) = mtls_server(dir, &bridge, upstream.addr, &rbac, &[], &[]);
+            let clients: Vec<(&str, String, String)> =
+                clients.into_iter().map(|(n, (c, k))| (n, c, k)).collect();
+            let (_clients, port) = mtls_clients(dir, addr(server_port), &clients);
+            let get = |path: &str| request(addr(port), "GET", path, &[]).unwrap();
+            let r = get("/allowed");
+            assert_eq!(r.status, 200, "{r:?}");
+            assert!(
+                r.json()["headers"]["x-forwarded-client-cert"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("URI={CLIENT}"))
+            );
+            let r = get("/other");
+            assert_eq!(r.status, 403, "same trust domain, not allowed: {r:?}");
+            let r = get("/foreign");
+            assert_eq!(r.status, 503, "foreign trust domain: {r:?}");
+            assert_eq!(
+                server.stat(&format!(
+                    "listener.127.0.0.1_{server_port}.ssl.fail_verify_error"
+                )),
+                Some(1),
+                "refused in the handshake: {}",
+                server.stats_matching("ssl.fail")
+            );
+            assert_eq!(server.stat("http.mtls.rbac.denied"), Some(1));
+            assert_eq!(upstream.requests(), 1);
+        },
+    )
+    .await;
+}
+
+/// Sets the flag when dropped, also while unwinding from a panic.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// How long after `start` `refused` first held, polling as fast as requests go.
@@ -585,43 +680,30 @@ async fn dropping_a_federated_trust_domain_refuses_its_mtls_and_jwt_requests_wit
         ("own".to_owned(), svid_pems(&own, CLIENT)),
         ("partner".to_owned(), svid_pems(&partner, PARTNER)),
     ];
-    let endpoint = agent.endpoint().to_string();
-    let dir_path = dir.path().to_path_buf();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<Instant>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    let measured = tokio::task::spawn_blocking(move || {
-        let (bridge, jwks) = bridge(&dir_path, &endpoint);
+    let measured = off_runtime(dir.path(), &agent, move |dir, agent| {
+        let (bridge, jwks) = bridge(dir, agent);
         let upstream = EchoServer::start();
-        let (filters, cluster) = generated(
+        let jwt = generated(
             &["example.org", "partner.org"],
             jwks,
             &["--cache-duration", "6s"],
         );
-        let (mtls_port, jwt_port) = (free_port(), free_port());
-        // The own and federated bundles (ALL) validate client certificates.
-        let tls = common_tls_context(Shape::All, "sds", "", "example.org");
-        let _server = Envoy::start(
-            "server",
-            &dir_path,
-            &bootstrap(
-                free_port(),
-                "server",
-                &[
-                    mtls_listener_with_filters("mtls", mtls_port, &tls, ""),
-                    filtered_listener("jwt", jwt_port, &filters),
-                ],
-                &[
-                    static_cluster("upstream", upstream.addr, false),
-                    sds_cluster("sds", &bridge.socket),
-                    cluster,
-                ],
-            ),
+        let jwt_port = free_port();
+        let (_server, mtls_port) = mtls_server(
+            dir,
+            &bridge,
+            upstream.addr,
+            "",
+            &[filtered_listener("jwt", jwt_port, &jwt.hcm, &jwt.filters)],
+            &jwt.clusters,
         );
         let clients: Vec<(&str, String, String)> = clients
             .iter()
             .map(|(n, (c, k))| (n.as_str(), c.clone(), k.clone()))
             .collect();
-        let (_clients, client_port) = mtls_clients(&dir_path, addr(mtls_port), &clients);
+        let (_clients, client_port) = mtls_clients(dir, addr(mtls_port), &clients);
         let mtls = |path: &str| request(addr(client_port), "GET", path, &[]).unwrap().status;
         for path in ["/own", "/partner"] {
             assert_eq!(mtls(path), 200, "{path} before the drop");
@@ -663,34 +745,18 @@ async fn retiring_the_ca_refuses_certificates_it_issued_while_reissued_svids_kee
     let agent = agent(dir.path()).await;
     // A client certificate of the CA about to be retired, as an attacker would hold it.
     let (stolen_cert, stolen_key) = svid_pems(agent.authority(), CLIENT);
-    let endpoint = agent.endpoint().to_string();
-    let dir_path = dir.path().to_path_buf();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<Instant>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    let measured = tokio::task::spawn_blocking(move || {
-        let (bridge, _jwks) = bridge(&dir_path, &endpoint);
+    let measured = off_runtime(dir.path(), &agent, move |dir, agent| {
+        let (bridge, _jwks) = bridge(dir, agent);
         let upstream = EchoServer::start();
-        let server_port = free_port();
-        let tls = common_tls_context(Shape::All, "sds", "", "example.org");
-        let _server = Envoy::start(
-            "server",
-            &dir_path,
-            &bootstrap(
-                free_port(),
-                "server",
-                &[mtls_listener_with_filters("mtls", server_port, &tls, "")],
-                &[
-                    static_cluster("upstream", upstream.addr, false),
-                    sds_cluster("sds", &bridge.socket),
-                ],
-            ),
-        );
+        let (_server, server_port) = mtls_server(dir, &bridge, upstream.addr, "", &[], &[]);
         // "fresh" presents the bridge's current SVID (re-issued by the agent after the
         // retirement and pushed over SDS); "stolen" the certificate minted before it.
         let port = free_port();
         let _clients = Envoy::start(
             "clients",
-            &dir_path,
+            dir,
             &bootstrap(
                 free_port(),
                 "clients",

@@ -66,9 +66,11 @@ fn every_example_envoy_bootstrap_validates() {
     }
 }
 
-/// A bootstrap (JSON is YAML) with one HTTP listener running `filters` then the router, and
-/// `clusters`, for validating EnvoyFilter patches.
-fn bootstrap_with(filters: &[Value], clusters: &[Value]) -> String {
+/// A bootstrap (JSON is YAML) with one HTTP listener running `filters` then the router, its
+/// connection manager merged with each of `hcm_merges` (the `typed_config` of an EnvoyFilter's
+/// NETWORK_FILTER MERGE: top-level fields set), and `clusters`, for validating EnvoyFilter
+/// patches.
+fn bootstrap_with(filters: &[Value], hcm_merges: &[Value], clusters: &[Value]) -> String {
     let mut http_filters = filters.to_vec();
     http_filters.push(json!({
         "name": "envoy.filters.http.router",
@@ -81,6 +83,22 @@ fn bootstrap_with(filters: &[Value], clusters: &[Value]) -> String {
             {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 8080}}}}
         ]}]}
     }));
+    let mut hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "sidecar",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
+        "http_filters": http_filters
+    });
+    for merge in hcm_merges {
+        assert_eq!(
+            merge["@type"], hcm["@type"],
+            "a MERGE into the HCM: {merge}"
+        );
+        for (field, value) in merge.as_object().unwrap() {
+            hcm[field] = value.clone();
+        }
+    }
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
@@ -89,13 +107,7 @@ fn bootstrap_with(filters: &[Value], clusters: &[Value]) -> String {
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": 15006}},
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "sidecar",
-                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
-                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
-                        "http_filters": http_filters
-                    }
+                    "typed_config": hcm
                 }]}]
             }],
             "clusters": all_clusters
@@ -128,7 +140,20 @@ fn istio_examples_parse_and_envoy_filter_patches_validate() {
             };
             let filters = value("HTTP_FILTER");
             assert!(!filters.is_empty(), "{path}: no HTTP filter patch");
-            let yaml = bootstrap_with(&filters, &value("CLUSTER"));
+            let hcm_merges: Vec<Value> = patches
+                .iter()
+                .filter(|p| p["applyTo"] == "NETWORK_FILTER")
+                .map(|p| {
+                    assert_eq!(p["patch"]["operation"], "MERGE", "{path}: {p}");
+                    assert_eq!(
+                        p["match"]["listener"]["filterChain"]["filter"]["name"],
+                        "envoy.filters.network.http_connection_manager",
+                        "{path}: {p}"
+                    );
+                    p["patch"]["value"]["typed_config"].clone()
+                })
+                .collect();
+            let yaml = bootstrap_with(&filters, &hcm_merges, &value("CLUSTER"));
             if let Err(out) = Envoy::validate(tmp.path(), &yaml) {
                 panic!("{path}: the patch does not validate in Envoy:\n{out}");
             }
@@ -168,30 +193,48 @@ fn authorization_examples_hold_exactly_what_the_generator_prints() {
     .remove(0);
     let generated = generated.as_array().unwrap();
     assert_eq!(generated.len(), 3, "header_mutation, jwt_authn, rbac");
+    let mut local_reply_args = AUTHZ_EXAMPLE_ARGS;
+    local_reply_args[AUTHZ_EXAMPLE_ARGS.len() - 1] = "local-reply";
+    let local_reply = yaml_str(
+        &suite_tests::sds::jwt_authn_config(&local_reply_args),
+        tmp.path(),
+    )
+    .remove(0)["local_reply_config"]
+        .clone();
+    assert!(local_reply["mappers"].is_array(), "{local_reply}");
 
     let envoy = yaml_docs(&[root().join("examples/envoy/authz-by-spiffe-id.yaml")]);
     let bootstrap = &envoy.values().next().unwrap()[0];
-    let filters = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-        ["typed_config"]["http_filters"]
-        .as_array()
-        .unwrap();
+    let hcm = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let filters = hcm["http_filters"].as_array().unwrap();
     assert_eq!(
         &filters[..filters.len() - 1],
         generated.as_slice(),
         "Envoy example"
     );
+    assert_eq!(hcm["local_reply_config"], local_reply, "Envoy example");
 
     let istio = yaml_docs(&[root().join("examples/istio/envoyfilter-jwt-authn-sds-bridge.yaml")]);
-    let patches: Vec<Value> = istio.values().next().unwrap()[0]["spec"]["configPatches"]
+    let patches = istio.values().next().unwrap()[0]["spec"]["configPatches"]
         .as_array()
         .unwrap()
-        .iter()
-        .filter(|p| p["applyTo"] == "HTTP_FILTER")
-        .map(|p| p["patch"]["value"].clone())
-        .collect();
+        .clone();
+    let values = |kind: &str| -> Vec<Value> {
+        patches
+            .iter()
+            .filter(|p| p["applyTo"] == kind)
+            .map(|p| p["patch"]["value"].clone())
+            .collect()
+    };
     assert_eq!(
-        patches.as_slice(),
+        values("HTTP_FILTER").as_slice(),
         generated.as_slice(),
+        "Istio EnvoyFilter"
+    );
+    let merges = values("NETWORK_FILTER");
+    assert_eq!(merges.len(), 1, "Istio EnvoyFilter: one HCM merge");
+    assert_eq!(
+        merges[0]["typed_config"]["local_reply_config"], local_reply,
         "Istio EnvoyFilter"
     );
 }

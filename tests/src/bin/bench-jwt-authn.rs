@@ -1,16 +1,26 @@
 //! `cargo xtask bench jwt-authn`: the cost of checking a JWT-SVID and authorizing its SPIFFE ID
 //! inside Envoy (issue 17), against Envoy alone and against the ext_authz validator, in the same
-//! wrk run with the same bearer token:
+//! wrk run with the same bearer token. Every Envoy row has the same listener shape and adds one
+//! piece of what `sds-bridge jwt-authn-config` prints, so the differences between rows are each
+//! piece's cost:
 //!
 //! - Envoy alone → echo upstream (the baseline);
-//! - Envoy + what `sds-bridge jwt-authn-config` prints: header scrub, `jwt_authn` with one
-//!   provider per trust domain over the bridge's JWKS, RBAC on the `sub`;
+//! - with the `header_mutation` scrub of `x-spiffe-id`;
+//! - with `jwt_authn`, one provider per trust domain (two, `requires_any`) over the bridge's JWKS,
+//!   nothing copied out of the token;
+//! - with `claim_to_headers` and `payload_in_metadata` (the generated `jwt_authn`);
+//! - the same with one provider only (what `requires_any` over two costs);
+//! - with RBAC on the `sub` and the `local_reply_config`: the shipped configuration;
+//! - the shipped one + `jwt_cache_config` (skips the signature check for a repeated token; not
+//!   shipped, as it breaks revocation);
 //! - Envoy + jwt-auth-helper in `jwt_svid_validator` mode as ext_authz (`envoy_grpc`, TCP).
 //!
 //! Rounds alternate between setups so drift on a shared machine hits all alike; medians of
-//! rounds, 1 connection (latency without queueing) and 16 (saturation of 2 cores). The JWT
-//! signing algorithm is the first argument (`es256`, the default, or `rs256`): Envoy verifies
-//! the signature on every request, and ECDSA verification costs several times RSA's.
+//! rounds, and the CPU time per request of the serving processes (Envoy, plus the validator in
+//! its row; other load on the machine moves it much less than latency). 1 connection (latency
+//! without queueing; every row) and 16 (saturation of 2 cores; baseline, shipped, validator).
+//! The JWT signing algorithm is the first argument (`es256`, the default, or `rs256`): Envoy
+//! verifies the signature on every request.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -23,8 +33,9 @@ use std::time::Duration;
 
 use dev_agent::{Agent, Config as AgentConfig, JwtAlg};
 use suite_tests::envoy::{
-    AuthzVia, EchoServer, Envoy, ext_authz_proxy_via, plain_proxy, request, static_cluster,
+    AuthzVia, EchoServer, Envoy, ext_authz_proxy_via, request, static_cluster,
 };
+use suite_tests::procfs::cpu_ticks;
 use suite_tests::sds::{self, SdsBridge, filtered_listener, jwt_authn_config};
 use suite_tests::sidecars::{JwtHelper, claims};
 use suite_tests::wrk::{self, Wrk};
@@ -32,7 +43,18 @@ use suite_tests::{free_port, wait_until};
 use workload_client::Endpoint;
 use workload_client::spiffe::TrustDomain;
 
-const ROUNDS: usize = 3;
+/// What a setup's upstream request shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// No token check (the request gets through without one).
+    Nothing,
+    /// The token is checked, nothing from it reaches the app.
+    Checked,
+    /// The token is checked and the app gets `x-spiffe-id`.
+    Id,
+}
+
+const ROUNDS: usize = 5;
 const SECONDS: u32 = 4;
 const AUD: &str = "spiffe://example.org/ns/default/sa/backend";
 const CLIENT: &str = "spiffe://example.org/ns/default/sa/client";
@@ -94,51 +116,110 @@ async fn main() {
         wait_until("JWKS served", Duration::from_secs(10), || {
             request(jwks, "GET", "/jwks/example.org", &[]).is_some_and(|r| r.status == 200)
         });
-        let generated = |part: &str| {
-            jwt_authn_config(&[
-                "--trust-domain",
-                "example.org",
-                "--trust-domain",
-                "partner.org",
-                "--audience",
-                AUD,
-                "--jwks-address",
-                &jwks.to_string(),
-                "--allow-spiffe-id",
-                CLIENT,
-                "--part",
-                part,
-            ])
+        let generated = |trust_domains: &[&str], part: &str| {
+            let mut args = vec!["--audience", AUD, "--allow-spiffe-id", CLIENT, "--part", part];
+            for td in trust_domains {
+                args.extend(["--trust-domain", td]);
+            }
+            let jwks = jwks.to_string();
+            args.extend(["--jwks-address", &jwks]);
+            jwt_authn_config(&args)
         };
-        let upstream = EchoServer::start();
-        let names = [
-            "Envoy alone",
-            "Envoy + jwt_authn + RBAC (bridge JWKS)",
-            "Envoy + validator ext_authz (envoy_grpc)",
+        let both = ["example.org", "partner.org"];
+        let shipped = generated(&both, "filters");
+        // The decomposition: each row adds one piece of what the generator prints, on the same
+        // listener shape, so differences between rows are that piece's cost.
+        let scrub_only = shipped
+            .split("\n- name: envoy.filters.http.jwt_authn")
+            .next()
+            .unwrap()
+            .to_owned();
+        let without_rbac = shipped
+            .split("\n- name: envoy.filters.http.rbac")
+            .next()
+            .unwrap()
+            .to_owned();
+        // Nothing copied out of the token: no claim_to_headers, no payload_in_metadata.
+        let bare = without_rbac
+            .lines()
+            .filter(|l| {
+                let l = l.trim_start();
+                !(l.starts_with("claim_to_headers:")
+                    || l.starts_with("- header_name:")
+                    || l.starts_with("claim_name:")
+                    || l.starts_with("payload_in_metadata:"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        // Envoy's verified-token cache: skips the signature check for a repeated token, but is
+        // never flushed when the JWKS changes (jwks_cache.cc keeps the per-thread JwtCache
+        // across setJwksToAllThreads; a hit checks only time and audience), so it keeps
+        // revoked keys' tokens accepted until they expire. Measured, not shipped.
+        let cached = shipped.replace(
+            "        require_expiration: true\n",
+            "        require_expiration: true\n        jwt_cache_config: { jwt_cache_size: 100 }\n",
+        );
+        let local_reply = generated(&both, "local-reply");
+        // (name, HCM fields, HTTP filters, what the app sees: x-spiffe-id / token checked,
+        //  also at 16 connections)
+        let setups: Vec<(&str, String, String, Expect, bool)> = vec![
+            ("Envoy alone", String::new(), String::new(), Expect::Nothing, true),
+            ("+ header_mutation (x-spiffe-id scrub)", String::new(), scrub_only, Expect::Nothing, false),
+            ("+ jwt_authn, 2 providers, bare", String::new(), bare, Expect::Checked, false),
+            ("+ claim_to_headers, payload_in_metadata", String::new(), without_rbac, Expect::Id, false),
+            (
+                "+ jwt_authn, 1 provider (no requires_any)",
+                String::new(),
+                generated(&["example.org"], "filters")
+                    .split("\n- name: envoy.filters.http.rbac")
+                    .next()
+                    .unwrap()
+                    .to_owned(),
+                Expect::Id,
+                false,
+            ),
+            ("+ RBAC + local_reply = shipped config", local_reply.clone(), shipped, Expect::Id, true),
+            ("shipped + jwt_cache_config (unsafe)", local_reply, cached, Expect::Id, false),
         ];
+        let upstream = EchoServer::start();
+        let validator = "Envoy + validator ext_authz (envoy_grpc)";
+        let mut names: Vec<&str> = setups.iter().map(|s| s.0).collect();
+        names.push(validator);
+        let mut at16: Vec<bool> = setups.iter().map(|s| s.4).collect();
+        at16.push(true);
         let mut envoys = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let (admin, port) = (free_port(), free_port());
-            let yaml = match i {
-                0 => plain_proxy(admin, port, upstream.addr),
-                1 => sds::bootstrap(
-                    admin,
-                    "bench",
-                    &[filtered_listener("ingress", port, &generated("filters"))],
-                    &[
-                        static_cluster("upstream", upstream.addr, false),
-                        generated("cluster"),
-                    ],
+            let (yaml, expect) = match setups.get(i) {
+                Some((_, hcm, filters, expect, _)) => (
+                    sds::bootstrap(
+                        admin,
+                        "bench",
+                        &[filtered_listener("ingress", port, hcm, filters)],
+                        &[
+                            static_cluster("upstream", upstream.addr, false),
+                            generated(&both, "cluster"),
+                        ],
+                    ),
+                    *expect,
                 ),
-                _ => ext_authz_proxy_via(admin, port, upstream.addr, AuthzVia::EnvoyTcp(helper.listen)),
+                None => (
+                    ext_authz_proxy_via(admin, port, upstream.addr, AuthzVia::EnvoyTcp(helper.listen)),
+                    Expect::Id,
+                ),
             };
             let envoy = Envoy::start(&format!("envoy-{i}"), dir, &yaml);
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let auth = format!("Bearer {token}");
             let r = request(addr, "GET", "/", &[("authorization", &auth)]).unwrap();
             assert_eq!(r.status, 200, "{name}: {r:?}");
-            if i > 0 {
-                assert!(r.body.contains(CLIENT), "{name}: no x-spiffe-id: {}", r.body);
+            if expect != Expect::Nothing {
+                assert_eq!(
+                    r.body.contains(CLIENT),
+                    expect == Expect::Id,
+                    "{name}: x-spiffe-id: {}",
+                    r.body
+                );
                 let denied = request(addr, "GET", "/", &[]).unwrap();
                 assert_eq!(denied.status, 401, "{name} without a token");
             }
@@ -146,14 +227,31 @@ async fn main() {
         }
         let bearer = format!("Bearer {token}");
         let headers = [("Authorization", bearer.as_str())];
+        let validator_row = names.len() - 1;
+        let serving_pids = |i: usize| -> Vec<u32> {
+            let mut pids = vec![envoys[i].0.proc.pid()];
+            if i == validator_row {
+                pids.push(helper.proc.pid());
+            }
+            pids
+        };
         for connections in [1u32, 16] {
+            let rows: Vec<usize> = (0..names.len())
+                .filter(|&i| connections == 1 || at16[i])
+                .collect();
             println!(
                 "== wrk -t1 -c{connections}, {ROUNDS} alternating rounds of {SECONDS}s, same token; medians of rounds"
             );
-            let mut runs: Vec<Vec<Wrk>> = names.iter().map(|_| Vec::new()).collect();
+            let mut runs: Vec<Vec<Wrk>> = rows.iter().map(|_| Vec::new()).collect();
+            // CPU time per request of the processes serving a row (Envoy, plus the validator
+            // for its row): unlike latency, barely moved by other load on the machine.
+            let mut ticks = vec![0u64; rows.len()];
             for _ in 0..ROUNDS {
-                for (i, (_, addr)) in envoys.iter().enumerate() {
-                    runs[i].push(wrk::run_with(*addr, "/bench", &headers, connections, SECONDS));
+                for ((run, cpu), &i) in runs.iter_mut().zip(&mut ticks).zip(&rows) {
+                    let pids = serving_pids(i);
+                    let before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+                    run.push(wrk::run_with(envoys[i].1, "/bench", &headers, connections, SECONDS));
+                    *cpu += pids.iter().map(|&p| cpu_ticks(p)).sum::<u64>() - before;
                 }
             }
             let med = |v: &[Wrk], f: fn(&Wrk) -> f64| {
@@ -171,22 +269,36 @@ async fn main() {
                     )
                 })
                 .collect();
+            // Ticks are 10 ms; requests from wrk's rate over the run.
+            let cpu_per_request: Vec<f64> = runs
+                .iter()
+                .zip(&ticks)
+                .map(|(r, &t)| {
+                    let requests: f64 = r.iter().map(|w| w.rps * f64::from(SECONDS)).sum();
+                    t as f64 * 0.01 / requests
+                })
+                .collect();
             let (base50, _, base_rps) = stats[0];
-            for (name, (p50, p99, rps)) in names.iter().zip(&stats) {
+            let base_cpu = cpu_per_request[0];
+            for ((&i, (p50, p99, rps)), cpu) in rows.iter().zip(&stats).zip(&cpu_per_request) {
                 println!(
-                    "   {name:<42} p50 {:>7}  p99 {:>8}  {rps:>7.0} req/s  added p50 {:>7}  throughput {:.2}x",
+                    "   {:<44} p50 {:>7}  p99 {:>8}  {rps:>7.0} req/s  added p50 {:>7}  throughput {:.2}x  CPU/req {:>6} (+{:>6})",
+                    names[i],
                     us(*p50),
                     us(*p99),
                     us(p50 - base50),
-                    rps / base_rps
+                    rps / base_rps,
+                    us(*cpu),
+                    us(cpu - base_cpu),
                 );
             }
         }
-        let allowed = envoys[1]
+        let shipped_row = names.iter().position(|n| n.ends_with("shipped config")).unwrap();
+        let allowed = envoys[shipped_row]
             .0
             .stat("http.ingress.jwt_authn.allowed")
             .unwrap_or(0);
-        let fetches = envoys[1]
+        let fetches = envoys[shipped_row]
             .0
             .stat("http.ingress.jwt_authn.jwks_fetch_success")
             .unwrap_or(0);

@@ -276,7 +276,7 @@ impl System {
                 free_port(),
                 "client",
                 &[
-                    filtered_listener("jwt", jwt_port, &ext_authz),
+                    filtered_listener("jwt", jwt_port, "", &ext_authz),
                     credential_injector_listener(
                         "injector",
                         injector_port,
