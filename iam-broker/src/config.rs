@@ -16,6 +16,7 @@ use workload_client::endpoint::ResolvedEndpoint;
 use crate::provider::aws::config::{AwsArgs, AwsConfig};
 use crate::provider::azure::config::{self as azure, AzureArgs, AzureConfig};
 use crate::provider::gcp::config::{GcpArgs, GcpConfig};
+use crate::provider::vault::config::{self as vault, VaultArgs, VaultConfig};
 use crate::secret::Secret;
 
 /// Env: the JWT-SVID audience to request (what the cloud's trust policy expects).
@@ -61,6 +62,13 @@ PROJECT_ID,SCOPES,STS_ENDPOINT,IAM_CREDENTIALS_ENDPOINT,SOCKET_PATH,LISTEN,ADMIN
 LOG_FORMAT,ALLOW_NON_LOOPBACK_LISTEN}. The audience is the workload identity pool provider; point\n\
 the application at the broker with GCE_METADATA_HOST and GCE_METADATA_IP.";
 
+const VAULT_AFTER_HELP: &str = "\
+Precedence: flag > environment > default. Environment: SPIFFE_IAM_BROKER_{AUDIENCE,VAULT_ADDR,\n\
+AUTH_MOUNT,ROLE,NAMESPACE,CA_FILE,USE_AUTO_AUTH_TOKEN,TOKEN_SINK,SOCKET_PATH,LISTEN,ADMIN_LISTEN,\n\
+FETCH_WAIT,LOG_FORMAT,ALLOW_NON_LOOPBACK_LISTEN}; the address, namespace and CA file fall back to\n\
+VAULT_ADDR, VAULT_NAMESPACE and VAULT_CACERT. Point clients at the proxy with\n\
+VAULT_ADDR=http://127.0.0.1:8200 and no token.";
+
 /// Command line: `iam-broker aws [flags]`.
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -91,6 +99,10 @@ pub enum Command {
     /// the GCE metadata server for google-auth / ADC (GCE_METADATA_HOST, GCE_METADATA_IP).
     #[command(after_help = GCP_AFTER_HELP)]
     Gcp(GcpArgs),
+    /// Vault: JWT auth login with the JWT-SVID, the token renewed and re-logged; serves an API
+    /// proxy like Vault Agent's (VAULT_ADDR=http://127.0.0.1:8200, X-Vault-Request: true).
+    #[command(after_help = VAULT_AFTER_HELP)]
+    Vault(VaultArgs),
 }
 
 /// Flags every provider shares.
@@ -162,6 +174,8 @@ pub enum ProviderConfig {
     Azure(AzureConfig),
     /// Google STS.
     Gcp(GcpConfig),
+    /// Vault JWT auth.
+    Vault(VaultConfig),
 }
 
 // === impl Config ===
@@ -192,6 +206,25 @@ impl Config {
                 Ok(Self {
                     common,
                     provider: ProviderConfig::Gcp(gcp),
+                })
+            }
+            Command::Vault(args) => {
+                let mut common = Common::load(&args.common, env, Some(vault::DEFAULT_AUDIENCE))?;
+                // Vault's port, not the credential endpoints' 9876, unless set.
+                if pick(args.common.listen.as_deref(), "--listen", env, ENV_LISTEN).is_none() {
+                    common.listen = config::socket_addr("--listen", vault::DEFAULT_LISTEN)?;
+                    if common.admin_listen == Some(common.listen) {
+                        return Err(ConfigError::new(
+                            "--admin-listen",
+                            common.listen.to_string(),
+                            "must differ from the proxy's listen address",
+                        ));
+                    }
+                }
+                let vault = VaultConfig::load(args, env, common.listen)?;
+                Ok(Self {
+                    common,
+                    provider: ProviderConfig::Vault(vault),
                 })
             }
         }

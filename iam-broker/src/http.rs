@@ -9,10 +9,11 @@
 //!
 //! Guards, in order (the peers anchoring them: aws-vault's local server, eks-pod-identity-agent):
 //! the `Host` must be a loopback name or address (403: a web page that rebinds its DNS name to
-//! 127.0.0.1 still sends its own name) and appear once (400), the method must be GET (405), and
-//! request heads are bounded by hyper (431 over [`Limits::max_header_bytes`] or
-//! [`Limits::max_headers`]; a slow head is cut off after [`Limits::header_read_timeout`]). No
-//! request body is read. Provider-specific checks (a shared-secret header, `Metadata-Flavor`)
+//! 127.0.0.1 still sends its own name) and appear once (400), the method must be GET (405) unless
+//! the provider serves any method ([`Methods::Any`]: Vault's API proxy), and request heads are
+//! bounded by hyper (431 over [`Limits::max_header_bytes`] or [`Limits::max_headers`]; a slow head
+//! is cut off after [`Limits::header_read_timeout`]). Only a proxy reads a request body, and
+//! streams it. Provider-specific checks (a shared-secret header, `Metadata-Flavor`)
 //! run in the provider's routes, after these.
 
 use std::fmt;
@@ -49,6 +50,53 @@ pub struct Service {
     pub render_error: RenderError,
     /// Admin `/readyz`.
     pub ready: Box<dyn Fn() -> Readiness + Send + Sync>,
+    /// What only some providers need.
+    pub options: ServiceOptions,
+}
+
+/// The methods the guards let through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Methods {
+    /// GET only (credential endpoints: nothing else is ever needed).
+    #[default]
+    GetOnly,
+    /// Any method (an API proxy forwards what the client sends).
+    Any,
+}
+
+/// Per-provider choices of the shared server.
+#[derive(Default)]
+pub struct ServiceOptions {
+    /// The methods the guards let through.
+    pub methods: Methods,
+    /// Run once after the server has drained (best-effort clean-up such as revoking a token).
+    pub on_shutdown: Option<futures_util::future::BoxFuture<'static, ()>>,
+}
+
+impl fmt::Debug for ServiceOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceOptions")
+            .field("methods", &self.methods)
+            .field("on_shutdown", &self.on_shutdown.is_some())
+            .finish()
+    }
+}
+
+/// What [`Service::into_parts`] hands to `main`: the guarded routes, readiness, and the
+/// clean-up to run after draining.
+pub struct Parts {
+    /// The routes behind the guards.
+    pub app: Router,
+    /// Admin `/readyz`.
+    pub ready: Box<dyn Fn() -> Readiness + Send + Sync>,
+    /// Clean-up after draining, if any.
+    pub on_shutdown: Option<futures_util::future::BoxFuture<'static, ()>>,
+}
+
+impl fmt::Debug for Parts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Parts").finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for Service {
@@ -58,20 +106,23 @@ impl fmt::Debug for Service {
 }
 
 impl Service {
-    /// The routes behind the shared guards (counting requests in `metrics`), and readiness.
-    pub fn into_parts(
-        self,
-        metrics: Metrics,
-    ) -> (Router, Box<dyn Fn() -> Readiness + Send + Sync>) {
+    /// The routes behind the shared guards (counting requests in `metrics`), readiness, and
+    /// the clean-up to run after draining.
+    pub fn into_parts(self, metrics: Metrics) -> Parts {
         let guard = Guard {
             metrics,
             route_label: self.route_label,
             render: self.render_error,
+            methods: self.options.methods,
         };
-        let router = self
+        let app = self
             .routes
             .layer(middleware::from_fn_with_state(guard, guard_layer));
-        (router, self.ready)
+        Parts {
+            app,
+            ready: self.ready,
+            on_shutdown: self.options.on_shutdown,
+        }
     }
 }
 
@@ -148,6 +199,7 @@ struct Guard {
     metrics: Metrics,
     route_label: fn(&str) -> &'static str,
     render: RenderError,
+    methods: Methods,
 }
 
 /// Host and method checks in front of everything, and request metrics.
@@ -155,7 +207,7 @@ async fn guard_layer(State(guard): State<Guard>, request: Request, next: Next) -
     let route = (guard.route_label)(request.uri().path());
     let (response, result) = if let Some(response) = reject_host(&request, guard.render) {
         (response, "foreign_host")
-    } else if request.method() != Method::GET {
+    } else if guard.methods == Methods::GetOnly && request.method() != Method::GET {
         let mut response = (guard.render)(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
