@@ -18,6 +18,7 @@ pub mod procfs;
 pub mod sds;
 pub mod sidecars;
 pub mod stats;
+pub mod vault;
 pub mod wrk;
 
 /// The workspace root.
