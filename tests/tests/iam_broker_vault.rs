@@ -4,6 +4,7 @@
 //! install here), and the real `hvac` client from PyPI as the consumer, with only `VAULT_ADDR`
 //! pointing at the broker's proxy and no token of its own.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -91,7 +92,13 @@ fn assert_no_token_logged(dir: &Path, vault: &FakeVault) {
 #[test]
 fn hvac_reads_and_writes_kv_through_the_proxy_with_no_token_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = setup(dir.path(), None, &[], |_| {});
+    let sink = dir.path().join("vault-token");
+    let mut s = setup(
+        dir.path(),
+        None,
+        &["--token-sink", sink.to_str().unwrap()],
+        |_| {},
+    );
     s.broker.wait_ready(Duration::from_secs(30));
 
     let got = read(dir.path(), &s, &[])
@@ -121,6 +128,11 @@ fn hvac_reads_and_writes_kv_through_the_proxy_with_no_token_of_its_own() {
         "{:?}",
         s.vault.kv_tokens()
     );
+
+    // The sink holds the same token, for tools that read ~/.vault-token; only its owner reads it.
+    assert_eq!(std::fs::read_to_string(&sink).unwrap(), issued[0]);
+    let mode = std::fs::metadata(&sink).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
 
     // `true`: a client's own token is forwarded untouched, and Vault refuses a wrong one.
     let err = read(dir.path(), &s, &[("VAULT_TOKEN", "hvs.wrong-client-token")]).unwrap_err();
@@ -166,6 +178,7 @@ fn hvac_reads_and_writes_kv_through_the_proxy_with_no_token_of_its_own() {
     );
     assert_eq!(s.vault.count(|c| &c.revocations), 1);
     assert_eq!(s.vault.live_tokens(), 0);
+    assert!(!sink.exists(), "the revoked token's sink is removed");
     assert_no_token_logged(dir.path(), &s.vault);
 }
 

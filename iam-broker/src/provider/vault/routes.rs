@@ -105,7 +105,10 @@ async fn proxy(State(routes): State<Routes>, request: Request) -> Response {
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
-    let client_token = headers.contains_key(X_VAULT_TOKEN);
+    // An empty header counts as none, as in Vault Agent.
+    let client_token = headers
+        .get(X_VAULT_TOKEN)
+        .is_some_and(|v| !v.as_bytes().is_empty());
     if routes.auto_auth == AutoAuth::Force || !client_token {
         let held = match routes.broker.get().await {
             Ok(held) => held,
