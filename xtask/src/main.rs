@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         Some("image") => image::image(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|image|regen|venv>\n\n  test   venv + fmt + clippy + all tests (what CI runs)\n  demo   the three sidecars with real Envoy, moto and the AWS CLI, step by step\n  bench  [authz|jwt-authn|sds|creds|uds]: each sidecar against a same-run baseline (release build)\n  image  static binaries + one podman image per sidecar (Containerfile)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers"
+                "usage: cargo xtask <test|demo|bench|image|regen|venv>\n\n  test   venv + fmt + clippy + all tests (what CI runs)\n  demo   the three sidecars with real Envoy, moto and the AWS CLI, step by step\n  bench  [authz|jwt-authn|sds|creds|uds|vault]: each sidecar against a same-run baseline (release build)\n  image  static binaries + one podman image per sidecar (Containerfile)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers"
             );
             return ExitCode::from(2);
         }
@@ -188,13 +188,14 @@ fn bench(only: &[String]) -> Result {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root().join("target"), PathBuf::from)
         .join("release");
-    // `cargo xtask bench [authz|jwt-authn|sds|creds|uds]…`: all of them by default.
+    // `cargo xtask bench [authz|jwt-authn|sds|creds|uds|vault]…`: all of them by default.
     let all = [
         "bench-authz",
         "bench-jwt-authn",
         "bench-sds",
         "bench-creds",
         "bench-uds",
+        "bench-vault",
     ];
     for name in all {
         let short = name.trim_start_matches("bench-");

@@ -176,6 +176,8 @@ impl VaultProvider {
                     };
                 }
                 Err(RenewError::Refused(message)) => {
+                    // The token is dead to Vault: never renew or revoke it again.
+                    self.hold(None);
                     self.calls.record("vault", "renew_refused");
                     tracing::info!(reason = %message, "renewal refused; logging in again");
                 }

@@ -105,6 +105,9 @@ async fn proxy(State(routes): State<Routes>, request: Request) -> Response {
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
+    // hyper's server has already answered any `Expect: 100-continue` by reading the body; its
+    // client does not wait for one, so the header would only mislead Vault.
+    headers.remove(header::EXPECT);
     // An empty header counts as none, as in Vault Agent.
     let client_token = headers
         .get(X_VAULT_TOKEN)
