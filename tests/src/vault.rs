@@ -155,6 +155,14 @@ impl FakeVault {
         self.state.sealed.store(sealed, Ordering::SeqCst);
     }
 
+    /// Revokes every token issued so far (an operator's `vault token revoke`, or a lease
+    /// tidy-up): their renewals are then refused.
+    pub fn revoke_all(&self) {
+        for t in self.state.tokens.lock().unwrap().values_mut() {
+            t.revoked = true;
+        }
+    }
+
     /// Logins take `delay` from now on (so requests pile up behind the first one).
     pub fn set_login_delay(&self, delay: Duration) {
         *self.state.login_delay.lock().unwrap() = delay;

@@ -243,6 +243,34 @@ fn a_short_ttl_is_renewed_then_relogged_with_zero_failed_reads() {
 }
 
 #[test]
+fn a_token_revoked_in_vault_is_replaced_by_a_new_login_at_the_next_renewal() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path(), None, &[], |v| {
+        v.set_ttls(Duration::from_secs(4), Duration::from_secs(3600));
+    });
+    wait_until("the first login", Duration::from_secs(30), || {
+        s.vault.count(|c| &c.logins) == 1
+    });
+    s.vault.revoke_all();
+    let renewals = s.vault.count(|c| &c.renewals);
+    // At half-life the renewal is refused (403): the broker logs in again, no restart.
+    wait_until("a second login", Duration::from_secs(30), || {
+        s.vault.count(|c| &c.logins) >= 2
+    });
+    assert_eq!(
+        s.vault.count(|c| &c.renewals),
+        renewals,
+        "the revoked token was not renewed"
+    );
+    assert_eq!(read(dir.path(), &s, &[]).unwrap()["password"], "s3cr3t");
+    assert!(
+        s.broker.metric(
+            "iam_broker_token_exchanges_total{provider=\"vault\",outcome=\"renew_refused\"}"
+        ) >= 1
+    );
+}
+
+#[test]
 fn vault_down_or_sealed_after_login_fails_clearly_and_recovers_without_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = setup(dir.path(), None, &[], |_| {});
