@@ -373,3 +373,14 @@ pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)>
 pub fn output(mut cmd: Command) -> Output {
     cmd.stdin(Stdio::null()).output().unwrap()
 }
+
+/// Runs `bin(program) args…` in a clean environment plus `env` and asserts it exits 2 with
+/// `want` (the setting's name and the reason) on stderr: the sidecars' bad-configuration rule.
+pub fn assert_config_error(program: &str, args: &[&str], env: &[(&str, &str)], want: &str) {
+    let mut cmd = Command::new(bin(program));
+    cmd.env_clear().args(args).envs(env.iter().copied());
+    let out = output(cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(stderr.contains(want), "{args:?}: {stderr}");
+}

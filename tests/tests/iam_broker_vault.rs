@@ -6,14 +6,13 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use suite_tests::aws::{Broker, concurrent_gets_with};
 use suite_tests::azure::start_broker;
 use suite_tests::envoy::request;
 use suite_tests::vault::{FakeVault, ROLE, hvac, hvac_loop};
-use suite_tests::{DevAgent, agent_with_oidc, bin, output, wait_until};
+use suite_tests::{DevAgent, agent_with_oidc, assert_config_error, wait_until};
 
 const SPIFFE_ID: &str = "spiffe://example.org/ns/default/sa/web";
 const SECRET: &str = "/v1/secret/data/app/config";
@@ -397,11 +396,6 @@ fn bad_vault_settings_exit_2_naming_the_setting() {
         ),
     ];
     for (args, env, want) in cases {
-        let mut cmd = Command::new(bin("iam-broker"));
-        cmd.env_clear().args(*args).envs(env.iter().copied());
-        let out = output(cmd);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert_config_error("iam-broker", args, env, want);
     }
 }
