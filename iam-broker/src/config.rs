@@ -209,18 +209,12 @@ impl Config {
                 })
             }
             Command::Vault(args) => {
-                let mut common = Common::load(&args.common, env, Some(vault::DEFAULT_AUDIENCE))?;
-                // Vault's port, not the credential endpoints' 9876, unless set.
-                if pick(args.common.listen.as_deref(), "--listen", env, ENV_LISTEN).is_none() {
-                    common.listen = config::socket_addr("--listen", vault::DEFAULT_LISTEN)?;
-                    if common.admin_listen == Some(common.listen) {
-                        return Err(ConfigError::new(
-                            "--admin-listen",
-                            common.listen.to_string(),
-                            "must differ from the proxy's listen address",
-                        ));
-                    }
-                }
+                let common = Common::load_with(
+                    &args.common,
+                    env,
+                    Some(vault::DEFAULT_AUDIENCE),
+                    vault::DEFAULT_LISTEN,
+                )?;
                 let vault = VaultConfig::load(args, env, common.listen)?;
                 Ok(Self {
                     common,
@@ -238,6 +232,16 @@ impl Common {
         args: &CommonArgs,
         env: &dyn Env,
         default_audience: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        Self::load_with(args, env, default_audience, DEFAULT_LISTEN)
+    }
+
+    /// [`Common::load`] for a provider that listens elsewhere by default (Vault's 8200).
+    pub fn load_with(
+        args: &CommonArgs,
+        env: &dyn Env,
+        default_audience: Option<&str>,
+        default_listen: SocketAddr,
     ) -> Result<Self, ConfigError> {
         let audience = match pick(args.audience.as_deref(), "--audience", env, ENV_AUDIENCE) {
             Some((setting, v)) if v.trim().is_empty() => {
@@ -270,7 +274,7 @@ impl Common {
             Some((setting, v)) => {
                 listen_policy.check(&setting, config::socket_addr(&setting, &v)?)?
             }
-            None => DEFAULT_LISTEN,
+            None => default_listen,
         };
         let admin_listen = match pick(
             args.admin_listen.as_deref(),

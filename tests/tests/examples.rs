@@ -384,7 +384,7 @@ fn vault_examples_match_the_broker_contract() {
     assert!(template.contains("VAULT_ADDR=http://127.0.0.1:8200"));
     assert!(
         source("iam-broker/src/provider/vault/config.rs")
-            .contains("DEFAULT_LISTEN: &str = \"127.0.0.1:8200\"")
+            .contains("SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8200)")
     );
 }
 

@@ -2,7 +2,7 @@
 //! own variable where one fits (`VAULT_ADDR`, `VAULT_NAMESPACE`, `VAULT_CACERT`), so a pod spec
 //! written for Vault Agent carries over.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use rustls::pki_types::CertificateDer;
@@ -39,7 +39,7 @@ pub const DEFAULT_AUDIENCE: &str = "vault";
 /// Vault's default mount path for the JWT auth method.
 pub const DEFAULT_AUTH_MOUNT: &str = "jwt";
 /// Vault's own port, so `VAULT_ADDR=http://127.0.0.1:8200` works for every client.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8200";
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8200);
 
 /// `vault` flags.
 #[derive(Debug, Default, clap::Args)]
