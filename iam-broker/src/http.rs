@@ -433,6 +433,65 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    /// Serves a one-route service (every path answers 200) behind the guards with `methods`;
+    /// returns its address.
+    async fn guarded(methods: Methods) -> std::net::SocketAddr {
+        let service = Service {
+            routes: Router::new().fallback(|| async { "ok" }),
+            route_label: |_| "test",
+            render_error: error,
+            ready: Box::new(|| Readiness::Ready),
+            options: ServiceOptions {
+                methods,
+                on_shutdown: None,
+            },
+        };
+        let parts = service.into_parts(Metrics::unregistered());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            listener,
+            parts.app,
+            Limits::default(),
+            Shutdown::new(),
+        ));
+        addr
+    }
+
+    async fn status(addr: std::net::SocketAddr, method: Method, host: &str) -> u16 {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<Bytes>>();
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}/v1/anything"))
+            .header(header::HOST, host)
+            .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        client.request(request).await.unwrap().status().as_u16()
+    }
+
+    #[tokio::test]
+    async fn the_method_rule_is_the_providers_choice_and_the_host_rule_is_not() {
+        let get_only = guarded(Methods::GetOnly).await;
+        let any = guarded(Methods::Any).await;
+        assert_eq!(status(get_only, Method::GET, "localhost").await, 200);
+        assert_eq!(status(get_only, Method::POST, "localhost").await, 405);
+        for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {
+            assert_eq!(
+                status(any, method.clone(), "127.0.0.1").await,
+                200,
+                "{method}"
+            );
+            assert_eq!(
+                status(any, method.clone(), "evil.example").await,
+                403,
+                "{method}"
+            );
+        }
+        assert_eq!(status(get_only, Method::GET, "evil.example").await, 403);
+    }
+
     #[test]
     fn loopback_hosts() {
         for ok in [
