@@ -16,6 +16,7 @@ use workload_client::endpoint::ResolvedEndpoint;
 use crate::provider::aws::config::{AwsArgs, AwsConfig};
 use crate::provider::azure::config::{self as azure, AzureArgs, AzureConfig};
 use crate::provider::gcp::config::{GcpArgs, GcpConfig};
+use crate::provider::vault::config::{self as vault, VaultArgs, VaultConfig};
 use crate::secret::Secret;
 
 /// Env: the JWT-SVID audience to request (what the cloud's trust policy expects).
@@ -61,6 +62,13 @@ PROJECT_ID,SCOPES,STS_ENDPOINT,IAM_CREDENTIALS_ENDPOINT,SOCKET_PATH,LISTEN,ADMIN
 LOG_FORMAT,ALLOW_NON_LOOPBACK_LISTEN}. The audience is the workload identity pool provider; point\n\
 the application at the broker with GCE_METADATA_HOST and GCE_METADATA_IP.";
 
+const VAULT_AFTER_HELP: &str = "\
+Precedence: flag > environment > default. Environment: SPIFFE_IAM_BROKER_{AUDIENCE,VAULT_ADDR,\n\
+AUTH_MOUNT,ROLE,NAMESPACE,CA_FILE,USE_AUTO_AUTH_TOKEN,TOKEN_SINK,SOCKET_PATH,LISTEN,ADMIN_LISTEN,\n\
+FETCH_WAIT,LOG_FORMAT,ALLOW_NON_LOOPBACK_LISTEN}; the address, namespace and CA file fall back to\n\
+VAULT_ADDR, VAULT_NAMESPACE and VAULT_CACERT. Point clients at the proxy with\n\
+VAULT_ADDR=http://127.0.0.1:8200 and no token.";
+
 /// Command line: `iam-broker aws [flags]`.
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -91,6 +99,10 @@ pub enum Command {
     /// the GCE metadata server for google-auth / ADC (GCE_METADATA_HOST, GCE_METADATA_IP).
     #[command(after_help = GCP_AFTER_HELP)]
     Gcp(GcpArgs),
+    /// Vault: JWT auth login with the JWT-SVID, the token renewed and re-logged; serves an API
+    /// proxy like Vault Agent's (VAULT_ADDR=http://127.0.0.1:8200, X-Vault-Request: true).
+    #[command(after_help = VAULT_AFTER_HELP)]
+    Vault(VaultArgs),
 }
 
 /// Flags every provider shares.
@@ -162,6 +174,8 @@ pub enum ProviderConfig {
     Azure(AzureConfig),
     /// Google STS.
     Gcp(GcpConfig),
+    /// Vault JWT auth.
+    Vault(VaultConfig),
 }
 
 // === impl Config ===
@@ -194,6 +208,19 @@ impl Config {
                     provider: ProviderConfig::Gcp(gcp),
                 })
             }
+            Command::Vault(args) => {
+                let common = Common::load_with(
+                    &args.common,
+                    env,
+                    Some(vault::DEFAULT_AUDIENCE),
+                    vault::DEFAULT_LISTEN,
+                )?;
+                let vault = VaultConfig::load(args, env, common.listen)?;
+                Ok(Self {
+                    common,
+                    provider: ProviderConfig::Vault(vault),
+                })
+            }
         }
     }
 }
@@ -205,6 +232,16 @@ impl Common {
         args: &CommonArgs,
         env: &dyn Env,
         default_audience: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        Self::load_with(args, env, default_audience, DEFAULT_LISTEN)
+    }
+
+    /// [`Common::load`] for a provider that listens elsewhere by default (Vault's 8200).
+    pub fn load_with(
+        args: &CommonArgs,
+        env: &dyn Env,
+        default_audience: Option<&str>,
+        default_listen: SocketAddr,
     ) -> Result<Self, ConfigError> {
         let audience = match pick(args.audience.as_deref(), "--audience", env, ENV_AUDIENCE) {
             Some((setting, v)) if v.trim().is_empty() => {
@@ -237,7 +274,7 @@ impl Common {
             Some((setting, v)) => {
                 listen_policy.check(&setting, config::socket_addr(&setting, &v)?)?
             }
-            None => DEFAULT_LISTEN,
+            None => default_listen,
         };
         let admin_listen = match pick(
             args.admin_listen.as_deref(),

@@ -9,10 +9,11 @@
 //!
 //! Guards, in order (the peers anchoring them: aws-vault's local server, eks-pod-identity-agent):
 //! the `Host` must be a loopback name or address (403: a web page that rebinds its DNS name to
-//! 127.0.0.1 still sends its own name) and appear once (400), the method must be GET (405), and
-//! request heads are bounded by hyper (431 over [`Limits::max_header_bytes`] or
-//! [`Limits::max_headers`]; a slow head is cut off after [`Limits::header_read_timeout`]). No
-//! request body is read. Provider-specific checks (a shared-secret header, `Metadata-Flavor`)
+//! 127.0.0.1 still sends its own name) and appear once (400), the method must be GET (405) unless
+//! the provider serves any method ([`Methods::Any`]: Vault's API proxy), and request heads are
+//! bounded by hyper (431 over [`Limits::max_header_bytes`] or [`Limits::max_headers`]; a slow head
+//! is cut off after [`Limits::header_read_timeout`]). Only a proxy reads a request body, and
+//! streams it. Provider-specific checks (a shared-secret header, `Metadata-Flavor`)
 //! run in the provider's routes, after these.
 
 use std::fmt;
@@ -45,6 +46,53 @@ pub struct Service {
     pub render_error: RenderError,
     /// Admin `/readyz`.
     pub ready: Box<dyn Fn() -> Readiness + Send + Sync>,
+    /// What only some providers need.
+    pub options: ServiceOptions,
+}
+
+/// The methods the guards let through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Methods {
+    /// GET only (credential endpoints: nothing else is ever needed).
+    #[default]
+    GetOnly,
+    /// Any method (an API proxy forwards what the client sends).
+    Any,
+}
+
+/// Per-provider choices of the shared server.
+#[derive(Default)]
+pub struct ServiceOptions {
+    /// The methods the guards let through.
+    pub methods: Methods,
+    /// Run once after the server has drained (best-effort clean-up such as revoking a token).
+    pub on_shutdown: Option<futures_util::future::BoxFuture<'static, ()>>,
+}
+
+impl fmt::Debug for ServiceOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceOptions")
+            .field("methods", &self.methods)
+            .field("on_shutdown", &self.on_shutdown.is_some())
+            .finish()
+    }
+}
+
+/// What [`Service::into_parts`] hands to `main`: the guarded routes, readiness, and the
+/// clean-up to run after draining.
+pub struct Parts {
+    /// The routes behind the guards.
+    pub app: Router,
+    /// Admin `/readyz`.
+    pub ready: Box<dyn Fn() -> Readiness + Send + Sync>,
+    /// Clean-up after draining, if any.
+    pub on_shutdown: Option<futures_util::future::BoxFuture<'static, ()>>,
+}
+
+impl fmt::Debug for Parts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Parts").finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for Service {
@@ -54,20 +102,23 @@ impl fmt::Debug for Service {
 }
 
 impl Service {
-    /// The routes behind the shared guards (counting requests in `metrics`), and readiness.
-    pub fn into_parts(
-        self,
-        metrics: Metrics,
-    ) -> (Router, Box<dyn Fn() -> Readiness + Send + Sync>) {
+    /// The routes behind the shared guards (counting requests in `metrics`), readiness, and
+    /// the clean-up to run after draining.
+    pub fn into_parts(self, metrics: Metrics) -> Parts {
         let guard = Guard {
             metrics,
             route_label: self.route_label,
             render: self.render_error,
+            methods: self.options.methods,
         };
-        let router = self
+        let app = self
             .routes
             .layer(middleware::from_fn_with_state(guard, guard_layer));
-        (router, self.ready)
+        Parts {
+            app,
+            ready: self.ready,
+            on_shutdown: self.options.on_shutdown,
+        }
     }
 }
 
@@ -144,6 +195,7 @@ struct Guard {
     metrics: Metrics,
     route_label: fn(&str) -> &'static str,
     render: RenderError,
+    methods: Methods,
 }
 
 /// Host and method checks in front of everything, and request metrics.
@@ -151,7 +203,7 @@ async fn guard_layer(State(guard): State<Guard>, request: Request, next: Next) -
     let route = (guard.route_label)(request.uri().path());
     let (response, result) = if let Some(response) = reject_host(&request, guard.render) {
         (response, "foreign_host")
-    } else if request.method() != Method::GET {
+    } else if guard.methods == Methods::GetOnly && request.method() != Method::GET {
         let mut response = (guard.render)(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -315,6 +367,65 @@ pub(crate) mod props;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Serves a one-route service (every path answers 200) behind the guards with `methods`;
+    /// returns its address.
+    async fn guarded(methods: Methods) -> std::net::SocketAddr {
+        let service = Service {
+            routes: Router::new().fallback(|| async { "ok" }),
+            route_label: |_| "test",
+            render_error: error,
+            ready: Box::new(|| Readiness::Ready),
+            options: ServiceOptions {
+                methods,
+                on_shutdown: None,
+            },
+        };
+        let parts = service.into_parts(Metrics::unregistered());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            listener,
+            parts.app,
+            Limits::default(),
+            Shutdown::new(),
+        ));
+        addr
+    }
+
+    async fn status(addr: std::net::SocketAddr, method: Method, host: &str) -> u16 {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<Bytes>>();
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}/v1/anything"))
+            .header(header::HOST, host)
+            .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        client.request(request).await.unwrap().status().as_u16()
+    }
+
+    #[tokio::test]
+    async fn the_method_rule_is_the_providers_choice_and_the_host_rule_is_not() {
+        let get_only = guarded(Methods::GetOnly).await;
+        let any = guarded(Methods::Any).await;
+        assert_eq!(status(get_only, Method::GET, "localhost").await, 200);
+        assert_eq!(status(get_only, Method::POST, "localhost").await, 405);
+        for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {
+            assert_eq!(
+                status(any, method.clone(), "127.0.0.1").await,
+                200,
+                "{method}"
+            );
+            assert_eq!(
+                status(any, method.clone(), "evil.example").await,
+                403,
+                "{method}"
+            );
+        }
+        assert_eq!(status(get_only, Method::GET, "evil.example").await, 403);
+    }
 
     #[test]
     fn loopback_hosts() {

@@ -7,7 +7,7 @@ use clap::Parser as _;
 use iam_broker::config::{Cli, Config, ProviderConfig};
 use iam_broker::http::{Limits, Service};
 use iam_broker::metrics::Metrics;
-use iam_broker::provider::{JwtSource, aws, azure, gcp};
+use iam_broker::provider::{JwtSource, aws, azure, gcp, vault};
 use prometheus_client::registry::Registry;
 use sidecar_runtime::metrics::JwtCacheCollector;
 use sidecar_runtime::tls_roots::{self, RootsLocations};
@@ -68,15 +68,25 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             azure::service(common, c, &roots, jwt, &metrics, &mut registry)?
         }
         ProviderConfig::Gcp(c) => gcp::service(common, c, &roots, jwt, &metrics, &mut registry)?,
+        ProviderConfig::Vault(c) => {
+            vault::service(common, c, &roots, jwt, &metrics, &mut registry)?
+        }
     };
 
-    let (app, ready) = service.into_parts(metrics);
+    let iam_broker::http::Parts {
+        app,
+        ready,
+        on_shutdown,
+    } = service.into_parts(metrics);
     if let Some(listener) = admin_listener {
         Admin::new(registry, ready).spawn(listener, shutdown.clone());
     }
     iam_broker::http::serve(listener, app, Limits::default(), shutdown)
         .await
         .context("credentials server")?;
+    if let Some(cleanup) = on_shutdown {
+        cleanup.await;
+    }
     tracing::info!("stopped; in-flight requests drained");
     Ok(())
 }

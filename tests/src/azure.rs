@@ -445,6 +445,53 @@ pub fn discover_jwks(issuer: &str) -> Result<String, String> {
     get(jwks_uri)
 }
 
+/// What an OIDC relying party (Vault's JWT auth) checks of a JWT-SVID before its own bindings:
+/// `iss` is `issuer`, the signature verifies with the JWKS found through the issuer's discovery
+/// document, `exp`/`nbf` hold, and `aud` contains `audience`. Returns the claims.
+pub fn verify_with_discovery(
+    issuer: &str,
+    jwt: &str,
+    audience: &str,
+) -> Result<serde_json::Value, OidcRefusal> {
+    use workload_client::spiffe::{JwtBundle, JwtBundleSet, TrustDomain};
+    let claims = claims(jwt).ok_or(OidcRefusal::Malformed)?;
+    if claims["iss"] != issuer {
+        return Err(OidcRefusal::Issuer(claims["iss"].to_string()));
+    }
+    let jwks = discover_jwks(issuer).map_err(OidcRefusal::Keys)?;
+    let td = claims["sub"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("spiffe://"))
+        .and_then(|r| r.split('/').next())
+        .and_then(|td| TrustDomain::new(td).ok())
+        .ok_or(OidcRefusal::Malformed)?;
+    let bundle = JwtBundle::from_jwt_authorities(td, jwks.as_bytes())
+        .map_err(|e| OidcRefusal::Keys(e.to_string()))?;
+    let mut set = JwtBundleSet::new();
+    set.add_bundle(bundle);
+    workload_client::validate_jwt_svid(
+        jwt,
+        audience,
+        &set,
+        &workload_client::TrustDomainPolicy::AnyWithBundle,
+    )
+    .map_err(OidcRefusal::Invalid)?;
+    Ok(claims)
+}
+
+/// Why [`verify_with_discovery`] refused a token.
+#[derive(Debug)]
+pub enum OidcRefusal {
+    /// Not a JWT with a SPIFFE ID subject.
+    Malformed,
+    /// Another issuer (the claim as JSON).
+    Issuer(String),
+    /// The discovery document or JWKS could not be fetched or read.
+    Keys(String),
+    /// Signature, time or audience.
+    Invalid(workload_client::ValidationError),
+}
+
 // === the broker ===
 
 /// Starts `iam-broker <provider_args…>` (the caller names the subcommand and its settings)

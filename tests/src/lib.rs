@@ -23,6 +23,7 @@ pub mod procfs;
 pub mod sds;
 pub mod sidecars;
 pub mod stats;
+pub mod vault;
 pub mod wrk;
 
 /// The workspace root.
@@ -408,4 +409,15 @@ pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)>
 /// Runs a command to completion.
 pub fn output(mut cmd: Command) -> Output {
     cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+/// Runs `bin(program) args…` in a clean environment plus `env` and asserts it exits 2 with
+/// `want` (the setting's name and the reason) on stderr: the sidecars' bad-configuration rule.
+pub fn assert_config_error(program: &str, args: &[&str], env: &[(&str, &str)], want: &str) {
+    let mut cmd = Command::new(bin(program));
+    cmd.env_clear().args(args).envs(env.iter().copied());
+    let out = output(cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(stderr.contains(want), "{args:?}: {stderr}");
 }

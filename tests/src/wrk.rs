@@ -34,6 +34,17 @@ pub fn run_with(
     connections: u32,
     seconds: u32,
 ) -> Wrk {
+    run_url(
+        &format!("http://{addr}{path}"),
+        headers,
+        connections,
+        seconds,
+    )
+}
+
+/// [`run_with`] against a full URL (`https://…`: wrk speaks TLS and does not verify the
+/// certificate, so a test CA's server is fine).
+pub fn run_url(url: &str, headers: &[(&str, &str)], connections: u32, seconds: u32) -> Wrk {
     let mut cmd = Command::new("wrk");
     for (name, value) in headers {
         cmd.arg("-H").arg(format!("{name}: {value}"));
@@ -45,7 +56,7 @@ pub fn run_with(
             &format!("-d{seconds}s"),
             "--latency",
         ])
-        .arg(format!("http://{addr}{path}"))
+        .arg(url)
         .output()
         .expect("wrk missing: apt-get install wrk");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -80,4 +91,57 @@ fn parse_duration(s: &str) -> Duration {
         "s" => v,
         _ => panic!("unit {unit}"),
     })
+}
+
+/// Medians over rounds of one side of an [`alternate`] comparison.
+#[derive(Clone, Copy, Debug)]
+pub struct Medians {
+    /// Median of the rounds' p50.
+    pub p50: Duration,
+    /// Median of the rounds' p99.
+    pub p99: Duration,
+    /// Median of the rounds' requests per second.
+    pub rps: f64,
+}
+
+/// One side of a comparison: a URL and the headers it needs.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    /// `http://…` or `https://…`.
+    pub url: &'a str,
+    /// Sent with every request.
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+/// A warm-up of each, then `rounds` alternating wrk runs of `seconds` (baseline first), so drift
+/// on a shared machine hits both alike: the medians of `(baseline, target)`.
+pub fn alternate(
+    baseline: Target<'_>,
+    target: Target<'_>,
+    connections: u32,
+    rounds: usize,
+    seconds: u32,
+) -> (Medians, Medians) {
+    let mut runs: [Vec<Wrk>; 2] = [Vec::new(), Vec::new()];
+    for t in [baseline, target] {
+        run_url(t.url, t.headers, connections, seconds.min(2));
+    }
+    for _ in 0..rounds {
+        for (i, t) in [baseline, target].iter().enumerate() {
+            runs[i].push(run_url(t.url, t.headers, connections, seconds));
+        }
+    }
+    let medians = |v: &[Wrk]| {
+        let median = |f: fn(&Wrk) -> f64| {
+            let mut xs: Vec<f64> = v.iter().map(f).collect();
+            xs.sort_by(f64::total_cmp);
+            xs[xs.len() / 2]
+        };
+        Medians {
+            p50: Duration::from_secs_f64(median(|w| w.p50.as_secs_f64())),
+            p99: Duration::from_secs_f64(median(|w| w.p99.as_secs_f64())),
+            rps: median(|w| w.rps),
+        }
+    };
+    (medians(&runs[0]), medians(&runs[1]))
 }

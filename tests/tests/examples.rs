@@ -313,8 +313,8 @@ fn injection_template_uses_only_settings_the_sidecars_read_and_probes_their_admi
         }
     }
     assert_eq!(
-        sidecars, 6,
-        "sds-bridge, iam-broker, jwt-auth-helper, the validator, and the broker's azure and gcp variants"
+        sidecars, 7,
+        "sds-bridge, iam-broker, jwt-auth-helper, the validator, and the broker's azure, gcp and vault variants"
     );
     assert!(
         templates["spire"].as_str().unwrap().contains("args: [aws]"),
@@ -323,6 +323,7 @@ fn injection_template_uses_only_settings_the_sidecars_read_and_probes_their_admi
     for (variant, args) in [
         ("spire-azure", "args: [azure]"),
         ("spire-gcp", "args: [gcp]"),
+        ("spire-vault", "args: [vault]"),
     ] {
         let t = templates[variant].as_str().unwrap();
         assert!(t.contains(args), "{variant}");
@@ -380,6 +381,54 @@ fn azure_and_gcp_examples_match_the_broker_contract() {
     );
     let template = source("examples/istio/istio-spire-template.yaml");
     assert!(template.contains(&format!("gcp.spiffe.io/pool-provider: {audience}")));
+}
+
+#[test]
+fn vault_examples_match_the_broker_contract() {
+    // The role: `sub` bound to a SPIFFE ID, `aud` the broker's default audience, renewable
+    // (service) tokens.
+    let role: Value = serde_json::from_str(&source("examples/vault/role-web.json")).unwrap();
+    assert_eq!(role["role_type"], "jwt");
+    assert_eq!(role["user_claim"], "sub");
+    assert!(
+        role["bound_subject"]
+            .as_str()
+            .unwrap()
+            .starts_with("spiffe://")
+    );
+    assert_eq!(role["bound_audiences"], json!(["vault"]));
+    assert!(
+        source("iam-broker/src/provider/vault/config.rs")
+            .contains("DEFAULT_AUDIENCE: &str = \"vault\"")
+    );
+    assert_eq!(role["token_type"], "service");
+    // JWT auth trusts an https OIDC discovery issuer.
+    let config: Value =
+        serde_json::from_str(&source("examples/vault/jwt-auth-config.json")).unwrap();
+    assert!(
+        config["oidc_discovery_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://")
+    );
+    assert_eq!(config["bound_issuer"], config["oidc_discovery_url"]);
+    // The setup script uses exactly these files, and the policy the role names.
+    let setup = source("examples/vault/setup.sh");
+    for needle in [
+        "auth/jwt/config @jwt-auth-config.json",
+        "auth/jwt/role/web @role-web.json",
+        "policy write web-kv-read policy-web-kv-read.hcl",
+    ] {
+        assert!(setup.contains(needle), "setup.sh: {needle}");
+    }
+    assert_eq!(role["token_policies"], json!(["web-kv-read"]));
+    // The template's proxy listens where VAULT_ADDR=http://127.0.0.1:8200 finds it.
+    let template = source("examples/istio/istio-spire-template.yaml");
+    assert!(template.contains("VAULT_ADDR=http://127.0.0.1:8200"));
+    assert!(
+        source("iam-broker/src/provider/vault/config.rs")
+            .contains("SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8200)")
+    );
 }
 
 /// GitHub's heading anchor: lower case, spaces to `-`, other punctuation dropped.
@@ -488,6 +537,7 @@ fn alerts_use_exported_metrics_and_link_existing_runbooks() {
         "sts-accessdenied-or-invalididentitytoken",
         "clock-skew",
         "envoy-nacking-a-secret",
+        "vault-login-refused-or-vault-unreachable",
     ] {
         assert!(
             anchors.iter().any(|a| a == section),

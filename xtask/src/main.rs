@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|soak|image|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + a 60 s soak (what CI runs)\n  demo   the three sidecars with real Envoy, moto and the AWS CLI, step by step\n  bench  [authz|jwt-authn|sds|creds|uds]: each sidecar against a same-run baseline (release build)\n  soak   [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
+                "usage: cargo xtask <test|demo|bench|soak|image|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + a 60 s soak (what CI runs)\n  demo   the three sidecars with real Envoy, moto and the AWS CLI, step by step\n  bench  [authz|jwt-authn|sds|creds|uds|vault]: each sidecar against a same-run baseline (release build)\n  soak   [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
             );
             return ExitCode::from(2);
         }
@@ -240,13 +240,14 @@ fn bench(only: &[String]) -> Result {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root().join("target"), PathBuf::from)
         .join("release");
-    // `cargo xtask bench [authz|jwt-authn|sds|creds|uds]…`: all of them by default.
+    // `cargo xtask bench [authz|jwt-authn|sds|creds|uds|vault]…`: all of them by default.
     let all = [
         "bench-authz",
         "bench-jwt-authn",
         "bench-sds",
         "bench-creds",
         "bench-uds",
+        "bench-vault",
     ];
     for name in all {
         let short = name.trim_start_matches("bench-");

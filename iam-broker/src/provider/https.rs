@@ -1,5 +1,6 @@
 //! The HTTP client of the token exchanges that are plain OAuth-style POSTs (Entra ID, Google
-//! STS and IAM Credentials): hyper 1 + hyper-rustls over the rustls the AWS SDK already links,
+//! STS and IAM Credentials, Vault's login) and of the Vault API proxy
+//! ([`HttpsClient::stream`]): hyper 1 + hyper-rustls over the rustls the AWS SDK already links,
 //! trusting exactly [`sidecar_runtime::tls_roots`] (as the STS client does), with a connect
 //! timeout, an attempt deadline and a bound on the response body. No retries: the cache owns
 //! the retry schedule.
@@ -60,11 +61,21 @@ impl fmt::Debug for Reply {
     }
 }
 
+/// The connector every client here uses: rustls over the given anchors, http for loopback.
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
 /// The HTTPS client.
 #[derive(Clone)]
 pub struct HttpsClient {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
+    /// The same connector, for requests whose body is streamed (the Vault API proxy).
+    streaming: Client<Connector, StreamBody>,
 }
+
+/// A request body passed through as it arrives (bounded by its producer).
+pub type StreamBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+/// The error type of [`StreamBody`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl fmt::Debug for HttpsClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -75,8 +86,17 @@ impl fmt::Debug for HttpsClient {
 impl HttpsClient {
     /// A client trusting exactly `roots`.
     pub fn new(roots: &TrustRoots) -> Result<Self, HttpsClientError> {
+        Self::with_extra_roots(roots, &[])
+    }
+
+    /// A client trusting `roots` and `extra` (a service's own CA, e.g. Vault's `--ca-file`).
+    pub fn with_extra_roots(
+        roots: &TrustRoots,
+        extra: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<Self, HttpsClientError> {
         let mut store = rustls::RootCertStore::empty();
-        let (added, _ignored) = store.add_parsable_certificates(roots.certificates().to_vec());
+        let (added, _ignored) =
+            store.add_parsable_certificates(roots.certificates().iter().chain(extra).cloned());
         if added == 0 {
             return Err(HttpsClientError::Tls(
                 "no usable CA certificate among the trust roots".to_owned(),
@@ -98,8 +118,46 @@ impl HttpsClient {
             .enable_http1()
             .wrap_connector(http);
         Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new()).build(connector.clone()),
+            streaming: Client::builder(TokioExecutor::new()).build(connector),
         })
+    }
+
+    /// Sends `request` as it is, its body streamed, and returns the response head as soon as
+    /// it arrives (the body streams on). Only the connect timeout applies here: the caller
+    /// bounds the wait for the head.
+    pub async fn stream(
+        &self,
+        request: Request<StreamBody>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, TransportError> {
+        self.streaming
+            .request(request)
+            .await
+            .map_err(|e| TransportError(one_line(&e)))
+    }
+
+    /// `POST url` with a JSON body and extra headers (marked sensitive: they may carry a
+    /// token).
+    pub async fn post_json_with(
+        &self,
+        url: &str,
+        headers: &[(&'static str, &str)],
+        json: &serde_json::Value,
+    ) -> Result<Reply, TransportError> {
+        let mut values = Vec::with_capacity(headers.len());
+        for (name, value) in headers {
+            let mut value = HeaderValue::from_str(value)
+                .map_err(|_| TransportError(format!("{name} is not a header value")))?;
+            value.set_sensitive(true);
+            values.push((*name, value));
+        }
+        self.send_with(
+            url,
+            "application/json",
+            values,
+            Bytes::from(json.to_string()),
+        )
+        .await
     }
 
     /// `POST url` with a form body (`application/x-www-form-urlencoded`).
@@ -143,14 +201,28 @@ impl HttpsClient {
         bearer: Option<&str>,
         body: Bytes,
     ) -> Result<Reply, TransportError> {
-        let mut request = Request::post(url)
-            .header(header::CONTENT_TYPE, content_type)
-            .header(header::ACCEPT, "application/json");
+        let mut headers = Vec::new();
         if let Some(token) = bearer {
             let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
                 .map_err(|_| TransportError("the bearer token is not a header value".into()))?;
             value.set_sensitive(true);
-            request = request.header(header::AUTHORIZATION, value);
+            headers.push((header::AUTHORIZATION.as_str(), value));
+        }
+        self.send_with(url, content_type, headers, body).await
+    }
+
+    async fn send_with(
+        &self,
+        url: &str,
+        content_type: &'static str,
+        headers: Vec<(&'static str, HeaderValue)>,
+        body: Bytes,
+    ) -> Result<Reply, TransportError> {
+        let mut request = Request::post(url)
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::ACCEPT, "application/json");
+        for (name, value) in headers {
+            request = request.header(name, value);
         }
         let request = request
             .body(Full::new(body))

@@ -20,6 +20,7 @@ pub mod azure;
 pub mod gcp;
 pub mod https;
 mod jwt;
+pub mod vault;
 
 pub use jwt::JwtSource;
 

@@ -65,5 +65,6 @@ pub fn service(
         route_label: routes::route_label,
         render_error: http::error,
         ready: Box::new(move || ready.readiness()),
+        options: http::ServiceOptions::default(),
     })
 }

@@ -102,5 +102,6 @@ pub fn service(
                 .find(|r| !matches!(r, Readiness::Ready))
                 .unwrap_or(Readiness::Ready)
         }),
+        options: http::ServiceOptions::default(),
     })
 }

@@ -82,5 +82,6 @@ pub fn service(
         route_label: routes::route_label,
         render_error: routes::render_error,
         ready: Box::new(move || http::readiness(&default_scopes)),
+        options: http::ServiceOptions::default(),
     })
 }

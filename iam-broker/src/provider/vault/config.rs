@@ -1,0 +1,479 @@
+//! `iam-broker vault` settings (REFERENCE §9). Each reads flag > `SPIFFE_IAM_BROKER_*` > Vault's
+//! own variable where one fits (`VAULT_ADDR`, `VAULT_NAMESPACE`, `VAULT_CACERT`), so a pod spec
+//! written for Vault Agent carries over.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
+use sidecar_runtime::ConfigError;
+use sidecar_runtime::config::pick;
+use workload_client::Env;
+
+use crate::config::{CommonArgs, is_loopback_name, validate_endpoint_for};
+
+/// Env: Vault's address (then `VAULT_ADDR`).
+pub const ENV_VAULT_ADDR: &str = "SPIFFE_IAM_BROKER_VAULT_ADDR";
+/// Env: the JWT auth method's mount path.
+pub const ENV_AUTH_MOUNT: &str = "SPIFFE_IAM_BROKER_AUTH_MOUNT";
+/// Env: the JWT auth role.
+pub const ENV_ROLE: &str = "SPIFFE_IAM_BROKER_ROLE";
+/// Env: the Vault Enterprise namespace (then `VAULT_NAMESPACE`).
+pub const ENV_NAMESPACE: &str = "SPIFFE_IAM_BROKER_NAMESPACE";
+/// Env: a PEM file with Vault's CA (then `VAULT_CACERT`).
+pub const ENV_CA_FILE: &str = "SPIFFE_IAM_BROKER_CA_FILE";
+/// Env: `true` or `force`.
+pub const ENV_USE_AUTO_AUTH_TOKEN: &str = "SPIFFE_IAM_BROKER_USE_AUTO_AUTH_TOKEN";
+/// Env: a file to keep the broker's token in (for tools reading `~/.vault-token`).
+pub const ENV_TOKEN_SINK: &str = "SPIFFE_IAM_BROKER_TOKEN_SINK";
+/// Env (Vault's name): the address.
+pub const VAULT_ADDR: &str = "VAULT_ADDR";
+/// Env (Vault's name): the namespace.
+pub const VAULT_NAMESPACE: &str = "VAULT_NAMESPACE";
+/// Env (Vault's name): the CA file.
+pub const VAULT_CACERT: &str = "VAULT_CACERT";
+
+/// The JWT-SVID audience a Vault role's `bound_audiences` conventionally names.
+pub const DEFAULT_AUDIENCE: &str = "vault";
+/// Vault's default mount path for the JWT auth method.
+pub const DEFAULT_AUTH_MOUNT: &str = "jwt";
+/// Vault's own port, so `VAULT_ADDR=http://127.0.0.1:8200` works for every client.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8200);
+
+/// `vault` flags.
+#[derive(Debug, Default, clap::Args)]
+pub struct VaultArgs {
+    /// Shared flags (`--audience` defaults to `vault`; `--listen` to 127.0.0.1:8200).
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Vault's address, https:// (plain http only to loopback) [env: VAULT_ADDR].
+    #[arg(long)]
+    pub vault_addr: Option<String>,
+    /// Mount path of the JWT auth method [default: jwt].
+    #[arg(long)]
+    pub auth_mount: Option<String>,
+    /// JWT auth role to log in with.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Vault Enterprise namespace, sent as X-Vault-Namespace [env: VAULT_NAMESPACE].
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// PEM file with the CA of Vault's TLS certificate, trusted besides the system roots
+    /// [env: VAULT_CACERT].
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// `true`: add the broker's token to requests without X-Vault-Token; `force`: always
+    /// replace the client's [default: true].
+    #[arg(long)]
+    pub use_auto_auth_token: Option<String>,
+    /// File to keep the broker's current token in (mode 0600, replaced atomically), for tools
+    /// that read ~/.vault-token [default: none].
+    #[arg(long)]
+    pub token_sink: Option<PathBuf>,
+}
+
+/// When the proxy adds the broker's token (Vault Agent's `api_proxy.use_auto_auth_token`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoAuth {
+    /// Only to requests without `X-Vault-Token`.
+    IfMissing,
+    /// To every request, replacing the client's.
+    Force,
+}
+
+/// Validated `vault` settings.
+#[derive(Clone, Debug)]
+pub struct VaultConfig {
+    /// Vault's address, no trailing slash.
+    pub addr: String,
+    /// The JWT auth mount path, no slashes at either end.
+    pub auth_mount: String,
+    /// The role.
+    pub role: String,
+    /// The namespace, if any.
+    pub namespace: Option<String>,
+    /// Where the extra CA came from, and its certificates.
+    pub ca_file: Option<(PathBuf, Vec<CertificateDer<'static>>)>,
+    /// When to add the broker's token.
+    pub auto_auth: AutoAuth,
+    /// The token sink file.
+    pub token_sink: Option<PathBuf>,
+}
+
+impl VaultConfig {
+    /// Reads the `vault` settings; `listen` is the broker's own address (Vault must not be it).
+    pub fn load(args: &VaultArgs, env: &dyn Env, listen: SocketAddr) -> Result<Self, ConfigError> {
+        let or_vault = |flag: Option<&str>, flag_name: &str, ours: &str, vault: &str| {
+            pick(flag, flag_name, env, ours)
+                .or_else(|| env.var(vault).map(|v| (vault.to_owned(), v)))
+        };
+        let addr = match or_vault(
+            args.vault_addr.as_deref(),
+            "--vault-addr",
+            ENV_VAULT_ADDR,
+            VAULT_ADDR,
+        ) {
+            Some((setting, v)) => {
+                parse_addr(&v, listen).map_err(|r| ConfigError::new(setting, &v, r))?
+            }
+            None => {
+                return Err(ConfigError::new(
+                    VAULT_ADDR,
+                    "",
+                    "Vault's address is required (--vault-addr, SPIFFE_IAM_BROKER_VAULT_ADDR or VAULT_ADDR)",
+                ));
+            }
+        };
+        let auth_mount = match pick(
+            args.auth_mount.as_deref(),
+            "--auth-mount",
+            env,
+            ENV_AUTH_MOUNT,
+        ) {
+            Some((setting, v)) => parse_mount(&v).map_err(|r| ConfigError::new(setting, &v, r))?,
+            None => DEFAULT_AUTH_MOUNT.to_owned(),
+        };
+        let role = match pick(args.role.as_deref(), "--role", env, ENV_ROLE) {
+            Some((setting, v)) => {
+                check_role(&v).map_err(|r| ConfigError::new(setting, &v, r))?;
+                v
+            }
+            None => {
+                return Err(ConfigError::new(
+                    ENV_ROLE,
+                    "",
+                    "a JWT auth role is required (--role or SPIFFE_IAM_BROKER_ROLE)",
+                ));
+            }
+        };
+        let namespace = match or_vault(
+            args.namespace.as_deref(),
+            "--namespace",
+            ENV_NAMESPACE,
+            VAULT_NAMESPACE,
+        ) {
+            Some((setting, v)) => {
+                Some(parse_namespace(&v).map_err(|r| ConfigError::new(setting, &v, r))?)
+            }
+            None => None,
+        };
+        let ca_file = match args.ca_file.as_ref().filter(|p| !p.as_os_str().is_empty()) {
+            Some(p) => Some(("--ca-file".to_owned(), p.clone())),
+            None => env
+                .var(ENV_CA_FILE)
+                .map(|v| (ENV_CA_FILE.to_owned(), PathBuf::from(v)))
+                .or_else(|| {
+                    env.var(VAULT_CACERT)
+                        .map(|v| (VAULT_CACERT.to_owned(), PathBuf::from(v)))
+                }),
+        };
+        let ca_file = match ca_file {
+            Some((setting, path)) => {
+                let certs = read_ca_file(&path)
+                    .map_err(|r| ConfigError::new(setting, path.display().to_string(), r))?;
+                Some((path, certs))
+            }
+            None => None,
+        };
+        let auto_auth = match pick(
+            args.use_auto_auth_token.as_deref(),
+            "--use-auto-auth-token",
+            env,
+            ENV_USE_AUTO_AUTH_TOKEN,
+        ) {
+            Some((setting, v)) => {
+                parse_auto_auth(&v).map_err(|r| ConfigError::new(setting, &v, r))?
+            }
+            None => AutoAuth::IfMissing,
+        };
+        let token_sink = match args
+            .token_sink
+            .as_ref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            Some(p) => Some(("--token-sink".to_owned(), p.clone())),
+            None => env
+                .var(ENV_TOKEN_SINK)
+                .map(|v| (ENV_TOKEN_SINK.to_owned(), PathBuf::from(v))),
+        };
+        let token_sink = match token_sink {
+            Some((setting, path)) => Some(
+                check_sink(&path)
+                    .map_err(|r| ConfigError::new(setting, path.display().to_string(), r))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            addr,
+            auth_mount,
+            role,
+            namespace,
+            ca_file,
+            auto_auth,
+            token_sink,
+        })
+    }
+}
+
+/// Vault's address: `https://` (or `http://` to loopback), no path, and not the broker itself
+/// (a sidecar that inherited the application's `VAULT_ADDR=http://127.0.0.1:8200` would
+/// otherwise proxy to itself).
+pub fn parse_addr(v: &str, listen: SocketAddr) -> Result<String, String> {
+    let addr = validate_endpoint_for(v, "https://vault.example.com:8200")?;
+    let uri: axum::http::Uri = addr.parse().map_err(|e| format!("not a URL ({e})"))?;
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("http") => 80,
+        _ => 443,
+    });
+    let host = uri.host().unwrap_or("");
+    let same_host =
+        is_loopback_name(host) && (listen.ip().is_loopback() || listen.ip().is_unspecified());
+    if same_host && port == listen.port() {
+        return Err(format!(
+            "this is the broker's own listen address ({listen}); VAULT_ADDR in the sidecar must name the real Vault"
+        ));
+    }
+    Ok(addr)
+}
+
+/// A mount path like `jwt` or `spiffe/jwt`: URL-safe segments, no `..`.
+pub fn parse_mount(v: &str) -> Result<String, String> {
+    let mount = v.trim_matches('/');
+    if mount.is_empty() {
+        return Err("expected a mount path like jwt".to_owned());
+    }
+    check_path(mount)?;
+    Ok(mount.to_owned())
+}
+
+/// A namespace like `team-a` or `team-a/child`.
+pub fn parse_namespace(v: &str) -> Result<String, String> {
+    let ns = v.trim_matches('/');
+    if ns.is_empty() {
+        return Err("expected a namespace like team-a".to_owned());
+    }
+    check_path(ns)?;
+    Ok(ns.to_owned())
+}
+
+fn check_path(p: &str) -> Result<(), String> {
+    if p.len() > 256 {
+        return Err("longer than 256 characters".to_owned());
+    }
+    for segment in p.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err("empty, '.' or '..' path segment".to_owned());
+        }
+        if !segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err("only letters, digits, '-', '_', '.' and '/' are allowed".to_owned());
+        }
+    }
+    Ok(())
+}
+
+/// A role name: what Vault accepts in `auth/<mount>/role/<name>`.
+pub fn check_role(v: &str) -> Result<(), String> {
+    if v.is_empty() || v.len() > 128 {
+        return Err("expected 1 to 128 characters".to_owned());
+    }
+    if !v
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+    {
+        return Err("only letters, digits, '-', '_', '.' and '@' are allowed".to_owned());
+    }
+    Ok(())
+}
+
+/// `true` or `force` (Vault Agent's `false` would make the broker pointless).
+pub fn parse_auto_auth(v: &str) -> Result<AutoAuth, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(AutoAuth::IfMissing),
+        "force" => Ok(AutoAuth::Force),
+        _ => Err(
+            "expected true (add the token when the client sends none) or force (always replace it)"
+                .to_owned(),
+        ),
+    }
+}
+
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate".to_owned());
+    }
+    Ok(certs)
+}
+
+/// The sink's directory must exist (the file is written next to it and renamed into place).
+fn check_sink(path: &std::path::Path) -> Result<PathBuf, String> {
+    if path.file_name().is_none() {
+        return Err("expected a file path".to_owned());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!("directory {} does not exist", dir.display()));
+    }
+    Ok(path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listen() -> SocketAddr {
+        "127.0.0.1:8200".parse().unwrap()
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            parse_addr("https://vault.example.com:8200/", listen()).unwrap(),
+            "https://vault.example.com:8200"
+        );
+        assert!(parse_addr("http://127.0.0.1:8201", listen()).is_ok());
+        assert!(
+            parse_addr("http://vault.example.com:8200", listen())
+                .unwrap_err()
+                .contains("loopback")
+        );
+        assert!(
+            parse_addr("http://127.0.0.1:8200", listen())
+                .unwrap_err()
+                .contains("own listen address")
+        );
+        assert!(parse_addr("http://localhost:8200", listen()).is_err());
+        assert!(parse_addr("https://vault.example.com/v1", listen()).is_err());
+    }
+
+    #[test]
+    fn mounts_namespaces_roles() {
+        assert_eq!(parse_mount("/spiffe/jwt/").unwrap(), "spiffe/jwt");
+        assert!(parse_mount("").is_err());
+        assert!(parse_mount("jwt/../token").is_err());
+        assert!(parse_mount("jwt?x=1").is_err());
+        assert_eq!(parse_namespace("team-a/").unwrap(), "team-a");
+        assert!(check_role("web-app").is_ok());
+        assert!(check_role("web app").is_err());
+        assert!(check_role("").is_err());
+    }
+
+    fn load(args: &[&str], vars: &[(&str, &str)]) -> Result<crate::config::Config, ConfigError> {
+        use clap::Parser as _;
+        let cli =
+            crate::config::Cli::try_parse_from(["iam-broker", "vault"].iter().chain(args)).unwrap();
+        let env: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        crate::config::Config::load(&cli, &env)
+    }
+
+    fn vault(c: &crate::config::Config) -> &VaultConfig {
+        match &c.provider {
+            crate::config::ProviderConfig::Vault(v) => v,
+            other => panic!("not vault: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_vaults_own_variables() {
+        let c = load(
+            &["--role", "web"],
+            &[
+                (VAULT_ADDR, "https://vault.example.com:8200"),
+                (VAULT_NAMESPACE, "team-a"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.common.listen, "127.0.0.1:8200".parse().unwrap());
+        assert_eq!(c.common.audience, "vault");
+        let v = vault(&c);
+        assert_eq!(v.addr, "https://vault.example.com:8200");
+        assert_eq!(v.auth_mount, "jwt");
+        assert_eq!(v.namespace.as_deref(), Some("team-a"));
+        assert_eq!(v.auto_auth, AutoAuth::IfMissing);
+        assert!(v.ca_file.is_none() && v.token_sink.is_none());
+        // Ours beat Vault's.
+        let c = load(
+            &["--role", "web"],
+            &[
+                (VAULT_ADDR, "https://a.example"),
+                (ENV_VAULT_ADDR, "https://b.example"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(vault(&c).addr, "https://b.example");
+    }
+
+    #[test]
+    fn bad_settings_name_the_setting() {
+        let addr = ("VAULT_ADDR", "https://vault.example.com");
+        type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            (&["--role", "web"], &[], VAULT_ADDR),
+            (&[], &[addr], ENV_ROLE),
+            (
+                &["--role", "web", "--vault-addr", "http://vault:8200"],
+                &[],
+                "--vault-addr",
+            ),
+            (
+                &["--role", "web"],
+                &[(VAULT_ADDR, "http://127.0.0.1:8200")],
+                VAULT_ADDR,
+            ),
+            (
+                &["--role", "web", "--use-auto-auth-token", "false"],
+                &[addr],
+                "--use-auto-auth-token",
+            ),
+            (
+                &["--role", "web", "--auth-mount", "a/../b"],
+                &[addr],
+                "--auth-mount",
+            ),
+            (
+                &["--role", "web", "--ca-file", "/nonexistent/ca.pem"],
+                &[addr],
+                "--ca-file",
+            ),
+            (
+                &["--role", "web"],
+                &[addr, (VAULT_CACERT, "/nonexistent/ca.pem")],
+                VAULT_CACERT,
+            ),
+            (
+                &["--role", "web", "--token-sink", "/nonexistent/dir/t"],
+                &[addr],
+                "--token-sink",
+            ),
+            (
+                &["--role", "web", "--admin-listen", "127.0.0.1:8200"],
+                &[addr],
+                "--admin-listen",
+            ),
+        ];
+        for (args, vars, setting) in cases {
+            let err = load(args, vars).unwrap_err();
+            assert_eq!(&err.setting, setting, "{args:?} {vars:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn auto_auth_modes() {
+        assert_eq!(parse_auto_auth("true").unwrap(), AutoAuth::IfMissing);
+        assert_eq!(parse_auto_auth("FORCE").unwrap(), AutoAuth::Force);
+        assert!(parse_auto_auth("false").is_err());
+    }
+}
