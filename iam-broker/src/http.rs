@@ -382,13 +382,13 @@ mod tests {
             },
         };
         let parts = service.into_parts(Metrics::unregistered());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(serve(
             listener,
             parts.app,
             Limits::default(),
-            Shutdown::new(),
+            sidecar_runtime::Shutdown::new(),
         ));
         addr
     }

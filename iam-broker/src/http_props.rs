@@ -70,10 +70,11 @@ pub(crate) fn guarded(
         route_label,
         render_error,
         ready: Box::new(|| Readiness::Ready),
+        options: crate::http::ServiceOptions::default(),
     };
     service
         .into_parts(Metrics::register(&mut Registry::default()))
-        .0
+        .app
 }
 
 /// One request through `app`: status, headers, body.
