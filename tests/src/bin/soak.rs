@@ -12,7 +12,10 @@
 //! - a server Envoy checking the client certificate and the JWT-SVID (`jwt_authn` as
 //!   `sds-bridge jwt-authn-config` prints it), in front of an echo server;
 //! - iam-broker aws against moto behind a faultable proxy, read by a `/v1/creds` loop and by
-//!   boto3 (container credentials) calling `sts get-caller-identity` in a loop.
+//!   boto3 (container credentials) calling `sts get-caller-identity` in a loop;
+//! - iam-broker vault in front of the suite's strict fake Vault (JWT auth checked against the
+//!   agent's OIDC discovery; 8 s tokens renewed at half-life, re-login at a 24 s max TTL), read
+//!   by a KV loop through its API proxy with no token of its own.
 //!
 //! The chaos: the agent SIGKILLed and restarted every 30 s, every third time for longer than a
 //! JWT-SVID's half-life; STS failing (5xx, throttling, slow) for stretches; each sidecar stopped
@@ -55,6 +58,7 @@ use suite_tests::sds::{
     filtered_listener, jwt_authn_config, mtls_listener_with_filters, sds_cluster, tls_cluster,
 };
 use suite_tests::sidecars::JwtHelper;
+use suite_tests::vault::{self, FakeVault};
 use suite_tests::{DevAgent, Proc, free_port, on_signal_clean_up, python_with, wait_until};
 
 const TD: &str = "soak.example";
@@ -70,10 +74,17 @@ const JWT_TTL: u64 = 12;
 const JWT_KEY_ROTATION: u64 = 15;
 /// STS credential lifetime (the proxy rewrites moto's): the broker refreshes at half-life.
 const STS_LIFETIME: u64 = 40;
-/// JWT-SVID keys held: the helper's audience, the injector's `jwt-svid:` secret, the broker's.
-const JWT_KEYS: u64 = 3;
+/// JWT-SVID keys held: the helper's audience, the injector's `jwt-svid:` secret, and each
+/// broker's (aws, vault).
+const JWT_KEYS: u64 = 4;
 /// Time after a (re)start before figures count as steady.
 const WARM_UP: f64 = 15.0;
+/// Vault token TTL and max TTL at the fake: a renewal every 4 s, a new login every 24 s.
+const VAULT_TTL: Duration = Duration::from_secs(8);
+const VAULT_MAX_TTL: Duration = Duration::from_secs(24);
+/// The KV v2 secret the loop reads through the vault proxy, and what it must contain.
+const VAULT_SECRET: &str = "/v1/secret/data/soak/config";
+const VAULT_VALUE: &str = "soak-s3cr3t";
 /// The container credentials token clients present to the broker.
 const CONTAINER_TOKEN: &str = "soak-container-token";
 
@@ -145,6 +156,8 @@ struct System {
     helper_port: u16,
     broker: Broker,
     broker_listen: SocketAddr,
+    vault: FakeVault,
+    vault_broker: Broker,
     proxy: StsProxy,
     moto: Moto,
     client_envoy: Envoy,
@@ -194,6 +207,9 @@ impl System {
     fn start(dir: &Path) -> Self {
         let state = dir.join("state");
         let ids = format!("{CLIENT},{SERVER}");
+        // OIDC discovery for the fake Vault's JWT auth (as SPIRE's discovery provider).
+        let oidc = addr(free_port());
+        let issuer = format!("http://{oidc}");
         let agent = DevAgent::start(
             dir,
             &[
@@ -209,6 +225,10 @@ impl System {
                 &format!("{JWT_TTL}s"),
                 "--jwt-key-rotation",
                 &format!("{JWT_KEY_ROTATION}s"),
+                "--oidc-listen",
+                &oidc.to_string(),
+                "--jwt-issuer",
+                &issuer,
             ],
         );
         let jwks = addr(free_port());
@@ -226,6 +246,31 @@ impl System {
         proxy.set_lifetime(STS_LIFETIME);
         let broker_listen = addr(free_port());
         let broker = start_broker(dir, &agent, &proxy.url(), broker_listen);
+
+        let vault = FakeVault::start(&issuer, CLIENT, None);
+        vault.set_ttls(VAULT_TTL, VAULT_MAX_TTL);
+        vault.put_secret(
+            "soak/config",
+            serde_json::json!({ "password": VAULT_VALUE }),
+        );
+        let vault_dir = dir.join("vault");
+        std::fs::create_dir_all(&vault_dir).unwrap();
+        let ca = vault.write_ca(&vault_dir);
+        let mut vault_broker = suite_tests::azure::start_broker(
+            &vault_dir,
+            &agent.endpoint,
+            &[
+                "vault",
+                "--vault-addr",
+                &vault.url(),
+                "--role",
+                vault::ROLE,
+                "--ca-file",
+                ca.to_str().unwrap(),
+            ],
+            &[],
+        );
+        vault_broker.wait_ready(Duration::from_secs(30));
 
         // The server: mTLS (seed 002's VM names) + jwt_authn as the generator prints it.
         let echo = echo::start();
@@ -305,6 +350,8 @@ impl System {
             helper_port,
             broker,
             broker_listen,
+            vault,
+            vault_broker,
             proxy,
             moto,
             client_envoy,
@@ -330,7 +377,12 @@ impl System {
                 self.server_bridge.proc.pid(),
                 self.server_bridge.admin,
             ),
-            ("iam-broker", self.broker.proc.pid(), self.broker.admin),
+            ("iam-broker aws", self.broker.proc.pid(), self.broker.admin),
+            (
+                "iam-broker vault",
+                self.vault_broker.proc.pid(),
+                self.vault_broker.admin,
+            ),
         ]
     }
 
@@ -374,6 +426,9 @@ const JWT_PATH: &str = "helper→mTLS→jwt_authn";
 const INJECTOR_PATH: &str = "injector→mTLS→jwt_authn";
 const CREDS_PATH: &str = "broker /v1/creds";
 const SDK_PATH: &str = "boto3 get-caller-identity";
+const VAULT_PATH: &str = "vault proxy KV read";
+/// Every path, in table order.
+const PATHS: [&str; 5] = [JWT_PATH, INJECTOR_PATH, CREDS_PATH, SDK_PATH, VAULT_PATH];
 
 /// Checks one answer of the server's echo: 200, the identity `jwt_authn` put in
 /// `x-spiffe-id`, and a client certificate that had not expired.
@@ -420,7 +475,7 @@ fn check_creds(record: &Shared, r: Option<suite_tests::envoy::Response>) {
     let at = now();
     let result = r.ok_or("no response".to_owned()).and_then(|r| {
         if r.status != 200 {
-            return Err(format!("{} {}", r.status, r.body));
+            return Err(format!("{} {}", r.status, r.body.trim()));
         }
         let v: serde_json::Value = serde_json::from_str(&r.body).map_err(|e| e.to_string())?;
         // `YYYY-MM-DDTHH:MM:SSZ` (what STS, and so the broker, sends): compares as text.
@@ -432,14 +487,25 @@ fn check_creds(record: &Shared, r: Option<suite_tests::envoy::Response>) {
         }
         Ok(())
     });
+    tally(record, CREDS_PATH, at, result);
+}
+
+/// Checks one KV read through the vault proxy: 200 and the secret's value.
+fn check_vault(record: &Shared, r: Option<suite_tests::envoy::Response>) {
+    let at = now();
+    let result = match r {
+        None => Err("no response".to_owned()),
+        Some(r) if r.status == 200 && r.body.contains(VAULT_VALUE) => Ok(()),
+        Some(r) => Err(format!("{} {}", r.status, r.body.trim())),
+    };
+    tally(record, VAULT_PATH, at, result);
+}
+
+fn tally(record: &Shared, path: &'static str, at: f64, result: Result<(), String>) {
     let mut rec = record.lock().unwrap();
     match result {
-        Ok(()) => *rec.ok.entry(CREDS_PATH).or_default() += 1,
-        Err(what) => rec.failures.push(Failure {
-            at,
-            path: CREDS_PATH,
-            what,
-        }),
+        Ok(()) => *rec.ok.entry(path).or_default() += 1,
+        Err(what) => rec.failures.push(Failure { at, path, what }),
     }
 }
 
@@ -449,6 +515,7 @@ fn load(
     jwt: u16,
     injector: u16,
     broker: SocketAddr,
+    vault_proxy: SocketAddr,
 ) -> Vec<std::thread::JoinHandle<()>> {
     let mut threads = Vec::new();
     for (path, port, workers) in [(JWT_PATH, jwt, 2), (INJECTOR_PATH, injector, 1)] {
@@ -461,10 +528,18 @@ fn load(
             }));
         }
     }
+    let (r, st) = (record.clone(), stop.clone());
+    threads.push(std::thread::spawn(move || {
+        while !st.load(Ordering::Relaxed) {
+            check_creds(&r, request(broker, "GET", "/v1/creds", &[]));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }));
     let (record, stop) = (record.clone(), stop.clone());
     threads.push(std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
-            check_creds(&record, request(broker, "GET", "/v1/creds", &[]));
+            let headers = [("X-Vault-Request", "true")];
+            check_vault(&record, request(vault_proxy, "GET", VAULT_SECRET, &headers));
             std::thread::sleep(Duration::from_millis(20));
         }
     }));
@@ -616,7 +691,7 @@ fn agent_outage(system: &mut System, record: &Shared, down: f64, counters: &mut 
         record.lock().unwrap().windows.push(Window {
             from: none_valid_from,
             to: fresh + 0.5,
-            paths: &[JWT_PATH, INJECTOR_PATH, CREDS_PATH, SDK_PATH],
+            paths: &PATHS,
             why: format!(
                 "agent down {:.1} s, longer than the credentials held ({:.1} s)",
                 up - killed,
@@ -850,6 +925,7 @@ fn run(dir: &Path, seconds: f64) -> bool {
         system.jwt_port,
         system.injector_port,
         system.broker_listen,
+        system.vault_broker.listen,
     );
     let (mut sdk, sdk_out) = sdk_loop(dir, seconds, system.broker_listen, &system.moto.url());
     let sts_before = system.proxy.assume_calls();
@@ -929,6 +1005,9 @@ fn run(dir: &Path, seconds: f64) -> bool {
     system.client_bridge.proc.assert_running();
     system.server_bridge.proc.assert_running();
     system.broker.proc.assert_running();
+    system.vault_broker.proc.assert_running();
+    let vault_logins = system.vault.count(|c| &c.logins);
+    let vault_renewals = system.vault.count(|c| &c.renewals);
     system.client_envoy.wait_live(Duration::from_secs(5));
     system.server_envoy.wait_live(Duration::from_secs(5));
 
@@ -940,6 +1019,8 @@ fn run(dir: &Path, seconds: f64) -> bool {
             fetches,
             sts_calls,
             sts_ok,
+            vault_logins,
+            vault_renewals,
             outages,
             restarts,
             garbage_rounds,
@@ -952,6 +1033,8 @@ struct Figures {
     fetches: u64,
     sts_calls: u64,
     sts_ok: u64,
+    vault_logins: u64,
+    vault_renewals: u64,
     outages: usize,
     restarts: usize,
     garbage_rounds: u64,
@@ -986,7 +1069,7 @@ fn report(record: &Record, samples: &Samples, f: Figures) -> bool {
         "  {:<28} {:>9} {:>16} {:>11}",
         "path", "ok", "failed, expected", "unexpected"
     );
-    for path in [JWT_PATH, INJECTOR_PATH, CREDS_PATH, SDK_PATH] {
+    for path in PATHS {
         let ok = record.ok.get(path).copied().unwrap_or(0);
         let exp = expected.get(path).copied().unwrap_or(0);
         let bad = unexpected.get(path).map_or(0, Vec::len);
@@ -1096,6 +1179,19 @@ fn report(record: &Record, samples: &Samples, f: Figures) -> bool {
             f.sts_ok, f.sts_calls
         ),
         (f.sts_ok as f64) <= expected_sts * 1.5 + f.restarts as f64 + 1.0 && f.sts_ok >= 1,
+    );
+    // A login, then renewals at half-life until the max TTL caps one: a login per max TTL.
+    let expected_logins = f.duration / VAULT_MAX_TTL.as_secs_f64() + 1.0;
+    let expected_renewals = f.duration / (VAULT_TTL.as_secs_f64() / 2.0);
+    v.check(
+        "Vault logins vs one per max TTL; renewals vs one per half-life",
+        format!(
+            "{} vs {expected_logins:.1}; {} vs {expected_renewals:.0}",
+            f.vault_logins, f.vault_renewals
+        ),
+        (f.vault_logins as f64) <= expected_logins * 1.5 + f.outages as f64
+            && f.vault_logins >= 1
+            && (f.vault_renewals as f64) <= expected_renewals * 1.5,
     );
 
     println!(
