@@ -150,7 +150,7 @@ pub fn parse_query(query: &str, client_id: &str) -> Result<String, String> {
     let mut resource = None;
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         match name.as_ref() {
-            "api-version" => api_version = Some(value.into_owned()),
+            "api-version" => api_version = Some(value),
             "resource" if resource.is_some() => {
                 return Err("more than one resource".to_owned());
             }

@@ -53,7 +53,8 @@ pub fn service(
     };
     let tokens = CacheSet::new("scope sets", SetLimits::default(), start);
     tokens.spawn_sweeper(SWEEP_EVERY);
-    let default_scopes = tokens.pin(&gcp.scopes.join(","))?;
+    let default_key = gcp.scopes.join(",");
+    let default_scopes = tokens.pin(&default_key)?;
     registry.register_collector(Box::new(CacheSetCollector(tokens.clone())));
     tracing::info!(
         provider = "gcp",
@@ -76,6 +77,7 @@ pub fn service(
         project_number: Arc::from(gcp.project_number.as_str()),
         email: Arc::from(gcp.service_account.as_deref().unwrap_or("default")),
         scopes: Arc::from(gcp.scopes.clone()),
+        default_key: Arc::from(default_key.as_str()),
     };
     Ok(Service {
         routes: routes::router(routes),
