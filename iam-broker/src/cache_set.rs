@@ -27,8 +27,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
-use crate::cache::{CacheStats, CredentialCache};
-use crate::provider::Expiring;
+use crate::cache::{CacheConfig, CacheStats, CredentialCache};
+use crate::provider::{CredentialProvider, Expiring};
+
+/// How often [`CacheSet::of_providers`] looks for idle keys.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Bounds of a [`CacheSet`].
 #[derive(Clone, Copy, Debug)]
@@ -145,6 +148,24 @@ impl<C: Expiring + Send + Sync + 'static> CacheSet<C> {
                 epoch: Instant::now(),
             }),
         }
+    }
+
+    /// A set giving each key a [`CredentialCache`] (default tuning) over the provider that
+    /// `provider` builds for it, swept for idle keys every [`SWEEP_EVERY`]. Must be called inside
+    /// a Tokio runtime.
+    pub fn of_providers<P>(
+        what: &'static str,
+        limits: SetLimits,
+        provider: impl Fn(&str) -> P + Send + Sync + 'static,
+    ) -> Self
+    where
+        P: CredentialProvider<Credentials = C>,
+    {
+        let set = Self::new(what, limits, move |key| {
+            CredentialCache::start(provider(key), CacheConfig::default())
+        });
+        set.spawn_sweeper(SWEEP_EVERY);
+        set
     }
 
     /// The cache of `key`, started now if it is new. Lock-free when `key` is held.

@@ -131,7 +131,11 @@ async fn a_dropped_key_starts_a_new_cache_on_next_use() {
     let held = set.get("a").unwrap().get(wait).await.unwrap();
     assert_eq!(held.credentials().0, "a");
     assert_eq!(calls.load(Ordering::SeqCst), 2, "a new cache, a new fetch");
-    assert_eq!(set.stats().refreshes, 2, "the dropped cache's fetch still counts");
+    assert_eq!(
+        set.stats().refreshes,
+        2,
+        "the dropped cache's fetch still counts"
+    );
 }
 
 /// Lookups on several threads while keys are evicted as fast as they go idle: the cap holds,
