@@ -63,6 +63,15 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         .await
         .context("loading CA certificates for the provider")?;
 
+    // What every provider shares; each provider logs its own settings when it starts.
+    tracing::info!(
+        listen = %common.listen,
+        admin = ?common.admin_listen,
+        workload_api = %common.socket.endpoint,
+        workload_api_from = %common.socket.source,
+        audience = %common.audience,
+        "starting"
+    );
     let service: Service = match &config.provider {
         ProviderConfig::Aws(c) => aws::service(common, c, &roots, jwt, &metrics, &mut registry)?,
         ProviderConfig::Azure(c) => {

@@ -17,6 +17,7 @@ const FRESH_TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a provider answered a JWT-SVID it was shown, when it did not accept it.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Refused {
     /// The token itself was refused as invalid, expired or not yet valid (STS
     /// `InvalidIdentityToken` / `ExpiredTokenException`, Entra `AADSTS700024` / `AADSTS700027`):

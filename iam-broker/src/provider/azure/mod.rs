@@ -63,11 +63,6 @@ pub fn service(
         TokenCheck::new(&azure.identity_header).context("reading the identity header")?;
     tracing::info!(
         provider = "azure",
-        listen = %common.listen,
-        admin = ?common.admin_listen,
-        workload_api = %common.socket.endpoint,
-        workload_api_from = %common.socket.source,
-        audience = %common.audience,
         tenant_id = %settings.tenant_id,
         client_id = %settings.client_id,
         authority_host = %settings.authority_host,

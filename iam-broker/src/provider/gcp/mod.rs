@@ -50,11 +50,6 @@ pub fn service(
     registry.register_collector(Box::new(CacheSetCollector(tokens.clone())));
     tracing::info!(
         provider = "gcp",
-        listen = %common.listen,
-        admin = ?common.admin_listen,
-        workload_api = %common.socket.endpoint,
-        workload_api_from = %common.socket.source,
-        audience = %common.audience,
         project_id = %gcp.project_id,
         service_account = gcp.service_account.as_deref().unwrap_or("none (federated token)"),
         scopes = ?gcp.scopes,
