@@ -55,7 +55,10 @@ pub struct Routes {
 
 /// The metadata server routes.
 pub fn router(routes: Routes) -> Router {
-    Router::new().fallback(metadata).with_state(routes)
+    // One `Arc`: axum clones the state per request.
+    Router::new()
+        .fallback(metadata)
+        .with_state(Arc::new(routes))
 }
 
 /// The `route` label of request metrics.
@@ -132,7 +135,7 @@ fn ok_json(body: impl Into<Bytes>) -> Response {
         .into_response()
 }
 
-async fn metadata(State(routes): State<Routes>, request: Request) -> Response {
+async fn metadata(State(routes): State<Arc<Routes>>, request: Request) -> Response {
     if let Some(refused) = ssrf_guard(request.headers()) {
         return refused;
     }
