@@ -6,16 +6,32 @@
 //! is bounded: at most `max_keys` at once, and a key nobody asked for during `idle` is dropped
 //! (its refresh task stops with it), so a client cycling through made-up resources cannot make
 //! the broker refresh tokens forever or grow without bound.
+//!
+//! Looking a key up is lock-free, as in workload-client's JWT cache: the map lives behind an
+//! `ArcSwap` and is copied on insert and eviction (rare: a few keys per broker), so a request
+//! for a known key is an atomic load, a hash lookup and (at most once a millisecond per key) a
+//! timestamp store. Inserts and evictions serialise on one mutex that reads never take.
+//!
+//! Eviction against a concurrent lookup: the evictor marks an idle entry `evicted`, then reads
+//! its `last_used` again and keeps it if a lookup touched it meanwhile; a lookup touches first,
+//! then checks `evicted` and, if set, looks again under the mutex. Both sides use `SeqCst`, so a
+//! lookup that returns an entry's cache either sees it unmarked after its touch (and the
+//! evictor, reading later, sees the touch) or goes the locked way.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
-use crate::cache::{CacheStats, CredentialCache};
-use crate::provider::Expiring;
+use crate::cache::{CacheConfig, CacheStats, CredentialCache};
+use crate::provider::{CredentialProvider, Expiring};
+
+/// How often [`CacheSet::of_providers`] looks for idle keys.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Bounds of a [`CacheSet`].
 #[derive(Clone, Copy, Debug)]
@@ -50,11 +66,26 @@ pub struct SetFull {
 
 type Start<C> = dyn Fn(&str) -> CredentialCache<C> + Send + Sync;
 
+type Map<C> = HashMap<Arc<str>, Arc<Entry<C>>>;
+
 struct Entry<C> {
     cache: CredentialCache<C>,
-    last_used: Instant,
+    /// Milliseconds since `Inner::epoch` of the last lookup.
+    last_used: AtomicU64,
     /// Configured ahead of any request: never dropped.
-    pinned: bool,
+    pinned: AtomicBool,
+    /// Being dropped (or dropped): a lookup that sees this looks again under the mutex.
+    evicted: AtomicBool,
+}
+
+impl<C> Entry<C> {
+    /// Marks the entry used at `now_ms`; a store only when the millisecond changed, so requests
+    /// for a hot key do not all write the same cache line.
+    fn touch(&self, now_ms: u64) {
+        if self.last_used.load(Ordering::SeqCst) < now_ms {
+            self.last_used.store(now_ms, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Caches by key, started on first use. Clones share the set.
@@ -66,9 +97,18 @@ struct Inner<C> {
     what: &'static str,
     start: Box<Start<C>>,
     limits: SetLimits,
-    entries: Mutex<HashMap<String, Entry<C>>>,
-    /// Counters of dropped keys, so the exported totals never go down.
-    retired: Mutex<CacheStats>,
+    entries: ArcSwap<Map<C>>,
+    /// Serialises inserts, pins and evictions (and the counters of dropped keys); lookups of
+    /// known keys never take it.
+    write: Mutex<CacheStats>,
+    /// Origin of `Entry::last_used` (tokio's clock, so tests can advance it).
+    epoch: Instant,
+}
+
+impl<C> Inner<C> {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 impl<C> Clone for CacheSet<C> {
@@ -88,6 +128,8 @@ impl<C> fmt::Debug for CacheSet<C> {
     }
 }
 
+// === impl CacheSet ===
+
 impl<C: Expiring + Send + Sync + 'static> CacheSet<C> {
     /// An empty set; `start` builds (and starts) the cache of a new key. `what` names the keys
     /// in errors.
@@ -101,24 +143,72 @@ impl<C: Expiring + Send + Sync + 'static> CacheSet<C> {
                 what,
                 start: Box::new(start),
                 limits,
-                entries: Mutex::new(HashMap::new()),
-                retired: Mutex::new(CacheStats::default()),
+                entries: ArcSwap::from_pointee(HashMap::new()),
+                write: Mutex::new(CacheStats::default()),
+                epoch: Instant::now(),
             }),
         }
     }
 
-    /// The cache of `key`, started now if it is new.
+    /// A set giving each key a [`CredentialCache`] (default tuning) over the provider that
+    /// `provider` builds for it, swept for idle keys every [`SWEEP_EVERY`]. Must be called inside
+    /// a Tokio runtime.
+    pub fn of_providers<P>(
+        what: &'static str,
+        limits: SetLimits,
+        provider: impl Fn(&str) -> P + Send + Sync + 'static,
+    ) -> Self
+    where
+        P: CredentialProvider<Credentials = C>,
+    {
+        let set = Self::new(what, limits, move |key| {
+            CredentialCache::start(provider(key), CacheConfig::default())
+        });
+        set.spawn_sweeper(SWEEP_EVERY);
+        set
+    }
+
+    /// The cache of `key`, started now if it is new. Lock-free when `key` is held.
     pub fn get(&self, key: &str) -> Result<CredentialCache<C>, SetFull> {
-        let now = Instant::now();
-        let mut entries = self.lock();
-        if let Some(entry) = entries.get_mut(key) {
-            entry.last_used = now;
+        let now = self.inner.now_ms();
+        if let Some(entry) = self.inner.entries.load().get(key) {
+            entry.touch(now);
+            if !entry.evicted.load(Ordering::SeqCst) {
+                return Ok(entry.cache.clone());
+            }
+        }
+        self.get_locked(key, false)
+    }
+
+    /// Starts `key` now (so its token is ready before the first request) and never drops it;
+    /// pinned keys count towards the limit.
+    pub fn pin(&self, key: &str) -> Result<CredentialCache<C>, SetFull> {
+        self.get_locked(key, true)
+    }
+
+    /// The slow way: under the write lock, where no eviction runs concurrently.
+    fn get_locked(&self, key: &str, pin: bool) -> Result<CredentialCache<C>, SetFull> {
+        let mut retired = self.write();
+        let now = self.inner.now_ms();
+        let current = self.inner.entries.load_full();
+        if let Some(entry) = current.get(key) {
+            entry.touch(now);
+            if pin {
+                entry.pinned.store(true, Ordering::SeqCst);
+            }
             return Ok(entry.cache.clone());
         }
-        if entries.len() >= self.inner.limits.max_keys {
-            self.evict_idle_locked(&mut entries, now);
-        }
-        if entries.len() >= self.inner.limits.max_keys {
+        let mut next = Map::clone(&current);
+        let evicted = if next.len() >= self.inner.limits.max_keys {
+            self.evict_idle_from(&mut next, &mut retired, now)
+        } else {
+            0
+        };
+        if next.len() >= self.inner.limits.max_keys {
+            // Nothing idle enough to make room; publish what was dropped (rarely anything).
+            if evicted > 0 {
+                self.inner.entries.store(Arc::new(next));
+            }
             return Err(SetFull {
                 what: self.inner.what,
                 max: self.inner.limits.max_keys,
@@ -126,49 +216,51 @@ impl<C: Expiring + Send + Sync + 'static> CacheSet<C> {
             });
         }
         let cache = (self.inner.start)(key);
-        entries.insert(
-            key.to_owned(),
-            Entry {
+        next.insert(
+            Arc::from(key),
+            Arc::new(Entry {
                 cache: cache.clone(),
-                last_used: now,
-                pinned: false,
-            },
+                last_used: AtomicU64::new(now),
+                pinned: AtomicBool::new(pin),
+                evicted: AtomicBool::new(false),
+            }),
         );
-        Ok(cache)
-    }
-
-    /// Starts `key` now (so its token is ready before the first request) and never drops it;
-    /// pinned keys count towards the limit.
-    pub fn pin(&self, key: &str) -> Result<CredentialCache<C>, SetFull> {
-        let cache = self.get(key)?;
-        if let Some(entry) = self.lock().get_mut(key) {
-            entry.pinned = true;
-        }
+        self.inner.entries.store(Arc::new(next));
         Ok(cache)
     }
 
     /// Drops the keys idle for longer than the limit; returns how many.
     pub fn evict_idle(&self) -> usize {
-        let mut entries = self.lock();
-        self.evict_idle_locked(&mut entries, Instant::now())
+        let mut retired = self.write();
+        let current = self.inner.entries.load_full();
+        let mut next = Map::clone(&current);
+        let evicted = self.evict_idle_from(&mut next, &mut retired, self.inner.now_ms());
+        if evicted > 0 {
+            self.inner.entries.store(Arc::new(next));
+        }
+        evicted
     }
 
-    fn evict_idle_locked(&self, entries: &mut HashMap<String, Entry<C>>, now: Instant) -> usize {
-        let idle = self.inner.limits.idle;
-        let before = entries.len();
-        let mut retired = self
-            .inner
-            .retired
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        entries.retain(|_, e| {
-            let keep = e.pinned || now.saturating_duration_since(e.last_used) < idle;
-            if !keep {
-                add_counters(&mut retired, &e.cache.stats());
+    /// Removes idle entries from `map` (a copy, published by the caller), adding their counters
+    /// to `retired`. Caller holds the write lock.
+    fn evict_idle_from(&self, map: &mut Map<C>, retired: &mut CacheStats, now: u64) -> usize {
+        let idle = u64::try_from(self.inner.limits.idle.as_millis()).unwrap_or(u64::MAX);
+        let is_idle = |e: &Entry<C>| now.saturating_sub(e.last_used.load(Ordering::SeqCst)) >= idle;
+        let before = map.len();
+        map.retain(|_, e| {
+            if e.pinned.load(Ordering::SeqCst) || !is_idle(e) {
+                return true;
             }
-            keep
+            e.evicted.store(true, Ordering::SeqCst);
+            // A lookup that touched it before seeing the mark keeps it.
+            if !is_idle(e) {
+                e.evicted.store(false, Ordering::SeqCst);
+                return true;
+            }
+            add_counters(retired, &e.cache.stats());
+            false
         });
-        before - entries.len()
+        before - map.len()
     }
 
     /// Drops idle keys every `every` until the last clone of the set is gone.
@@ -190,7 +282,7 @@ impl<C: Expiring + Send + Sync + 'static> CacheSet<C> {
 
     /// Number of keys held.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.inner.entries.load().len()
     }
 
     /// Whether no key is held.
@@ -201,21 +293,16 @@ impl<C: Expiring + Send + Sync + 'static> CacheSet<C> {
     /// Counters summed over every key ever held (dropped ones included, so they never go
     /// down); `expires_in`: the soonest of the keys held; `last_error`: any of theirs.
     pub fn stats(&self) -> CacheStats {
-        let caches: Vec<_> = self.lock().values().map(|e| e.cache.clone()).collect();
-        let mut total = {
-            let retired = self
-                .inner
-                .retired
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            CacheStats {
-                expires_in: None,
-                last_error: None,
-                ..retired.clone()
-            }
+        // Under the write lock, so no key moves from the map to the retired counters while
+        // they are summed (it would be counted twice or not at all).
+        let retired = self.write();
+        let mut total = CacheStats {
+            expires_in: None,
+            last_error: None,
+            ..retired.clone()
         };
-        for cache in caches {
-            let s = cache.stats();
+        for entry in self.inner.entries.load().values() {
+            let s = entry.cache.stats();
             add_counters(&mut total, &s);
             total.expires_in = match (total.expires_in, s.expires_in) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -226,9 +313,9 @@ impl<C: Expiring + Send + Sync + 'static> CacheSet<C> {
         total
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry<C>>> {
+    fn write(&self) -> MutexGuard<'_, CacheStats> {
         self.inner
-            .entries
+            .write
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }

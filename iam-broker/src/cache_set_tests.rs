@@ -111,3 +111,79 @@ async fn the_set_is_capped_and_idle_keys_make_room() {
     assert_eq!(set.evict_idle(), 1, "only c; a is pinned");
     assert_eq!(set.len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_key_starts_a_new_cache_on_next_use() {
+    let limits = SetLimits {
+        max_keys: 4,
+        idle: Duration::from_secs(60),
+    };
+    let (set, calls) = set(limits);
+    let wait = Duration::from_secs(5);
+    set.get("a").unwrap().get(wait).await.unwrap();
+    tokio::time::advance(Duration::from_secs(59)).await;
+    set.get("a").unwrap(); // used: the idle clock starts again
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert_eq!(set.evict_idle(), 0, "used 59 s ago");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(set.evict_idle(), 1);
+    assert!(set.is_empty());
+    let held = set.get("a").unwrap().get(wait).await.unwrap();
+    assert_eq!(held.credentials().0, "a");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "a new cache, a new fetch");
+    assert_eq!(
+        set.stats().refreshes,
+        2,
+        "the dropped cache's fetch still counts"
+    );
+}
+
+/// Lookups on several threads while keys are evicted as fast as they go idle: the cap holds,
+/// every lookup gets its own key's cache, and nothing deadlocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lookups_racing_evictions_keep_the_cap_and_the_keys() {
+    let limits = SetLimits {
+        max_keys: 4,
+        idle: Duration::from_millis(1),
+    };
+    let (set, _) = set(limits);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sweeper = {
+        let (set, stop) = (set.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                set.evict_idle();
+                assert!(set.len() <= 4);
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let workers = (0..4).map(|w| {
+        let set = set.clone();
+        tokio::spawn(async move {
+            let mut served = 0;
+            for i in 0..2_000 {
+                let key = ["a", "b", "c", "d", "e", "f"][(i + w) % 6];
+                match set.get(key) {
+                    Ok(cache) => {
+                        if let Ok(held) = cache.get(Duration::from_secs(5)).await {
+                            assert_eq!(held.credentials().0, key);
+                            served += 1;
+                        }
+                    }
+                    Err(full) => assert_eq!(full.max, 4),
+                }
+                assert!(set.len() <= 4);
+            }
+            served
+        })
+    });
+    let served: u64 = futures_util::future::join_all(workers)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .sum();
+    stop.store(true, Ordering::SeqCst);
+    sweeper.await.unwrap();
+    assert!(served > 0);
+}

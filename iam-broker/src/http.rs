@@ -113,7 +113,8 @@ impl Service {
         };
         let app = self
             .routes
-            .layer(middleware::from_fn_with_state(guard, guard_layer));
+            // In an `Arc`: the state is cloned per request, and `Metrics` is seven `Arc`s.
+            .layer(middleware::from_fn_with_state(Arc::new(guard), guard_layer));
         Parts {
             app,
             ready: self.ready,
@@ -190,7 +191,6 @@ pub fn readiness<C: crate::provider::Expiring + Send + Sync + 'static>(
 
 // === Guards ===
 
-#[derive(Clone)]
 struct Guard {
     metrics: Metrics,
     route_label: fn(&str) -> &'static str,
@@ -199,7 +199,7 @@ struct Guard {
 }
 
 /// Host and method checks in front of everything, and request metrics.
-async fn guard_layer(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+async fn guard_layer(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
     let route = (guard.route_label)(request.uri().path());
     let (response, result) = if let Some(response) = reject_host(&request, guard.render) {
         (response, "foreign_host")

@@ -11,7 +11,7 @@ use iam_broker::provider::{JwtSource, aws, azure, gcp, vault};
 use prometheus_client::registry::Registry;
 use sidecar_runtime::metrics::JwtCacheCollector;
 use sidecar_runtime::tls_roots::{self, RootsLocations};
-use sidecar_runtime::{Admin, Shutdown};
+use sidecar_runtime::{Admin, Readiness, Shutdown};
 use tokio::net::TcpListener;
 use workload_client::{
     CacheConfig as JwtCacheConfig, JwtKey, JwtSvidCache, ProcessEnv, WorkloadApiClient,
@@ -56,12 +56,22 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let metrics = Metrics::register(&mut registry);
     registry.register_collector(Box::new(JwtCacheCollector(jwt_cache.clone())));
     let jwt = JwtSource::new(jwt_cache, client, key);
+    let jwt_ready = jwt.clone();
     // CA roots for the provider's TLS (SSL_CERT_FILE/DIR, else the OpenShift-injected bundle,
     // else Debian's): an explicit setting that yields nothing stops the broker, naming it.
     let roots = tls_roots::load(RootsLocations::from_env(&ProcessEnv))
         .await
         .context("loading CA certificates for the provider")?;
 
+    // What every provider shares; each provider logs its own settings when it starts.
+    tracing::info!(
+        listen = %common.listen,
+        admin = ?common.admin_listen,
+        workload_api = %common.socket.endpoint,
+        workload_api_from = %common.socket.source,
+        audience = %common.audience,
+        "starting"
+    );
     let service: Service = match &config.provider {
         ProviderConfig::Aws(c) => aws::service(common, c, &roots, jwt, &metrics, &mut registry)?,
         ProviderConfig::Azure(c) => {
@@ -75,9 +85,15 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 
     let iam_broker::http::Parts {
         app,
-        ready,
+        ready: provider_ready,
         on_shutdown,
     } = service.into_parts(metrics);
+    // Every provider: ready while a valid JWT-SVID is held (as the other sidecars: ready while
+    // holding a valid SVID), and then whatever the provider fetches at start.
+    let ready = move || match jwt_ready.readiness() {
+        Readiness::Ready => provider_ready(),
+        not_ready => not_ready,
+    };
     if let Some(listener) = admin_listener {
         Admin::new(registry, ready).spawn(listener, shutdown.clone());
     }

@@ -93,7 +93,7 @@ impl Metrics {
         let exchanges = ExchangeCalls::default();
         registry.register(
             "token_exchanges",
-            "Token exchanges with Entra ID (azure) and Google STS / IAM Credentials (gcp) by provider and outcome (success, retryable_error, rejected)",
+            "Token exchanges with Entra ID (azure) and Google STS / IAM Credentials (gcp) by provider and outcome (success, retryable_error, rejected, invalid_token: the JWT-SVID refused, retried once with a fresh one)",
             exchanges.0.clone(),
         );
         Self::with(requests, sts_calls, exchanges)

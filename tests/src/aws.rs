@@ -174,9 +174,8 @@ impl TestCa {
     }
 }
 
-/// A strict fake of an HTTPS service (Entra ID, Google STS): its own thread and runtime, TLS
-/// with a [`TestCa`] certificate, every request to `handle` on a blocking thread (handlers
-/// verify signatures and take locks freely); stopped and joined when dropped.
+/// A stand-in server (Entra ID, Google STS, the STS proxy in front of moto): its own thread and
+/// runtime, HTTPS with a [`TestCa`] certificate or plain HTTP; stopped and joined when dropped.
 #[derive(Debug)]
 pub(crate) struct FakeHttps {
     /// Where it listens.
@@ -186,6 +185,8 @@ pub(crate) struct FakeHttps {
 }
 
 impl FakeHttps {
+    /// A strict fake over HTTPS: every request to `handle` on a blocking thread (handlers verify
+    /// signatures and take locks freely).
     pub(crate) fn start<H>(name: &str, port: u16, ca: &TestCa, handle: H) -> Self
     where
         H: Fn(&Method, &Uri, &HeaderMap, &Bytes) -> axum::response::Response
@@ -193,12 +194,33 @@ impl FakeHttps {
             + Sync
             + 'static,
     {
+        let handle = Arc::new(handle);
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let handle = handle.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || handle(&method, &uri, &headers, &body))
+                        .await
+                        .unwrap()
+                }
+            },
+        );
+        let tls = Some((ca.acceptor(), Arc::new(AtomicU64::new(0))));
+        Self::serve(name, port, tls, app)
+    }
+
+    /// Serves `app` on `127.0.0.1:port`: over TLS with `tls`'s acceptor (failed handshakes
+    /// counted in its counter), else plain HTTP.
+    pub(crate) fn serve(
+        name: &str,
+        port: u16,
+        tls: Option<(tokio_rustls::TlsAcceptor, Arc<AtomicU64>)>,
+        app: axum::Router,
+    ) -> Self {
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))
             .unwrap_or_else(|e| panic!("{name} cannot bind 127.0.0.1:{port}: {e}"));
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let acceptor = ca.acceptor();
-        let handle = Arc::new(handle);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("{name}-{addr}"))
@@ -209,26 +231,22 @@ impl FakeHttps {
                     .unwrap();
                 rt.block_on(async move {
                     let tcp = tokio::net::TcpListener::from_std(listener).unwrap();
-                    let app = axum::Router::new().fallback(
-                        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                            let handle = handle.clone();
-                            async move {
-                                tokio::task::spawn_blocking(move || {
-                                    handle(&method, &uri, &headers, &body)
-                                })
-                                .await
-                                .unwrap()
-                            }
+                    match tls {
+                        None => tokio::select! {
+                            r = axum::serve(tcp, app) => r.unwrap(),
+                            _ = stopped => {}
                         },
-                    );
-                    let listener = TlsListener {
-                        tcp,
-                        acceptor,
-                        failed: Arc::new(AtomicU64::new(0)),
-                    };
-                    tokio::select! {
-                        r = axum::serve(listener, app) => r.unwrap(),
-                        _ = stopped => {}
+                        Some((acceptor, failed)) => {
+                            let listener = TlsListener {
+                                tcp,
+                                acceptor,
+                                failed,
+                            };
+                            tokio::select! {
+                                r = axum::serve(listener, app) => r.unwrap(),
+                                _ = stopped => {}
+                            }
+                        }
                     }
                 });
             })
@@ -254,10 +272,10 @@ impl Drop for FakeHttps {
 
 /// TLS on accept, for `axum::serve`. A failed handshake (a client that does not trust the
 /// CA) is counted and the next connection accepted.
-pub(crate) struct TlsListener {
-    pub(crate) tcp: tokio::net::TcpListener,
-    pub(crate) acceptor: tokio_rustls::TlsAcceptor,
-    pub(crate) failed: Arc<AtomicU64>,
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    failed: Arc<AtomicU64>,
 }
 
 impl axum::serve::Listener for TlsListener {
@@ -306,8 +324,7 @@ pub struct StsProxy {
     pub addr: SocketAddr,
     scheme: &'static str,
     state: Arc<ProxyState>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: FakeHttps,
 }
 
 impl StsProxy {
@@ -342,54 +359,20 @@ impl StsProxy {
             calls: Mutex::new(Vec::new()),
             tls_failures: Arc::new(AtomicU64::new(0)),
         });
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("STS proxy cannot bind 127.0.0.1:{port}: {e}"));
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let s = state.clone();
-        let s_failed = state.tls_failures.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("sts-proxy-{addr}"))
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                    let app = axum::Router::new().fallback(
-                        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                            let s = s.clone();
-                            async move { handle(&s, &method, &uri, &headers, body).await }
-                        },
-                    );
-                    match tls {
-                        None => tokio::select! {
-                            r = axum::serve(listener, app) => r.unwrap(),
-                            _ = stopped => {}
-                        },
-                        Some(acceptor) => {
-                            let listener = TlsListener {
-                                tcp: listener,
-                                acceptor,
-                                failed: s_failed,
-                            };
-                            tokio::select! {
-                                r = axum::serve(listener, app) => r.unwrap(),
-                                _ = stopped => {}
-                            }
-                        }
-                    }
-                });
-            })
-            .unwrap();
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let s = s.clone();
+                async move { handle(&s, &method, &uri, &headers, body).await }
+            },
+        );
+        let tls = tls.map(|acceptor| (acceptor, state.tls_failures.clone()));
+        let server = FakeHttps::serve("sts-proxy", port, tls, app);
         Self {
-            addr,
+            addr: server.addr,
             scheme,
             state,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -433,17 +416,6 @@ impl StsProxy {
     /// Every `AssumeRoleWithWebIdentity` call received, oldest first.
     pub fn calls(&self) -> Vec<StsCall> {
         self.state.calls.lock().unwrap().clone()
-    }
-}
-
-impl Drop for StsProxy {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -61,6 +61,9 @@ pub enum EntraFault {
     Throttle,
     /// Refuse every assertion: no matching federated identity record (AADSTS70021).
     InvalidAssertion,
+    /// Refuse the assertion as outside its valid time range (AADSTS700024: Entra's answer to an
+    /// expired or not-yet-valid JWT, e.g. across clock skew).
+    AssertionOutOfTime,
 }
 
 /// One token request as the fake saw it.
@@ -72,6 +75,8 @@ pub struct EntraCall {
     pub status: u16,
     /// The AADSTS code of a refusal (0 for success).
     pub code: u32,
+    /// The client assertion presented (a JWT-SVID; empty if none).
+    pub assertion: String,
 }
 
 #[derive(Debug)]
@@ -79,7 +84,8 @@ struct State {
     tenant: String,
     client_id: String,
     federated: FederatedCredential,
-    fault: Mutex<EntraFault>,
+    /// The fault, and for how many more calls (`None`: until changed).
+    fault: Mutex<(EntraFault, Option<u32>)>,
     lifetime_secs: AtomicU64,
     calls: Mutex<Vec<EntraCall>>,
     issued: Mutex<Vec<String>>,
@@ -108,7 +114,7 @@ impl FakeEntra {
             tenant: TENANT.to_owned(),
             client_id: CLIENT_ID.to_owned(),
             federated,
-            fault: Mutex::new(EntraFault::None),
+            fault: Mutex::new((EntraFault::None, None)),
             lifetime_secs: AtomicU64::new(3600),
             calls: Mutex::new(Vec::new()),
             issued: Mutex::new(Vec::new()),
@@ -132,7 +138,12 @@ impl FakeEntra {
 
     /// Applies `fault` from now on.
     pub fn set_fault(&self, fault: EntraFault) {
-        *self.state.fault.lock().unwrap() = fault;
+        *self.state.fault.lock().unwrap() = (fault, None);
+    }
+
+    /// Applies `fault` to the next `calls` token requests only.
+    pub fn fault_next(&self, calls: u32, fault: EntraFault) {
+        *self.state.fault.lock().unwrap() = (fault, Some(calls));
     }
 
     /// Tokens issued from now on live `secs`.
@@ -210,6 +221,7 @@ fn handle(s: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8
         scope,
         status,
         code,
+        assertion: param("client_assertion").unwrap_or_default(),
     });
     response
 }
@@ -227,7 +239,17 @@ fn decide(
     param: &dyn Fn(&str) -> Option<String>,
     scope: &str,
 ) -> Decision {
-    match *s.fault.lock().unwrap() {
+    let fault = {
+        let mut fault = s.fault.lock().unwrap();
+        let now = fault.0;
+        match &mut fault.1 {
+            Some(left) if *left <= 1 => *fault = (EntraFault::None, None),
+            Some(left) => *left -= 1,
+            None => {}
+        }
+        now
+    };
+    match fault {
         EntraFault::None => {}
         EntraFault::Status(code) => {
             let r = (
@@ -252,6 +274,14 @@ fn decide(
                 "invalid_client",
                 70021,
                 "No matching federated identity record found for presented assertion.",
+            );
+        }
+        EntraFault::AssertionOutOfTime => {
+            return refuse(
+                400,
+                "invalid_client",
+                700024,
+                "Client assertion is not within its valid time range.",
             );
         }
     }
@@ -525,6 +555,41 @@ pub fn start_broker(
         listen,
         admin,
     }
+}
+
+/// A fake Entra (its own CA, written to `dir/entra-ca.pem` for the broker's `SSL_CERT_FILE`)
+/// holding `federated`, and `iam-broker azure` in front of it against the agent at `socket`,
+/// with `IDENTITY_HEADER=identity_header`, plus `args` and `env`.
+pub fn start_with_entra(
+    dir: &Path,
+    socket: &str,
+    federated: &FederatedCredential,
+    identity_header: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (FakeEntra, Broker) {
+    let ca = TestCa::new();
+    let ca_file = dir.join("entra-ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let entra = FakeEntra::start(&ca, federated.clone());
+    let authority = entra.url();
+    let mut all = vec![
+        "azure",
+        "--tenant-id",
+        TENANT,
+        "--client-id",
+        CLIENT_ID,
+        "--authority-host",
+        &authority,
+    ];
+    all.extend(args);
+    let mut all_env = vec![
+        ("IDENTITY_HEADER", identity_header),
+        ("SSL_CERT_FILE", ca_file.to_str().unwrap()),
+    ];
+    all_env.extend(env);
+    let broker = start_broker(dir, socket, &all, &all_env);
+    (entra, broker)
 }
 
 // === the real client ===

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::aws::Broker;
 use crate::aws::{FakeHttps, TestCa, form, rfc3339, unix_now};
-use crate::azure::{claims, discover_jwks};
+use crate::azure::{claims, discover_jwks, start_broker};
 use crate::{free_port, output, python_with, root};
 
 /// The project number in the pool provider.
@@ -404,6 +404,43 @@ fn generate_access_token(
         200,
         &serde_json::json!({ "accessToken": access, "expireTime": rfc3339(unix_now() + lifetime) }),
     )
+}
+
+// === the broker ===
+
+/// A fake Google (its own CA, written to `dir/google-ca.pem` for the broker's `SSL_CERT_FILE`)
+/// trusting `issuer`, `before` applied to it, and `iam-broker gcp` in front of it (both
+/// endpoints) against the agent at `socket`, plus `args` and `env`.
+pub fn start_with_google(
+    dir: &Path,
+    socket: &str,
+    issuer: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    before: impl FnOnce(&FakeGoogle),
+) -> (FakeGoogle, Broker) {
+    let ca = TestCa::new();
+    let ca_file = dir.join("google-ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let google = FakeGoogle::start(&ca, issuer);
+    before(&google);
+    let url = google.url();
+    let mut all = vec![
+        "gcp",
+        "--audience",
+        PROVIDER,
+        "--project-id",
+        PROJECT_ID,
+        "--sts-endpoint",
+        &url,
+        "--iam-credentials-endpoint",
+        &url,
+    ];
+    all.extend(args);
+    let mut all_env = vec![("SSL_CERT_FILE", ca_file.to_str().unwrap())];
+    all_env.extend(env);
+    let broker = start_broker(dir, socket, &all, &all_env);
+    (google, broker)
 }
 
 // === the real client ===

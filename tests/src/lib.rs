@@ -400,6 +400,41 @@ pub fn agent_with_oidc(dir: &Path, spiffe_id: &str) -> (DevAgent, String) {
     (agent, issuer)
 }
 
+/// Whether a test starts the agent before the sidecar or after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentStart {
+    /// The agent serves before the sidecar starts.
+    First,
+    /// The agent is down when the sidecar starts (started again with [`DevAgent::restart`]).
+    Late,
+}
+
+static PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Held from picking ports until the processes have bound them: tests run in parallel, and a
+/// port picked but not yet bound could be handed to another test's process meanwhile.
+pub fn lock_ports() -> std::sync::MutexGuard<'static, ()> {
+    PORTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A bad-settings case: arguments, environment (the rest of it is cleared), and what stderr
+/// must say.
+pub type BadSettings<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+/// Runs the workspace binary `name` for each case: it must exit 2 naming the setting.
+pub fn assert_exit_2(name: &str, cases: &[BadSettings<'_>]) {
+    for (args, env, want) in cases {
+        let mut cmd = Command::new(bin(name));
+        cmd.env_clear().args(*args).envs(env.iter().copied());
+        let out = output(cmd);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+}
+
 /// A minimal HTTP/1.1 request on loopback: `(status, body)`; `None` if the connection fails.
 /// [`envoy::request`] sends headers and returns them too.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
@@ -409,15 +444,4 @@ pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)>
 /// Runs a command to completion.
 pub fn output(mut cmd: Command) -> Output {
     cmd.stdin(Stdio::null()).output().unwrap()
-}
-
-/// Runs `bin(program) args…` in a clean environment plus `env` and asserts it exits 2 with
-/// `want` (the setting's name and the reason) on stderr: the sidecars' bad-configuration rule.
-pub fn assert_config_error(program: &str, args: &[&str], env: &[(&str, &str)], want: &str) {
-    let mut cmd = Command::new(bin(program));
-    cmd.env_clear().args(args).envs(env.iter().copied());
-    let out = output(cmd);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-    assert!(stderr.contains(want), "{args:?}: {stderr}");
 }

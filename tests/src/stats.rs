@@ -11,7 +11,12 @@ pub fn quantile(samples: &mut [Duration], q: f64) -> Duration {
 
 /// `123 µs`.
 pub fn us(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+    secs_as_us(d.as_secs_f64())
+}
+
+/// `123 µs` from seconds as `f64` (medians of wrk's figures, differences that may be negative).
+pub fn secs_as_us(secs: f64) -> String {
+    format!("{:.0} µs", secs * 1e6)
 }
 
 /// `1.23 ms`.

@@ -11,7 +11,7 @@ use suite_tests::aws::{
     credential_process_profile, require_curl,
 };
 use suite_tests::sidecars::jwt_claims;
-use suite_tests::{DevAgent, bin, free_port, output, wait_until};
+use suite_tests::{BadSettings, DevAgent, assert_exit_2, bin, free_port, output, wait_until};
 
 const SPIFFE_ID: &str = "spiffe://example.org/ns/default/sa/web";
 /// `RoleSessionName` derived from [`SPIFFE_ID`].
@@ -578,10 +578,9 @@ fn readyz_flips_once_credentials_are_held_and_sigterm_exits_cleanly() {
 
 #[test]
 fn bad_configuration_exits_2_naming_the_setting() {
-    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     // Before, a non-loopback --listen only logged a warning and served credentials.
     let anywhere = format!("0.0.0.0:{}", free_port());
-    let cases: &[Case<'_>] = &[
+    let cases: &[BadSettings<'_>] = &[
         (
             &["aws", "--audience", "a", "--role-arn", ROLE_ARN],
             &[("SPIFFE_IAM_BROKER_LISTEN", &anywhere)],
@@ -611,14 +610,7 @@ fn bad_configuration_exits_2_naming_the_setting() {
             "--duration: must be whole seconds from 900",
         ),
     ];
-    for (args, env, want) in cases {
-        let mut cmd = Command::new(bin("iam-broker"));
-        cmd.env_clear().args(*args).envs(env.iter().copied());
-        let out = output(cmd);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(want), "{args:?}: {stderr}");
-    }
+    assert_exit_2("iam-broker", cases);
 }
 
 // === STS over TLS (issue 16, item 0; the image's own files: container_image.rs) ===

@@ -4,16 +4,17 @@
 //! real `azure-identity` client from PyPI as the consumer, with only `IDENTITY_ENDPOINT` and
 //! `IDENTITY_HEADER` set.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
-use suite_tests::aws::{Broker, TestCa, concurrent_gets_with};
+use suite_tests::aws::{Broker, concurrent_gets_with};
 use suite_tests::azure::{
     AUDIENCE, CLIENT_ID, EntraFault, FakeEntra, FederatedCredential, TENANT, azure_identity,
-    start_broker,
+    start_with_entra,
 };
-use suite_tests::{DevAgent, agent_with_oidc, bin, output, wait_until};
+use suite_tests::{
+    AgentStart, BadSettings, DevAgent, agent_with_oidc, assert_exit_2, lock_ports, wait_until,
+};
 
 const SPIFFE_ID: &str = "spiffe://example.org/ns/default/sa/web";
 const IDENTITY_HEADER: &str = "b3f1c0de-identity-header-for-tests";
@@ -22,50 +23,39 @@ const VAULT: &str = "https://vault.azure.net";
 
 /// The dev agent (with OIDC discovery), the fake Entra trusting it, the broker in front.
 struct Setup {
-    _agent: DevAgent,
+    agent: DevAgent,
     entra: FakeEntra,
     broker: Broker,
-    ca_file: PathBuf,
 }
 
-/// Held from picking ports until the processes have bound them: tests run in parallel, and a
-/// port picked here but not yet bound could be handed to another test's process meanwhile.
-static PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn setup(dir: &Path, subject: &str, broker_args: &[&str]) -> Setup {
-    let _ports = PORTS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (agent, issuer) = agent_with_oidc(dir, SPIFFE_ID);
-    let ca = TestCa::new();
-    let ca_file = dir.join("entra-ca.pem");
-    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
-    let entra = FakeEntra::start(
-        &ca,
-        FederatedCredential {
+    setup_with(dir, subject, broker_args, AgentStart::First)
+}
+
+/// [`setup`], with the agent down when the broker starts if `agent` says so (it is started
+/// again, same socket and keys' issuer, with `s.agent.restart()`).
+fn setup_with(dir: &Path, subject: &str, broker_args: &[&str], agent: AgentStart) -> Setup {
+    let _ports = lock_ports();
+    let (mut agent_proc, issuer) = agent_with_oidc(dir, SPIFFE_ID);
+    if agent == AgentStart::Late {
+        agent_proc.proc.kill();
+    }
+    let (entra, broker) = start_with_entra(
+        dir,
+        &agent_proc.endpoint,
+        &FederatedCredential {
             issuer,
             subject: subject.to_owned(),
             audience: AUDIENCE.to_owned(),
         },
-    );
-    let mut args = vec!["azure", "--tenant-id", TENANT, "--client-id", CLIENT_ID];
-    let authority = entra.url();
-    args.extend(["--authority-host", &authority]);
-    args.extend(broker_args);
-    let broker = start_broker(
-        dir,
-        &agent.endpoint,
-        &args,
-        &[
-            ("IDENTITY_HEADER", IDENTITY_HEADER),
-            ("SSL_CERT_FILE", ca_file.to_str().unwrap()),
-        ],
+        IDENTITY_HEADER,
+        broker_args,
+        &[],
     );
     Setup {
-        _agent: agent,
+        agent: agent_proc,
         entra,
         broker,
-        ca_file,
     }
 }
 
@@ -181,7 +171,6 @@ fn managed_identity_and_default_credentials_get_tokens_for_two_resources() {
         assert!(!log.contains(&token), "access token in the log");
     }
     assert!(!log.contains("eyJ"), "a JWT in the log:\n{log}");
-    let _ = &s.ca_file;
 }
 
 #[test]
@@ -286,6 +275,43 @@ fn invalid_assertion_gives_the_sdk_the_aadsts_code_and_does_not_hammer_entra() {
 }
 
 #[test]
+fn an_assertion_out_of_its_time_range_is_retried_once_with_a_fresh_jwt_svid() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path(), SPIFFE_ID, &["--fetch-wait", "5s"]);
+    // AADSTS700024 once: the broker presents a freshly fetched JWT-SVID at once.
+    s.entra.fault_next(1, EntraFault::AssertionOutOfTime);
+    access_token(&msi(&s.broker, STORAGE, Some(IDENTITY_HEADER)));
+    let calls = s.entra.calls();
+    assert_eq!(
+        calls.iter().map(|c| c.code).collect::<Vec<_>>(),
+        [700_024, 0],
+        "refused once, retried once"
+    );
+    assert_ne!(
+        calls[0].assertion, calls[1].assertion,
+        "the retry used a freshly fetched JWT-SVID"
+    );
+    assert_eq!(
+        s.broker.metric(
+            "iam_broker_token_exchanges_total{provider=\"azure\",outcome=\"invalid_token\"}"
+        ),
+        1
+    );
+    // Refused twice: no third request at once; the SDK sees the code, then the retry schedule
+    // (seconds) gets a token without a restart.
+    s.entra.fault_next(2, EntraFault::AssertionOutOfTime);
+    let r = msi(&s.broker, VAULT, Some(IDENTITY_HEADER));
+    let (status, message) = msal_error(&r);
+    assert_eq!(status, 503, "transient after the retry: {message}");
+    assert!(message.contains("AADSTS700024"), "{message}");
+    assert_eq!(s.entra.calls_by_scope()[&format!("{VAULT}/.default")], 2);
+    wait_until("a token after the backoff", Duration::from_secs(30), || {
+        msi(&s.broker, VAULT, Some(IDENTITY_HEADER)).status == 200
+    });
+    assert_eq!(s.entra.calls_by_scope()[&format!("{VAULT}/.default")], 3);
+}
+
+#[test]
 fn a_subject_without_a_federated_credential_is_refused_by_the_strict_fake() {
     let dir = tempfile::tempdir().unwrap();
     // Entra trusts another workload: the assertion verifies but its `sub` matches no record.
@@ -319,10 +345,20 @@ fn allow_listed_resources_are_fetched_at_start_and_others_refused() {
 }
 
 #[test]
+fn readyz_waits_for_a_jwt_svid_when_the_agent_starts_late() {
+    let dir = tempfile::tempdir().unwrap();
+    // No allow-list: nothing to fetch at start, but without a JWT-SVID nothing can be exchanged.
+    let mut s = setup_with(dir.path(), SPIFFE_ID, &[], AgentStart::Late);
+    assert_eq!(s.broker.readyz(), 503, "no agent, no JWT-SVID: not ready");
+    s.agent.restart();
+    s.broker.wait_ready(Duration::from_secs(30));
+    access_token(&msi(&s.broker, STORAGE, Some(IDENTITY_HEADER)));
+}
+
+#[test]
 fn bad_azure_settings_exit_2_naming_the_setting() {
-    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let id = &[("IDENTITY_HEADER", "x")][..];
-    let cases: &[Case<'_>] = &[
+    let cases: &[BadSettings<'_>] = &[
         (
             &["azure", "--client-id", CLIENT_ID],
             id,
@@ -371,12 +407,5 @@ fn bad_azure_settings_exit_2_naming_the_setting() {
             "--resources: \"https://vault.azure.net/.default\": give the resource without /.default",
         ),
     ];
-    for (args, env, want) in cases {
-        let mut cmd = Command::new(bin("iam-broker"));
-        cmd.env_clear().args(*args).envs(env.iter().copied());
-        let out = output(cmd);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(want), "{args:?}: {stderr}");
-    }
+    assert_exit_2("iam-broker", cases);
 }

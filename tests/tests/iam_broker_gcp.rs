@@ -5,15 +5,15 @@
 //! `GCE_METADATA_IP` pointing at the broker.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use suite_tests::aws::{Broker, TestCa, concurrent_gets_with};
-use suite_tests::azure::start_broker;
+use suite_tests::aws::{Broker, concurrent_gets_with};
 use suite_tests::gcp::{
-    FakeGoogle, GoogleFault, PROJECT_ID, PROVIDER, SERVICE_ACCOUNT, google_auth,
+    FakeGoogle, GoogleFault, PROJECT_ID, PROVIDER, SERVICE_ACCOUNT, google_auth, start_with_google,
 };
-use suite_tests::{DevAgent, agent_with_oidc, bin, output, wait_until};
+use suite_tests::{
+    AgentStart, BadSettings, DevAgent, agent_with_oidc, assert_exit_2, lock_ports, wait_until,
+};
 
 const SPIFFE_ID: &str = "spiffe://example.org/ns/default/sa/web";
 const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -22,47 +22,33 @@ const BIGQUERY: &str = "https://www.googleapis.com/auth/bigquery";
 const TOKEN: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
 
 struct Setup {
-    _agent: DevAgent,
+    agent: DevAgent,
     google: FakeGoogle,
     broker: Broker,
 }
 
-/// Held from picking ports until the processes have bound them (tests run in parallel).
-static PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// The agent (with OIDC discovery), the fake Google trusting it, the broker in front; `before`
 /// runs on the fake before the broker starts (its first exchange begins at once).
 fn setup(dir: &Path, broker_args: &[&str], before: impl FnOnce(&FakeGoogle)) -> Setup {
-    let _ports = PORTS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (agent, issuer) = agent_with_oidc(dir, SPIFFE_ID);
-    let ca = TestCa::new();
-    let ca_file = dir.join("google-ca.pem");
-    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
-    let google = FakeGoogle::start(&ca, &issuer);
-    before(&google);
-    let url = google.url();
-    let mut args = vec![
-        "gcp",
-        "--audience",
-        PROVIDER,
-        "--project-id",
-        PROJECT_ID,
-        "--sts-endpoint",
-        &url,
-        "--iam-credentials-endpoint",
-        &url,
-    ];
-    args.extend(broker_args);
-    let broker = start_broker(
-        dir,
-        &agent.endpoint,
-        &args,
-        &[("SSL_CERT_FILE", ca_file.to_str().unwrap())],
-    );
+    setup_with(dir, broker_args, before, AgentStart::First)
+}
+
+/// [`setup`], with the agent down when the broker starts if `agent` says so.
+fn setup_with(
+    dir: &Path,
+    broker_args: &[&str],
+    before: impl FnOnce(&FakeGoogle),
+    agent: AgentStart,
+) -> Setup {
+    let _ports = lock_ports();
+    let (mut agent_proc, issuer) = agent_with_oidc(dir, SPIFFE_ID);
+    if agent == AgentStart::Late {
+        agent_proc.proc.kill();
+    }
+    let (google, broker) =
+        start_with_google(dir, &agent_proc.endpoint, &issuer, broker_args, &[], before);
     Setup {
-        _agent: agent,
+        agent: agent_proc,
         google,
         broker,
     }
@@ -264,9 +250,24 @@ fn invalid_grant_reaches_google_auth_and_sts_is_not_hammered() {
 }
 
 #[test]
+fn readyz_waits_for_the_default_token_when_the_agent_starts_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = setup_with(dir.path(), &[], |_| {}, AgentStart::Late);
+    assert_eq!(s.broker.readyz(), 503, "no agent, no JWT-SVID: not ready");
+    assert!(s.google.calls().is_empty(), "nothing to exchange yet");
+    s.agent.restart();
+    s.broker.wait_ready(Duration::from_secs(30));
+    assert_eq!(
+        sts_calls(&s.google, CLOUD_PLATFORM),
+        1,
+        "the default scopes, fetched"
+    );
+    access_token(&mds(&s.broker, TOKEN));
+}
+
+#[test]
 fn bad_gcp_settings_exit_2_naming_the_setting() {
-    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: &[Case<'_>] = &[
+    let cases: &[BadSettings<'_>] = &[
         (
             &["gcp", "--project-id", PROJECT_ID],
             &[],
@@ -307,12 +308,5 @@ fn bad_gcp_settings_exit_2_naming_the_setting() {
             "SPIFFE_IAM_BROKER_STS_ENDPOINT: plain http is allowed only to a loopback address",
         ),
     ];
-    for (args, env, want) in cases {
-        let mut cmd = Command::new(bin("iam-broker"));
-        cmd.env_clear().args(*args).envs(env.iter().copied());
-        let out = output(cmd);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(want), "{args:?}: {stderr}");
-    }
+    assert_exit_2("iam-broker", cases);
 }

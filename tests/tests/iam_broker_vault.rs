@@ -12,7 +12,7 @@ use suite_tests::aws::{Broker, concurrent_gets_with};
 use suite_tests::azure::start_broker;
 use suite_tests::envoy::request;
 use suite_tests::vault::{FakeVault, ROLE, hvac, hvac_loop};
-use suite_tests::{DevAgent, agent_with_oidc, assert_config_error, wait_until};
+use suite_tests::{BadSettings, DevAgent, agent_with_oidc, assert_exit_2, wait_until};
 
 const SPIFFE_ID: &str = "spiffe://example.org/ns/default/sa/web";
 const SECRET: &str = "/v1/secret/data/app/config";
@@ -353,8 +353,7 @@ fn five_hundred_concurrent_cold_requests_make_one_login() {
 
 #[test]
 fn bad_vault_settings_exit_2_naming_the_setting() {
-    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: &[Case<'_>] = &[
+    let cases: &[BadSettings<'_>] = &[
         (
             &["vault", "--role", ROLE],
             &[],
@@ -395,7 +394,5 @@ fn bad_vault_settings_exit_2_naming_the_setting() {
             "VAULT_CACERT: cannot read",
         ),
     ];
-    for (args, env, want) in cases {
-        assert_config_error("iam-broker", args, env, want);
-    }
+    assert_exit_2("iam-broker", cases);
 }

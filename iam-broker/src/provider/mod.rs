@@ -22,7 +22,7 @@ pub mod https;
 mod jwt;
 pub mod vault;
 
-pub use jwt::JwtSource;
+pub use jwt::{JwtSource, Refused};
 
 /// Credentials that expire at a known instant.
 pub trait Expiring {
@@ -38,8 +38,8 @@ pub trait CredentialProvider: Send + Sync + 'static {
     /// A short name for logs and metrics (`aws`).
     fn name(&self) -> &'static str;
 
-    /// One attempt (a provider may make a second call inside it where its protocol says so,
-    /// e.g. STS's `InvalidIdentityToken` retried once with a fresh token).
+    /// One attempt (a provider may make a second call inside it where its protocol says so:
+    /// a refused token retried once with a fresh one, [`JwtSource::present`]).
     fn fetch(&self) -> BoxFuture<'_, Result<Self::Credentials, ProviderError>>;
 }
 

@@ -19,14 +19,11 @@ use std::time::Duration;
 
 use suite_tests::DevAgent;
 use suite_tests::aws::{Broker, Moto};
+use suite_tests::stats::secs_as_us;
 use suite_tests::wrk::{self, Wrk};
 
 const ROUNDS: usize = 3;
 const SECONDS: u32 = 4;
-
-fn us(secs: f64) -> String {
-    format!("{:.0} µs", secs * 1e6)
-}
 
 /// The trivial baseline: axum, one route, a fixed body of `len` bytes, same content type.
 fn baseline(body: String) -> SocketAddr {
@@ -122,8 +119,8 @@ fn compare(name: &str, target: SocketAddr, path: &str, headers: &[(&str, &str)],
         for (name, (p50, p99, rps)) in ["trivial axum", name].iter().zip(&stats) {
             println!(
                 "   {name:<14} p50 {:>8}  p99 {:>8}  {rps:>8.0} req/s",
-                us(*p50),
-                us(*p99)
+                secs_as_us(*p50),
+                secs_as_us(*p99)
             );
         }
         let ((b50, b99, brps), (h50, h99, hrps)) = (stats[0], stats[1]);
@@ -138,58 +135,26 @@ fn compare(name: &str, target: SocketAddr, path: &str, headers: &[(&str, &str)],
 
 /// The Azure and GCP cached-token endpoints, against the suite's Entra / STS stand-ins.
 fn clouds(dir: &std::path::Path) {
-    use suite_tests::aws::TestCa;
     use suite_tests::{azure, gcp};
-    let oidc = suite_tests::free_port();
-    let issuer = format!("http://127.0.0.1:{oidc}");
     let sub = "spiffe://example.org/ns/bench/sa/app";
     let agent_dir = dir.join("clouds");
     std::fs::create_dir_all(&agent_dir).unwrap();
-    let agent = DevAgent::start(
-        &agent_dir,
-        &[
-            "--spiffe-id",
-            sub,
-            "--oidc-listen",
-            &format!("127.0.0.1:{oidc}"),
-            "--jwt-issuer",
-            &issuer,
-        ],
-    );
-    let ca = TestCa::new();
-    let ca_file = dir.join("clouds-ca.pem");
-    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
-    let ca_env = ca_file.display().to_string();
+    let (agent, issuer) = suite_tests::agent_with_oidc(&agent_dir, sub);
+    // Only warnings: request logging is not what is measured.
+    let quiet = [("RUST_LOG", "warn")];
 
-    let entra = azure::FakeEntra::start(
-        &ca,
-        azure::FederatedCredential {
+    let secret = "bench-identity-header";
+    let (entra, broker) = azure::start_with_entra(
+        dir,
+        &agent.endpoint,
+        &azure::FederatedCredential {
             issuer: issuer.clone(),
             subject: sub.to_owned(),
             audience: azure::AUDIENCE.to_owned(),
         },
-    );
-    let authority = entra.url();
-    let secret = "bench-identity-header";
-    let broker = azure::start_broker(
-        dir,
-        &agent.endpoint,
-        &[
-            "azure",
-            "--tenant-id",
-            azure::TENANT,
-            "--client-id",
-            azure::CLIENT_ID,
-            "--authority-host",
-            &authority,
-            "--log-format",
-            "json",
-        ],
-        &[
-            ("IDENTITY_HEADER", secret),
-            ("SSL_CERT_FILE", &ca_env),
-            ("RUST_LOG", "warn"),
-        ],
+        secret,
+        &["--log-format", "json"],
+        &quiet,
     );
     let path = "/msi/token?api-version=2019-08-01&resource=https%3A%2F%2Fstorage.azure.com";
     let headers = [("X-IDENTITY-HEADER", secret), ("Metadata", "true")];
@@ -207,25 +172,13 @@ fn clouds(dir: &std::path::Path) {
     );
     drop(broker);
 
-    let google = gcp::FakeGoogle::start(&ca, &issuer);
-    let url = google.url();
-    let broker = azure::start_broker(
+    let (google, broker) = gcp::start_with_google(
         dir,
         &agent.endpoint,
-        &[
-            "gcp",
-            "--audience",
-            gcp::PROVIDER,
-            "--project-id",
-            gcp::PROJECT_ID,
-            "--sts-endpoint",
-            &url,
-            "--iam-credentials-endpoint",
-            &url,
-            "--log-format",
-            "json",
-        ],
-        &[("SSL_CERT_FILE", &ca_env), ("RUST_LOG", "warn")],
+        &issuer,
+        &["--log-format", "json"],
+        &quiet,
+        |_| {},
     );
     let path = "/computeMetadata/v1/instance/service-accounts/default/token";
     let headers = [("Metadata-Flavor", "Google")];

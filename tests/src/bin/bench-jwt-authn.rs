@@ -38,6 +38,7 @@ use suite_tests::envoy::{
 use suite_tests::procfs::cpu_ticks;
 use suite_tests::sds::{self, SdsBridge, filtered_listener, jwt_authn_config};
 use suite_tests::sidecars::{JwtHelper, claims};
+use suite_tests::stats::secs_as_us;
 use suite_tests::wrk::{self, Wrk};
 use suite_tests::{free_port, wait_until};
 use workload_client::Endpoint;
@@ -58,10 +59,6 @@ const ROUNDS: usize = 5;
 const SECONDS: u32 = 4;
 const AUD: &str = "spiffe://example.org/ns/default/sa/backend";
 const CLIENT: &str = "spiffe://example.org/ns/default/sa/client";
-
-fn us(secs: f64) -> String {
-    format!("{:.0} µs", secs * 1e6)
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -284,12 +281,12 @@ async fn main() {
                 println!(
                     "   {:<44} p50 {:>7}  p99 {:>8}  {rps:>7.0} req/s  added p50 {:>7}  throughput {:.2}x  CPU/req {:>6} (+{:>6})",
                     names[i],
-                    us(*p50),
-                    us(*p99),
-                    us(p50 - base50),
+                    secs_as_us(*p50),
+                    secs_as_us(*p99),
+                    secs_as_us(p50 - base50),
                     rps / base_rps,
-                    us(*cpu),
-                    us(cpu - base_cpu),
+                    secs_as_us(*cpu),
+                    secs_as_us(cpu - base_cpu),
                 );
             }
         }

@@ -256,44 +256,28 @@ fn aws_step(dir: &Path, client_agent: &DevAgent) {
 }
 
 fn clouds_step(dir: &Path, client_agent: &DevAgent, issuer: &str) {
-    use suite_tests::aws::TestCa;
     use suite_tests::{azure, gcp};
     step(
         4,
         "Azure and Google SDKs get tokens from iam-broker azure / gcp (local Entra ID and STS stand-ins)",
     );
-    let ca = TestCa::new();
-    let ca_file = dir.join("clouds-ca.pem");
-    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
-    let ca_env = ca_file.display().to_string();
-
-    let entra = azure::FakeEntra::start(
-        &ca,
-        azure::FederatedCredential {
+    let header = "demo-identity-header";
+    let (entra, broker) = azure::start_with_entra(
+        dir,
+        &client_agent.endpoint,
+        &azure::FederatedCredential {
             issuer: issuer.to_owned(),
             subject: CLIENT.to_owned(),
             audience: azure::AUDIENCE.to_owned(),
         },
-    );
-    let authority = entra.url();
-    let header = "demo-identity-header";
-    let broker = azure::start_broker(
-        dir,
-        &client_agent.endpoint,
-        &[
-            "azure",
-            "--tenant-id",
-            azure::TENANT,
-            "--client-id",
-            azure::CLIENT_ID,
-            "--authority-host",
-            &authority,
-        ],
-        &[("IDENTITY_HEADER", header), ("SSL_CERT_FILE", &ca_env)],
+        header,
+        &[],
+        &[],
     );
     ok(&format!(
-        "iam-broker azure serving http://{}/msi/token (Entra stand-in {authority})",
-        broker.listen
+        "iam-broker azure serving http://{}/msi/token (Entra stand-in {})",
+        broker.listen,
+        entra.url()
     ));
     println!(
         "      app env: IDENTITY_ENDPOINT=http://{}/msi/token IDENTITY_HEADER=…",
@@ -310,29 +294,18 @@ fn clouds_step(dir: &Path, client_agent: &DevAgent, issuer: &str) {
     ));
     drop(broker);
 
-    let google = gcp::FakeGoogle::start(&ca, issuer);
-    let url = google.url();
-    let broker = azure::start_broker(
+    let (google, broker) = gcp::start_with_google(
         dir,
         &client_agent.endpoint,
-        &[
-            "gcp",
-            "--audience",
-            gcp::PROVIDER,
-            "--project-id",
-            gcp::PROJECT_ID,
-            "--service-account",
-            gcp::SERVICE_ACCOUNT,
-            "--sts-endpoint",
-            &url,
-            "--iam-credentials-endpoint",
-            &url,
-        ],
-        &[("SSL_CERT_FILE", &ca_env)],
+        issuer,
+        &["--service-account", gcp::SERVICE_ACCOUNT],
+        &[],
+        |_| {},
     );
     ok(&format!(
-        "iam-broker gcp serving the metadata server on {} (STS stand-in {url})",
-        broker.listen
+        "iam-broker gcp serving the metadata server on {} (STS stand-in {})",
+        broker.listen,
+        google.url()
     ));
     println!(
         "      app env: GCE_METADATA_HOST={0} GCE_METADATA_IP={0}",

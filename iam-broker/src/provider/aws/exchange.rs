@@ -35,7 +35,7 @@ use workload_client::spiffe::JwtSvid;
 
 use super::session_name::SessionName;
 use crate::metrics::StsCalls;
-use crate::provider::{CredentialProvider, ErrorKind, Expiring, JwtSource, ProviderError};
+use crate::provider::{CredentialProvider, ErrorKind, Expiring, JwtSource, ProviderError, Refused};
 use crate::secret::Secret;
 
 /// Connect timeout to STS.
@@ -222,28 +222,11 @@ impl AwsStsProvider {
     }
 
     async fn fetch_once(&self) -> Result<AwsCredentials, ProviderError> {
-        let token = self.jwt.cached().await?;
-        match self.assume(&token).await {
-            Err(Failure::InvalidToken(message)) => {
-                tracing::warn!(
-                    error = %message,
-                    "STS refused the JWT-SVID; retrying once with a freshly fetched one"
-                );
-                let fresh = self.jwt.fresh().await?;
-                // SPIRE hands out its cached token until half its life: the same token again
-                // would only be refused again. Back off instead; the cache refreshes it.
-                if fresh.token() == token.token() {
-                    return Err(ProviderError::new(
-                        ErrorKind::Transient,
-                        format!("{message}; the agent returned the same JWT-SVID"),
-                    ));
-                }
-                self.assume(&fresh)
-                    .await
-                    .map_err(Failure::into_provider_error)
-            }
-            other => other.map_err(Failure::into_provider_error),
-        }
+        self.jwt
+            .present(|token| {
+                Box::pin(async move { self.assume(&token).await.map_err(Failure::into_refused) })
+            })
+            .await
     }
 
     async fn assume(&self, token: &JwtSvid) -> Result<AwsCredentials, Failure> {
@@ -481,13 +464,13 @@ impl Failure {
         }
     }
 
-    fn into_provider_error(self) -> ProviderError {
+    fn into_refused(self) -> Refused {
         match self {
-            // After the fresh-token retry a refused token is treated like any transient
-            // failure (e.g. STS still holding the IdP's old keys): backoff, not give-up.
-            Self::Retry(m) | Self::InvalidToken(m) => ProviderError::new(ErrorKind::Transient, m),
-            Self::Reject(m) => ProviderError::new(ErrorKind::Rejected, m),
-            Self::Other(e) => e,
+            // Retried once with a fresh token by `JwtSource::present`.
+            Self::InvalidToken(m) => Refused::Token(m),
+            Self::Retry(m) => Refused::Other(ProviderError::new(ErrorKind::Transient, m)),
+            Self::Reject(m) => Refused::Other(ProviderError::new(ErrorKind::Rejected, m)),
+            Self::Other(e) => Refused::Other(e),
         }
     }
 }
@@ -529,15 +512,20 @@ mod tests {
     }
 
     #[test]
-    fn fresh_token_failure_becomes_transient_after_the_retry() {
-        let e = Failure::InvalidToken("x".into()).into_provider_error();
-        assert_eq!(e.kind, ErrorKind::Transient);
-        assert_eq!(
-            Failure::Reject("AccessDenied".into())
-                .into_provider_error()
-                .kind,
-            ErrorKind::Rejected
-        );
+    fn a_refused_token_asks_for_a_fresh_one_and_the_rest_keep_their_kind() {
+        assert!(matches!(
+            Failure::InvalidToken("x".into()).into_refused(),
+            Refused::Token(_)
+        ));
+        for (failure, kind) in [
+            (Failure::Reject("AccessDenied".into()), ErrorKind::Rejected),
+            (Failure::Retry("Throttling".into()), ErrorKind::Transient),
+        ] {
+            let Refused::Other(e) = failure.into_refused() else {
+                panic!("not a token refusal")
+            };
+            assert_eq!(e.kind, kind);
+        }
     }
 
     #[test]

@@ -46,11 +46,6 @@ pub fn service(
         .context("reading the container-credentials token")?;
     tracing::info!(
         provider = "aws",
-        listen = %common.listen,
-        admin = ?common.admin_listen,
-        workload_api = %common.socket.endpoint,
-        workload_api_from = %common.socket.source,
-        audience = %common.audience,
         role_arn = %aws.sts.role_arn,
         region = %aws.sts.region,
         sts_endpoint = aws.sts.sts_endpoint.as_deref().unwrap_or("default"),

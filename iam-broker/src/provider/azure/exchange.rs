@@ -16,11 +16,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use time::OffsetDateTime;
+use workload_client::spiffe::JwtSvid;
 
 use super::config::AzureSettings;
 use crate::metrics::ExchangeCalls;
 use crate::provider::https::HttpsClient;
-use crate::provider::{CredentialProvider, ErrorKind, Expiring, JwtSource, ProviderError};
+use crate::provider::{CredentialProvider, ErrorKind, Expiring, JwtSource, ProviderError, Refused};
 use crate::secret::Secret;
 
 /// RFC 7523's assertion type.
@@ -131,15 +132,23 @@ impl EntraProvider {
     }
 
     async fn exchange(&self) -> Result<AzureToken, ProviderError> {
-        let svid = self.jwt.cached().await?;
+        let url = self.token_url();
         let scope = format!("{}/.default", self.resource);
+        let (url, scope) = (url.as_str(), scope.as_str());
+        self.jwt
+            .present(|svid| Box::pin(async move { self.request(url, scope, &svid).await }))
+            .await
+    }
+
+    /// One token request with `svid` as the client assertion.
+    async fn request(&self, url: &str, scope: &str, svid: &JwtSvid) -> Result<AzureToken, Refused> {
         let reply = self
             .http
             .post_form(
-                &self.token_url(),
+                url,
                 &[
                     ("client_id", self.settings.client_id.as_str()),
-                    ("scope", scope.as_str()),
+                    ("scope", scope),
                     ("grant_type", "client_credentials"),
                     ("client_assertion_type", ASSERTION_TYPE),
                     ("client_assertion", svid.token()),
@@ -150,10 +159,10 @@ impl EntraProvider {
             Ok(reply) => reply,
             Err(e) => {
                 self.calls.record("azure", "retryable_error");
-                return Err(ProviderError::new(
+                return Err(Refused::Other(ProviderError::new(
                     ErrorKind::Transient,
                     format!("Entra ID token endpoint: no response: {e}"),
-                ));
+                )));
             }
         };
         match parse_reply(reply.status, &reply.body, OffsetDateTime::now_utc()) {
@@ -164,17 +173,23 @@ impl EntraProvider {
                     expires_on = %expires_on,
                     "got an Entra ID access token"
                 );
-                AzureToken::new(token, expires_on, &self.resource, &self.settings.client_id)
+                Ok(AzureToken::new(
+                    token,
+                    expires_on,
+                    &self.resource,
+                    &self.settings.client_id,
+                )?)
             }
-            Err(e) => {
+            Err(refused) => {
                 self.calls.record(
                     "azure",
-                    match e.kind {
-                        ErrorKind::Rejected => "rejected",
-                        _ => "retryable_error",
+                    match &refused {
+                        Refused::Token(_) => "invalid_token",
+                        Refused::Other(e) if e.kind == ErrorKind::Rejected => "rejected",
+                        Refused::Other(_) => "retryable_error",
                     },
                 );
-                Err(e)
+                Err(refused)
             }
         }
     }
@@ -217,13 +232,19 @@ struct Failure {
     error_codes: Vec<i64>,
 }
 
+/// Entra codes refusing the assertion itself, where a freshly fetched JWT-SVID may pass:
+/// `AADSTS700024` (not within its valid time range: expired, or not yet valid by Entra's clock)
+/// and `AADSTS700027` (signature validation failed: signed with a key Entra no longer finds in
+/// the issuer's JWKS, e.g. after a rotation).
+pub const FRESH_ASSERTION_CODES: &[i64] = &[700_024, 700_027];
+
 /// Reads Entra's answer: the token and its expiry (`now + expires_in`), or the classified
 /// error (REFERENCE §7).
 pub fn parse_reply(
     status: u16,
     body: &[u8],
     now: OffsetDateTime,
-) -> Result<(Secret, OffsetDateTime), ProviderError> {
+) -> Result<(Secret, OffsetDateTime), Refused> {
     if status == 200 {
         let ok: Success = serde_json::from_slice(body).map_err(|e| {
             ProviderError::new(
@@ -236,19 +257,19 @@ pub fn parse_reply(
             NumberOrString::Text(t) => t.parse().ok(),
         };
         let Some(expires_in) = expires_in.filter(|n| *n > 0) else {
-            return Err(ProviderError::new(
+            return Err(Refused::Other(ProviderError::new(
                 ErrorKind::Transient,
                 "Entra ID answered a token without a valid expires_in",
-            ));
+            )));
         };
         if !ok.token_type.eq_ignore_ascii_case("bearer") || ok.access_token.is_empty() {
-            return Err(ProviderError::new(
+            return Err(Refused::Other(ProviderError::new(
                 ErrorKind::Transient,
                 format!(
                     "Entra ID answered an unusable token (token_type {:?})",
                     ok.token_type
                 ),
-            ));
+            )));
         }
         return Ok((
             Secret::new(ok.access_token),
@@ -287,17 +308,34 @@ pub fn parse_reply(
         || failure.error == "temporarily_unavailable"
         // Not an OAuth error document at all (a proxy's page): nothing says the request is wrong.
         || failure.error.is_empty();
+    if !transient
+        && failure
+            .error_codes
+            .iter()
+            .any(|c| FRESH_ASSERTION_CODES.contains(c))
+    {
+        return Err(Refused::Token(message));
+    }
     let kind = if transient {
         ErrorKind::Transient
     } else {
         ErrorKind::Rejected
     };
-    Err(ProviderError::new(kind, message))
+    Err(Refused::Other(ProviderError::new(kind, message)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The error of a reply that is not a token refusal.
+    fn error(status: u16, body: &[u8]) -> ProviderError {
+        match parse_reply(status, body, now()) {
+            Err(Refused::Other(e)) => e,
+            Err(Refused::Token(m)) => panic!("a token refusal: {m}"),
+            Ok(_) => panic!("a token"),
+        }
+    }
 
     fn now() -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap()
@@ -334,16 +372,14 @@ mod tests {
     #[test]
     fn classifies_entra_errors() {
         let aadsts = br#"{"error":"invalid_client","error_description":"AADSTS700213: No matching federated identity record found for presented assertion subject 'spiffe://x'.\r\nTrace ID: 1","error_codes":[700213],"timestamp":"t","trace_id":"1","correlation_id":"2"}"#;
-        let e = parse_reply(400, aadsts, now()).unwrap_err();
+        let e = error(400, aadsts);
         assert_eq!(e.kind, ErrorKind::Rejected);
         assert!(e.message.contains("AADSTS700213"), "{e}");
         assert!(!e.message.contains("Trace ID"), "one line: {e}");
-        let e = parse_reply(
+        let e = error(
             401,
             br#"{"error":"invalid_client","error_description":"bad","error_codes":[7000215]}"#,
-            now(),
-        )
-        .unwrap_err();
+        );
         assert_eq!(e.kind, ErrorKind::Rejected);
         assert!(e.message.contains("AADSTS7000215: bad"), "{e}");
         for (status, body) in [
@@ -361,8 +397,27 @@ mod tests {
                 br#"{"token_type":"Bearer","expires_in":0,"access_token":"x"}"#,
             ),
         ] {
-            let e = parse_reply(status, body, now()).unwrap_err();
+            let e = error(status, body);
             assert_eq!(e.kind, ErrorKind::Transient, "{status} {e}");
         }
+    }
+
+    #[test]
+    fn assertion_time_and_signature_refusals_ask_for_a_fresh_token() {
+        for code in FRESH_ASSERTION_CODES {
+            let body = format!(
+                r#"{{"error":"invalid_client","error_description":"AADSTS{code}: Client assertion is not within its valid time range.","error_codes":[{code}]}}"#
+            );
+            match parse_reply(400, body.as_bytes(), now()) {
+                Err(Refused::Token(m)) => assert!(m.contains(&format!("AADSTS{code}")), "{m}"),
+                other => panic!("{code}: {other:?}"),
+            }
+        }
+        // Throttled, whatever the code: backoff, not a second request at once.
+        let e = error(
+            429,
+            br#"{"error":"invalid_client","error_description":"x","error_codes":[700024]}"#,
+        );
+        assert_eq!(e.kind, ErrorKind::Transient);
     }
 }

@@ -8,7 +8,6 @@ pub mod exchange;
 pub mod routes;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use sidecar_runtime::Readiness;
@@ -16,7 +15,6 @@ use sidecar_runtime::tls_roots::TrustRoots;
 
 pub use self::config::{AzureConfig, AzureSettings};
 pub use self::exchange::{AzureToken, EntraProvider};
-use crate::cache::{CacheConfig, CredentialCache};
 use crate::cache_set::{CacheSet, SetLimits};
 use crate::config::Common;
 use crate::http::{self, Service};
@@ -24,9 +22,6 @@ use crate::metrics::{CacheSetCollector, Metrics};
 use crate::provider::JwtSource;
 use crate::provider::https::HttpsClient;
 use crate::token::TokenCheck;
-
-/// How often idle resources are looked for.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Builds the Azure service: one Entra exchange and token cache per resource (allow-listed ones
 /// started now), and the managed-identity route.
@@ -41,27 +36,24 @@ pub fn service(
     let client = HttpsClient::new(roots)?;
     let settings = Arc::new(azure.entra.clone());
     let calls = metrics.exchanges.clone();
-    let start = {
-        let settings = settings.clone();
-        move |resource: &str| {
-            let provider = EntraProvider::new(
-                client.clone(),
-                settings.clone(),
-                jwt.clone(),
-                resource.to_owned(),
-                calls.clone(),
-            );
-            CredentialCache::start(provider, CacheConfig::default())
-        }
-    };
     let limits = SetLimits {
         max_keys: SetLimits::default()
             .max_keys
             .max(azure.resources.as_ref().map_or(0, Vec::len)),
         ..SetLimits::default()
     };
-    let tokens = CacheSet::new("resources", limits, start);
-    tokens.spawn_sweeper(SWEEP_EVERY);
+    let tokens = CacheSet::of_providers("resources", limits, {
+        let settings = settings.clone();
+        move |resource: &str| {
+            EntraProvider::new(
+                client.clone(),
+                settings.clone(),
+                jwt.clone(),
+                resource.to_owned(),
+                calls.clone(),
+            )
+        }
+    });
     let mut pinned = Vec::new();
     for resource in azure.resources.iter().flatten() {
         pinned.push(tokens.pin(resource)?);
@@ -71,11 +63,6 @@ pub fn service(
         TokenCheck::new(&azure.identity_header).context("reading the identity header")?;
     tracing::info!(
         provider = "azure",
-        listen = %common.listen,
-        admin = ?common.admin_listen,
-        workload_api = %common.socket.endpoint,
-        workload_api_from = %common.socket.source,
-        audience = %common.audience,
         tenant_id = %settings.tenant_id,
         client_id = %settings.client_id,
         authority_host = %settings.authority_host,
@@ -94,7 +81,8 @@ pub fn service(
         route_label: routes::route_label,
         render_error: routes::render_error,
         // With an allow-list, ready once every listed resource has a token. Without one the
-        // broker cannot know what will be asked for: it is ready as soon as it serves.
+        // broker cannot know what will be asked for: ready with the JWT-SVID (main checks it
+        // for every provider), as that is all a first request needs.
         ready: Box::new(move || {
             pinned
                 .iter()

@@ -13,8 +13,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 
@@ -57,7 +57,8 @@ pub fn router(routes: Routes) -> Router {
                 "no such path; the managed identity endpoint is GET /msi/token",
             )
         })
-        .with_state(routes)
+        // One `Arc`: axum clones the state per request.
+        .with_state(Arc::new(routes))
 }
 
 /// The `route` label of request metrics.
@@ -79,13 +80,11 @@ pub fn render_error(status: StatusCode, code: &str, message: &str) -> Response {
     )
 }
 
-async fn token(
-    State(routes): State<Routes>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Response {
+/// Takes the whole request rather than `HeaderMap` / `RawQuery` extractors, which copy the
+/// headers and the query on every request.
+async fn token(State(routes): State<Arc<Routes>>, request: Request) -> Response {
     // The secret first: nothing about resources is revealed to a caller without it.
-    let Some(presented) = headers.get(IDENTITY_HEADER_NAME) else {
+    let Some(presented) = request.headers().get(IDENTITY_HEADER_NAME) else {
         return render_error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -110,7 +109,7 @@ async fn token(
             );
         }
     }
-    let resource = match parse_query(query.as_deref().unwrap_or(""), &routes.client_id) {
+    let resource = match parse_query(request.uri().query().unwrap_or(""), &routes.client_id) {
         Ok(resource) => resource,
         Err(message) => return render_error(StatusCode::BAD_REQUEST, "bad_request", &message),
     };
@@ -150,7 +149,7 @@ pub fn parse_query(query: &str, client_id: &str) -> Result<String, String> {
     let mut resource = None;
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         match name.as_ref() {
-            "api-version" => api_version = Some(value.into_owned()),
+            "api-version" => api_version = Some(value),
             "resource" if resource.is_some() => {
                 return Err("more than one resource".to_owned());
             }

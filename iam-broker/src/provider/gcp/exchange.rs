@@ -9,6 +9,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -26,33 +27,39 @@ const SA_TOKEN_LIFETIME: &str = "3600s";
 
 // === GcpToken ===
 
-/// A Google access token.
+/// A Google access token, with the constant part of its metadata-server answer rendered once.
 #[derive(Clone)]
 pub struct GcpToken {
     access_token: Secret,
     expires_at: OffsetDateTime,
+    /// `{"access_token":…,"token_type":"Bearer","expires_in":` (holds the token).
+    head: Bytes,
 }
 
 impl GcpToken {
     /// A token expiring at `expires_at`.
     pub fn new(access_token: Secret, expires_at: OffsetDateTime) -> Self {
+        // `Value`'s Display is serde_json's escaping and cannot fail.
+        let head = format!(
+            r#"{{"access_token":{},"token_type":"Bearer","expires_in":"#,
+            serde_json::Value::from(access_token.expose())
+        );
         Self {
             access_token,
             expires_at,
+            head: Bytes::from(head),
         }
     }
 
-    /// The metadata server's token answer `{"access_token", "expires_in", "token_type"}`, with
-    /// `expires_in` counted from `now` (rendered per request: it shrinks).
-    pub fn body(&self, now: OffsetDateTime) -> Vec<u8> {
-        let expires_in = (self.expires_at - now).whole_seconds().max(0);
-        serde_json::json!({
-            "access_token": self.access_token.expose(),
-            "expires_in": expires_in,
-            "token_type": "Bearer",
-        })
-        .to_string()
-        .into_bytes()
+    /// The metadata server's token answer `{"access_token", "token_type", "expires_in"}`, with
+    /// `expires_in` counted from `now` (it shrinks, so only the number is written per request).
+    pub fn body(&self, now: OffsetDateTime) -> Bytes {
+        let expires_in = (self.expires_at - now).whole_seconds().max(0).to_string();
+        let mut body = BytesMut::with_capacity(self.head.len() + expires_in.len() + 1);
+        body.extend_from_slice(&self.head);
+        body.extend_from_slice(expires_in.as_bytes());
+        body.extend_from_slice(b"}");
+        body.freeze()
     }
 }
 

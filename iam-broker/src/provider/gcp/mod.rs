@@ -7,22 +7,17 @@ pub mod exchange;
 pub mod routes;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use sidecar_runtime::tls_roots::TrustRoots;
 
 pub use self::config::GcpConfig;
 pub use self::exchange::{GcpToken, GoogleStsProvider};
-use crate::cache::{CacheConfig, CredentialCache};
 use crate::cache_set::{CacheSet, SetLimits};
 use crate::config::Common;
 use crate::http::{self, Service};
 use crate::metrics::{CacheSetCollector, Metrics};
 use crate::provider::JwtSource;
 use crate::provider::https::HttpsClient;
-
-/// How often idle scope sets are looked for.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Builds the GCP service: one exchange and token cache per scope set (the default set started
 /// now), and the metadata routes.
@@ -37,31 +32,24 @@ pub fn service(
     let client = HttpsClient::new(roots)?;
     let config = Arc::new(gcp.clone());
     let calls = metrics.exchanges.clone();
-    let start = {
+    let tokens = CacheSet::of_providers("scope sets", SetLimits::default(), {
         let config = config.clone();
         move |key: &str| {
             let scopes = key.split(',').map(str::to_owned).collect();
-            let provider = GoogleStsProvider::new(
+            GoogleStsProvider::new(
                 client.clone(),
                 config.clone(),
                 jwt.clone(),
                 scopes,
                 calls.clone(),
-            );
-            CredentialCache::start(provider, CacheConfig::default())
+            )
         }
-    };
-    let tokens = CacheSet::new("scope sets", SetLimits::default(), start);
-    tokens.spawn_sweeper(SWEEP_EVERY);
-    let default_scopes = tokens.pin(&gcp.scopes.join(","))?;
+    });
+    let default_key = gcp.scopes.join(",");
+    let default_scopes = tokens.pin(&default_key)?;
     registry.register_collector(Box::new(CacheSetCollector(tokens.clone())));
     tracing::info!(
         provider = "gcp",
-        listen = %common.listen,
-        admin = ?common.admin_listen,
-        workload_api = %common.socket.endpoint,
-        workload_api_from = %common.socket.source,
-        audience = %common.audience,
         project_id = %gcp.project_id,
         service_account = gcp.service_account.as_deref().unwrap_or("none (federated token)"),
         scopes = ?gcp.scopes,
@@ -76,6 +64,7 @@ pub fn service(
         project_number: Arc::from(gcp.project_number.as_str()),
         email: Arc::from(gcp.service_account.as_deref().unwrap_or("default")),
         scopes: Arc::from(gcp.scopes.clone()),
+        default_key: Arc::from(default_key.as_str()),
     };
     Ok(Service {
         routes: routes::router(routes),

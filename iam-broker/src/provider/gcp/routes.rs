@@ -18,8 +18,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use time::OffsetDateTime;
@@ -50,14 +49,16 @@ pub struct Routes {
     pub email: Arc<str>,
     /// Default scopes.
     pub scopes: Arc<[String]>,
+    /// Their cache key (`a,b`), so a request without `scopes=` builds none.
+    pub default_key: Arc<str>,
 }
 
 /// The metadata server routes.
 pub fn router(routes: Routes) -> Router {
+    // One `Arc`: axum clones the state per request.
     Router::new()
         .fallback(metadata)
-        .with_state(routes)
-        .layer(middleware::from_fn(flavor))
+        .with_state(Arc::new(routes))
 }
 
 /// The `route` label of request metrics.
@@ -92,25 +93,26 @@ fn with_flavor(mut response: Response) -> Response {
     response
 }
 
-/// The SSRF guard, and the answer header on everything.
-async fn flavor(request: Request, next: Next) -> Response {
-    let headers = request.headers();
+/// The SSRF guard: `Some(refusal)` unless exactly one `Metadata-Flavor: Google` and no
+/// `X-Forwarded-For`. (Checked in the handler, not a middleware layer: every path goes through
+/// it anyway, and a layer costs a boxed future per request on the hot path.)
+fn ssrf_guard(headers: &HeaderMap) -> Option<Response> {
     if headers.contains_key("x-forwarded-for") {
-        return render_error(
+        return Some(render_error(
             StatusCode::FORBIDDEN,
             "forbidden",
             "requests with X-Forwarded-For are refused (the metadata server's SSRF guard)",
-        );
+        ));
     }
-    let flavors: Vec<_> = headers.get_all(FLAVOR).iter().collect();
-    if flavors.len() != 1 || flavors[0] != GOOGLE {
-        return render_error(
+    let mut flavors = headers.get_all(FLAVOR).iter();
+    match (flavors.next(), flavors.next()) {
+        (Some(flavor), None) if flavor == GOOGLE => None,
+        _ => Some(render_error(
             StatusCode::FORBIDDEN,
             "forbidden",
             "missing Metadata-Flavor: Google header (the metadata server's SSRF guard)",
-        );
+        )),
     }
-    with_flavor(next.run(request).await)
 }
 
 fn not_found(what: &str) -> Response {
@@ -133,9 +135,17 @@ fn ok_json(body: impl Into<Bytes>) -> Response {
         .into_response()
 }
 
-async fn metadata(State(routes): State<Routes>, request: Request) -> Response {
-    let path = request.uri().path();
-    let query = request.uri().query().unwrap_or("");
+async fn metadata(State(routes): State<Arc<Routes>>, request: Request) -> Response {
+    if let Some(refused) = ssrf_guard(request.headers()) {
+        return refused;
+    }
+    // Every answer carries the header (google-auth's detection ping checks it).
+    with_flavor(answer(&routes, request.uri()).await)
+}
+
+async fn answer(routes: &Routes, uri: &Uri) -> Response {
+    let path = uri.path();
+    let query = uri.query().unwrap_or("");
     if path == "/" {
         return ok_text("computeMetadata/\n".to_owned());
     }
@@ -172,7 +182,7 @@ async fn metadata(State(routes): State<Routes>, request: Request) -> Response {
         "email" => ok_text(routes.email.to_string()),
         "aliases" => ok_text("default\n".to_owned()),
         "scopes" => ok_text(routes.scopes.iter().map(|s| format!("{s}\n")).collect()),
-        "token" => token(&routes, query).await,
+        "token" => token(routes, query).await,
         "identity" => not_found(
             "identity tokens are not served by this broker (see the iam-broker README: gcp)",
         ),
@@ -184,14 +194,18 @@ async fn token(routes: &Routes, query: &str) -> Response {
     let asked = form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "scopes")
         .map(|(_, v)| v.into_owned());
-    let scopes = match asked {
+    let parsed;
+    let key: &str = match asked {
         Some(list) => match parse_scopes(&list) {
-            Ok(scopes) => scopes,
+            Ok(scopes) => {
+                parsed = scopes.join(",");
+                &parsed
+            }
             Err(e) => return render_error(StatusCode::BAD_REQUEST, "bad_request", &e),
         },
-        None => routes.scopes.to_vec(),
+        None => &routes.default_key,
     };
-    let cache = match routes.tokens.get(&scopes.join(",")) {
+    let cache = match routes.tokens.get(key) {
         Ok(cache) => cache,
         Err(full) => {
             return render_error(

@@ -25,6 +25,7 @@ static APP: LazyLock<Router> = LazyLock::new(|| {
         project_number: "123456789012".into(),
         email: EMAIL.into(),
         scopes: vec![CLOUD_PLATFORM.to_owned()].into(),
+        default_key: CLOUD_PLATFORM.into(),
     };
     guarded(router(routes), route_label, render_error)
 });
