@@ -15,7 +15,9 @@
 //!   boto3 (container credentials) calling `sts get-caller-identity` in a loop;
 //! - iam-broker vault in front of the suite's strict fake Vault (JWT auth checked against the
 //!   agent's OIDC discovery; 8 s tokens renewed at half-life, re-login at a 24 s max TTL), read
-//!   by a KV loop through its API proxy with no token of its own.
+//!   by a KV loop through its API proxy with no token of its own;
+//! - iam-broker azure and gcp in front of the suite's strict Entra ID and Google STS stand-ins
+//!   (40 s tokens), read through the App Service managed identity and GCE metadata endpoints.
 //!
 //! The chaos: the agent SIGKILLed and restarted every 30 s, every third time for longer than a
 //! JWT-SVID's half-life; STS failing (5xx, throttling, slow) for stretches; each sidecar stopped
@@ -52,7 +54,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use suite_tests::aws::{Broker, Fault, Moto, StsProxy, rfc3339};
+use suite_tests::azure::{self, FakeEntra, FederatedCredential};
 use suite_tests::envoy::{Envoy, ext_authz_filter, request, static_cluster};
+use suite_tests::gcp::{self, FakeGoogle};
 use suite_tests::sds::{
     SdsBridge, Shape, bootstrap, common_tls_context, credential_injector_listener,
     filtered_listener, jwt_authn_config, mtls_listener_with_filters, sds_cluster, tls_cluster,
@@ -75,8 +79,14 @@ const JWT_KEY_ROTATION: u64 = 15;
 /// STS credential lifetime (the proxy rewrites moto's): the broker refreshes at half-life.
 const STS_LIFETIME: u64 = 40;
 /// JWT-SVID keys held: the helper's audience, the injector's `jwt-svid:` secret, and each
-/// broker's (aws, vault).
-const JWT_KEYS: u64 = 4;
+/// broker's (aws, vault, azure, gcp).
+const JWT_KEYS: u64 = 6;
+/// Access token lifetime at the Entra ID and Google STS stand-ins: a refresh every 20 s.
+const CLOUD_TOKEN_LIFETIME: u64 = 40;
+/// The `X-IDENTITY-HEADER` secret azure clients present.
+const IDENTITY_HEADER: &str = "soak-identity-header";
+const AZURE_TOKEN: &str = "/msi/token?api-version=2019-08-01&resource=https://storage.azure.com";
+const GCP_TOKEN: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
 /// Time after a (re)start before figures count as steady.
 const WARM_UP: f64 = 15.0;
 /// Vault token TTL and max TTL at the fake: a renewal every 4 s, a new login every 24 s.
@@ -158,6 +168,10 @@ struct System {
     broker_listen: SocketAddr,
     vault: FakeVault,
     vault_broker: Broker,
+    entra: FakeEntra,
+    azure_broker: Broker,
+    google: FakeGoogle,
+    gcp_broker: Broker,
     proxy: StsProxy,
     moto: Moto,
     client_envoy: Envoy,
@@ -272,6 +286,31 @@ impl System {
         );
         vault_broker.wait_ready(Duration::from_secs(30));
 
+        let azure_dir = dir.join("azure");
+        std::fs::create_dir_all(&azure_dir).unwrap();
+        let federated = FederatedCredential {
+            issuer: issuer.clone(),
+            subject: CLIENT.to_owned(),
+            audience: azure::AUDIENCE.to_owned(),
+        };
+        let (entra, mut azure_broker) = azure::start_with_entra(
+            &azure_dir,
+            &agent.endpoint,
+            &federated,
+            IDENTITY_HEADER,
+            &[],
+            &[],
+        );
+        entra.set_lifetime(CLOUD_TOKEN_LIFETIME);
+        azure_broker.wait_ready(Duration::from_secs(30));
+        let gcp_dir = dir.join("gcp");
+        std::fs::create_dir_all(&gcp_dir).unwrap();
+        let (google, mut gcp_broker) =
+            gcp::start_with_google(&gcp_dir, &agent.endpoint, &issuer, &[], &[], |g| {
+                g.set_lifetime(CLOUD_TOKEN_LIFETIME);
+            });
+        gcp_broker.wait_ready(Duration::from_secs(30));
+
         // The server: mTLS (seed 002's VM names) + jwt_authn as the generator prints it.
         let echo = echo::start();
         let gen_args = |part: &str| {
@@ -352,6 +391,10 @@ impl System {
             broker_listen,
             vault,
             vault_broker,
+            entra,
+            azure_broker,
+            google,
+            gcp_broker,
             proxy,
             moto,
             client_envoy,
@@ -382,6 +425,16 @@ impl System {
                 "iam-broker vault",
                 self.vault_broker.proc.pid(),
                 self.vault_broker.admin,
+            ),
+            (
+                "iam-broker azure",
+                self.azure_broker.proc.pid(),
+                self.azure_broker.admin,
+            ),
+            (
+                "iam-broker gcp",
+                self.gcp_broker.proc.pid(),
+                self.gcp_broker.admin,
             ),
         ]
     }
@@ -427,8 +480,18 @@ const INJECTOR_PATH: &str = "injector→mTLS→jwt_authn";
 const CREDS_PATH: &str = "broker /v1/creds";
 const SDK_PATH: &str = "boto3 get-caller-identity";
 const VAULT_PATH: &str = "vault proxy KV read";
+const AZURE_PATH: &str = "azure /msi/token";
+const GCP_PATH: &str = "gcp metadata token";
 /// Every path, in table order.
-const PATHS: [&str; 5] = [JWT_PATH, INJECTOR_PATH, CREDS_PATH, SDK_PATH, VAULT_PATH];
+const PATHS: [&str; 7] = [
+    JWT_PATH,
+    INJECTOR_PATH,
+    CREDS_PATH,
+    SDK_PATH,
+    VAULT_PATH,
+    AZURE_PATH,
+    GCP_PATH,
+];
 
 /// Checks one answer of the server's echo: 200, the identity `jwt_authn` put in
 /// `x-spiffe-id`, and a client certificate that had not expired.
@@ -501,6 +564,17 @@ fn check_vault(record: &Shared, r: Option<suite_tests::envoy::Response>) {
     tally(record, VAULT_PATH, at, result);
 }
 
+/// Checks one access token answer (App Service MSI or GCE metadata JSON): 200 and a token.
+fn check_token(record: &Shared, path: &'static str, r: Option<suite_tests::envoy::Response>) {
+    let at = now();
+    let result = match r {
+        None => Err("no response".to_owned()),
+        Some(r) if r.status == 200 && r.body.contains("\"access_token\"") => Ok(()),
+        Some(r) => Err(format!("{} {}", r.status, r.body.trim())),
+    };
+    tally(record, path, at, result);
+}
+
 fn tally(record: &Shared, path: &'static str, at: f64, result: Result<(), String>) {
     let mut rec = record.lock().unwrap();
     match result {
@@ -512,11 +586,14 @@ fn tally(record: &Shared, path: &'static str, at: f64, result: Result<(), String
 fn load(
     record: &Shared,
     stop: &Arc<AtomicBool>,
-    jwt: u16,
-    injector: u16,
-    broker: SocketAddr,
-    vault_proxy: SocketAddr,
+    system: &System,
 ) -> Vec<std::thread::JoinHandle<()>> {
+    let (jwt, injector, broker) = (system.jwt_port, system.injector_port, system.broker_listen);
+    let (vault_proxy, azure, gcp) = (
+        system.vault_broker.listen,
+        system.azure_broker.listen,
+        system.gcp_broker.listen,
+    );
     let mut threads = Vec::new();
     for (path, port, workers) in [(JWT_PATH, jwt, 2), (INJECTOR_PATH, injector, 1)] {
         for _ in 0..workers {
@@ -540,6 +617,14 @@ fn load(
         while !stop.load(Ordering::Relaxed) {
             let headers = [("X-Vault-Request", "true")];
             check_vault(&record, request(vault_proxy, "GET", VAULT_SECRET, &headers));
+            let headers = [("X-IDENTITY-HEADER", IDENTITY_HEADER)];
+            check_token(
+                &record,
+                AZURE_PATH,
+                request(azure, "GET", AZURE_TOKEN, &headers),
+            );
+            let headers = [("Metadata-Flavor", "Google")];
+            check_token(&record, GCP_PATH, request(gcp, "GET", GCP_TOKEN, &headers));
             std::thread::sleep(Duration::from_millis(20));
         }
     }));
@@ -919,14 +1004,7 @@ fn run(dir: &Path, seconds: f64) -> bool {
     let _ = START.set(now());
     let mut started: BTreeMap<u32, f64> = BTreeMap::new();
     let stop = Arc::new(AtomicBool::new(false));
-    let threads = load(
-        &record,
-        &stop,
-        system.jwt_port,
-        system.injector_port,
-        system.broker_listen,
-        system.vault_broker.listen,
-    );
+    let threads = load(&record, &stop, &system);
     let (mut sdk, sdk_out) = sdk_loop(dir, seconds, system.broker_listen, &system.moto.url());
     let sts_before = system.proxy.assume_calls();
     let mut counters = AgentCounters::default();
@@ -1006,6 +1084,12 @@ fn run(dir: &Path, seconds: f64) -> bool {
     system.server_bridge.proc.assert_running();
     system.broker.proc.assert_running();
     system.vault_broker.proc.assert_running();
+    system.azure_broker.proc.assert_running();
+    system.gcp_broker.proc.assert_running();
+    let cloud_exchanges = (
+        system.entra.calls().len() as u64,
+        system.google.calls().len() as u64,
+    );
     let vault_logins = system.vault.count(|c| &c.logins);
     let vault_renewals = system.vault.count(|c| &c.renewals);
     system.client_envoy.wait_live(Duration::from_secs(5));
@@ -1021,6 +1105,7 @@ fn run(dir: &Path, seconds: f64) -> bool {
             sts_ok,
             vault_logins,
             vault_renewals,
+            cloud_exchanges,
             outages,
             restarts,
             garbage_rounds,
@@ -1035,6 +1120,7 @@ struct Figures {
     sts_ok: u64,
     vault_logins: u64,
     vault_renewals: u64,
+    cloud_exchanges: (u64, u64),
     outages: usize,
     restarts: usize,
     garbage_rounds: u64,
@@ -1192,6 +1278,15 @@ fn report(record: &Record, samples: &Samples, f: Figures) -> bool {
         (f.vault_logins as f64) <= expected_logins * 1.5 + f.outages as f64
             && f.vault_logins >= 1
             && (f.vault_renewals as f64) <= expected_renewals * 1.5,
+    );
+    let expected_exchanges = f.duration / (CLOUD_TOKEN_LIFETIME as f64 / 2.0) + 1.0;
+    let (entra, google) = f.cloud_exchanges;
+    v.check(
+        "Entra ID / Google STS exchanges vs one per refresh",
+        format!("{entra} / {google} vs {expected_exchanges:.1}"),
+        [entra, google]
+            .iter()
+            .all(|&n| n >= 1 && (n as f64) <= expected_exchanges * 1.5 + f.outages as f64),
     );
 
     println!(
