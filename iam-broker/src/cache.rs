@@ -480,6 +480,14 @@ async fn refresh_loop<P: CredentialProvider>(shared: Arc<Shared<P::Credentials>>
                 shared.refresh_errors.fetch_add(1, Ordering::Relaxed);
                 let delay = match error.kind {
                     ErrorKind::Identity => identity.next_delay(),
+                    // A refusal while the credentials held still work is retried on the
+                    // transient schedule until they run out: the cloud refuses a good
+                    // JWT-SVID for as long as it cannot fetch the issuer's keys (SPIRE's OIDC
+                    // discovery provider restarting; measured by the soak run: a 30 s
+                    // cooldown let working Entra, Google and Vault tokens expire after a
+                    // 7.5 s outage). With nothing valid left, the cooldown keeps a
+                    // misconfigured identity from hammering the cloud.
+                    ErrorKind::Rejected if shared.valid().is_some() => retry.next_delay(),
                     ErrorKind::Rejected => {
                         demand_only = true;
                         config.rejected_cooldown
@@ -880,6 +888,24 @@ mod tests {
         script.then(&[Ok(HOUR)]);
         let held = c.get(WAIT).await.unwrap();
         assert_eq!(held.credentials().id, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_while_credentials_still_work_is_retried_before_they_expire() {
+        // 900 s credentials refresh at 450 s left; the refresh is refused twice (the cloud
+        // could not fetch the issuer's keys), then works: new credentials long before the
+        // old ones expire, without any client asking.
+        let script = Script::new(&[Ok(Duration::from_secs(900))], Duration::ZERO);
+        let c = cache(&script);
+        assert_eq!(c.get(WAIT).await.unwrap().credentials().id, 1);
+        script.then(&[
+            Err(ErrorKind::Rejected),
+            Err(ErrorKind::Rejected),
+            Ok(HOUR),
+        ]);
+        tokio::time::sleep(Duration::from_secs(500)).await;
+        assert_eq!(script.calls(), 4, "two refusals retried on the transient schedule");
+        assert_eq!(c.peek().unwrap().credentials().id, 4);
     }
 
     #[tokio::test(start_paused = true)]
