@@ -480,14 +480,14 @@ async fn refresh_loop<P: CredentialProvider>(shared: Arc<Shared<P::Credentials>>
                 shared.refresh_errors.fetch_add(1, Ordering::Relaxed);
                 let delay = match error.kind {
                     ErrorKind::Identity => identity.next_delay(),
-                    // A refusal while the credentials held still work is retried on the
-                    // transient schedule until they run out: the cloud refuses a good
-                    // JWT-SVID for as long as it cannot fetch the issuer's keys (SPIRE's OIDC
-                    // discovery provider restarting; measured by the soak run: a 30 s
-                    // cooldown let working Entra, Google and Vault tokens expire after a
-                    // 7.5 s outage). With nothing valid left, the cooldown keeps a
-                    // misconfigured identity from hammering the cloud.
-                    ErrorKind::Rejected if shared.valid().is_some() => retry.next_delay(),
+                    // Once this identity has worked, a refusal is retried on the transient
+                    // schedule (1 s doubling to 20 s): the cloud refuses a good JWT-SVID for as
+                    // long as it cannot fetch the issuer's keys (SPIRE's OIDC discovery
+                    // provider restarting). Measured by the soak run: the 30 s cooldown let
+                    // working Entra, Google and Vault tokens expire after a 7.5 s outage, and
+                    // kept failing for 30 s after the issuer was back. An identity that never
+                    // worked (misconfigured) keeps the cooldown, so it cannot hammer the cloud.
+                    ErrorKind::Rejected if shared.current.load().is_some() => retry.next_delay(),
                     ErrorKind::Rejected => {
                         demand_only = true;
                         config.rejected_cooldown
@@ -906,6 +906,23 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(500)).await;
         assert_eq!(script.calls(), 4, "two refusals retried on the transient schedule");
         assert_eq!(c.peek().unwrap().credentials().id, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_expiry_a_refusal_of_an_identity_that_worked_keeps_being_retried() {
+        // 60 s credentials; every refresh refused until well past their expiry, then it works:
+        // no client needs to ask, and no 30 s cooldown stands in between.
+        let script = Script::new(&[Ok(MIN)], Duration::ZERO);
+        let c = cache(&script);
+        assert_eq!(c.get(WAIT).await.unwrap().credentials().id, 1);
+        script.then(&[Err(ErrorKind::Rejected); 6]);
+        tokio::time::sleep(2 * MIN).await;
+        assert!(c.get(Duration::ZERO).await.is_err(), "expired, nothing to serve");
+        let calls = script.calls();
+        assert!(calls >= 6, "retried on the transient schedule: {calls}");
+        script.then(&[Ok(HOUR)]);
+        tokio::time::sleep(Duration::from_secs(21)).await;
+        assert!(c.peek().is_some_and(|h| h.remaining() > 50 * MIN));
     }
 
     #[tokio::test(start_paused = true)]
