@@ -898,13 +898,13 @@ mod tests {
         let script = Script::new(&[Ok(Duration::from_secs(900))], Duration::ZERO);
         let c = cache(&script);
         assert_eq!(c.get(WAIT).await.unwrap().credentials().id, 1);
-        script.then(&[
-            Err(ErrorKind::Rejected),
-            Err(ErrorKind::Rejected),
-            Ok(HOUR),
-        ]);
+        script.then(&[Err(ErrorKind::Rejected), Err(ErrorKind::Rejected), Ok(HOUR)]);
         tokio::time::sleep(Duration::from_secs(500)).await;
-        assert_eq!(script.calls(), 4, "two refusals retried on the transient schedule");
+        assert_eq!(
+            script.calls(),
+            4,
+            "two refusals retried on the transient schedule"
+        );
         assert_eq!(c.peek().unwrap().credentials().id, 4);
     }
 
@@ -917,7 +917,10 @@ mod tests {
         assert_eq!(c.get(WAIT).await.unwrap().credentials().id, 1);
         script.then(&[Err(ErrorKind::Rejected); 6]);
         tokio::time::sleep(2 * MIN).await;
-        assert!(c.get(Duration::ZERO).await.is_err(), "expired, nothing to serve");
+        assert!(
+            c.get(Duration::ZERO).await.is_err(),
+            "expired, nothing to serve"
+        );
         let calls = script.calls();
         assert!(calls >= 6, "retried on the transient schedule: {calls}");
         script.then(&[Ok(HOUR)]);
