@@ -737,6 +737,9 @@ fn agent_outage(system: &mut System, record: &Shared, down: f64, counters: &mut 
     // What the sidecars hold, as of `held_at` (read just before the kill).
     let held_at = now();
     let (jwt_left, x509_left) = system.held();
+    // The brokers' own credentials from the agent's issuer: Vault's token is the one short
+    // enough to run out during an outage (the clouds' 40 s tokens outlive it).
+    let vault_left = metric_min(system.vault_broker.admin, "credentials_expiry_seconds");
     counters.bank(&system.agent);
     let killed = now();
     system.agent.proc.kill();
@@ -761,6 +764,28 @@ fn agent_outage(system: &mut System, record: &Shared, down: f64, counters: &mut 
         std::thread::sleep(Duration::from_millis(50));
     }
     let fresh = now();
+    // The Vault token is fresh again once the broker logged in anew (Vault can verify the
+    // JWT-SVID only while the issuer's discovery document answers, i.e. the agent here).
+    let vault_deadline = Instant::now() + Duration::from_secs(30);
+    while metric_min(system.vault_broker.admin, "credentials_expiry_seconds") < 2.0
+        && Instant::now() < vault_deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let vault_fresh = now();
+    // Below a tenth of its life (0.8 s of 8 s) the broker no longer hands a token out.
+    let vault_none_from = held_at + vault_left - VAULT_TTL.as_secs_f64() / 10.0;
+    if vault_none_from < vault_fresh {
+        record.lock().unwrap().windows.push(Window {
+            from: vault_none_from,
+            to: vault_fresh + 0.5,
+            paths: &[VAULT_PATH],
+            why: format!(
+                "Vault token ran out {:.1} s into the outage; no login possible until the issuer was back",
+                vault_none_from - killed
+            ),
+        });
+    }
     event(
         record,
         format!(
