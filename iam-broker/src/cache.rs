@@ -205,6 +205,8 @@ pub struct CacheStats {
     pub refreshes: u64,
     /// Failed attempts.
     pub refresh_errors: u64,
+    /// Held credentials dropped before their expiry because the issuer refused them.
+    pub invalidations: u64,
     /// Time left on the held credentials.
     pub expires_in: Option<Duration>,
     /// The last attempt's error, if it failed.
@@ -263,6 +265,7 @@ struct Shared<C> {
     unavailable: AtomicU64,
     refreshes: AtomicU64,
     refresh_errors: AtomicU64,
+    invalidations: AtomicU64,
 }
 
 // === impl CredentialCache ===
@@ -297,6 +300,7 @@ impl<C: Expiring + Send + Sync + 'static> CredentialCache<C> {
             unavailable: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
             refresh_errors: AtomicU64::new(0),
+            invalidations: AtomicU64::new(0),
         });
         let name = provider.name();
         let span = tracing::info_span!("credentials", provider = name);
@@ -364,6 +368,22 @@ impl<C: Expiring + Send + Sync + 'static> CredentialCache<C> {
         self.handle.shared.valid()
     }
 
+    /// Drops `held` if it is still what the cache hands out, because the issuer refused it
+    /// before its expiry (revoked behind the broker's back), and wakes the refresh task: the
+    /// next request waits for new credentials instead of getting the refused ones, and
+    /// readiness drops until they arrive. Returns whether `held` was dropped; credentials
+    /// already replaced are left alone, so many requests refused at once cause one refresh.
+    pub fn invalidate(&self, held: &Arc<Held<C>>) -> bool {
+        let s = &self.handle.shared;
+        let previous = s.current.compare_and_swap(&Some(held.clone()), None);
+        let dropped = previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, held));
+        if dropped {
+            s.invalidations.fetch_add(1, Ordering::Relaxed);
+            s.wake.notify_one();
+        }
+        dropped
+    }
+
     /// Counters and state.
     pub fn stats(&self) -> CacheStats {
         let s = &self.handle.shared;
@@ -375,6 +395,7 @@ impl<C: Expiring + Send + Sync + 'static> CredentialCache<C> {
             unavailable: load(&s.unavailable),
             refreshes: load(&s.refreshes),
             refresh_errors: load(&s.refresh_errors),
+            invalidations: load(&s.invalidations),
             expires_in: s.current.load().as_ref().map(|h| h.remaining()),
             last_error: s.last_error.load_full().map(|e| (*e).clone()),
         }
@@ -662,6 +683,36 @@ mod tests {
             CacheConfig::default(),
             script.clock.clone(),
         )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invalidated_credentials_are_replaced_at_once_and_only_once() {
+        let script = Script::new(&[Ok(HOUR)], Duration::ZERO);
+        let c = cache(&script);
+        let first = c.get(WAIT).await.unwrap();
+        assert_eq!(first.credentials().id, 1);
+        assert!(c.invalidate(&first));
+        assert!(
+            c.peek().is_none(),
+            "refused credentials still reported ready"
+        );
+        assert!(
+            !c.invalidate(&first),
+            "a second refusal of the same credentials dropped something"
+        );
+        let second = c.get(WAIT).await.unwrap();
+        assert_eq!(
+            second.credentials().id,
+            2,
+            "not refreshed after the refusal"
+        );
+        assert!(
+            !c.invalidate(&first),
+            "a late refusal of the old credentials dropped the new ones"
+        );
+        assert_eq!(c.get(WAIT).await.unwrap().credentials().id, 2);
+        assert_eq!(script.calls(), 2);
+        assert_eq!(c.stats().invalidations, 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -328,6 +328,7 @@ fn add_counters(total: &mut CacheStats, s: &CacheStats) {
     total.unavailable += s.unavailable;
     total.refreshes += s.refreshes;
     total.refresh_errors += s.refresh_errors;
+    total.invalidations += s.invalidations;
 }
 
 #[cfg(test)]

@@ -170,6 +170,17 @@ impl<C: crate::provider::Expiring + Send + Sync + 'static> Broker<C> {
             .map_err(|e| cache_error(&e, self.render))
     }
 
+    /// The held credentials if they may be handed out now, without waiting or waking anything.
+    pub fn peek(&self) -> Option<Arc<Held<C>>> {
+        self.cache.peek()
+    }
+
+    /// The issuer refused `held` before its expiry: drop it and fetch new credentials now
+    /// ([`CredentialCache::invalidate`]).
+    pub fn invalidate(&self, held: &Arc<Held<C>>) -> bool {
+        self.cache.invalidate(held)
+    }
+
     /// `/readyz`: ready while valid credentials are held.
     pub fn readiness(&self) -> Readiness {
         readiness(&self.cache)

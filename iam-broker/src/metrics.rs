@@ -206,6 +206,11 @@ fn encode_stats(stats: &CacheStats, mut encoder: DescriptorEncoder) -> Result<()
                 "Failed provider attempts",
                 stats.refresh_errors,
             ),
+            (
+                "cache_invalidations",
+                "Held credentials dropped before their expiry because the issuer refused them (a revoked Vault token)",
+                stats.invalidations,
+            ),
         ] {
             let counter = ConstCounter::new(value);
             counter.encode(encoder.encode_descriptor(

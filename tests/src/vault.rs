@@ -9,8 +9,10 @@
 //!   `bound_subject`. Errors are `{"errors":[…]}` with Vault's texts (400).
 //! - Tokens: `lease_duration` = the role's `token_ttl`, never past `token_max_ttl` from
 //!   creation; `renew-self` extends by `token_ttl`, capped; `lookup-self`; `revoke-self`. An
-//!   expired, revoked or unknown token, or one used in another namespace, gets 403
-//!   `permission denied`.
+//!   expired, revoked or unknown token, or one used in another namespace, gets 403 with Vault's
+//!   two errors `permission denied` and `invalid token` (one multi-error string, as Vault
+//!   renders it); a live token on a path its policy does not grant (`sys/`) gets `permission
+//!   denied` alone.
 //! - A KV v2 engine at `secret/`: `GET`/`POST`/`PUT /v1/secret/data/{path}` with versions.
 //! - `X-Vault-Namespace`: when the fake is given a namespace, login and every request must
 //!   carry it.
@@ -61,6 +63,8 @@ pub struct Counters {
     pub denied: AtomicU64,
     /// Requests answered 503 while sealed.
     pub sealed: AtomicU64,
+    /// Every request received.
+    pub requests: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -87,6 +91,8 @@ struct State {
     kv_tokens: Mutex<Vec<Option<String>>>,
     counters: Counters,
     next: AtomicU64,
+    /// Forwarding headers (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`) received, by name.
+    forwarding: Mutex<Vec<String>>,
 }
 
 /// The fake Vault, on its own thread and runtime; stops on drop.
@@ -116,6 +122,7 @@ impl FakeVault {
             kv_tokens: Mutex::new(Vec::new()),
             counters: Counters::default(),
             next: AtomicU64::new(1),
+            forwarding: Mutex::new(Vec::new()),
         });
         let ca = TestCa::new();
         let server = serve(&ca, free_port(), &state);
@@ -196,6 +203,11 @@ impl FakeVault {
         self.state.tokens.lock().unwrap().keys().cloned().collect()
     }
 
+    /// The names of the forwarding headers any request carried, oldest first.
+    pub fn forwarding_headers_seen(&self) -> Vec<String> {
+        self.state.forwarding.lock().unwrap().clone()
+    }
+
     /// Tokens issued and not revoked.
     pub fn live_tokens(&self) -> usize {
         self.state
@@ -246,9 +258,19 @@ fn errors(status: u16, errors: &[&str]) -> Response {
     json(status, &serde_json::json!({ "errors": errors }))
 }
 
+/// A live token on a path its policy does not grant.
 fn permission_denied(s: &State) -> Response {
     s.counters.denied.fetch_add(1, Ordering::SeqCst);
     errors(403, &["permission denied"])
+}
+
+/// No live token of this namespace: Vault joins the two errors into one multi-error string.
+fn invalid_token(s: &State) -> Response {
+    s.counters.denied.fetch_add(1, Ordering::SeqCst);
+    errors(
+        403,
+        &["2 errors occurred:\n\t* permission denied\n\t* invalid token\n\n"],
+    )
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -256,6 +278,14 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn handle(s: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Response {
+    s.counters.requests.fetch_add(1, Ordering::SeqCst);
+    s.forwarding.lock().unwrap().extend(
+        headers
+            .keys()
+            .map(|n| n.as_str())
+            .filter(|n| n.starts_with("x-forwarded-") || *n == "forwarded" || *n == "x-real-ip")
+            .map(str::to_owned),
+    );
     if s.sealed.load(Ordering::SeqCst) {
         s.counters.sealed.fetch_add(1, Ordering::SeqCst);
         return errors(503, &["Vault is sealed"]);
@@ -286,7 +316,7 @@ fn handle(s: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Byt
     if let Some(kv_path) = path.strip_prefix("/v1/secret/data/") {
         s.kv_tokens.lock().unwrap().push(token.clone());
         if !authorized(s, token.as_deref(), namespace) {
-            return permission_denied(s);
+            return invalid_token(s);
         }
         return match *method {
             Method::GET => kv_read(s, kv_path, uri.query()),
@@ -295,8 +325,12 @@ fn handle(s: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Byt
         };
     }
     let Some(token) = token.filter(|t| authorized(s, Some(t), namespace)) else {
-        return permission_denied(s);
+        return invalid_token(s);
     };
+    if path.starts_with("/v1/sys/") {
+        // The role's policies grant KV and the token's own endpoints, nothing under sys/.
+        return permission_denied(s);
+    }
     match (path, write || *method == Method::GET) {
         ("/v1/auth/token/renew-self", true) if write => renew(s, &token),
         ("/v1/auth/token/lookup-self", true) => lookup(s, &token),

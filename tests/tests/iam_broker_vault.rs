@@ -270,6 +270,114 @@ fn a_token_revoked_in_vault_is_replaced_by_a_new_login_at_the_next_renewal() {
 }
 
 #[test]
+fn only_origin_form_targets_under_the_proxied_paths_reach_vault_without_forwarding_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = setup(
+        dir.path(),
+        None,
+        &["--proxy-paths", "/v1/secret/data/app,/v1/sys/health"],
+        |_| {},
+    );
+    s.broker.wait_ready(Duration::from_secs(30));
+    let vr = ("X-Vault-Request", "true");
+    let before = s.vault.count(|c| &c.requests);
+
+    // Asterisk-form and absolute-form targets: appended to Vault's address they named another
+    // port (the scheme's default), and the broker's token went there.
+    let absolute = format!("http://127.0.0.1:{}{SECRET}", s.vault.addr.port());
+    for target in ["*", absolute.as_str()] {
+        for method in ["OPTIONS", "GET"] {
+            let r = request(s.broker.listen, method, target, &[vr]).unwrap();
+            assert_eq!(r.status, 400, "{method} {target}: {}", r.body);
+        }
+    }
+    // Outside the proxied paths (whole segments), or paths Vault would only redirect.
+    for (path, status) in [
+        ("/v1/secret/data/apps", 403),
+        ("/v1/auth/token/lookup-self", 403),
+        ("/v1/secret/data/app/../../../sys/seal", 400),
+        ("/v1/secret/data/app/%2e%2e/x", 400),
+        ("/v1/secret/data/app//config", 400),
+    ] {
+        let r = request(s.broker.listen, "GET", path, &[vr]).unwrap();
+        assert_eq!(r.status, status, "{path}: {}", r.body);
+    }
+    assert_eq!(
+        s.vault.count(|c| &c.requests),
+        before,
+        "a refused request reached Vault"
+    );
+
+    // A client cannot choose what Vault believes about its address.
+    let r = request(
+        s.broker.listen,
+        "GET",
+        SECRET,
+        &[
+            vr,
+            ("X-Forwarded-For", "10.1.2.3"),
+            ("X-Forwarded-Host", "vault.example.com"),
+            ("X-Forwarded-Proto", "https"),
+            ("Forwarded", "for=10.1.2.3"),
+            ("X-Real-IP", "10.1.2.3"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(s.vault.count(|c| &c.requests), before + 1);
+    assert_eq!(s.vault.forwarding_headers_seen(), Vec::<String>::new());
+}
+
+#[test]
+fn revoke_self_through_the_proxy_is_refused_and_a_token_revoked_in_vault_is_replaced_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Hour-long tokens: no renewal comes to the rescue during the test.
+    let mut s = setup(dir.path(), None, &[], |_| {});
+    s.broker.wait_ready(Duration::from_secs(30));
+    let vr = ("X-Vault-Request", "true");
+    let token = s.vault.issued()[0].clone();
+
+    // The broker's token is every client's: no client revokes it, whether the broker adds it
+    // or the client sends it itself (read from the token sink), however the path is spelled.
+    for (path, own) in [
+        ("/v1/auth/token/revoke-self", None),
+        ("/v1/auth/token/revoke%2Dself", None),
+        ("/v1/auth/token/revoke-self", Some(token.as_str())),
+    ] {
+        let mut headers = vec![vr];
+        if let Some(t) = own {
+            headers.push(("X-Vault-Token", t));
+        }
+        let r = request(s.broker.listen, "POST", path, &headers).unwrap();
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+        assert!(r.body.contains("revoke_refused"), "{}", r.body);
+    }
+    assert_eq!(s.vault.count(|c| &c.revocations), 0);
+    assert_eq!(read(dir.path(), &s, &[]).unwrap()["password"], "s3cr3t");
+
+    // A policy's refusal is the client's answer, not a reason to log in again.
+    let r = request(s.broker.listen, "GET", "/v1/sys/mounts", &[vr]).unwrap();
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(!r.body.contains("invalid token"), "{}", r.body);
+    assert_eq!(s.vault.count(|c| &c.logins), 1);
+    assert_eq!(s.broker.readyz(), 200);
+
+    // Revoked behind the broker's back (an operator's `vault token revoke`): the request that
+    // meets it gets Vault's answer, the broker drops the token and logs in again at once.
+    s.vault.revoke_all();
+    let r = request(s.broker.listen, "GET", SECRET, &[vr]).unwrap();
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("invalid token"), "{}", r.body);
+    wait_until("a new login", Duration::from_secs(10), || {
+        s.vault.count(|c| &c.logins) == 2
+    });
+    assert_eq!(read(dir.path(), &s, &[]).unwrap()["password"], "s3cr3t");
+    assert_eq!(s.broker.metric("iam_broker_cache_invalidations_total"), 1);
+    assert_eq!(s.vault.count(|c| &c.logins), 2, "one new login");
+    assert_no_token_logged(dir.path(), &s.vault);
+}
+
+#[test]
 fn vault_down_or_sealed_after_login_fails_clearly_and_recovers_without_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = setup(dir.path(), None, &[], |_| {});

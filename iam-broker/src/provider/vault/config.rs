@@ -27,6 +27,8 @@ pub const ENV_CA_FILE: &str = "SPIFFE_IAM_BROKER_CA_FILE";
 pub const ENV_USE_AUTO_AUTH_TOKEN: &str = "SPIFFE_IAM_BROKER_USE_AUTO_AUTH_TOKEN";
 /// Env: a file to keep the broker's token in (for tools reading `~/.vault-token`).
 pub const ENV_TOKEN_SINK: &str = "SPIFFE_IAM_BROKER_TOKEN_SINK";
+/// Env: comma-separated path prefixes the proxy forwards.
+pub const ENV_PROXY_PATHS: &str = "SPIFFE_IAM_BROKER_PROXY_PATHS";
 /// Env (Vault's name): the address.
 pub const VAULT_ADDR: &str = "VAULT_ADDR";
 /// Env (Vault's name): the namespace.
@@ -38,6 +40,8 @@ pub const VAULT_CACERT: &str = "VAULT_CACERT";
 pub const DEFAULT_AUDIENCE: &str = "vault";
 /// Vault's default mount path for the JWT auth method.
 pub const DEFAULT_AUTH_MOUNT: &str = "jwt";
+/// Every path of Vault's HTTP API.
+pub const DEFAULT_PROXY_PATH: &str = "/v1";
 /// Vault's own port, so `VAULT_ADDR=http://127.0.0.1:8200` works for every client.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8200);
 
@@ -71,6 +75,11 @@ pub struct VaultArgs {
     /// that read ~/.vault-token [default: none].
     #[arg(long)]
     pub token_sink: Option<PathBuf>,
+    /// Comma-separated path prefixes the proxy forwards, whole segments (`/v1/secret` lets
+    /// `/v1/secret/data/x` through, not `/v1/secrets`); anything else is refused before it
+    /// reaches Vault [default: /v1].
+    #[arg(long)]
+    pub proxy_paths: Option<String>,
 }
 
 /// When the proxy adds the broker's token (Vault Agent's `api_proxy.use_auto_auth_token`).
@@ -99,6 +108,8 @@ pub struct VaultConfig {
     pub auto_auth: AutoAuth,
     /// The token sink file.
     pub token_sink: Option<PathBuf>,
+    /// Path prefixes the proxy forwards, no trailing slash.
+    pub proxy_paths: Vec<String>,
 }
 
 impl VaultConfig {
@@ -204,6 +215,17 @@ impl VaultConfig {
             ),
             None => None,
         };
+        let proxy_paths = match pick(
+            args.proxy_paths.as_deref(),
+            "--proxy-paths",
+            env,
+            ENV_PROXY_PATHS,
+        ) {
+            Some((setting, v)) => {
+                parse_proxy_paths(&v).map_err(|r| ConfigError::new(setting, &v, r))?
+            }
+            None => vec![DEFAULT_PROXY_PATH.to_owned()],
+        };
         Ok(Self {
             addr,
             auth_mount,
@@ -212,6 +234,7 @@ impl VaultConfig {
             ca_file,
             auto_auth,
             token_sink,
+            proxy_paths,
         })
     }
 }
@@ -287,6 +310,26 @@ pub fn check_role(v: &str) -> Result<(), String> {
         return Err("only letters, digits, '-', '_', '.' and '@' are allowed".to_owned());
     }
     Ok(())
+}
+
+/// Path prefixes like `/v1/secret/data/app,/v1/auth/token/lookup-self`: each under `/v1`
+/// (Vault's whole API is), in segments the proxy's path check can match exactly.
+pub fn parse_proxy_paths(v: &str) -> Result<Vec<String>, String> {
+    let mut paths = Vec::new();
+    for item in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let path = item.trim_end_matches('/');
+        if path != DEFAULT_PROXY_PATH && !path.starts_with("/v1/") {
+            return Err(format!(
+                "{item:?}: expected a path under /v1, like /v1/secret"
+            ));
+        }
+        check_path(&path[1..]).map_err(|r| format!("{item:?}: {r}"))?;
+        paths.push(path.to_owned());
+    }
+    if paths.is_empty() {
+        return Err("expected at least one path prefix, like /v1".to_owned());
+    }
+    Ok(paths)
 }
 
 /// `true` or `force` (Vault Agent's `false` would make the broker pointless).
@@ -404,6 +447,7 @@ mod tests {
         assert_eq!(v.namespace.as_deref(), Some("team-a"));
         assert_eq!(v.auto_auth, AutoAuth::IfMissing);
         assert!(v.ca_file.is_none() && v.token_sink.is_none());
+        assert_eq!(v.proxy_paths, ["/v1"]);
         // Ours beat Vault's.
         let c = load(
             &["--role", "web"],
@@ -463,10 +507,41 @@ mod tests {
                 &[addr],
                 "--admin-listen",
             ),
+            (
+                &["--role", "web", "--proxy-paths", "/v2/x"],
+                &[addr],
+                "--proxy-paths",
+            ),
+            (
+                &["--role", "web"],
+                &[addr, (ENV_PROXY_PATHS, "/v1/secret/../sys")],
+                ENV_PROXY_PATHS,
+            ),
         ];
         for (args, vars, setting) in cases {
             let err = load(args, vars).unwrap_err();
             assert_eq!(&err.setting, setting, "{args:?} {vars:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn proxy_paths() {
+        assert_eq!(
+            parse_proxy_paths("/v1/secret/data/app/, /v1/auth/token/lookup-self").unwrap(),
+            ["/v1/secret/data/app", "/v1/auth/token/lookup-self"]
+        );
+        assert_eq!(parse_proxy_paths("/v1/").unwrap(), ["/v1"]);
+        for bad in [
+            "",
+            ",",
+            "v1/secret",
+            "/v1x",
+            "/sys",
+            "/v1//x",
+            "/v1/./x",
+            "/v1/a b",
+        ] {
+            assert!(parse_proxy_paths(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -78,6 +78,7 @@ pub fn service(
         ca_file = ?vault.ca_file.as_ref().map(|(p, _)| p),
         use_auto_auth_token = ?vault.auto_auth,
         token_sink = ?vault.token_sink,
+        proxy_paths = ?vault.proxy_paths,
         "serving the Vault API proxy"
     );
     let broker = Broker::new(cache, common.fetch_wait, routes::render_error);
@@ -85,7 +86,8 @@ pub fn service(
     let routes = routes::Routes {
         broker,
         http,
-        addr: Arc::from(vault.addr.as_str()),
+        upstream: routes::Upstream::parse(&vault.addr).map_err(anyhow::Error::msg)?,
+        paths: vault.proxy_paths.clone().into(),
         namespace,
         auto_auth: vault.auto_auth,
     };
