@@ -2,7 +2,9 @@
 //! SPIFFE server, so bundles that peers pinned (and tokens already issued) stay valid.
 //!
 //! Layout, one directory per trust domain (mode 0700), files mode 0600, written atomically
-//! (temporary file + rename) so a crash never leaves half a key:
+//! (temporary file + rename) so a crash never leaves half a key. The state directory and each
+//! trust domain's must be owned by the agent's user and writable by nobody else: the agent
+//! refuses to start otherwise (`sidecar_runtime::private_file`).
 //!
 //! ```text
 //! <state-dir>/<trust-domain>/ca-key.pem     PKCS#8 PEM
@@ -20,15 +22,14 @@
 //! All functions here do blocking file I/O: call them from `spawn_blocking`.
 
 use std::{
-    fs,
-    io::{self, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    fs, io,
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use serde::{Deserialize, Serialize};
+use sidecar_runtime::private_file::{PrivateFileError, ensure_private_dir, write_private};
 use spiffe::TrustDomain;
 
 use crate::{
@@ -59,6 +60,9 @@ pub enum StateError {
         /// What is wrong.
         reason: String,
     },
+    /// The directory is not private, or a private write failed.
+    #[error(transparent)]
+    Private(#[from] PrivateFileError),
     /// Generating a missing key failed.
     #[error(transparent)]
     Authority(#[from] AuthorityError),
@@ -101,6 +105,14 @@ impl StateDir {
         self.root.join(td.as_str())
     }
 
+    /// Creates or checks the root and `dir` under it: both owned by this user, writable by
+    /// nobody else, since whoever can write there could plant links where keys are written.
+    fn private_dir(&self, dir: &Path) -> Result<(), StateError> {
+        ensure_private_dir(&self.root)?;
+        ensure_private_dir(dir)?;
+        Ok(())
+    }
+
     /// Loads the authority of `td`, creating whatever is missing.
     ///
     /// A stored CA that expires within `min_remaining` is replaced (with a warning): it could
@@ -115,7 +127,7 @@ impl StateDir {
         jwt_ttl: Duration,
     ) -> Result<Authority, StateError> {
         let dir = self.domain_dir(td);
-        create_private_dir(&dir)?;
+        self.private_dir(&dir)?;
         let ca = self.load_or_create_ca(&dir, td, ca_validity, min_remaining)?;
         let (keys, dirty) = load_or_create_jwt_keys(&dir, alg, jwt_ttl)?;
         let authority = Authority::from_parts(ca, keys);
@@ -156,15 +168,17 @@ impl StateDir {
     pub fn save_ca(&self, td: &TrustDomain, ca: &CertificateAuthority) -> Result<(), StateError> {
         let dir = self.domain_dir(td);
         write_private(&dir.join("ca-key.pem"), ca.key_pem().expose())?;
-        write_private(&dir.join("ca-cert.pem"), ca.cert_pem().as_bytes())
+        write_private(&dir.join("ca-cert.pem"), ca.cert_pem().as_bytes())?;
+        Ok(())
     }
 
     /// Records that the federation with `td` was dropped by an operator.
     pub fn mark_federation_dropped(&self, td: &TrustDomain) -> Result<(), StateError> {
         let dir = self.domain_dir(td);
-        create_private_dir(&dir)?;
+        self.private_dir(&dir)?;
         let body = serde_json::json!({ "dropped_at": unix_now() }).to_string();
-        write_private(&dir.join(FEDERATION_DROPPED), body.as_bytes())
+        write_private(&dir.join(FEDERATION_DROPPED), body.as_bytes())?;
+        Ok(())
     }
 
     /// Whether the federation with `td` was dropped (see [`Self::mark_federation_dropped`]).
@@ -199,7 +213,8 @@ impl StateDir {
         };
         let json = serde_json::to_vec_pretty(&stored)
             .map_err(|e| invalid(&path, &format!("serializing: {e}")))?;
-        write_private(&path, &json)
+        write_private(&path, &json)?;
+        Ok(())
     }
 }
 
@@ -246,17 +261,6 @@ fn load_or_create_jwt_keys(
 /// The marker file of a dropped federation.
 const FEDERATION_DROPPED: &str = "federation-dropped";
 
-fn create_private_dir(dir: &Path) -> Result<(), StateError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| StateError::Io {
-            path: dir.to_owned(),
-            source,
-        })
-}
-
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
     match fs::read(path) {
         Ok(bytes) => Ok(Some(bytes)),
@@ -266,32 +270,6 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
             source,
         }),
     }
-}
-
-/// Writes `bytes` to `path` with mode 0600 via a temporary file and rename.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let io_err = |source| StateError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = PathBuf::from(tmp_name);
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io_err)
 }
 
 fn invalid(path: &Path, reason: &str) -> StateError {
@@ -332,6 +310,29 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
+    }
+
+    #[test]
+    fn a_state_directory_others_can_write_is_refused_before_any_key_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let td = TrustDomain::new("example.org").unwrap();
+        let root = tmp.path().join("state");
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = StateDir::new(&root)
+            .load_or_create(&td, JwtAlg::Es256, YEAR, HOUR, HOUR)
+            .unwrap_err();
+        assert!(err.to_string().contains("chmod 700"), "{err}");
+        assert_eq!(fs::read_dir(&root).unwrap().count(), 0, "nothing written");
+        // The same for a trust domain's directory left open by hand.
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::create_dir(root.join("example.org")).unwrap();
+        fs::set_permissions(root.join("example.org"), fs::Permissions::from_mode(0o757)).unwrap();
+        let err = StateDir::new(&root)
+            .load_or_create(&td, JwtAlg::Es256, YEAR, HOUR, HOUR)
+            .unwrap_err();
+        assert!(err.to_string().contains("example.org"), "{err}");
+        assert_eq!(fs::read_dir(root.join("example.org")).unwrap().count(), 0);
     }
 
     #[test]

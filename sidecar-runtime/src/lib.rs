@@ -7,13 +7,15 @@
 //! - [`config`]: typed values parsed from strings with errors that name the setting;
 //! - [`entry`]: config errors to exit code 2, logging, signals, the run's exit code;
 //! - [`uds`]: gRPC on Unix sockets: atomic socket files, and every real client's `:authority`;
-//! - [`tls_roots`]: the CA certificates outbound TLS clients trust (one order for every cloud).
+//! - [`tls_roots`]: the CA certificates outbound TLS clients trust (one order for every cloud);
+//! - [`private_file`]: keys and tokens on disk, in directories nobody else can write.
 
 pub mod admin;
 pub mod config;
 pub mod entry;
 pub mod logging;
 pub mod metrics;
+pub mod private_file;
 pub mod serve;
 pub mod shutdown;
 pub mod tls_roots;

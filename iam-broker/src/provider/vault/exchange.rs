@@ -8,7 +8,7 @@
 //! `errors` text. The JWT-SVID goes only to the configured Vault's login path.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -398,7 +398,10 @@ fn errors_text(reply: &Reply) -> String {
 /// Writes the token to `path` (mode 0600, via a temporary file renamed into place, so a reader
 /// never sees half a token). Failure is logged, not fatal: the proxy does not need the file.
 async fn write_sink(path: PathBuf, token: Secret) {
-    let result = tokio::task::spawn_blocking(move || write_atomic(&path, token.expose())).await;
+    let result = tokio::task::spawn_blocking(move || {
+        sidecar_runtime::private_file::write_private(&path, token.expose().as_bytes())
+    })
+    .await;
     match result {
         Ok(Ok(())) => tracing::debug!("token sink updated"),
         Ok(Err(e)) => tracing::warn!(error = %e, "writing the token sink failed"),
@@ -406,34 +409,8 @@ async fn write_sink(path: PathBuf, token: Secret) {
     }
 }
 
-fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-
-    let name = path.file_name().map_or_else(
-        || std::ffi::OsString::from("token"),
-        std::ffi::OsStr::to_os_string,
-    );
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(&name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt as _;
-
     use super::*;
 
     fn reply(status: u16, body: &str) -> Reply {
@@ -493,21 +470,5 @@ mod tests {
         assert!(auth.renewable);
         assert!(parse_auth(&reply(200, r#"{"auth":null}"#)).is_err());
         assert!(parse_auth(&reply(200, "not json")).is_err());
-    }
-
-    #[test]
-    fn the_sink_is_replaced_atomically_with_mode_0600() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vault-token");
-        write_atomic(&path, "one").unwrap();
-        write_atomic(&path, "two").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "no temporary file left"
-        );
     }
 }
