@@ -149,7 +149,12 @@ fn google_auth_default_gets_a_federated_token_from_the_metadata_server() {
 #[test]
 fn google_auth_with_impersonation_gets_the_service_accounts_token() {
     let dir = tempfile::tempdir().unwrap();
-    let s = setup(dir.path(), &["--service-account", SERVICE_ACCOUNT], |_| {});
+    let scopes = format!("{CLOUD_PLATFORM},{STORAGE_RO}");
+    let s = setup(
+        dir.path(),
+        &["--service-account", SERVICE_ACCOUNT, "--scopes", &scopes],
+        |_| {},
+    );
     let got = google_auth(dir.path(), &s.broker, &[STORAGE_RO])
         .unwrap_or_else(|e| panic!("google-auth failed: {e}\n{}", broker_log(dir.path())));
     assert_eq!(got["email"], SERVICE_ACCOUNT);
@@ -182,7 +187,8 @@ fn google_auth_with_impersonation_gets_the_service_accounts_token() {
 #[test]
 fn a_thousand_concurrent_cold_requests_make_one_exchange_per_scope_set() {
     let dir = tempfile::tempdir().unwrap();
-    let s = setup(dir.path(), &[], |_| {});
+    let scopes = format!("{CLOUD_PLATFORM},{STORAGE_RO},{BIGQUERY}");
+    let s = setup(dir.path(), &["--scopes", &scopes], |_| {});
     let headers = [("Metadata-Flavor", "Google")];
     let listen = s.broker.listen;
     let bq = format!("{TOKEN}?scopes={BIGQUERY}");
@@ -206,6 +212,35 @@ fn a_thousand_concurrent_cold_requests_make_one_exchange_per_scope_set() {
     assert_eq!(tokens.len(), 2, "one token per scope set for every caller");
     assert_eq!(sts_calls(&s.google, STORAGE_RO), 1);
     assert_eq!(sts_calls(&s.google, BIGQUERY), 1);
+}
+
+#[test]
+fn the_configured_scopes_are_a_ceiling_not_only_a_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = setup(dir.path(), &["--scopes", STORAGE_RO], |_| {});
+    s.broker.wait_ready(Duration::from_secs(30));
+    // google-auth asks for the scopes the metadata server lists: served.
+    let got = google_auth(dir.path(), &s.broker, &[])
+        .unwrap_or_else(|e| panic!("google-auth failed: {e}\n{}", broker_log(dir.path())));
+    assert!(
+        s.google
+            .issued()
+            .iter()
+            .any(|t| t == got["token"].as_str().unwrap())
+    );
+    // Anything broader, alone or beside the granted scope, is refused before Google is asked.
+    let calls = s.google.calls().len();
+    for asked in [
+        CLOUD_PLATFORM.to_owned(),
+        format!("{STORAGE_RO},{BIGQUERY}"),
+    ] {
+        let r = mds(&s.broker, &format!("{TOKEN}?scopes={asked}"));
+        assert_eq!(r.status, 403, "{asked}: {}", r.body);
+        assert_eq!(r.header("metadata-flavor"), Some("Google"));
+        assert!(r.body.contains("scope_not_allowed"), "{}", r.body);
+    }
+    assert_eq!(s.google.calls().len(), calls, "Google was asked");
+    access_token(&mds(&s.broker, &format!("{TOKEN}?scopes={STORAGE_RO}")));
 }
 
 #[test]

@@ -7,8 +7,9 @@
 //! - `GET /` → 200 (the ping); `computeMetadata/v1/project/project-id` and
 //!   `…/numeric-project-id` (text); `…/instance/service-accounts/default/?recursive=true`
 //!   (JSON `email`, `scopes`, `aliases`), `…/default/email`, `…/default/scopes`,
-//!   `…/default/token[?scopes=a,b]` (JSON `access_token`, integer `expires_in`, `token_type`);
-//!   `default` or the account's email name the one account;
+//!   `…/default/token[?scopes=a,b]` (JSON `access_token`, integer `expires_in`, `token_type`;
+//!   `scopes` a subset of `--scopes`, 403 otherwise); `default` or the account's email name the
+//!   one account;
 //! - 404, never 5xx, for paths not emulated (`universe/universe-domain` 404 means
 //!   googleapis.com). Identity tokens (`…/identity`) are not served; see the README.
 //!
@@ -198,6 +199,17 @@ async fn token(routes: &Routes, query: &str) -> Response {
     let key: &str = match asked {
         Some(list) => match parse_scopes(&list) {
             Ok(scopes) => {
+                // `--scopes` is the ceiling as well as the default: a narrower set is fine, a
+                // scope outside it would mint a token the operator did not grant.
+                if let Some(extra) = scopes.iter().find(|s| !routes.scopes.contains(s)) {
+                    return render_error(
+                        StatusCode::FORBIDDEN,
+                        "scope_not_allowed",
+                        &format!(
+                            "scope {extra:?} is not among the broker's scopes (--scopes / SPIFFE_IAM_BROKER_SCOPES); ask for a subset of them"
+                        ),
+                    );
+                }
                 parsed = scopes.join(",");
                 &parsed
             }

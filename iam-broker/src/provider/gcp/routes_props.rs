@@ -94,6 +94,9 @@ fn expected(path: &str, query: &str) -> StatusCode {
             let asked = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "scopes");
             match asked.map(|(_, v)| parse_scopes(&v)) {
                 Some(Err(_)) => StatusCode::BAD_REQUEST,
+                Some(Ok(scopes)) if scopes.iter().any(|s| s != CLOUD_PLATFORM) => {
+                    StatusCode::FORBIDDEN
+                }
                 // No credentials ever arrive in these tests.
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             }
