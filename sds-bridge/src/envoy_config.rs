@@ -183,6 +183,16 @@ impl JwtAuthnConfig {
             let parsed: SpiffeId = id.parse().map_err(|e| {
                 ConfigError::new("--allow-spiffe-id", id, format!("not a SPIFFE ID: {e}"))
             })?;
+            // A JWT-SVID's `sub` and an X.509-SVID's URI always have a path, and the provider's
+            // `subjects` prefix is `spiffe://<td>/`: an ID without one would be an exact match
+            // nothing passes, refusing every request with 403.
+            if parsed.path().is_empty() {
+                return Err(ConfigError::new(
+                    "--allow-spiffe-id",
+                    id,
+                    "names a trust domain, not a workload: SVIDs always have a path, so no token could match (--trust-domain accepts a whole trust domain)",
+                ));
+            }
             if args.principal == Principal::Jwt && !trust_domains.contains(parsed.trust_domain()) {
                 return Err(ConfigError::new(
                     "--allow-spiffe-id",
@@ -539,6 +549,23 @@ mod tests {
         ] {
             let e = JwtAuthnConfig::from_args(&args(flags)).unwrap_err();
             assert_eq!(e.setting, setting, "{e}");
+        }
+        // The trust domain's own ID, for either principal (`…/` is refused by the parser).
+        let id = "spiffe://example.org";
+        for principal in ["jwt", "x509"] {
+            let flags = [
+                "--trust-domain",
+                "example.org",
+                "--audience",
+                "a",
+                "--principal",
+                principal,
+                "--allow-spiffe-id",
+                id,
+            ];
+            let e = JwtAuthnConfig::from_args(&args(&flags)).unwrap_err();
+            assert_eq!(e.setting, "--allow-spiffe-id", "{principal}: {e}");
+            assert!(e.to_string().contains("no token could match"), "{e}");
         }
     }
 }
