@@ -398,8 +398,17 @@ impl Config {
             "--allow-spiffe-id",
             ENV_ALLOW_SPIFFE_IDS,
         ) {
-            let id = SpiffeId::new(&v)
-                .map_err(|e| ConfigError::new(setting, &v, format!("not a SPIFFE ID: {e}")))?;
+            let id = SpiffeId::new(&v).map_err(|e| {
+                ConfigError::new(setting.clone(), &v, format!("not a SPIFFE ID: {e}"))
+            })?;
+            // A JWT-SVID's `sub` always has a path: the trust domain's own ID matches nothing.
+            if id.path().is_empty() {
+                return Err(ConfigError::new(
+                    setting,
+                    &v,
+                    "names a trust domain, not a workload: JWT-SVIDs always have a path, so no token could match (--allow-trust-domain accepts a whole trust domain)",
+                ));
+            }
             allow_spiffe_ids.insert(id);
         }
         let mut allow_trust_domains = BTreeSet::new();
@@ -745,6 +754,18 @@ mod tests {
                 ],
                 &[],
                 "--allow-spiffe-id: not a SPIFFE ID",
+            ),
+            (
+                &[
+                    "--audience",
+                    "a",
+                    "--mode",
+                    "jwt_svid_validator",
+                    "--allow-spiffe-id",
+                    "spiffe://example.org",
+                ],
+                &[],
+                "no token could match",
             ),
             (
                 &["--audience", "a", "--allow-trust-domain", "example.org"],
