@@ -15,20 +15,114 @@ use axum::{
     extract::{Path, State},
     http::{StatusCode, header},
     response::IntoResponse,
-    routing::{get, post},
+    routing::{MethodRouter, get, post},
 };
 
 use crate::agent::Shared;
 
+/// One admin route. The router and `--help` are both built from [`AdminRoute::ALL`], so the
+/// help cannot leave a route out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminRoute {
+    /// `GET /healthz`.
+    Healthz,
+    /// `GET /metrics`.
+    Metrics,
+    /// `POST /rotate/x509`.
+    RotateX509,
+    /// `POST /rotate/jwt`.
+    RotateJwt,
+    /// `POST /retire/jwt`.
+    RetireJwt,
+    /// `POST /retire/x509`.
+    RetireX509,
+    /// `POST /federation/drop/<trust domain>`.
+    DropFederation,
+}
+
+impl AdminRoute {
+    /// Every endpoint, in the order `--help` lists them.
+    pub const ALL: [Self; 7] = [
+        Self::Healthz,
+        Self::Metrics,
+        Self::RotateX509,
+        Self::RotateJwt,
+        Self::RetireJwt,
+        Self::RetireX509,
+        Self::DropFederation,
+    ];
+
+    /// The method, as `--help` shows it.
+    pub fn method(self) -> &'static str {
+        match self {
+            Self::Healthz | Self::Metrics => "GET",
+            _ => "POST",
+        }
+    }
+
+    /// The route (axum's syntax for the path parameter).
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Healthz => "/healthz",
+            Self::Metrics => "/metrics",
+            Self::RotateX509 => "/rotate/x509",
+            Self::RotateJwt => "/rotate/jwt",
+            Self::RetireJwt => "/retire/jwt",
+            Self::RetireX509 => "/retire/x509",
+            Self::DropFederation => "/federation/drop/{trust_domain}",
+        }
+    }
+
+    /// What it does, one line.
+    pub fn about(self) -> &'static str {
+        match self {
+            Self::Healthz => "200 while the agent runs",
+            Self::Metrics => "Prometheus text",
+            Self::RotateX509 => "re-issue every X.509-SVID now",
+            Self::RotateJwt => "rotate the JWT signing key (the old one stays in the bundle)",
+            Self::RetireJwt => "retire the JWT signing key now (it leaves the bundle at once)",
+            Self::RetireX509 => {
+                "replace the X.509 CA now (SVIDs re-issued, old CA out of the bundle)"
+            }
+            Self::DropFederation => {
+                "stop federating with that trust domain (its bundles leave every stream)"
+            }
+        }
+    }
+
+    fn handler(self) -> MethodRouter<Arc<Shared>> {
+        match self {
+            Self::Healthz => get(|| async { "ok\n" }),
+            Self::Metrics => get(metrics),
+            Self::RotateX509 => post(rotate_x509),
+            Self::RotateJwt => post(rotate_jwt),
+            Self::RetireJwt => post(retire_jwt),
+            Self::RetireX509 => post(retire_x509),
+            Self::DropFederation => post(drop_federation),
+        }
+    }
+}
+
+/// The admin endpoints as `--help` lists them.
+pub fn help() -> String {
+    let mut text = String::from("Admin endpoints (on --admin-listen):\n");
+    for e in AdminRoute::ALL {
+        let route = format!(
+            "{} {}",
+            e.method(),
+            e.path().replace("{trust_domain}", "<td>")
+        );
+        text.push_str(&format!("  {route:<32} {}\n", e.about()));
+    }
+    text
+}
+
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
-        .route("/rotate/x509", post(rotate_x509))
-        .route("/rotate/jwt", post(rotate_jwt))
-        .route("/retire/jwt", post(retire_jwt))
-        .route("/retire/x509", post(retire_x509))
-        .route("/federation/drop/{trust_domain}", post(drop_federation))
+    AdminRoute::ALL
+        .into_iter()
+        .fold(Router::new(), |router, e| {
+            router.route(e.path(), e.handler())
+        })
         .with_state(shared)
 }
 
@@ -79,5 +173,25 @@ fn outcome(result: Result<(), crate::Error>) -> (StatusCode, String) {
     match result {
         Ok(()) => (StatusCode::OK, "rotated\n".into()),
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_names_every_route_once() {
+        let help = help();
+        let mut paths = std::collections::BTreeSet::new();
+        for e in AdminRoute::ALL {
+            let shown = e.path().replace("{trust_domain}", "<td>");
+            assert!(
+                help.contains(&format!("{} {shown} ", e.method())),
+                "{e:?}:\n{help}"
+            );
+            assert!(paths.insert(e.path()), "{e:?} twice");
+        }
+        assert_eq!(help.lines().count(), AdminRoute::ALL.len() + 1);
     }
 }

@@ -261,7 +261,7 @@ pub struct Cli {
     /// Interval of JWT signing key rotation.
     #[arg(long, env = "DEV_AGENT_JWT_KEY_ROTATION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub jwt_key_rotation: Duration,
-    /// host:port for /metrics, /healthz, POST /rotate/x509, POST /rotate/jwt and POST /retire/jwt.
+    /// host:port for /healthz, /metrics and the rotation and revocation endpoints listed below.
     #[arg(long, env = "DEV_AGENT_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
     /// Log format on stderr (filter with RUST_LOG).

@@ -21,7 +21,7 @@
 //! # Ok(()) }
 //! ```
 
-mod admin;
+pub mod admin;
 mod agent;
 mod authority;
 mod ca;

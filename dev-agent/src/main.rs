@@ -2,13 +2,17 @@
 //! agent, wait for SIGTERM/SIGINT (or the agent failing), shut down gracefully.
 
 use anyhow::Context as _;
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use dev_agent::{Agent, Cli};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // The admin endpoints are listed from the router's own table.
+    let matches = Cli::command()
+        .after_help(dev_agent::admin::help())
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     sidecar_runtime::logging::init(cli.log_format, "info");
     let config = cli.into_config().context("invalid configuration")?;
 
