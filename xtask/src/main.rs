@@ -11,11 +11,13 @@
 //! - `regen`: regenerate the committed Workload API code (needs nothing installed: the
 //!   regen test uses a vendored protoc).
 //! - `venv`: only create/refresh the venv.
+//! - `spire`: only build SPIRE into `.tools` (the tests against real SPIRE need it).
 #![allow(clippy::print_stdout)] // A command-line tool talks on stdout.
 
 mod deny;
 mod fuzz;
 mod image;
+mod spire;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -32,11 +34,12 @@ fn main() -> ExitCode {
         Some("soak") => soak(&args[1..]),
         Some("venv") => venv().map(|_| ()),
         Some("image") => image::image(),
+        Some("spire") => spire::install().map(|_| ()),
         Some("deny") => deny::deny(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|soak|image|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + a 60 s soak (what CI runs)\n  demo   the three sidecars with real Envoy, moto and the AWS CLI, step by step\n  bench  [authz|jwt-authn|sds|creds|uds|vault]: each sidecar against a same-run baseline (release build)\n  soak   [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
+                "usage: cargo xtask <test|demo|bench|soak|image|spire|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + a 60 s soak (what CI runs)\n  demo   the three sidecars with real Envoy, moto and the AWS CLI, step by step\n  bench  [authz|jwt-authn|sds|creds|uds|vault]: each sidecar against a same-run baseline (release build)\n  soak   [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
             );
             return ExitCode::from(2);
         }
@@ -122,6 +125,7 @@ fn venv() -> Result<PathBuf> {
 
 fn test(extra: &[String]) -> Result {
     let venv = venv()?;
+    let spire = spire::install()?;
     run(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--", "--check"]),
@@ -159,7 +163,8 @@ fn test(extra: &[String]) -> Result {
             cargo()
                 .args(["test", "--workspace", "--locked", "--no-fail-fast"])
                 .args(extra)
-                .env("SUITE_VENV", &venv),
+                .env("SUITE_VENV", &venv)
+                .env("SUITE_SPIRE_BIN", &spire),
         );
     }
     // nextest does not run doctests; run them first so the run ends on nextest's summary.
@@ -178,7 +183,8 @@ fn test(extra: &[String]) -> Result {
                 "--no-fail-fast",
             ])
             .args(extra)
-            .env("SUITE_VENV", &venv),
+            .env("SUITE_VENV", &venv)
+            .env("SUITE_SPIRE_BIN", &spire),
     )?;
     soak_short(&venv)
 }

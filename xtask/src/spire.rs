@@ -1,0 +1,114 @@
+//! `cargo xtask spire`: SPIRE's server, agent and OIDC discovery provider, built from the Go
+//! module proxy into `<root>/.tools/spire-<version>/bin` (git-ignored), for the tests that run
+//! the sidecars against real SPIRE. `cargo xtask test` calls it when they are missing.
+//!
+//! The go command installs a program of another module from a throwaway module of our own
+//! (`go get -tool`, then `go install`), so the version is pinned in one place (here) and the
+//! module graph is SPIRE's own `go.sum`-checked one. The go module and build caches stay where
+//! `go env` puts them (machine-wide): a second checkout on the same machine relinks in seconds.
+//! `spire-server` needs cgo (its SQLite datastore): gcc must be installed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{Result, root, run};
+
+/// The SPIRE release the tests are written against.
+pub(crate) const VERSION: &str = "1.13.3";
+
+/// The three programs, by Go package.
+const PROGRAMS: [(&str, &str); 3] = [
+    ("spire-server", "github.com/spiffe/spire/cmd/spire-server"),
+    ("spire-agent", "github.com/spiffe/spire/cmd/spire-agent"),
+    (
+        "oidc-discovery-provider",
+        "github.com/spiffe/spire/support/oidc-discovery-provider",
+    ),
+];
+
+/// Where the binaries go.
+pub(crate) fn bin_dir() -> PathBuf {
+    root().join(format!(".tools/spire-{VERSION}/bin"))
+}
+
+/// The exact commands, for error messages and the README.
+fn how() -> String {
+    let pkgs: Vec<String> = PROGRAMS
+        .iter()
+        .map(|(_, p)| format!("{p}@v{VERSION}"))
+        .collect();
+    format!(
+        "cargo xtask spire (in a new module: go get -tool {}; then GOBIN={} CGO_ENABLED=1 go install -ldflags='-s -w' <the three packages>; needs Go and gcc)",
+        pkgs.join(" "),
+        bin_dir().display()
+    )
+}
+
+/// Builds the binaries unless the ones in [`bin_dir`] already report [`VERSION`].
+pub(crate) fn install() -> Result<PathBuf> {
+    let bin = bin_dir();
+    if PROGRAMS
+        .iter()
+        .all(|(name, _)| reports_version(&bin.join(name)))
+    {
+        println!("==> SPIRE {VERSION} is installed in {}", bin.display());
+        return Ok(bin);
+    }
+    let module = root().join(format!(".tools/spire-{VERSION}/module"));
+    std::fs::create_dir_all(&module).map_err(|e| format!("{}: {e}", module.display()))?;
+    std::fs::write(module.join("go.mod"), "module spire-tools\n\ngo 1.24\n")
+        .map_err(|e| format!("{}: {e}", module.display()))?;
+    let go = |args: &[&str]| {
+        let mut c = Command::new("go");
+        c.current_dir(&module)
+            .args(args)
+            .env("GOBIN", &bin)
+            .env("CGO_ENABLED", "1")
+            .env("GOFLAGS", "-buildvcs=false")
+            // No toolchain download: the installed Go builds SPIRE's go directive or fails.
+            .env("GOTOOLCHAIN", "local");
+        c
+    };
+    let mut get = vec!["get".to_owned(), "-tool".to_owned()];
+    get.extend(PROGRAMS.iter().map(|(_, p)| format!("{p}@v{VERSION}")));
+    let get: Vec<&str> = get.iter().map(String::as_str).collect();
+    run(
+        &format!("SPIRE {VERSION}: fetch the modules (Go module proxy)"),
+        &mut go(&get),
+    )
+    .map_err(|e| format!("{e}; install SPIRE with: {}", how()))?;
+    let mut install = vec!["install", "-ldflags=-s -w"];
+    install.extend(PROGRAMS.iter().map(|(_, p)| *p));
+    run(
+        &format!(
+            "SPIRE {VERSION}: build spire-server, spire-agent, oidc-discovery-provider into {} (minutes, once per machine)",
+            bin.display()
+        ),
+        &mut go(&install),
+    )
+    .map_err(|e| format!("{e}; install SPIRE with: {}", how()))?;
+    match PROGRAMS
+        .iter()
+        .find(|(name, _)| !reports_version(&bin.join(name)))
+    {
+        Some((name, _)) => Err(format!(
+            "{} does not report version {VERSION} after building; install SPIRE with: {}",
+            bin.join(name).display(),
+            how()
+        )),
+        None => Ok(bin),
+    }
+}
+
+/// `spire-server --version` prints `1.13.3` (or `1.13.3-dev-unk` built outside SPIRE's
+/// release pipeline) on stderr.
+fn reports_version(bin: &Path) -> bool {
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| {
+            let text = String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout);
+            out.status.success() && text.trim().starts_with(VERSION)
+        })
+}
