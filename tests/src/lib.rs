@@ -22,6 +22,7 @@ pub mod gcp;
 pub mod procfs;
 pub mod sds;
 pub mod sidecars;
+pub mod spire;
 pub mod stats;
 pub mod vault;
 pub mod wrk;

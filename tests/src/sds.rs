@@ -36,9 +36,22 @@ impl SdsBridge {
         args: &[&str],
         envs: &[(&str, &str)],
     ) -> Self {
+        Self::start_program(&bin("sds-bridge"), name, dir, workload_api, args, envs)
+    }
+
+    /// [`SdsBridge::start_with_env`] running `program` (a link to the binary elsewhere: real
+    /// SPIRE tells workloads apart by their executable's path).
+    pub fn start_program(
+        program: &Path,
+        name: &str,
+        dir: &Path,
+        workload_api: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
         let socket = dir.join(format!("{name}.sock"));
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cmd = Command::new(bin("sds-bridge"));
+        let mut cmd = Command::new(program);
         cmd.arg("--listen")
             .arg(format!("unix://{}", socket.display()))
             .args(["--socket", workload_api])

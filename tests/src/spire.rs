@@ -1,0 +1,432 @@
+//! Real SPIRE for the end-to-end tests: a server (SQLite in a temp dir, keys on disk so a
+//! restart keeps its CA), a join-token agent with the `unix` workload attestor, SPIRE's own OIDC
+//! discovery provider, and registration entries made with `spire-server entry create`, all on
+//! loopback with free ports and sockets in the test's temp dir.
+//!
+//! **How sidecars get their own identities.** Every process here runs as the same user, so
+//! `unix:uid` cannot tell them apart. The agent's `unix` attestor is configured with
+//! `discover_workload_path = true`, and each entry selects one binary with
+//! `unix:path:<absolute path of the executable>` (what `/proc/<pid>/exe` resolves to): the
+//! sds-bridge binary gets `spiffe://<td>/sds-bridge`, jwt-auth-helper its own ID, and so on. In a
+//! pod the same role is played by `k8s:sa` / `k8s:container-name` selectors.
+//!
+//! The binaries come from `cargo xtask spire` (`SUITE_SPIRE_BIN`, else
+//! `<root>/.tools/spire-<version>/bin`); without them a test fails saying how to build them.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{Proc, free_port, http, output, root, wait_until};
+
+/// The SPIRE release `cargo xtask spire` builds.
+pub const VERSION: &str = "1.13.3";
+
+/// Where the SPIRE binaries are; panics with the command that builds them if one is missing.
+pub fn spire_bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("SUITE_SPIRE_BIN").map_or_else(
+        || root().join(format!(".tools/spire-{VERSION}/bin")),
+        PathBuf::from,
+    );
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build SPIRE {VERSION} with `cargo xtask spire` (Go and gcc needed; \
+         `cargo xtask test` does it)",
+        path.display()
+    );
+    path
+}
+
+/// Settings of a SPIRE server.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Trust domain.
+    pub trust_domain: String,
+    /// `ca_ttl`: SPIRE prepares the next CA at half of it and activates it at five sixths.
+    pub ca_ttl: Duration,
+    /// `default_x509_svid_ttl`: the agent rotates a workload's SVID at half of it.
+    pub x509_ttl: Duration,
+    /// `default_jwt_svid_ttl`.
+    pub jwt_ttl: Duration,
+    /// Serve SPIRE's OIDC discovery provider and put its URL in JWT-SVIDs as `iss`.
+    pub oidc: bool,
+}
+
+impl ServerOptions {
+    /// `example.org`, SPIRE's defaults for TTLs (1 h X.509, 5 min JWT, 24 h CA), with OIDC.
+    pub fn new(trust_domain: &str) -> Self {
+        Self {
+            trust_domain: trust_domain.to_owned(),
+            ca_ttl: Duration::from_secs(24 * 3600),
+            x509_ttl: Duration::from_secs(3600),
+            jwt_ttl: Duration::from_secs(300),
+            oidc: true,
+        }
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs().max(1))
+}
+
+// === SpireServer ===
+
+/// A running `spire-server`.
+#[derive(Debug)]
+pub struct SpireServer {
+    /// The process.
+    pub proc: Proc,
+    /// Its trust domain.
+    pub trust_domain: String,
+    /// The server API socket (what `spire-server` subcommands talk to).
+    pub socket: PathBuf,
+    /// Where agents connect.
+    pub addr: SocketAddr,
+    /// The issuer in JWT-SVIDs (`http://127.0.0.1:<port>`), when OIDC discovery is on.
+    pub issuer: Option<String>,
+    health: SocketAddr,
+    config: PathBuf,
+    dir: PathBuf,
+}
+
+impl SpireServer {
+    /// Starts a server in `dir/<trust domain>-server` and waits until it is ready.
+    pub fn start(dir: &Path, options: &ServerOptions) -> Self {
+        let home = dir.join(format!("{}-server", options.trust_domain));
+        std::fs::create_dir_all(&home).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let socket = home.join("api.sock");
+        let issuer = options
+            .oidc
+            .then(|| format!("http://127.0.0.1:{}", free_port()));
+        let mut server = format!(
+            "  bind_address = \"127.0.0.1\"\n  bind_port = \"{}\"\n  socket_path = \"{}\"\n  trust_domain = \"{}\"\n  data_dir = \"{}\"\n  log_level = \"DEBUG\"\n  ca_ttl = \"{}\"\n  default_x509_svid_ttl = \"{}\"\n  default_jwt_svid_ttl = \"{}\"\n  ca_key_type = \"ec-p256\"\n  jwt_key_type = \"ec-p256\"\n",
+            addr.port(),
+            socket.display(),
+            options.trust_domain,
+            home.join("data").display(),
+            secs(options.ca_ttl),
+            secs(options.x509_ttl),
+            secs(options.jwt_ttl),
+        );
+        if let Some(issuer) = &issuer {
+            writeln!(server, "  jwt_issuer = \"{issuer}\"").unwrap();
+        }
+        let config = format!(
+            "server {{\n{server}}}\n\
+             plugins {{\n\
+               DataStore \"sql\" {{ plugin_data {{ database_type = \"sqlite3\" connection_string = \"{db}\" }} }}\n\
+               KeyManager \"disk\" {{ plugin_data {{ keys_path = \"{keys}\" }} }}\n\
+               NodeAttestor \"join_token\" {{ plugin_data {{}} }}\n\
+             }}\n\
+             health_checks {{\n  listener_enabled = true\n  bind_address = \"127.0.0.1\"\n  bind_port = \"{hp}\"\n  live_path = \"/live\"\n  ready_path = \"/ready\"\n}}\n",
+            db = home.join("datastore.sqlite3").display(),
+            keys = home.join("keys.json").display(),
+            hp = health.port(),
+        );
+        let config_path = home.join("server.conf");
+        std::fs::write(&config_path, config).unwrap();
+        let mut s = Self {
+            proc: Self::spawn(&config_path, &home),
+            trust_domain: options.trust_domain.clone(),
+            socket,
+            addr,
+            issuer,
+            health,
+            config: config_path,
+            dir: home,
+        };
+        s.wait_ready();
+        s
+    }
+
+    fn spawn(config: &Path, dir: &Path) -> Proc {
+        let mut cmd = Command::new(spire_bin("spire-server"));
+        cmd.args(["run", "-config"]).arg(config);
+        Proc::spawn("spire-server", cmd, dir)
+    }
+
+    /// Waits for the health endpoint's `/ready`.
+    pub fn wait_ready(&mut self) {
+        let health = self.health;
+        let proc = &mut self.proc;
+        wait_until("spire-server ready", Duration::from_secs(60), || {
+            proc.assert_running();
+            http(health, "GET", "/ready").is_some_and(|(s, _)| s == 200)
+        });
+    }
+
+    /// Stops the server (SIGKILL).
+    pub fn stop(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts it again with the same configuration and data.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        self.proc = Self::spawn(&self.config, &self.dir);
+        self.wait_ready();
+    }
+
+    /// Runs `spire-server <args> -socketPath <socket>`; panics with its output on failure.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(spire_bin("spire-server"));
+        cmd.args(args).arg("-socketPath").arg(&self.socket);
+        let out = output(cmd);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "spire-server {args:?}: {}\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
+    /// A one-time join token for an agent; returns it and the agent's SPIFFE ID.
+    pub fn join_token(&self) -> (String, String) {
+        let text = self.cli(&["token", "generate", "-ttl", "600"]);
+        let token = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Token:"))
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_else(|| panic!("no token in {text:?}"));
+        let id = format!(
+            "spiffe://{}/spire/agent/join_token/{token}",
+            self.trust_domain
+        );
+        (token, id)
+    }
+
+    /// Creates a registration entry; returns its ID. `extra` is passed as is
+    /// (`-federatesWith`, `-x509SVIDTTL`, …).
+    pub fn entry(&self, parent: &str, spiffe_id: &str, selectors: &[&str], extra: &[&str]) -> String {
+        let mut args = vec![
+            "entry",
+            "create",
+            "-parentID",
+            parent,
+            "-spiffeID",
+            spiffe_id,
+        ];
+        for s in selectors {
+            args.extend(["-selector", s]);
+        }
+        args.extend(extra);
+        let text = self.cli(&args);
+        text.lines()
+            .find_map(|l| l.strip_prefix("Entry ID"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|id| id.trim().to_owned())
+            .unwrap_or_else(|| panic!("no entry ID in {text:?}"))
+    }
+
+    /// Deletes a registration entry.
+    pub fn delete_entry(&self, id: &str) {
+        self.cli(&["entry", "delete", "-entryID", id]);
+    }
+
+    /// The trust bundle, PEM.
+    pub fn bundle_pem(&self) -> String {
+        self.cli(&["bundle", "show"])
+    }
+}
+
+// === SpireAgent ===
+
+/// A running `spire-agent`, attested with a join token.
+#[derive(Debug)]
+pub struct SpireAgent {
+    /// The process.
+    pub proc: Proc,
+    /// Its SPIFFE ID (the parent of the entries it serves).
+    pub id: String,
+    /// The Workload API socket.
+    pub socket: PathBuf,
+    /// `unix://<socket>`.
+    pub endpoint: String,
+    health: SocketAddr,
+    config: PathBuf,
+    dir: PathBuf,
+}
+
+impl SpireAgent {
+    /// Starts an agent of `server` in `dir/<td>-agent` and waits until it is attested.
+    pub fn start(dir: &Path, server: &SpireServer) -> Self {
+        let home = dir.join(format!("{}-agent", server.trust_domain));
+        std::fs::create_dir_all(&home).unwrap();
+        let bundle = home.join("bootstrap.pem");
+        std::fs::write(&bundle, server.bundle_pem()).unwrap();
+        let (token, id) = server.join_token();
+        let socket = home.join("workload.sock");
+        let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // Keys on disk: a restarted agent keeps its SVID instead of re-attesting with a join
+        // token that was used up. `sync_interval`: entries and rotations reach the cache within
+        // a second instead of SPIRE's default five.
+        let config = format!(
+            "agent {{\n  data_dir = \"{data}\"\n  log_level = \"DEBUG\"\n  server_address = \"127.0.0.1\"\n  server_port = \"{port}\"\n  socket_path = \"{socket}\"\n  trust_domain = \"{td}\"\n  trust_bundle_path = \"{bundle}\"\n  join_token = \"{token}\"\n  experimental {{ sync_interval = \"1s\" }}\n}}\n\
+             plugins {{\n\
+               KeyManager \"disk\" {{ plugin_data {{ directory = \"{data}\" }} }}\n\
+               NodeAttestor \"join_token\" {{ plugin_data {{}} }}\n\
+               WorkloadAttestor \"unix\" {{ plugin_data {{ discover_workload_path = true }} }}\n\
+             }}\n\
+             health_checks {{\n  listener_enabled = true\n  bind_address = \"127.0.0.1\"\n  bind_port = \"{hp}\"\n  live_path = \"/live\"\n  ready_path = \"/ready\"\n}}\n",
+            data = home.join("data").display(),
+            port = server.addr.port(),
+            socket = socket.display(),
+            td = server.trust_domain,
+            bundle = bundle.display(),
+            hp = health.port(),
+        );
+        let config_path = home.join("agent.conf");
+        std::fs::write(&config_path, config).unwrap();
+        let mut agent = Self {
+            proc: Self::spawn(&config_path, &home),
+            id,
+            endpoint: format!("unix://{}", socket.display()),
+            socket,
+            health,
+            config: config_path,
+            dir: home,
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    fn spawn(config: &Path, dir: &Path) -> Proc {
+        let mut cmd = Command::new(spire_bin("spire-agent"));
+        cmd.args(["run", "-config"]).arg(config);
+        Proc::spawn("spire-agent", cmd, dir)
+    }
+
+    /// Waits for `/ready` (attested, Workload API up).
+    pub fn wait_ready(&mut self) {
+        let health = self.health;
+        let socket = self.socket.clone();
+        let proc = &mut self.proc;
+        wait_until("spire-agent ready", Duration::from_secs(60), || {
+            proc.assert_running();
+            http(health, "GET", "/ready").is_some_and(|(s, _)| s == 200)
+                && std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+    }
+
+    /// Kills the agent (SIGKILL, a crash).
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts it again on the same socket and data (it keeps its SVID), and waits until ready.
+    pub fn start_again(&mut self) {
+        self.proc.kill();
+        self.proc = Self::spawn(&self.config, &self.dir);
+        self.wait_ready();
+    }
+}
+
+// === OIDC discovery ===
+
+/// SPIRE's `oidc-discovery-provider`, reading the JWT bundle from the server API, serving plain
+/// HTTP on loopback at the server's issuer URL.
+#[derive(Debug)]
+pub struct OidcProvider {
+    /// The process.
+    pub proc: Proc,
+    /// `http://127.0.0.1:<port>`, the JWT-SVIDs' `iss`.
+    pub issuer: String,
+}
+
+impl OidcProvider {
+    /// Serves `server`'s keys at its issuer; waits until the discovery document answers.
+    pub fn start(dir: &Path, server: &SpireServer) -> Self {
+        let issuer = server
+            .issuer
+            .clone()
+            .expect("the server was started without OIDC (ServerOptions::oidc)");
+        let addr = issuer.trim_start_matches("http://");
+        let home = dir.join(format!("{}-oidc", server.trust_domain));
+        std::fs::create_dir_all(&home).unwrap();
+        // `domains`: the Host header must name one of them; `allow_insecure_scheme`: plain
+        // HTTP on loopback (a real deployment serves HTTPS at a public name).
+        let config = format!(
+            "log_level = \"DEBUG\"\ndomains = [\"127.0.0.1\"]\nallow_insecure_scheme = true\ninsecure_addr = \"{addr}\"\nserver_api {{\n  address = \"unix://{socket}\"\n  poll_interval = \"1s\"\n}}\n",
+            socket = server.socket.display(),
+        );
+        let config_path = home.join("oidc.conf");
+        std::fs::write(&config_path, config).unwrap();
+        let mut cmd = Command::new(spire_bin("oidc-discovery-provider"));
+        cmd.arg("-config").arg(&config_path);
+        let mut proc = Proc::spawn("oidc-discovery-provider", cmd, &home);
+        let socket: SocketAddr = addr.parse().unwrap();
+        wait_until("oidc-discovery-provider keys", Duration::from_secs(30), || {
+            proc.assert_running();
+            http(socket, "GET", "/keys").is_some_and(|(s, body)| s == 200 && body.contains("\"kid\""))
+        });
+        Self { proc, issuer }
+    }
+}
+
+// === One trust domain ===
+
+/// A server, one agent, and (with [`ServerOptions::oidc`]) the OIDC discovery provider.
+#[derive(Debug)]
+pub struct Spire {
+    /// The server.
+    pub server: SpireServer,
+    /// The agent the sidecars talk to.
+    pub agent: SpireAgent,
+    /// OIDC discovery, if on.
+    pub oidc: Option<OidcProvider>,
+}
+
+impl Spire {
+    /// Starts server, agent and OIDC provider in `dir`.
+    pub fn start(dir: &Path, options: &ServerOptions) -> Self {
+        let server = SpireServer::start(dir, options);
+        let agent = SpireAgent::start(dir, &server);
+        let oidc = options.oidc.then(|| OidcProvider::start(dir, &server));
+        Self {
+            server,
+            agent,
+            oidc,
+        }
+    }
+
+    /// `spiffe://<td>/<path>`.
+    pub fn id(&self, path: &str) -> String {
+        format!("spiffe://{}/{path}", self.server.trust_domain)
+    }
+
+    /// Registers the executable `binary` (resolved as the attestor sees it) as `spiffe_id`
+    /// under this agent; returns the entry ID. `extra` as for [`SpireServer::entry`].
+    pub fn register(&self, binary: &Path, spiffe_id: &str, extra: &[&str]) -> String {
+        let path = binary
+            .canonicalize()
+            .unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
+        let selector = format!("unix:path:{}", path.display());
+        self.server
+            .entry(&self.agent.id, spiffe_id, &[&selector], extra)
+    }
+
+    /// A link to the workspace binary `name` at `dir/<as_name>`, registered as `spiffe_id`:
+    /// the way to run one program as several workloads (a hard link; a copy across file
+    /// systems). Returns the program's path.
+    pub fn workload_binary(&self, dir: &Path, name: &str, as_name: &str, spiffe_id: &str) -> PathBuf {
+        let program = dir.join(as_name);
+        let source = crate::bin(name);
+        if std::fs::hard_link(&source, &program).is_err() {
+            std::fs::copy(&source, &program).unwrap();
+        }
+        self.register(&program, spiffe_id, &[]);
+        program
+    }
+
+    /// The issuer of JWT-SVIDs (SPIRE's OIDC discovery provider).
+    pub fn issuer(&self) -> &str {
+        &self.oidc.as_ref().expect("OIDC is off").issuer
+    }
+}
