@@ -204,7 +204,13 @@ impl SpireServer {
 
     /// Creates a registration entry; returns its ID. `extra` is passed as is
     /// (`-federatesWith`, `-x509SVIDTTL`, …).
-    pub fn entry(&self, parent: &str, spiffe_id: &str, selectors: &[&str], extra: &[&str]) -> String {
+    pub fn entry(
+        &self,
+        parent: &str,
+        spiffe_id: &str,
+        selectors: &[&str],
+        extra: &[&str],
+    ) -> String {
         let mut args = vec![
             "entry",
             "create",
@@ -362,10 +368,15 @@ impl OidcProvider {
         cmd.arg("-config").arg(&config_path);
         let mut proc = Proc::spawn("oidc-discovery-provider", cmd, &home);
         let socket: SocketAddr = addr.parse().unwrap();
-        wait_until("oidc-discovery-provider keys", Duration::from_secs(30), || {
-            proc.assert_running();
-            http(socket, "GET", "/keys").is_some_and(|(s, body)| s == 200 && body.contains("\"kid\""))
-        });
+        wait_until(
+            "oidc-discovery-provider keys",
+            Duration::from_secs(30),
+            || {
+                proc.assert_running();
+                http(socket, "GET", "/keys")
+                    .is_some_and(|(s, body)| s == 200 && body.contains("\"kid\""))
+            },
+        );
         Self { proc, issuer }
     }
 }
@@ -415,7 +426,13 @@ impl Spire {
     /// A link to the workspace binary `name` at `dir/<as_name>`, registered as `spiffe_id`:
     /// the way to run one program as several workloads (a hard link; a copy across file
     /// systems). Returns the program's path.
-    pub fn workload_binary(&self, dir: &Path, name: &str, as_name: &str, spiffe_id: &str) -> PathBuf {
+    pub fn workload_binary(
+        &self,
+        dir: &Path,
+        name: &str,
+        as_name: &str,
+        spiffe_id: &str,
+    ) -> PathBuf {
         let program = dir.join(as_name);
         let source = crate::bin(name);
         if std::fs::hard_link(&source, &program).is_err() {
