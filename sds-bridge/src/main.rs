@@ -137,6 +137,10 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                     "the Workload API refused the X.509 stream: {}",
                     watcher.status().last_error.unwrap_or_default()
                 )),
+                None if watcher.status().withdrawn => Readiness::NotReady(format!(
+                    "the Workload API says this workload has no identity (registration entry deleted?): {}",
+                    watcher.status().last_error.unwrap_or_default()
+                )),
                 None => Readiness::NotReady("no X.509-SVID from the Workload API yet".into()),
                 Some(ctx) if ctx.remaining(SystemTime::now()).is_zero() => Readiness::NotReady(
                     "the X.509-SVID has expired and the Workload API has not renewed it".into(),

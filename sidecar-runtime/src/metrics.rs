@@ -47,6 +47,11 @@ impl Collector for JwtCacheCollector {
                 "Cached JWT-SVIDs dropped and refetched because their signing key left the bundle",
                 stats.key_removals,
             ),
+            (
+                "jwt_cache_withdrawals",
+                "Cached JWT-SVIDs dropped because the Workload API said this workload has no identity (its entry was deleted)",
+                stats.withdrawals,
+            ),
         ] {
             let counter = ConstCounter::new(value);
             counter.encode(encoder.encode_descriptor(

@@ -261,6 +261,16 @@ pub struct SpireAgent {
 }
 
 impl SpireAgent {
+    /// The Workload API address the agent of `trust_domain` started by [`SpireAgent::start`] in
+    /// `dir` will serve, for sidecars started before it.
+    pub fn planned_endpoint(dir: &Path, trust_domain: &str) -> String {
+        format!(
+            "unix://{}",
+            dir.join(format!("{trust_domain}-agent/workload.sock"))
+                .display()
+        )
+    }
+
     /// Starts an agent of `server` in `dir/<td>-agent` and waits until it is attested.
     pub fn start(dir: &Path, server: &SpireServer) -> Self {
         let home = dir.join(format!("{}-agent", server.trust_domain));
@@ -398,6 +408,11 @@ impl Spire {
     /// Starts server, agent and OIDC provider in `dir`.
     pub fn start(dir: &Path, options: &ServerOptions) -> Self {
         let server = SpireServer::start(dir, options);
+        Self::with_server(dir, server, options)
+    }
+
+    /// Starts the agent (and OIDC provider) of a running `server`.
+    pub fn with_server(dir: &Path, server: SpireServer, options: &ServerOptions) -> Self {
         let agent = SpireAgent::start(dir, &server);
         let oidc = options.oidc.then(|| OidcProvider::start(dir, &server));
         Self {

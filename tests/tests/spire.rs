@@ -26,7 +26,7 @@ use suite_tests::sds::{
     xfcc_uri_and_serial,
 };
 use suite_tests::sidecars::{JwtHelper, jwt_claims};
-use suite_tests::spire::{ServerOptions, Spire};
+use suite_tests::spire::{ServerOptions, Spire, SpireAgent, SpireServer};
 use suite_tests::vault::{FakeVault, hvac};
 use suite_tests::{bin, free_port, wait_until};
 
@@ -530,4 +530,202 @@ fn every_iam_broker_provider_trades_spire_jwt_svids_that_the_stand_ins_verify_th
     .unwrap_or_else(|e| panic!("hvac: {e}"));
     assert_eq!(got["password"], "s3cr3t");
     assert_eq!(vault.count(|c| &c.logins), 1);
+}
+
+/// Requests through an outbound Envoy whose ext_authz is jwt-auth-helper, counted until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let (s, o, f) = (stop.clone(), ok.clone(), failures.clone());
+        let worker = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match get(port, &[]) {
+                    Some(r)
+                        if r.status == 200 && r.json()["headers"]["authorization"].is_string() =>
+                    {
+                        o.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => f.lock().unwrap().push(format!("{other:?}")),
+                }
+            }
+        });
+        Self {
+            stop,
+            ok,
+            failures,
+            worker: Some(worker),
+        }
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops and returns (successes, failures).
+    fn finish(mut self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(w) = self.worker.take() {
+            w.join().unwrap();
+        }
+        (self.ok(), self.failures.lock().unwrap().clone())
+    }
+}
+
+#[test]
+fn sidecars_started_before_spire_become_ready_and_ride_out_an_agent_crash_and_a_server_outage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let options = ServerOptions {
+        oidc: false,
+        ..ServerOptions::new(TD)
+    };
+    let server = SpireServer::start(dir, &options);
+    // The sidecars first, pointed at the agent's socket before it exists.
+    let endpoint = SpireAgent::planned_endpoint(dir, TD);
+    let backend = "spiffe://example.org/backend";
+    let mut helper = JwtHelper::start(dir, &endpoint, &["--audience", backend]);
+    let mut sds = SdsBridge::start("sds-bridge", dir, &endpoint, &[]);
+    assert_ne!(helper.readyz(), 200);
+    assert_ne!(sds.readyz(), 200);
+
+    let spire = Spire::with_server(dir, server, &options);
+    spire.register(&bin("jwt-auth-helper"), &spire.id("client"), &[]);
+    spire.register(&bin("sds-bridge"), &spire.id("client"), &[]);
+    let registered = Instant::now();
+    helper.wait_ready(Duration::from_secs(60));
+    sds.wait_ready(Duration::from_secs(60));
+    eprintln!(
+        "ready {:?} after the entries were created",
+        registered.elapsed()
+    );
+
+    let echo = EchoServer::start();
+    let port = free_port();
+    let _outbound = Envoy::start(
+        "outbound",
+        dir,
+        &ext_authz_proxy(free_port(), port, echo.addr, helper.listen),
+    );
+    let load = Load::start(port);
+    wait_until("requests flowing", Duration::from_secs(10), || {
+        load.ok() > 10
+    });
+    let mut spire = spire;
+
+    // The agent crashes: cached tokens and the held SVID keep serving; both stay ready.
+    spire.agent.kill();
+    let connected = "sds_bridge_workload_api_x509_stream_connected";
+    wait_until("the bridge notices", Duration::from_secs(10), || {
+        sds.metric(connected) == 0.0
+    });
+    let during = load.ok();
+    wait_until(
+        "requests while the agent is down",
+        Duration::from_secs(10),
+        || load.ok() > during + 50,
+    );
+    assert_eq!(helper.readyz(), 200);
+    assert_eq!(sds.readyz(), 200);
+    spire.agent.start_again();
+    wait_until(
+        "the bridge reconnects, no restart",
+        Duration::from_secs(30),
+        || sds.metric(connected) == 1.0,
+    );
+
+    // The server goes away for a while: the agent serves from its cache, and so do we.
+    spire.server.stop();
+    let during = load.ok();
+    wait_until(
+        "requests while the server is down",
+        Duration::from_secs(10),
+        || load.ok() > during + 50,
+    );
+    assert_eq!(helper.readyz(), 200);
+    assert_eq!(sds.readyz(), 200);
+    spire.server.restart();
+    let during = load.ok();
+    wait_until(
+        "requests after the server is back",
+        Duration::from_secs(10),
+        || load.ok() > during + 50,
+    );
+    let (ok, failures) = load.finish();
+    eprintln!("{ok} requests, {} failed", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{:?}",
+        &failures[..failures.len().min(5)]
+    );
+}
+
+#[test]
+fn a_deleted_entry_takes_the_identity_away_within_seconds_and_readyz_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spire = Spire::start(
+        dir,
+        &ServerOptions {
+            oidc: false,
+            ..ServerOptions::new(TD)
+        },
+    );
+    let id = spire.id("client");
+    let helper_entry = spire.register(&bin("jwt-auth-helper"), &id, &[]);
+    let bridge_entry = spire.register(&bin("sds-bridge"), &id, &[]);
+    let mut helper = JwtHelper::start(dir, &spire.agent.endpoint, &["--audience", "backend"]);
+    let mut sds = SdsBridge::start("sds-bridge", dir, &spire.agent.endpoint, &[]);
+    helper.wait_ready(Duration::from_secs(60));
+    sds.wait_ready(Duration::from_secs(60));
+    let echo = EchoServer::start();
+    let port = free_port();
+    let _outbound = Envoy::start(
+        "outbound",
+        dir,
+        &ext_authz_proxy(free_port(), port, echo.addr, helper.listen),
+    );
+    assert_eq!(get(port, &[]).unwrap().status, 200);
+
+    // An operator deletes the entries: SPIRE ends the workloads' streams with
+    // PermissionDenied ("no identity issued").
+    spire.server.delete_entry(&helper_entry);
+    spire.server.delete_entry(&bridge_entry);
+    let deleted = Instant::now();
+    wait_until("the bridge not ready", Duration::from_secs(30), || {
+        sds.readyz() != 200
+    });
+    let bridge_after = deleted.elapsed();
+    wait_until("the helper not ready", Duration::from_secs(30), || {
+        helper.readyz() != 200
+    });
+    let helper_after = deleted.elapsed();
+    wait_until("no token stamped", Duration::from_secs(30), || {
+        get(port, &[]).is_some_and(|r| r.status != 200)
+    });
+    let stamped_until = deleted.elapsed();
+    eprintln!(
+        "after the entries were deleted: bridge not ready in {bridge_after:?}, helper in {helper_after:?}, last token stamped before {stamped_until:?}"
+    );
+    let (status, body) = suite_tests::http(sds.admin, "GET", "/readyz").unwrap();
+    assert_eq!(status, 503);
+    assert!(body.contains("no identity"), "{body}");
+    assert!(helper.metric("jwt_auth_helper_jwt_cache_withdrawals_total") >= 1.0);
+
+    // Registered again: both recover without a restart.
+    spire.register(&bin("jwt-auth-helper"), &id, &[]);
+    spire.register(&bin("sds-bridge"), &id, &[]);
+    helper.wait_ready(Duration::from_secs(60));
+    sds.wait_ready(Duration::from_secs(60));
+    wait_until("tokens stamped again", Duration::from_secs(30), || {
+        get(port, &[]).is_some_and(|r| r.status == 200)
+    });
 }

@@ -69,6 +69,19 @@ impl ClientError {
         )
     }
 
+    /// The agent has no identity for this caller (`PermissionDenied`, SPIRE's "no identity
+    /// issued"): not registered yet, or its entry was deleted. Retried, since an entry may be
+    /// created at any time.
+    pub fn is_no_identity(&self) -> bool {
+        matches!(
+            self,
+            Self::Status {
+                code: tonic::Code::PermissionDenied,
+                ..
+            }
+        )
+    }
+
     /// Errors a client must not retry: the agent rejected the request itself (REFERENCE §1:
     /// `InvalidArgument` means the security header is missing; retrying cannot help).
     pub fn is_fatal(&self) -> bool {

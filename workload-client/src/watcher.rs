@@ -1,7 +1,9 @@
 //! The supervisor behind every long-lived Workload API stream (X.509 SVIDs, JWT bundles).
 //!
 //! One loop for all streams: connect, publish each parsed snapshot that differs from the last,
-//! and on any failure keep the last good snapshot, wait a jittered backoff and reconnect. A
+//! and on any failure keep the last good snapshot, wait a jittered backoff and reconnect; the
+//! one exception is the SVID stream refused with `PermissionDenied` (the workload's identity
+//! was withdrawn), which drops it ([`StreamStatus::withdrawn`]). A
 //! [`Watcher`] tells "never had a snapshot" (`current()` is `None`) from "had one and the agent
 //! is gone" (`current()` is `Some`, `status().connected` is false).
 
@@ -27,7 +29,13 @@ pub(crate) trait StreamKind: Send + Sync + 'static {
         client: &WorkloadApiClient,
     ) -> impl Future<Output = Result<tonic::Streaming<Self::Message>, ClientError>> + Send;
 
-    /// Parses one full-snapshot message (REFERENCE §1: each message is a full snapshot).
+    /// Whether `PermissionDenied` takes the last snapshot away. SPIRE ends a stream with
+    /// `PermissionDenied` ("no identity issued") when the caller has no registration entry:
+    /// for the SVID stream that means the identity was withdrawn (the entry deleted), and
+    /// serving the last SVID until it expires would keep a revoked workload in the mesh.
+    const WITHDRAWN_ON_PERMISSION_DENIED: bool = false;
+
+    /// Parses one full-snapshot message (each message is a full snapshot).
     fn parse(message: Self::Message) -> Result<Self::Snapshot, String>;
 
     /// A one-line summary of a snapshot for the info log (never secrets).
@@ -47,6 +55,9 @@ pub struct StreamStatus {
     pub last_update: Option<Instant>,
     /// The most recent failure, if the stream is not healthy.
     pub last_error: Option<String>,
+    /// The agent says this workload has no identity (`PermissionDenied`); for the SVID stream
+    /// the last snapshot was dropped. Cleared by the next snapshot.
+    pub withdrawn: bool,
     /// The agent rejected the request itself (e.g. missing security header); the watcher gave
     /// up, because retrying cannot succeed.
     pub gave_up: bool,
@@ -173,6 +184,16 @@ async fn supervise<K: StreamKind>(
         } else {
             agent_error.next_delay()
         };
+        let withdrawn = failure.is_no_identity();
+        if withdrawn && K::WITHDRAWN_ON_PERMISSION_DENIED {
+            let dropped = snapshots.send_if_modified(|current| current.take().is_some());
+            if dropped {
+                tracing::warn!(
+                    error = %failure,
+                    "the agent says this workload has no identity (its registration entry was deleted?): no longer serving the last one"
+                );
+            }
+        }
         let had_snapshot = snapshots.borrow().is_some();
         status.send_modify(|s| {
             // Log each distinct failure once at warn; repeats go to debug so a long agent outage
@@ -188,6 +209,7 @@ async fn supervise<K: StreamKind>(
             s.connected = false;
             s.failures += 1;
             s.last_error = Some(message);
+            s.withdrawn = withdrawn;
             s.gave_up = fatal;
         });
         if fatal {
@@ -214,6 +236,7 @@ fn publish<K: StreamKind>(
             });
             status.send_modify(|s| {
                 s.last_error = None;
+                s.withdrawn = false;
                 if changed {
                     s.updates += 1;
                     s.last_update = Some(Instant::now());

@@ -148,6 +148,7 @@ impl StreamKind for X509Stream {
     type Message = X509svidResponse;
     type Snapshot = X509Context;
     const METHOD: &'static str = "FetchX509SVID";
+    const WITHDRAWN_ON_PERMISSION_DENIED: bool = true;
 
     async fn open(
         client: &WorkloadApiClient,

@@ -169,6 +169,8 @@ pub struct CacheStats {
     pub evictions: u64,
     /// Cached tokens dropped and refetched because their signing key left the bundle.
     pub key_removals: u64,
+    /// Cached tokens dropped because the agent said this workload has no identity any more.
+    pub withdrawals: u64,
     /// One line per cached key.
     pub entries: Vec<EntryStatus>,
 }
@@ -206,6 +208,7 @@ struct Inner {
     fetch_errors: AtomicU64,
     evictions: AtomicU64,
     key_removals: AtomicU64,
+    withdrawals: AtomicU64,
 }
 
 struct Entry {
@@ -264,6 +267,7 @@ impl JwtSvidCache {
                 fetch_errors: AtomicU64::new(0),
                 evictions: AtomicU64::new(0),
                 key_removals: AtomicU64::new(0),
+                withdrawals: AtomicU64::new(0),
             }),
         }
     }
@@ -367,6 +371,7 @@ impl JwtSvidCache {
             fetch_errors: load(&self.inner.fetch_errors),
             evictions: load(&self.inner.evictions),
             key_removals: load(&self.inner.key_removals),
+            withdrawals: load(&self.inner.withdrawals),
             entries,
         }
     }
@@ -481,6 +486,21 @@ impl Inner {
         }
     }
 
+    /// The agent says this workload has no identity any more: no cached token is handed out
+    /// again, and each key refetches at once (which fails until an entry exists again).
+    fn withdraw_all(&self) {
+        for entry in self.entries.load().values() {
+            if entry.token.swap(None).is_some() {
+                tracing::warn!(
+                    key = ?entry.key,
+                    "the agent says this workload has no identity (its registration entry was deleted?): dropping the cached JWT-SVID"
+                );
+                self.withdrawals.fetch_add(1, Ordering::Relaxed);
+            }
+            entry.refetch.notify_one();
+        }
+    }
+
     /// Drops and refetches every cached token whose `kid` was in its trust domain's bundle in
     /// `before` and is not in `after`.
     fn revoke_removed_keys(&self, before: &JwtBundleSet, after: &JwtBundleSet) {
@@ -512,18 +532,43 @@ impl Inner {
 /// just before the bundle update arrived) is not refetched in a loop.
 async fn watch_bundles(inner: Weak<Inner>, watcher: JwtBundleWatcher) {
     let mut updates = watcher.subscribe();
+    let mut status = watcher.subscribe_status();
     let mut previous = updates.borrow_and_update().clone();
-    while updates.changed().await.is_ok() {
-        let Some(current) = updates.borrow_and_update().clone() else {
-            continue;
-        };
-        let Some(cache) = inner.upgrade() else {
-            return;
-        };
-        if let Some(before) = &previous {
-            cache.revoke_removed_keys(before, &current);
+    let mut withdrawn = false;
+    loop {
+        tokio::select! {
+            changed = updates.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let Some(current) = updates.borrow_and_update().clone() else {
+                    continue;
+                };
+                let Some(cache) = inner.upgrade() else {
+                    return;
+                };
+                if let Some(before) = &previous {
+                    cache.revoke_removed_keys(before, &current);
+                }
+                previous = Some(current);
+            }
+            changed = status.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // The agent ends the bundle stream with `PermissionDenied` as soon as this
+                // workload's entry is deleted: drop the tokens now rather than at their next
+                // refresh (up to half their life away).
+                let now = status.borrow_and_update().withdrawn;
+                if now && !withdrawn {
+                    let Some(cache) = inner.upgrade() else {
+                        return;
+                    };
+                    cache.withdraw_all();
+                }
+                withdrawn = now;
+            }
         }
-        previous = Some(current);
     }
 }
 
@@ -628,6 +673,12 @@ async fn refresh_loop(inner: Weak<Inner>, entry: Arc<Entry>) {
             }
             Err(e) => {
                 let unreachable = e.is_unreachable();
+                if e.is_no_identity() && entry.token.swap(None).is_some() {
+                    // No identity for this workload (entry deleted): the token must not be
+                    // stamped on requests any more.
+                    tracing::warn!(error = %e, "the agent says this workload has no identity: dropping the cached JWT-SVID");
+                    cache.withdrawals.fetch_add(1, Ordering::Relaxed);
+                }
                 let message = e.to_string();
                 if entry.last_error().as_deref() != Some(message.as_str()) {
                     let serving = entry.usable(&cache).is_some();
