@@ -53,6 +53,8 @@ pub struct ServerOptions {
     pub jwt_ttl: Duration,
     /// Serve SPIRE's OIDC discovery provider and put its URL in JWT-SVIDs as `iss`.
     pub oidc: bool,
+    /// Serve a SPIFFE bundle endpoint (`https_spiffe`) for federation.
+    pub bundle_endpoint: bool,
 }
 
 impl ServerOptions {
@@ -64,6 +66,7 @@ impl ServerOptions {
             x509_ttl: Duration::from_secs(3600),
             jwt_ttl: Duration::from_secs(300),
             oidc: true,
+            bundle_endpoint: false,
         }
     }
 }
@@ -87,6 +90,8 @@ pub struct SpireServer {
     pub addr: SocketAddr,
     /// The issuer in JWT-SVIDs (`http://127.0.0.1:<port>`), when OIDC discovery is on.
     pub issuer: Option<String>,
+    /// The SPIFFE bundle endpoint, when on.
+    pub bundle_endpoint: Option<SocketAddr>,
     health: SocketAddr,
     config: PathBuf,
     dir: PathBuf,
@@ -116,6 +121,17 @@ impl SpireServer {
         if let Some(issuer) = &issuer {
             writeln!(server, "  jwt_issuer = \"{issuer}\"").unwrap();
         }
+        let bundle_endpoint: Option<SocketAddr> = options
+            .bundle_endpoint
+            .then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+        if let Some(be) = bundle_endpoint {
+            writeln!(
+                server,
+                "  federation {{\n    bundle_endpoint {{\n      address = \"127.0.0.1\"\n      port = {}\n    }}\n  }}",
+                be.port()
+            )
+            .unwrap();
+        }
         let config = format!(
             "server {{\n{server}}}\n\
              plugins {{\n\
@@ -136,6 +152,7 @@ impl SpireServer {
             socket,
             addr,
             issuer,
+            bundle_endpoint,
             health,
             config: config_path,
             dir: home,
@@ -239,6 +256,63 @@ impl SpireServer {
     /// The trust bundle, PEM.
     pub fn bundle_pem(&self) -> String {
         self.cli(&["bundle", "show"])
+    }
+
+    /// The trust bundle as a SPIFFE bundle (JWKS with `x509-svid` and `jwt-svid` keys).
+    pub fn bundle_spiffe(&self) -> serde_json::Value {
+        serde_json::from_str(&self.cli(&["bundle", "show", "-format", "spiffe"])).unwrap()
+    }
+
+    /// The `kid`s of the JWT signing keys in this server's bundle.
+    pub fn jwt_kids(&self) -> Vec<String> {
+        self.bundle_spiffe()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["use"] == "jwt-svid")
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Federates with `other` through its bundle endpoint (`https_spiffe`, authenticated as
+    /// `spiffe://<td>/spire/server`), bootstrapped with its current bundle, as an operator
+    /// does with `spire-server federation create`.
+    pub fn federate_with(&self, other: &Self) {
+        let endpoint = other
+            .bundle_endpoint
+            .expect("the other server has no bundle endpoint (ServerOptions::bundle_endpoint)");
+        let path = self.dir.join(format!("{}.bundle.json", other.trust_domain));
+        std::fs::write(&path, other.cli(&["bundle", "show", "-format", "spiffe"])).unwrap();
+        self.cli(&[
+            "federation",
+            "create",
+            "-trustDomain",
+            &other.trust_domain,
+            "-bundleEndpointURL",
+            &format!("https://{endpoint}"),
+            "-bundleEndpointProfile",
+            "https_spiffe",
+            "-endpointSpiffeID",
+            &format!("spiffe://{}/spire/server", other.trust_domain),
+            "-trustDomainBundlePath",
+            path.to_str().unwrap(),
+            "-trustDomainBundleFormat",
+            "spiffe",
+        ]);
+    }
+
+    /// Ends the federation with `trust_domain`: the relationship, and its bundle (entries that
+    /// federated with it are kept, without it).
+    pub fn drop_federation(&self, trust_domain: &str) {
+        self.cli(&["federation", "delete", "-id", trust_domain]);
+        self.cli(&[
+            "bundle",
+            "delete",
+            "-id",
+            &format!("spiffe://{trust_domain}"),
+            "-mode",
+            "dissociate",
+        ]);
     }
 }
 
@@ -447,13 +521,14 @@ impl Spire {
         name: &str,
         as_name: &str,
         spiffe_id: &str,
+        extra: &[&str],
     ) -> PathBuf {
         let program = dir.join(as_name);
         let source = crate::bin(name);
         if std::fs::hard_link(&source, &program).is_err() {
             std::fs::copy(&source, &program).unwrap();
         }
-        self.register(&program, spiffe_id, &[]);
+        self.register(&program, spiffe_id, extra);
         program
     }
 

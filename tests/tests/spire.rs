@@ -42,11 +42,17 @@ fn get(port: u16, headers: &[(&str, &str)]) -> Option<Response> {
 
 /// A bridge running as its own workload `spiffe://example.org/<name>`, ready.
 fn bridge(spire: &Spire, dir: &Path, name: &str, args: &[&str]) -> SdsBridge {
+    bridge_with(spire, dir, name, args, &[])
+}
+
+/// [`bridge`] with entry options (`-federatesWith …`).
+fn bridge_with(spire: &Spire, dir: &Path, name: &str, args: &[&str], entry: &[&str]) -> SdsBridge {
     let program = spire.workload_binary(
         dir,
         "sds-bridge",
         &format!("sds-bridge-{name}"),
         &spire.id(name),
+        entry,
     );
     let mut bridge = SdsBridge::start_program(
         &program,
@@ -728,4 +734,176 @@ fn a_deleted_entry_takes_the_identity_away_within_seconds_and_readyz_says_so() {
     wait_until("tokens stamped again", Duration::from_secs(30), || {
         get(port, &[]).is_some_and(|r| r.status == 200)
     });
+}
+
+#[test]
+fn federated_spire_trust_domains_do_mtls_and_jwt_across_and_a_dropped_federation_is_refused_within_seconds()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let federating = |td: &str| ServerOptions {
+        oidc: false,
+        bundle_endpoint: true,
+        ..ServerOptions::new(td)
+    };
+    let (a_dir, b_dir) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&a_dir).unwrap();
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let a = Spire::start(&a_dir, &federating(TD));
+    let b = Spire::start(&b_dir, &federating("partner.org"));
+    a.server.federate_with(&b.server);
+    b.server.federate_with(&a.server);
+
+    // example.org's server side: SDS and the per-trust-domain JWKS, federated with partner.org.
+    let jwks = addr(free_port());
+    let server = bridge_with(
+        &a,
+        &a_dir,
+        "server",
+        &["--jwks-listen", &jwks.to_string()],
+        &["-federatesWith", "spiffe://partner.org"],
+    );
+    // partner.org's client side: SDS and jwt-auth-helper, federated with example.org.
+    let client = bridge_with(
+        &b,
+        &b_dir,
+        "client",
+        &[],
+        &["-federatesWith", "spiffe://example.org"],
+    );
+    let partner_client = b.id("client");
+    b.register(
+        &bin("jwt-auth-helper"),
+        &partner_client,
+        &["-federatesWith", "spiffe://example.org"],
+    );
+    let audience = a.id("server");
+    let mut helper = JwtHelper::start(&b_dir, &b.agent.endpoint, &["--audience", &audience]);
+    helper.wait_ready(Duration::from_secs(60));
+
+    // The federated bundle reaches the bridge: partner.org's JWT keys in its JWKS.
+    let partner_kids = b.server.jwt_kids();
+    wait_until(
+        "partner.org's JWT keys at the bridge",
+        Duration::from_secs(60),
+        || {
+            request(jwks, "GET", "/jwks/partner.org", &[]).is_some_and(|r| {
+                r.status == 200 && partner_kids.iter().all(|kid| r.body.contains(kid.as_str()))
+            })
+        },
+    );
+
+    // mTLS: the server trusts ALL bundles it has; the client presents its partner.org SVID.
+    let echo = EchoServer::start();
+    let mtls_port = free_port();
+    let _server_envoy = Envoy::start(
+        "envoy-server",
+        dir,
+        &bootstrap(
+            free_port(),
+            "server",
+            &[mtls_listener(
+                "all",
+                mtls_port,
+                &common_tls_context(Shape::All, "sds", "", ""),
+            )],
+            &[
+                sds_cluster("sds", &server.socket),
+                static_cluster("upstream", echo.addr, false),
+            ],
+        ),
+    );
+    let mtls_client_port = free_port();
+    let _client_envoy = Envoy::start(
+        "envoy-client",
+        dir,
+        &bootstrap(
+            free_port(),
+            "client",
+            &[http_listener("out", mtls_client_port, &[("/", "mtls")])],
+            &[
+                sds_cluster("sds", &client.socket),
+                // One request per connection: every request is a new handshake, so the time
+                // to refusal below is the bundle's, not a pooled connection's.
+                tls_cluster(
+                    "mtls",
+                    addr(mtls_port),
+                    &common_tls_context(Shape::All, "sds", "", ""),
+                    1,
+                ),
+            ],
+        ),
+    );
+    wait_until("cross-domain mTLS", Duration::from_secs(30), || {
+        get(mtls_client_port, &[]).is_some_and(|r| r.status == 200)
+    });
+    let r = get(mtls_client_port, &[]).unwrap();
+    let xfcc = r.json()["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(xfcc_uri_and_serial(&xfcc).0, partner_client);
+
+    // JWT: partner.org's token, checked by example.org's Envoy with one provider per trust
+    // domain and keys from the bridge.
+    let generated = |part: &str| {
+        jwt_authn_config(&[
+            "--trust-domain",
+            TD,
+            "--trust-domain",
+            "partner.org",
+            "--audience",
+            &audience,
+            "--jwks-address",
+            &jwks.to_string(),
+            "--cache-duration",
+            "6s",
+            "--part",
+            part,
+        ])
+    };
+    let inbound_port = free_port();
+    let _inbound = Envoy::start(
+        "inbound",
+        dir,
+        &bootstrap(
+            free_port(),
+            "inbound",
+            &[filtered_listener(
+                "ingress",
+                inbound_port,
+                &generated("local-reply"),
+                &generated("filters"),
+            )],
+            &[
+                static_cluster("upstream", echo.addr, false),
+                generated("cluster"),
+            ],
+        ),
+    );
+    let out_port = free_port();
+    let _outbound = Envoy::start(
+        "outbound",
+        dir,
+        &ext_authz_proxy(free_port(), out_port, addr(inbound_port), helper.listen),
+    );
+    let r = get(out_port, &[]).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["headers"]["x-spiffe-id"], partner_client.as_str());
+
+    // example.org drops the federation: the relationship and partner.org's bundle.
+    a.server.drop_federation("partner.org");
+    let dropped = Instant::now();
+    wait_until(
+        "partner.org's mTLS refused",
+        Duration::from_secs(60),
+        || get(mtls_client_port, &[]).is_some_and(|r| r.status != 200),
+    );
+    let mtls_after = dropped.elapsed();
+    wait_until("partner.org's JWT refused", Duration::from_secs(60), || {
+        get(out_port, &[]).is_some_and(|r| r.status == 401)
+    });
+    let jwt_after = dropped.elapsed();
+    eprintln!("federation dropped: mTLS refused after {mtls_after:?}, JWT after {jwt_after:?}");
+    assert!(jwt_after < Duration::from_secs(30), "{jwt_after:?}");
 }
