@@ -17,8 +17,24 @@ fn demo() -> Command {
 
 #[test]
 fn demo_runs_every_step_and_exits_zero() {
-    let out = demo().output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_every_step(&mut demo());
+}
+
+#[test]
+fn demo_on_spire_runs_the_same_steps() {
+    // Fails with the build command if SPIRE is missing.
+    suite_tests::spire::spire_bin("spire-server");
+    let stdout = assert_every_step(demo().arg("--spire"));
+    assert!(
+        stdout.contains("SPIRE's OIDC discovery provider at http://"),
+        "{stdout}"
+    );
+}
+
+/// Runs the demo and checks every step's line; returns its output.
+fn assert_every_step(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "demo failed:\n{stdout}\n{}",
@@ -39,6 +55,7 @@ fn demo_runs_every_step_and_exits_zero() {
             "missing {expected:?} in:\n{stdout}"
         );
     }
+    stdout
 }
 
 #[test]

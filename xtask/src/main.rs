@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
-        Some("demo") => demo(),
+        Some("demo") => demo(&args[1..]),
         Some("regen") => regen(),
         Some("bench") => bench(&args[1..]),
         Some("soak") => soak(&args[1..]),
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|soak|image|spire|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + a 60 s soak (what CI runs)\n  demo   the three sidecars with real Envoy, moto and the AWS CLI, step by step\n  bench  [authz|jwt-authn|sds|creds|uds|vault]: each sidecar against a same-run baseline (release build)\n  soak   [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
+                "usage: cargo xtask <test|demo|bench|soak|image|spire|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + a 60 s soak (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault]: each sidecar against a same-run baseline (release build)\n  soak   [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
             );
             return ExitCode::from(2);
         }
@@ -278,7 +278,12 @@ fn regen() -> Result {
 
 /// The README's first command: peers into the venv, the binaries, then the `demo` binary
 /// (tests/src/bin/demo.rs), which runs every step against real Envoy, moto and the AWS CLI.
-fn demo() -> Result {
+fn demo(args: &[String]) -> Result {
+    let spire = match args {
+        [] => None,
+        [flag] if flag == "--spire" => Some(spire::install()?),
+        _ => return Err("usage: cargo xtask demo [--spire]".into()),
+    };
     let venv = venv()?;
     run(
         "cargo build --bins",
@@ -287,10 +292,10 @@ fn demo() -> Result {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root().join("target"), PathBuf::from)
         .join("debug");
-    run(
-        "demo",
-        Command::new(target.join("demo"))
-            .env("SUITE_VENV", &venv)
-            .env("RUST_LOG", "warn"),
-    )
+    let mut demo = Command::new(target.join("demo"));
+    demo.env("SUITE_VENV", &venv).env("RUST_LOG", "warn");
+    if let Some(bin) = spire {
+        demo.arg("--spire").env("SUITE_SPIRE_BIN", bin);
+    }
+    run("demo", &mut demo)
 }

@@ -13,6 +13,10 @@
 //!    the JWT-SVID with strict local stand-ins of Entra ID and Google STS (no such services can
 //!    run here; they verify the JWT-SVID against the agent's OIDC discovery as the real ones do).
 //!
+//! The identities come from two `spiffe-dev-agent`s by default; with `--spire` (`cargo xtask demo
+//! --spire`) from real SPIRE: a server, a join-token agent, SPIRE's OIDC discovery provider, and
+//! one registration entry per sidecar binary (`unix:path` selectors).
+//!
 //! Exits non-zero if a step fails; every process it started is stopped on exit, on failure and
 //! on Ctrl-C / SIGTERM.
 #![allow(
@@ -23,7 +27,7 @@
 )]
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -34,7 +38,8 @@ use suite_tests::sds::{
     tls_cluster, xfcc_uri_and_serial,
 };
 use suite_tests::sidecars::{JwtHelper, jwt_claims};
-use suite_tests::{DevAgent, free_port, on_signal_clean_up, wait_until};
+use suite_tests::spire::{ServerOptions, Spire};
+use suite_tests::{DevAgent, bin, free_port, on_signal_clean_up, wait_until};
 
 const TD: &str = "demo.example";
 const CLIENT: &str = "spiffe://demo.example/ns/demo/sa/client";
@@ -66,17 +71,176 @@ fn elide(token: &str) -> String {
     )
 }
 
-fn jwt_step(dir: &Path, client_agent: &DevAgent, issuer: &str, oidc: u16) {
+/// Where the identities come from.
+enum Source {
+    /// Two dev agents (client and server), the client's with OIDC discovery.
+    Dev {
+        client: Box<DevAgent>,
+        server: Box<DevAgent>,
+    },
+    /// One SPIRE server and agent; the server-side bridge runs as its own binary path.
+    Spire {
+        spire: Box<Spire>,
+        server_bridge: PathBuf,
+    },
+}
+
+/// The identities every step uses.
+struct Ids {
+    source: Source,
+    /// The JWT-SVIDs' issuer (its OIDC discovery).
+    issuer: String,
+}
+
+impl Ids {
+    fn dev(dir: &Path) -> Self {
+        step(
+            0,
+            "dev SPIFFE agents (client and server identities of trust domain demo.example)",
+        );
+        let state = dir.join("state");
+        let oidc = free_port();
+        let issuer = format!("http://127.0.0.1:{oidc}");
+        let (client_dir, server_dir) = (dir.join("client"), dir.join("server"));
+        std::fs::create_dir_all(&client_dir).unwrap();
+        std::fs::create_dir_all(&server_dir).unwrap();
+        let state_arg = state.display().to_string();
+        let client = DevAgent::start(
+            &client_dir,
+            &[
+                "--trust-domain",
+                TD,
+                "--spiffe-id",
+                CLIENT,
+                "--state-dir",
+                &state_arg,
+                "--oidc-listen",
+                &format!("127.0.0.1:{oidc}"),
+                "--jwt-issuer",
+                &issuer,
+            ],
+        );
+        let server = DevAgent::start(
+            &server_dir,
+            &[
+                "--trust-domain",
+                TD,
+                "--spiffe-id",
+                SERVER,
+                "--state-dir",
+                &state_arg,
+            ],
+        );
+        ok(&format!(
+            "client agent {} (OIDC discovery {issuer})",
+            client.endpoint
+        ));
+        ok(&format!("server agent {}", server.endpoint));
+        Self {
+            source: Source::Dev {
+                client: Box::new(client),
+                server: Box::new(server),
+            },
+            issuer,
+        }
+    }
+
+    fn spire(dir: &Path) -> Self {
+        step(
+            0,
+            "SPIRE server, agent and OIDC discovery provider (trust domain demo.example)",
+        );
+        // 20 s X.509-SVIDs: the agent renews them about every 5 s, so step 2 sees a rotation
+        // (SPIRE has no per-workload "rotate now").
+        let options = ServerOptions {
+            x509_ttl: Duration::from_secs(20),
+            ..ServerOptions::new(TD)
+        };
+        let spire = Spire::start(dir, &options);
+        for name in ["jwt-auth-helper", "sds-bridge", "iam-broker"] {
+            spire.register(&bin(name), CLIENT, &[]);
+        }
+        let server_bridge =
+            spire.workload_binary(dir, "sds-bridge", "sds-bridge-server", SERVER, &[]);
+        ok(&format!(
+            "spire-server {}, spire-agent {} (Workload API {})",
+            suite_tests::spire::VERSION,
+            spire.agent.id,
+            spire.agent.endpoint
+        ));
+        ok(&format!(
+            "entries: jwt-auth-helper, sds-bridge, iam-broker -> {CLIENT}; {} -> {SERVER} (unix:path selectors)",
+            server_bridge.display()
+        ));
+        let issuer = spire.issuer().to_owned();
+        ok(&format!("SPIRE's OIDC discovery provider at {issuer}"));
+        Self {
+            source: Source::Spire {
+                spire: Box::new(spire),
+                server_bridge,
+            },
+            issuer,
+        }
+    }
+
+    /// The client sidecars' Workload API.
+    fn client(&self) -> &str {
+        match &self.source {
+            Source::Dev { client, .. } => &client.endpoint,
+            Source::Spire { spire, .. } => &spire.agent.endpoint,
+        }
+    }
+
+    /// Where the OIDC discovery document and keys are served.
+    fn oidc(&self) -> SocketAddr {
+        self.issuer.trim_start_matches("http://").parse().unwrap()
+    }
+
+    /// The server side's sds-bridge, ready.
+    fn server_bridge(&self, dir: &Path) -> SdsBridge {
+        let mut b = match &self.source {
+            Source::Dev { server, .. } => {
+                SdsBridge::start("sds-bridge-server", dir, &server.endpoint, &[])
+            }
+            Source::Spire {
+                spire,
+                server_bridge,
+            } => SdsBridge::start_program(
+                server_bridge,
+                "sds-bridge-server",
+                dir,
+                &spire.agent.endpoint,
+                &[],
+                &[],
+            ),
+        };
+        b.wait_ready(Duration::from_secs(30));
+        b
+    }
+
+    /// Forces a rotation where the source can; SPIRE rotates on its own schedule.
+    fn rotate(&self) {
+        match &self.source {
+            Source::Dev { client, server } => {
+                println!("      forcing a rotation at both agents while requests keep flowing …");
+                client.post("/rotate/x509");
+                server.post("/rotate/x509");
+            }
+            Source::Spire { .. } => {
+                println!("      waiting for SPIRE's next renewal while requests keep flowing …");
+            }
+        }
+    }
+}
+
+fn jwt_step(dir: &Path, ids: &Ids) {
+    let (client_endpoint, issuer, oidc) = (ids.client(), ids.issuer.as_str(), ids.oidc());
     step(
         1,
         "JWT-SVID stamped by jwt-auth-helper (ext_authz), checked by Envoy jwt_authn",
     );
-    let mut helper = JwtHelper::start(
-        dir,
-        &client_agent.endpoint,
-        &["--audience", BACKEND_AUDIENCE],
-    );
-    helper.wait_ready(Duration::from_secs(20));
+    let mut helper = JwtHelper::start(dir, client_endpoint, &["--audience", BACKEND_AUDIENCE]);
+    helper.wait_ready(Duration::from_secs(30));
     ok(&format!(
         "jwt-auth-helper ready on {} (audience {BACKEND_AUDIENCE})",
         helper.listen
@@ -92,7 +256,7 @@ fn jwt_step(dir: &Path, client_agent: &DevAgent, issuer: &str, oidc: u16) {
             backend.addr,
             issuer,
             &[BACKEND_AUDIENCE],
-            addr(oidc),
+            oidc,
         ),
     );
     let outbound_port = free_port();
@@ -143,15 +307,14 @@ fn jwt_step(dir: &Path, client_agent: &DevAgent, issuer: &str, oidc: u16) {
     ok("GET straight to the inbound Envoy, no token -> 401 (jwt_authn)");
 }
 
-fn mtls_step(dir: &Path, client_agent: &DevAgent, server_agent: &DevAgent) {
+fn mtls_step(dir: &Path, ids: &Ids) {
     step(
         2,
         "mTLS between two Envoys, certificates from sds-bridge, through a rotation",
     );
-    let mut client_bridge = SdsBridge::start("sds-bridge-client", dir, &client_agent.endpoint, &[]);
-    let mut server_bridge = SdsBridge::start("sds-bridge-server", dir, &server_agent.endpoint, &[]);
-    client_bridge.wait_ready(Duration::from_secs(20));
-    server_bridge.wait_ready(Duration::from_secs(20));
+    let mut client_bridge = SdsBridge::start("sds-bridge-client", dir, ids.client(), &[]);
+    client_bridge.wait_ready(Duration::from_secs(30));
+    let server_bridge = ids.server_bridge(dir);
     ok("sds-bridge per side, serving SDS on a Unix socket from its own Workload API identity");
     let backend = EchoServer::start();
     let mtls_port = free_port();
@@ -209,15 +372,13 @@ fn mtls_step(dir: &Path, client_agent: &DevAgent, server_agent: &DevAgent) {
     ));
     println!("      server saw client {uri}, certificate serial {serial}");
 
-    println!("      forcing a rotation at both agents while requests keep flowing …");
     let started = Instant::now();
-    client_agent.post("/rotate/x509");
-    server_agent.post("/rotate/x509");
+    ids.rotate();
     let mut requests = 0;
     let mut new_serial = serial.clone();
     wait_until(
         "the rotated client certificate at the server",
-        Duration::from_secs(20),
+        Duration::from_secs(40),
         || {
             requests += 1;
             new_serial = seen().1;
@@ -231,7 +392,7 @@ fn mtls_step(dir: &Path, client_agent: &DevAgent, server_agent: &DevAgent) {
     assert_eq!(server_bridge.metric("sds_bridge_nacks_total"), 0.0);
 }
 
-fn aws_step(dir: &Path, client_agent: &DevAgent) {
+fn aws_step(dir: &Path, ids: &Ids) {
     step(
         3,
         "aws sts get-caller-identity with credentials from iam-broker (moto as STS)",
@@ -239,7 +400,7 @@ fn aws_step(dir: &Path, client_agent: &DevAgent) {
     require_curl();
     let moto = Moto::start(dir);
     ok(&format!("moto STS on {}", moto.url()));
-    let mut broker = Broker::start(dir, &client_agent.endpoint, &moto.url(), &[], &[]);
+    let mut broker = Broker::start(dir, ids.client(), &moto.url(), &[], &[]);
     broker.wait_ready(Duration::from_secs(30));
     ok(&format!(
         "iam-broker aws serving {}/v1/creds",
@@ -255,7 +416,8 @@ fn aws_step(dir: &Path, client_agent: &DevAgent) {
     assert!(arn.contains(":assumed-role/demo/"), "{arn}");
 }
 
-fn clouds_step(dir: &Path, client_agent: &DevAgent, issuer: &str) {
+fn clouds_step(dir: &Path, ids: &Ids) {
+    let issuer = ids.issuer.as_str();
     use suite_tests::{azure, gcp};
     step(
         4,
@@ -264,7 +426,7 @@ fn clouds_step(dir: &Path, client_agent: &DevAgent, issuer: &str) {
     let header = "demo-identity-header";
     let (entra, broker) = azure::start_with_entra(
         dir,
-        &client_agent.endpoint,
+        ids.client(),
         &azure::FederatedCredential {
             issuer: issuer.to_owned(),
             subject: CLIENT.to_owned(),
@@ -296,7 +458,7 @@ fn clouds_step(dir: &Path, client_agent: &DevAgent, issuer: &str) {
 
     let (google, broker) = gcp::start_with_google(
         dir,
-        &client_agent.endpoint,
+        ids.client(),
         issuer,
         &["--service-account", gcp::SERVICE_ACCOUNT],
         &[],
@@ -324,6 +486,14 @@ fn clouds_step(dir: &Path, client_agent: &DevAgent, issuer: &str) {
 }
 
 fn main() -> ExitCode {
+    let spire = match std::env::args().nth(1).as_deref() {
+        None => false,
+        Some("--spire") => true,
+        Some(other) => {
+            eprintln!("usage: demo [--spire] (unknown argument {other:?})");
+            return ExitCode::from(2);
+        }
+    };
     let tmp = tempfile::Builder::new()
         .prefix("spiffe-demo-")
         .tempdir()
@@ -334,52 +504,15 @@ fn main() -> ExitCode {
         "interrupted: stopping everything the demo started",
     );
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        step(
-            0,
-            "dev SPIFFE agents (client and server identities of trust domain demo.example)",
-        );
-        let state = dir.join("state");
-        let oidc = free_port();
-        let issuer = format!("http://127.0.0.1:{oidc}");
-        let (client_dir, server_dir) = (dir.join("client"), dir.join("server"));
-        std::fs::create_dir_all(&client_dir).unwrap();
-        std::fs::create_dir_all(&server_dir).unwrap();
-        let state_arg = state.display().to_string();
-        let client_agent = DevAgent::start(
-            &client_dir,
-            &[
-                "--trust-domain",
-                TD,
-                "--spiffe-id",
-                CLIENT,
-                "--state-dir",
-                &state_arg,
-                "--oidc-listen",
-                &format!("127.0.0.1:{oidc}"),
-                "--jwt-issuer",
-                &issuer,
-            ],
-        );
-        let server_agent = DevAgent::start(
-            &server_dir,
-            &[
-                "--trust-domain",
-                TD,
-                "--spiffe-id",
-                SERVER,
-                "--state-dir",
-                &state_arg,
-            ],
-        );
-        ok(&format!(
-            "client agent {} (OIDC discovery {issuer})",
-            client_agent.endpoint
-        ));
-        ok(&format!("server agent {}", server_agent.endpoint));
-        jwt_step(&dir, &client_agent, &issuer, oidc);
-        mtls_step(&dir, &client_agent, &server_agent);
-        aws_step(&dir, &client_agent);
-        clouds_step(&dir, &client_agent, &issuer);
+        let ids = if spire {
+            Ids::spire(&dir)
+        } else {
+            Ids::dev(&dir)
+        };
+        jwt_step(&dir, &ids);
+        mtls_step(&dir, &ids);
+        aws_step(&dir, &ids);
+        clouds_step(&dir, &ids);
     }));
     // Every guard has dropped by now: processes stopped.
     drop(tmp);
