@@ -1,5 +1,5 @@
 //! `spiffe-dev-agent`: a small but honest SPIFFE Workload API server for local runs, demos
-//! and tests (SPIRE cannot be installed here; REFERENCE §6).
+//! and tests that need no SPIRE server (the sidecars are tested against SPIRE too).
 //!
 //! It speaks the real protocol (REFERENCE §1): all five RPCs, the security header, streamed
 //! full snapshots, X509-SVIDs re-issued before half-life, rotating JWT signing keys whose
