@@ -27,7 +27,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 
-use crate::aws::{Broker, FakeHttps, TestCa, form, unix_now};
+use crate::aws::{Broker, FakeHttps, TestCa, form, unix_now, unix_time};
 use crate::{Proc, bin, free_port, http, output, python_with, root, wait_until};
 
 /// The tenant every test uses.
@@ -77,6 +77,8 @@ pub struct EntraCall {
     pub code: u32,
     /// The client assertion presented (a JWT-SVID; empty if none).
     pub assertion: String,
+    /// When it was answered (Unix seconds).
+    pub at: f64,
 }
 
 #[derive(Debug)]
@@ -222,6 +224,7 @@ fn handle(s: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8
         status,
         code,
         assertion: param("client_assertion").unwrap_or_default(),
+        at: unix_time(),
     });
     response
 }

@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::aws::Broker;
-use crate::aws::{FakeHttps, TestCa, form, rfc3339, unix_now};
+use crate::aws::{FakeHttps, TestCa, form, rfc3339, unix_now, unix_time};
 use crate::azure::{claims, discover_jwks, start_broker};
 use crate::{free_port, output, python_with, root};
 
@@ -58,6 +58,8 @@ pub struct GoogleCall {
     pub scope: String,
     /// The answer's status.
     pub status: u16,
+    /// When it was answered (Unix seconds).
+    pub at: f64,
 }
 
 #[derive(Debug)]
@@ -189,6 +191,7 @@ fn handle(s: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8
             api: "sts",
             scope,
             status: response.status().as_u16(),
+            at: unix_time(),
         });
         return response;
     }
@@ -212,6 +215,7 @@ fn handle(s: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8
             api: "iamcredentials",
             scope,
             status: response.status().as_u16(),
+            at: unix_time(),
         });
         return response;
     }
