@@ -537,6 +537,18 @@ pub fn start_broker(
     env: &[(&str, &str)],
 ) -> Broker {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    start_broker_at(listen, dir, socket, provider_args, env)
+}
+
+/// [`start_broker`] serving on `listen` (e.g. the address its clients keep using across a
+/// restart).
+pub fn start_broker_at(
+    listen: SocketAddr,
+    dir: &Path,
+    socket: &str,
+    provider_args: &[&str],
+    env: &[(&str, &str)],
+) -> Broker {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut cmd = Command::new(bin("iam-broker"));
     cmd.env_clear()
@@ -575,6 +587,23 @@ pub fn start_with_entra(
     let ca_file = dir.join("entra-ca.pem");
     std::fs::write(&ca_file, &ca.ca_pem).unwrap();
     let entra = FakeEntra::start(&ca, federated.clone());
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let broker = start_entra_broker_at(listen, dir, socket, &entra, identity_header, args, env);
+    (entra, broker)
+}
+
+/// The broker [`start_with_entra`] starts, in front of its `entra` (whose CA it wrote into
+/// `dir`), serving on `listen`: to start it again where its clients keep looking.
+pub fn start_entra_broker_at(
+    listen: SocketAddr,
+    dir: &Path,
+    socket: &str,
+    entra: &FakeEntra,
+    identity_header: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Broker {
+    let ca_file = dir.join("entra-ca.pem");
     let authority = entra.url();
     let mut all = vec![
         "azure",
@@ -591,8 +620,7 @@ pub fn start_with_entra(
         ("SSL_CERT_FILE", ca_file.to_str().unwrap()),
     ];
     all_env.extend(env);
-    let broker = start_broker(dir, socket, &all, &all_env);
-    (entra, broker)
+    start_broker_at(listen, dir, socket, &all, &all_env)
 }
 
 // === the real client ===
