@@ -1,6 +1,6 @@
 //! `cargo xtask soak [--minutes N]`: every sidecar with real Envoy, moto and the AWS SDK under
-//! steady load while a chaos schedule runs, then a table of what held and what did not
-//! (issue 15 item 1). The test command runs a 60-second variant (`soak --seconds 60`).
+//! steady load while a chaos schedule runs, then a table of what held and what did not. The
+//! test command runs a 60-second variant (`soak --seconds 60`).
 //!
 //! What runs, on loopback:
 //! - one dev agent for the node, serving the client and the server identity, with short
@@ -311,7 +311,8 @@ impl System {
             });
         gcp_broker.wait_ready(Duration::from_secs(30));
 
-        // The server: mTLS (seed 002's VM names) + jwt_authn as the generator prints it.
+        // The server: mTLS (SDS names as a VM's Envoy asks: the SPIFFE ID and `spiffe://<td>`)
+        // + jwt_authn as the generator prints it.
         let echo = echo::start();
         let gen_args = |part: &str| {
             jwt_authn_config(&[
@@ -946,6 +947,12 @@ fn garbage(system: &System, round: u64) {
         system.jwks,
         system.broker_listen,
         system.broker.admin,
+        system.vault_broker.listen,
+        system.vault_broker.admin,
+        system.azure_broker.listen,
+        system.azure_broker.admin,
+        system.gcp_broker.listen,
+        system.gcp_broker.admin,
         system.agent.admin,
         addr(system.jwt_port),
         addr(system.injector_port),
