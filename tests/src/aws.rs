@@ -110,6 +110,12 @@ pub struct StsCall {
     pub token: String,
     /// Whether the request carried an `Authorization` header (it must not: unsigned).
     pub signed: bool,
+    /// When it arrived (Unix seconds).
+    pub at: f64,
+    /// When the proxy answered it (Unix seconds; 0 while in flight).
+    pub answered: f64,
+    /// The status the proxy answered (0 while in flight): moto's, or the injected fault's.
+    pub status: u16,
 }
 
 // === a local CA for HTTPS stand-ins ===
@@ -429,15 +435,43 @@ async fn handle(
     let params = form(&body);
     let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let is_assume = param("Action").as_deref() == Some("AssumeRoleWithWebIdentity");
-    if is_assume {
+    // Recorded on arrival (tests read calls while one is held up), its answer filled in after.
+    let index = is_assume.then(|| {
         s.assume_calls.fetch_add(1, Ordering::SeqCst);
-        s.calls.lock().unwrap().push(StsCall {
+        let mut calls = s.calls.lock().unwrap();
+        calls.push(StsCall {
             role_arn: param("RoleArn").unwrap_or_default(),
             session_name: param("RoleSessionName").unwrap_or_default(),
             duration: param("DurationSeconds").unwrap_or_default(),
             token: param("WebIdentityToken").unwrap_or_default(),
             signed: headers.contains_key(header::AUTHORIZATION),
+            at: unix_time(),
+            answered: 0.0,
+            status: 0,
         });
+        calls.len() - 1
+    });
+    let response = answer(s, method, uri, headers, body, is_assume).await;
+    if let Some(i) = index
+        && let Some(call) = s.calls.lock().unwrap().get_mut(i)
+    {
+        call.answered = unix_time();
+        call.status = response.status().as_u16();
+    }
+    response
+}
+
+/// The proxy's answer: the fault or delay set for `AssumeRoleWithWebIdentity`, else moto's
+/// (with the expiration rewritten if a lifetime is set).
+async fn answer(
+    s: &ProxyState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+    is_assume: bool,
+) -> Response {
+    if is_assume {
         let delay = *s.delay.lock().unwrap();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -576,6 +610,14 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Seconds since the Unix epoch, with the fraction (for call logs compared across processes).
+pub fn unix_time() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 /// Seconds since the Unix epoch.

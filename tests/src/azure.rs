@@ -27,7 +27,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 
-use crate::aws::{Broker, FakeHttps, TestCa, form, unix_now};
+use crate::aws::{Broker, FakeHttps, TestCa, form, unix_now, unix_time};
 use crate::{Proc, bin, free_port, http, output, python_with, root, wait_until};
 
 /// The tenant every test uses.
@@ -77,6 +77,8 @@ pub struct EntraCall {
     pub code: u32,
     /// The client assertion presented (a JWT-SVID; empty if none).
     pub assertion: String,
+    /// When it was answered (Unix seconds).
+    pub at: f64,
 }
 
 #[derive(Debug)]
@@ -222,6 +224,7 @@ fn handle(s: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8
         status,
         code,
         assertion: param("client_assertion").unwrap_or_default(),
+        at: unix_time(),
     });
     response
 }
@@ -534,6 +537,18 @@ pub fn start_broker(
     env: &[(&str, &str)],
 ) -> Broker {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    start_broker_at(listen, dir, socket, provider_args, env)
+}
+
+/// [`start_broker`] serving on `listen` (e.g. the address its clients keep using across a
+/// restart).
+pub fn start_broker_at(
+    listen: SocketAddr,
+    dir: &Path,
+    socket: &str,
+    provider_args: &[&str],
+    env: &[(&str, &str)],
+) -> Broker {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut cmd = Command::new(bin("iam-broker"));
     cmd.env_clear()
@@ -572,6 +587,23 @@ pub fn start_with_entra(
     let ca_file = dir.join("entra-ca.pem");
     std::fs::write(&ca_file, &ca.ca_pem).unwrap();
     let entra = FakeEntra::start(&ca, federated.clone());
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let broker = start_entra_broker_at(listen, dir, socket, &entra, identity_header, args, env);
+    (entra, broker)
+}
+
+/// The broker [`start_with_entra`] starts, in front of its `entra` (whose CA it wrote into
+/// `dir`), serving on `listen`: to start it again where its clients keep looking.
+pub fn start_entra_broker_at(
+    listen: SocketAddr,
+    dir: &Path,
+    socket: &str,
+    entra: &FakeEntra,
+    identity_header: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Broker {
+    let ca_file = dir.join("entra-ca.pem");
     let authority = entra.url();
     let mut all = vec![
         "azure",
@@ -588,8 +620,7 @@ pub fn start_with_entra(
         ("SSL_CERT_FILE", ca_file.to_str().unwrap()),
     ];
     all_env.extend(env);
-    let broker = start_broker(dir, socket, &all, &all_env);
-    (entra, broker)
+    start_broker_at(listen, dir, socket, &all, &all_env)
 }
 
 // === the real client ===

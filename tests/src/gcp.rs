@@ -25,8 +25,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::aws::Broker;
-use crate::aws::{FakeHttps, TestCa, form, rfc3339, unix_now};
-use crate::azure::{claims, discover_jwks, start_broker};
+use crate::aws::{FakeHttps, TestCa, form, rfc3339, unix_now, unix_time};
+use crate::azure::{claims, discover_jwks, start_broker_at};
 use crate::{free_port, output, python_with, root};
 
 /// The project number in the pool provider.
@@ -58,6 +58,8 @@ pub struct GoogleCall {
     pub scope: String,
     /// The answer's status.
     pub status: u16,
+    /// When it was answered (Unix seconds).
+    pub at: f64,
 }
 
 #[derive(Debug)]
@@ -189,6 +191,7 @@ fn handle(s: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8
             api: "sts",
             scope,
             status: response.status().as_u16(),
+            at: unix_time(),
         });
         return response;
     }
@@ -212,6 +215,7 @@ fn handle(s: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8
             api: "iamcredentials",
             scope,
             status: response.status().as_u16(),
+            at: unix_time(),
         });
         return response;
     }
@@ -424,6 +428,22 @@ pub fn start_with_google(
     std::fs::write(&ca_file, &ca.ca_pem).unwrap();
     let google = FakeGoogle::start(&ca, issuer);
     before(&google);
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let broker = start_google_broker_at(listen, dir, socket, &google, args, env);
+    (google, broker)
+}
+
+/// The broker [`start_with_google`] starts, in front of its `google` (whose CA it wrote into
+/// `dir`), serving on `listen`: to start it again where its clients keep looking.
+pub fn start_google_broker_at(
+    listen: SocketAddr,
+    dir: &Path,
+    socket: &str,
+    google: &FakeGoogle,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Broker {
+    let ca_file = dir.join("google-ca.pem");
     let url = google.url();
     let mut all = vec![
         "gcp",
@@ -439,8 +459,7 @@ pub fn start_with_google(
     all.extend(args);
     let mut all_env = vec![("SSL_CERT_FILE", ca_file.to_str().unwrap())];
     all_env.extend(env);
-    let broker = start_broker(dir, socket, &all, &all_env);
-    (google, broker)
+    start_broker_at(listen, dir, socket, &all, &all_env)
 }
 
 // === the real client ===

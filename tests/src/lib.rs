@@ -20,6 +20,7 @@ pub mod azure;
 pub mod envoy;
 pub mod gcp;
 pub mod procfs;
+pub mod rates;
 pub mod sds;
 pub mod sidecars;
 pub mod spire;

@@ -17,9 +17,10 @@
 //! - `X-Vault-Namespace`: when the fake is given a namespace, login and every request must
 //!   carry it.
 //!
-//! It counts calls, remembers every token it issued (tests grep logs for them), and can be
-//! sealed (503 `Vault is sealed` on every path) or taken down and brought back on the same port
-//! with its state. It serves HTTPS with a certificate from its own [`TestCa`].
+//! It counts calls, logs logins and renewals with their time and status, remembers every token
+//! it issued (tests grep logs for them), and can be sealed (503 `Vault is sealed` on every path)
+//! or taken down and brought back on the same port with its state. It serves HTTPS with a
+//! certificate from its own [`TestCa`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -67,6 +68,17 @@ pub struct Counters {
     pub requests: AtomicU64,
 }
 
+/// One login or `renew-self` as the fake answered it.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthCall {
+    /// A login (else a renewal).
+    pub login: bool,
+    /// The answer's status.
+    pub status: u16,
+    /// When it was answered (Unix seconds).
+    pub at: f64,
+}
+
 #[derive(Debug)]
 struct Token {
     created: Instant,
@@ -89,6 +101,8 @@ struct State {
     kv: Mutex<HashMap<String, Vec<serde_json::Value>>>,
     /// The `X-Vault-Token` of every KV request (`None`: none sent), oldest first.
     kv_tokens: Mutex<Vec<Option<String>>>,
+    /// Every login and renewal, oldest first.
+    auth_calls: Mutex<Vec<AuthCall>>,
     counters: Counters,
     next: AtomicU64,
     /// Forwarding headers (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`) received, by name.
@@ -120,6 +134,7 @@ impl FakeVault {
             tokens: Mutex::new(HashMap::new()),
             kv: Mutex::new(HashMap::new()),
             kv_tokens: Mutex::new(Vec::new()),
+            auth_calls: Mutex::new(Vec::new()),
             counters: Counters::default(),
             next: AtomicU64::new(1),
             forwarding: Mutex::new(Vec::new()),
@@ -219,6 +234,11 @@ impl FakeVault {
             .count()
     }
 
+    /// Every login and `renew-self`, oldest first.
+    pub fn auth_calls(&self) -> Vec<AuthCall> {
+        self.state.auth_calls.lock().unwrap().clone()
+    }
+
     /// The `X-Vault-Token` each KV request carried, oldest first.
     pub fn kv_tokens(&self) -> Vec<Option<String>> {
         self.state.kv_tokens.lock().unwrap().clone()
@@ -278,6 +298,24 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn handle(s: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Response {
+    let response = answer(s, method, uri, headers, body);
+    let write = *method == Method::POST || *method == Method::PUT;
+    let login = match uri.path() {
+        "/v1/auth/jwt/login" => Some(true),
+        "/v1/auth/token/renew-self" => Some(false),
+        _ => None,
+    };
+    if let Some(login) = login.filter(|_| write) {
+        s.auth_calls.lock().unwrap().push(AuthCall {
+            login,
+            status: response.status().as_u16(),
+            at: crate::aws::unix_time(),
+        });
+    }
+    response
+}
+
+fn answer(s: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Response {
     s.counters.requests.fetch_add(1, Ordering::SeqCst);
     s.forwarding.lock().unwrap().extend(
         headers

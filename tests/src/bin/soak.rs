@@ -1,6 +1,6 @@
 //! `cargo xtask soak [--minutes N]`: every sidecar with real Envoy, moto and the AWS SDK under
-//! steady load while a chaos schedule runs, then a table of what held and what did not
-//! (issue 15 item 1). The test command runs a 60-second variant (`soak --seconds 60`).
+//! steady load while a chaos schedule runs, then a table of what held and what did not. The
+//! test command runs a 60-second variant (`soak --seconds 60`).
 //!
 //! What runs, on loopback:
 //! - one dev agent for the node, serving the client and the server identity, with short
@@ -20,9 +20,10 @@
 //!   (40 s tokens), read through the App Service managed identity and GCE metadata endpoints.
 //!
 //! The chaos: the agent SIGKILLed and restarted every 30 s, every third time for longer than a
-//! JWT-SVID's half-life; STS failing (5xx, throttling, slow) for stretches; each sidecar stopped
-//! with SIGTERM and restarted (which also cuts Envoy's SDS stream); garbage written to every
-//! socket and port every few seconds.
+//! JWT-SVID's half-life; STS failing (5xx, throttling, slow) for 6 s every 20 s; each of the
+//! seven sidecars (the helper, both bridges, the four brokers) stopped with SIGTERM and
+//! restarted in turn, once each during the warm-up and then one every 100 s (a bridge's restart
+//! also cuts Envoy's SDS stream); garbage written to every socket and port every few seconds.
 //!
 //! What it checks (exit 1 if any fails):
 //! - no failed request while a valid credential existed: a failure counts as expected only
@@ -33,7 +34,12 @@
 //!   (the `notAfter` of the certificate the server saw);
 //! - after warm-up, each sidecar's RSS grows < 10 %, and its open FDs and live tokio tasks
 //!   stay flat;
-//! - FetchJWTSVID calls ≈ one per key per half-life, STS calls ≈ one per refresh.
+//! - FetchJWTSVID calls ≈ one per key per half-life;
+//! - each broker's successful exchanges (STS, Vault logins and renewals, Entra ID, Google STS),
+//!   counted at its stand-in, between bounds derived from the lifetime the stand-in issues, the
+//!   run time, the restarts and the time spent retrying (`suite_tests::rates`); its failed ones
+//!   no more than the retry schedule fits into the fault windows; and the broker's own count,
+//!   summed over its incarnations (read before each restart), equal to the stand-in's.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -57,6 +63,7 @@ use suite_tests::aws::{Broker, Fault, Moto, StsProxy, rfc3339};
 use suite_tests::azure::{self, FakeEntra, FederatedCredential};
 use suite_tests::envoy::{Envoy, ext_authz_filter, request, static_cluster};
 use suite_tests::gcp::{self, FakeGoogle};
+use suite_tests::rates::{self, Bounds, Call, Interval, Run};
 use suite_tests::sds::{
     SdsBridge, Shape, bootstrap, common_tls_context, credential_injector_listener,
     filtered_listener, jwt_authn_config, mtls_listener_with_filters, sds_cluster, tls_cluster,
@@ -97,6 +104,10 @@ const VAULT_SECRET: &str = "/v1/secret/data/soak/config";
 const VAULT_VALUE: &str = "soak-s3cr3t";
 /// The container credentials token clients present to the broker.
 const CONTAINER_TOKEN: &str = "soak-container-token";
+/// iam-broker's longest retry delay while it has no JWT-SVID (s).
+const IDENTITY_RETRY_MAX: f64 = 2.0;
+/// iam-broker's deadline for one exchange (s): an answer later than that it never sees.
+const BROKER_ATTEMPT_TIMEOUT: f64 = 10.0;
 
 fn now() -> f64 {
     SystemTime::now()
@@ -217,6 +228,69 @@ fn start_broker(dir: &Path, agent: &DevAgent, sts: &str, listen: SocketAddr) -> 
     broker
 }
 
+fn start_vault_broker(
+    dir: &Path,
+    agent: &DevAgent,
+    vault: &FakeVault,
+    listen: SocketAddr,
+) -> Broker {
+    let vault_dir = dir.join("vault");
+    let ca = vault.write_ca(&vault_dir);
+    let mut broker = azure::start_broker_at(
+        listen,
+        &vault_dir,
+        &agent.endpoint,
+        &[
+            "vault",
+            "--vault-addr",
+            &vault.url(),
+            "--role",
+            vault::ROLE,
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+        &[],
+    );
+    broker.wait_ready(Duration::from_secs(30));
+    broker
+}
+
+fn start_azure_broker(
+    dir: &Path,
+    agent: &DevAgent,
+    entra: &FakeEntra,
+    listen: SocketAddr,
+) -> Broker {
+    let mut broker = azure::start_entra_broker_at(
+        listen,
+        &dir.join("azure"),
+        &agent.endpoint,
+        entra,
+        IDENTITY_HEADER,
+        &[],
+        &[],
+    );
+    broker.wait_ready(Duration::from_secs(30));
+    broker
+}
+
+fn start_gcp_broker(
+    dir: &Path,
+    agent: &DevAgent,
+    google: &FakeGoogle,
+    listen: SocketAddr,
+) -> Broker {
+    let mut broker =
+        gcp::start_google_broker_at(listen, &dir.join("gcp"), &agent.endpoint, google, &[], &[]);
+    broker.wait_ready(Duration::from_secs(30));
+    broker
+}
+
+/// What [`System::start`] starts, in its order; the load and the boto3 loop follow.
+const STARTS: &str = "dev agent (with OIDC discovery), 2 sds-bridges, jwt-auth-helper, \
+    moto behind the STS proxy + iam-broker aws, fake Vault + iam-broker vault, \
+    fake Entra ID + iam-broker azure, fake Google STS + iam-broker gcp, echo upstream, 2 Envoys";
+
 impl System {
     fn start(dir: &Path) -> Self {
         let state = dir.join("state");
@@ -267,24 +341,8 @@ impl System {
             "soak/config",
             serde_json::json!({ "password": VAULT_VALUE }),
         );
-        let vault_dir = dir.join("vault");
-        std::fs::create_dir_all(&vault_dir).unwrap();
-        let ca = vault.write_ca(&vault_dir);
-        let mut vault_broker = suite_tests::azure::start_broker(
-            &vault_dir,
-            &agent.endpoint,
-            &[
-                "vault",
-                "--vault-addr",
-                &vault.url(),
-                "--role",
-                vault::ROLE,
-                "--ca-file",
-                ca.to_str().unwrap(),
-            ],
-            &[],
-        );
-        vault_broker.wait_ready(Duration::from_secs(30));
+        std::fs::create_dir_all(dir.join("vault")).unwrap();
+        let vault_broker = start_vault_broker(dir, &agent, &vault, addr(free_port()));
 
         let azure_dir = dir.join("azure");
         std::fs::create_dir_all(&azure_dir).unwrap();
@@ -311,7 +369,8 @@ impl System {
             });
         gcp_broker.wait_ready(Duration::from_secs(30));
 
-        // The server: mTLS (seed 002's VM names) + jwt_authn as the generator prints it.
+        // The server: mTLS (SDS names as a VM's Envoy asks: the SPIFFE ID and `spiffe://<td>`)
+        // + jwt_authn as the generator prints it.
         let echo = echo::start();
         let gen_args = |part: &str| {
             jwt_authn_config(&[
@@ -454,6 +513,45 @@ impl System {
             jwt.into_iter().fold(f64::INFINITY, f64::min),
             x509.into_iter().fold(f64::INFINITY, f64::min),
         )
+    }
+}
+
+impl System {
+    fn broker(&self, provider: Provider) -> &Broker {
+        match provider {
+            Provider::Aws => &self.broker,
+            Provider::Vault => &self.vault_broker,
+            Provider::Azure => &self.azure_broker,
+            Provider::Gcp => &self.gcp_broker,
+        }
+    }
+
+    fn broker_mut(&mut self, provider: Provider) -> &mut Broker {
+        match provider {
+            Provider::Aws => &mut self.broker,
+            Provider::Vault => &mut self.vault_broker,
+            Provider::Azure => &mut self.azure_broker,
+            Provider::Gcp => &mut self.gcp_broker,
+        }
+    }
+
+    /// Starts `provider`'s broker as [`System::start`] did, serving on `listen`.
+    fn start_broker(&self, provider: Provider, listen: SocketAddr) -> Broker {
+        let (dir, agent) = (&self.dir, &self.agent);
+        match provider {
+            Provider::Aws => start_broker(dir, agent, &self.proxy.url(), listen),
+            Provider::Vault => start_vault_broker(dir, agent, &self.vault, listen),
+            Provider::Azure => start_azure_broker(dir, agent, &self.entra, listen),
+            Provider::Gcp => start_gcp_broker(dir, agent, &self.google, listen),
+        }
+    }
+
+    /// Seconds of validity left, now, on the JWT-SVIDs the brokers present: the least.
+    fn brokers_jwt(&self) -> f64 {
+        Provider::ALL
+            .into_iter()
+            .map(|p| metric_min(self.broker(p).admin, "jwt_svid_expiry_seconds"))
+            .fold(f64::INFINITY, f64::min)
     }
 }
 
@@ -733,14 +831,16 @@ fn sample(system: &System, samples: &mut Samples, started: &BTreeMap<u32, f64>) 
 
 /// Kills the agent, keeps it down `down`, restarts it, and records the window in which the
 /// sidecars held nothing valid (if any), ending when every sidecar holds fresh credentials.
-fn agent_outage(system: &mut System, record: &Shared, down: f64, counters: &mut AgentCounters) {
+fn agent_outage(system: &mut System, record: &Shared, down: f64, chaos: &mut Chaos) {
     // What the sidecars hold, as of `held_at` (read just before the kill).
     let held_at = now();
     let (jwt_left, x509_left) = system.held();
     // The brokers' own credentials from the agent's issuer: Vault's token is the one short
     // enough to run out during an outage (the clouds' 40 s tokens outlive it).
     let vault_left = metric_min(system.vault_broker.admin, "credentials_expiry_seconds");
-    counters.bank(&system.agent);
+    // And the JWT-SVIDs the brokers present: without one no exchange can even be tried.
+    let brokers_jwt_left = system.brokers_jwt();
+    chaos.agent_fetches += system.agent.jwt_fetches();
     let killed = now();
     system.agent.proc.kill();
     event(
@@ -752,6 +852,7 @@ fn agent_outage(system: &mut System, record: &Shared, down: f64, counters: &mut 
     std::thread::sleep(Duration::from_secs_f64(down));
     system.agent.restart();
     let up = now();
+    chaos.outages.push((killed, up));
     // Fresh again: every sidecar holds a credential with more than half its life left.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -773,6 +874,19 @@ fn agent_outage(system: &mut System, record: &Shared, down: f64, counters: &mut 
         std::thread::sleep(Duration::from_millis(50));
     }
     let vault_fresh = now();
+    // Every broker holds a JWT-SVID again (its cache refuses one in its last second).
+    let jwt_deadline = Instant::now() + Duration::from_secs(30);
+    while system.brokers_jwt() <= 1.0 && Instant::now() < jwt_deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let brokers_fresh = now();
+    let no_jwt_from = held_at + brokers_jwt_left - 1.0;
+    if no_jwt_from < brokers_fresh {
+        // A broker that found none tries again within its identity retry's longest delay.
+        chaos
+            .no_jwt
+            .push((no_jwt_from, brokers_fresh + IDENTITY_RETRY_MAX));
+    }
     // Below a tenth of its life (0.8 s of 8 s) the broker no longer hands a token out.
     let vault_none_from = held_at + vault_left - VAULT_TTL.as_secs_f64() / 10.0;
     if vault_none_from < vault_fresh {
@@ -811,39 +925,124 @@ fn agent_outage(system: &mut System, record: &Shared, down: f64, counters: &mut 
     }
 }
 
-/// FetchJWTSVID calls, summed over the agent's incarnations (its counters restart with it).
+/// What the chaos did, for the call-rate checks: the fault windows, and per broker its restarts
+/// and the counters of its earlier incarnations (a process's counters start at zero, so each is
+/// read just before the SIGTERM and added up).
 #[derive(Debug, Default)]
-struct AgentCounters {
-    banked: u64,
+struct Chaos {
+    /// FetchJWTSVID calls of the agent's earlier incarnations.
+    agent_fetches: u64,
+    /// Agent outages: from the kill until it served again.
+    outages: Vec<(f64, f64)>,
+    /// Spans in which a broker may have held no JWT-SVID (one ran out during an outage), so no
+    /// exchange could even be tried.
+    no_jwt: Vec<(f64, f64)>,
+    /// STS fault stretches: from, to, and whether calls fail in them (else they are slow).
+    sts_faults: Vec<(f64, f64, bool)>,
+    /// Per broker: its restarts, from the SIGTERM until it was ready again.
+    restarts: BTreeMap<Provider, Vec<(f64, f64)>>,
+    /// Per counter series: the sum over the broker's earlier incarnations.
+    banked: BTreeMap<&'static str, u64>,
+    /// Per broker: spans from a read of its counters to the end of that process, in which a
+    /// stand-in may answer a call the broker never counts.
+    blind: BTreeMap<Provider, Vec<(f64, f64)>>,
 }
 
-impl AgentCounters {
-    fn bank(&mut self, agent: &DevAgent) {
-        self.banked += agent.jwt_fetches();
+impl Chaos {
+    /// The series' total over every incarnation of `broker`, the running one included.
+    fn total(&self, broker: &Broker, series: &'static str) -> u64 {
+        self.banked.get(series).copied().unwrap_or(0) + broker.metric(series)
     }
-    fn total(&self, agent: &DevAgent) -> u64 {
-        self.banked + agent.jwt_fetches()
+}
+
+/// The sidecars stopped with SIGTERM and started again, in this turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sidecar {
+    Helper,
+    ClientBridge,
+    ServerBridge,
+    Broker(Provider),
+}
+
+const ROTATION: [Sidecar; 7] = [
+    Sidecar::Helper,
+    Sidecar::ClientBridge,
+    Sidecar::ServerBridge,
+    Sidecar::Broker(Provider::Aws),
+    Sidecar::Broker(Provider::Vault),
+    Sidecar::Broker(Provider::Azure),
+    Sidecar::Broker(Provider::Gcp),
+];
+
+/// The four brokers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Provider {
+    Aws,
+    Vault,
+    Azure,
+    Gcp,
+}
+
+/// The brokers' counters of successful exchanges.
+const STS_OK: &str = "iam_broker_sts_calls_total{outcome=\"success\"}";
+const VAULT_LOGINS: &str =
+    "iam_broker_token_exchanges_total{provider=\"vault\",outcome=\"success\"}";
+const VAULT_RENEWALS: &str =
+    "iam_broker_token_exchanges_total{provider=\"vault\",outcome=\"renewed\"}";
+const AZURE_OK: &str = "iam_broker_token_exchanges_total{provider=\"azure\",outcome=\"success\"}";
+const GCP_OK: &str = "iam_broker_token_exchanges_total{provider=\"gcp\",outcome=\"success\"}";
+
+impl Provider {
+    const ALL: [Self; 4] = [Self::Aws, Self::Vault, Self::Azure, Self::Gcp];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Aws => "iam-broker aws",
+            Self::Vault => "iam-broker vault",
+            Self::Azure => "iam-broker azure",
+            Self::Gcp => "iam-broker gcp",
+        }
+    }
+
+    /// The paths that cannot work while it restarts.
+    fn paths(self) -> &'static [&'static str] {
+        match self {
+            Self::Aws => &[CREDS_PATH, SDK_PATH],
+            Self::Vault => &[VAULT_PATH],
+            Self::Azure => &[AZURE_PATH],
+            Self::Gcp => &[GCP_PATH],
+        }
+    }
+
+    fn series(self) -> &'static [&'static str] {
+        match self {
+            Self::Aws => &[STS_OK],
+            Self::Vault => &[VAULT_LOGINS, VAULT_RENEWALS],
+            Self::Azure => &[AZURE_OK],
+            Self::Gcp => &[GCP_OK],
+        }
     }
 }
 
 /// Stops a sidecar with SIGTERM, checks it exited 0, starts it again; records a window for
-/// the paths that cannot work while it is gone.
+/// the paths that cannot work while it is gone. A broker's counters are banked first.
 fn restart_sidecar(
     system: &mut System,
     record: &Shared,
-    which: usize,
+    which: Sidecar,
     started: &mut BTreeMap<u32, f64>,
+    chaos: &mut Chaos,
 ) {
     let from = now();
     let (name, paths): (&str, &'static [&'static str]) = match which {
-        0 => {
+        Sidecar::Helper => {
             let clean = system.helper.proc.terminate(Duration::from_secs(10));
             assert!(clean, "jwt-auth-helper did not exit 0 on SIGTERM");
             system.helper = start_helper(&system.dir, &system.agent, system.helper_port);
             started.insert(system.helper.proc.pid(), now());
             ("jwt-auth-helper", &[JWT_PATH])
         }
-        1 => {
+        Sidecar::ClientBridge => {
             let clean = system.client_bridge.proc.terminate(Duration::from_secs(10));
             assert!(clean, "sds-bridge did not exit 0 on SIGTERM");
             let dir = system.dir.join("client");
@@ -852,7 +1051,7 @@ fn restart_sidecar(
             // Envoy keeps the secrets it has while the SDS stream is gone: nothing may fail.
             ("sds-bridge (client; Envoy's SDS stream cut)", &[])
         }
-        2 => {
+        Sidecar::ServerBridge => {
             let clean = system.server_bridge.proc.terminate(Duration::from_secs(10));
             assert!(clean, "sds-bridge did not exit 0 on SIGTERM");
             let dir = system.dir.join("server");
@@ -862,17 +1061,28 @@ fn restart_sidecar(
             // Envoy keeps its secrets and its JWKS (async_fetch) while the bridge is gone.
             ("sds-bridge (server; SDS stream and JWKS cut)", &[])
         }
-        _ => {
-            let clean = system.broker.proc.terminate(Duration::from_secs(10));
-            assert!(clean, "iam-broker did not exit 0 on SIGTERM");
-            system.broker = start_broker(
-                &system.dir,
-                &system.agent,
-                &system.proxy.url(),
-                system.broker_listen,
-            );
-            started.insert(system.broker.proc.pid(), now());
-            ("iam-broker", &[CREDS_PATH, SDK_PATH])
+        Sidecar::Broker(provider) => {
+            let read = now();
+            let broker = system.broker(provider);
+            for &series in provider.series() {
+                *chaos.banked.entry(series).or_default() += broker.metric(series);
+            }
+            let listen = broker.listen;
+            let clean = system
+                .broker_mut(provider)
+                .proc
+                .terminate(Duration::from_secs(10));
+            assert!(clean, "{} did not exit 0 on SIGTERM", provider.name());
+            chaos.blind.entry(provider).or_default().push((read, now()));
+            let broker = system.start_broker(provider, listen);
+            started.insert(broker.proc.pid(), now());
+            *system.broker_mut(provider) = broker;
+            chaos
+                .restarts
+                .entry(provider)
+                .or_default()
+                .push((from, now()));
+            (provider.name(), provider.paths())
         }
     };
     let to = now();
@@ -893,26 +1103,31 @@ fn restart_sidecar(
     }
 }
 
+/// How long each call waits in the slow STS fault.
+const STS_DELAY: Duration = Duration::from_secs(8);
+
 /// STS failing for `secs` in one of three ways, then healthy again.
-fn sts_fault(system: &System, record: &Shared, kind: usize, secs: f64) {
-    let what = match kind % 3 {
+fn sts_fault(system: &System, record: &Shared, kind: usize, secs: f64, chaos: &mut Chaos) {
+    let from = now();
+    let (what, fails) = match kind % 3 {
         0 => {
             system.proxy.set_fault(Fault::Status(503));
-            "503"
+            ("503", true)
         }
         1 => {
             system.proxy.set_fault(Fault::StsError(400, "Throttling"));
-            "Throttling"
+            ("Throttling", true)
         }
         _ => {
-            system.proxy.set_delay(Duration::from_secs(8));
-            "8 s delays"
+            system.proxy.set_delay(STS_DELAY);
+            ("8 s delays", false)
         }
     };
     event(record, format!("STS fault for {secs:.0} s: {what}"));
     std::thread::sleep(Duration::from_secs_f64(secs));
     system.proxy.set_fault(Fault::Forward);
     system.proxy.set_delay(Duration::ZERO);
+    chaos.sts_faults.push((from, now(), fails));
     event(record, "STS healthy".into());
 }
 
@@ -946,6 +1161,12 @@ fn garbage(system: &System, round: u64) {
         system.jwks,
         system.broker_listen,
         system.broker.admin,
+        system.vault_broker.listen,
+        system.vault_broker.admin,
+        system.azure_broker.listen,
+        system.azure_broker.admin,
+        system.gcp_broker.listen,
+        system.gcp_broker.admin,
         system.agent.admin,
         addr(system.jwt_port),
         addr(system.injector_port),
@@ -1022,26 +1243,30 @@ fn in_window(windows: &[Window], f: &Failure) -> Option<usize> {
         .position(|w| w.paths.contains(&f.path) && f.at >= w.from && f.at <= w.to)
 }
 
+/// Sidecar restarts after the first round: one every this many seconds, in turn.
+const RESTART_EVERY: f64 = 100.0;
+
 fn run(dir: &Path, seconds: f64) -> bool {
     let record: Shared = Arc::default();
-    println!("starting: dev agent, 2 sds-bridges, jwt-auth-helper, iam-broker aws, moto, 2 Envoys");
+    println!("starting: {STARTS}; then the load and the boto3 loop");
     let mut system = System::start(dir);
     let _ = START.set(now());
     let mut started: BTreeMap<u32, f64> = BTreeMap::new();
     let stop = Arc::new(AtomicBool::new(false));
     let threads = load(&record, &stop, &system);
     let (mut sdk, sdk_out) = sdk_loop(dir, seconds, system.broker_listen, &system.moto.url());
-    let sts_before = system.proxy.assume_calls();
-    let mut counters = AgentCounters::default();
+    let mut chaos = Chaos::default();
     let fetches_before = system.agent.jwt_fetches();
     let mut samples = Samples::new();
     event(&record, format!("load running for {seconds:.0} s"));
 
     // The schedule, in seconds from the start (repeating for long runs):
-    // - sidecar restarts at 5, 7, 9, 11 s (inside the warm-up), then one every 180 s;
-    // - an agent outage every 30 s from 22 s, every third one longer than a JWT half-life;
-    // - an STS fault stretch of 6 s every 40 s from 28 s;
+    // - every sidecar restarted once, in turn, at 5, 7, … 17 s (inside the warm-up), then one
+    //   every 100 s in the same turn (each again after 700 s);
+    // - an agent outage every 30 s from 20 s, every third one longer than a JWT half-life;
+    // - an STS fault stretch of 6 s every 20 s from 26 s;
     // - garbage on every socket every 3 s; samples every 2 s.
+    // One thing at a time: a restart, outage or fault due while another runs waits for it.
     let mut next_restart = 5.0;
     let mut restarts = 0usize;
     let mut next_outage = 20.0;
@@ -1063,9 +1288,14 @@ fn run(dir: &Path, seconds: f64) -> bool {
             next_garbage = t + 3.0;
         }
         if t >= next_restart && t + 8.0 < seconds {
-            restart_sidecar(&mut system, &record, restarts % 4, &mut started);
+            let which = ROTATION[restarts % ROTATION.len()];
+            restart_sidecar(&mut system, &record, which, &mut started, &mut chaos);
             restarts += 1;
-            next_restart = if restarts < 4 { t + 2.0 } else { t + 180.0 };
+            next_restart = if restarts < ROTATION.len() {
+                t + 2.0
+            } else {
+                t + RESTART_EVERY
+            };
         } else if t >= next_outage && t + (JWT_TTL as f64) < seconds {
             let long = outages.is_multiple_of(3);
             let down = if long {
@@ -1073,11 +1303,11 @@ fn run(dir: &Path, seconds: f64) -> bool {
             } else {
                 1.5
             };
-            agent_outage(&mut system, &record, down, &mut counters);
+            agent_outage(&mut system, &record, down, &mut chaos);
             outages += 1;
             next_outage += 30.0;
         } else if t >= next_fault && t + 8.0 < seconds {
-            sts_fault(&system, &record, faults, 6.0);
+            sts_fault(&system, &record, faults, 6.0, &mut chaos);
             faults += 1;
             next_fault += 20.0;
         }
@@ -1095,12 +1325,9 @@ fn run(dir: &Path, seconds: f64) -> bool {
     });
     sdk.kill();
     read_sdk_loop(&record, &sdk_out);
+    let fetches = chaos.agent_fetches + system.agent.jwt_fetches() - fetches_before;
+    let exchanges = exchanges(&system, &chaos, START.get().copied().unwrap_or(0.0), now());
     let duration = elapsed();
-    let fetches = counters.total(&system.agent) - fetches_before;
-    let sts_calls = system.proxy.assume_calls() - sts_before;
-    let sts_ok = system
-        .broker
-        .metric("iam_broker_sts_calls_total{outcome=\"success\"}");
 
     // Every process must still be up.
     system.agent.proc.assert_running();
@@ -1111,12 +1338,6 @@ fn run(dir: &Path, seconds: f64) -> bool {
     system.vault_broker.proc.assert_running();
     system.azure_broker.proc.assert_running();
     system.gcp_broker.proc.assert_running();
-    let cloud_exchanges = (
-        system.entra.calls().len() as u64,
-        system.google.calls().len() as u64,
-    );
-    let vault_logins = system.vault.count(|c| &c.logins);
-    let vault_renewals = system.vault.count(|c| &c.renewals);
     system.client_envoy.wait_live(Duration::from_secs(5));
     system.server_envoy.wait_live(Duration::from_secs(5));
 
@@ -1126,28 +1347,261 @@ fn run(dir: &Path, seconds: f64) -> bool {
         Figures {
             duration,
             fetches,
-            sts_calls,
-            sts_ok,
-            vault_logins,
-            vault_renewals,
-            cloud_exchanges,
+            exchanges,
             outages,
             restarts,
+            sts_faults: faults,
             garbage_rounds,
         },
     )
 }
 
+// === credential exchanges ===
+
+/// One kind of exchange a broker makes: as its stand-in logged it, as the broker counted it,
+/// and what the run allows.
+#[derive(Debug)]
+struct Exchange {
+    what: &'static str,
+    /// Successful and failed calls during the run, at the stand-in.
+    ok: u64,
+    failed: u64,
+    /// What the run allows of `ok`.
+    bounds: Bounds,
+    /// The most failed calls the retry schedule fits into the run's fault windows.
+    failed_most: u64,
+    /// Seconds the broker spent retrying (the stand-in's view), and the most the fault windows
+    /// can hold its refreshes up.
+    retrying: f64,
+    retrying_most: f64,
+    /// Successful calls over the stand-in's whole life, and the broker's count summed over its
+    /// incarnations (both from before the run: the first exchanges come at start-up).
+    standin_ok: u64,
+    broker_ok: u64,
+    incarnations: u64,
+    /// How far the two counts may differ: successful calls answered while the broker's
+    /// counters were already read (just before a SIGTERM, or at the end), or so close to its
+    /// deadline that the stand-in's clock cannot tell whether the broker still took them.
+    undecided: u64,
+}
+
+/// A fault window as one broker sees it: the most failed calls it can make in it, and the
+/// longest it can hold a refresh up.
+type FaultWindow = (u64, f64);
+
+/// Calls answered later than this margin after a fault window's end still met the fault.
+const WINDOW_MARGIN: f64 = 0.5;
+
+/// The figures of every kind of exchange, at `end` (the run from `start`).
+fn exchanges(system: &System, chaos: &Chaos, start: f64, end: f64) -> Vec<Exchange> {
+    // The brokers' counts first: a call answered between the two reads is in the stand-in's
+    // count only, which the cross-check allows for.
+    let brokers_read = now();
+    let broker_ok = |p: Provider, series| chaos.total(system.broker(p), series);
+    let (sts_ok, logins_ok, renewals_ok, azure_ok, gcp_ok) = (
+        broker_ok(Provider::Aws, STS_OK),
+        broker_ok(Provider::Vault, VAULT_LOGINS),
+        broker_ok(Provider::Vault, VAULT_RENEWALS),
+        broker_ok(Provider::Azure, AZURE_OK),
+        broker_ok(Provider::Gcp, GCP_OK),
+    );
+    // A call the proxy answered after the broker's deadline is one the broker gave up on; one
+    // answered within a second of it, either side, the broker may or may not have taken.
+    let sts_calls = system.proxy.calls();
+    let sts: Vec<Call> = sts_calls
+        .iter()
+        .filter(|c| c.answered > 0.0)
+        .map(|c| Call {
+            at: c.at,
+            answered: c.answered,
+            ok: c.status == 200 && c.answered - c.at < BROKER_ATTEMPT_TIMEOUT,
+        })
+        .collect();
+    let sts_undecided = sts_calls
+        .iter()
+        .filter(|c| c.status == 200 && (c.answered - c.at - BROKER_ATTEMPT_TIMEOUT).abs() < 1.0)
+        .count() as u64;
+    let answered = |at: f64, status: u16| Call {
+        at,
+        answered: at,
+        ok: status == 200,
+    };
+    let vault = system.vault.auth_calls();
+    let vault_calls = |login: bool| -> Vec<Call> {
+        vault
+            .iter()
+            .filter(|c| c.login == login)
+            .map(|c| answered(c.at, c.status))
+            .collect()
+    };
+    let entra: Vec<Call> = system
+        .entra
+        .calls()
+        .iter()
+        .map(|c| answered(c.at, c.status))
+        .collect();
+    let google: Vec<Call> = system
+        .google
+        .calls()
+        .iter()
+        .filter(|c| c.api == "sts")
+        .map(|c| answered(c.at, c.status))
+        .collect();
+    let standins_read = now();
+
+    // Fault windows. STS failing: each call in it fails. STS slow: the one call in it waits
+    // 8 s, or past the broker's deadline, then is retried after the window. Agent down: the
+    // stand-ins verifying JWT-SVIDs cannot fetch the issuer's keys and refuse every one (the
+    // AWS stand-in, moto, does not verify them), until the agent serves again.
+    let within = |w: f64| (rates::failures_in(w), rates::hold_up(w));
+    let sts_windows: Vec<FaultWindow> = chaos
+        .sts_faults
+        .iter()
+        .map(|&(from, to, fails)| {
+            if fails {
+                within(to - from + WINDOW_MARGIN)
+            } else {
+                (1, BROKER_ATTEMPT_TIMEOUT + rates::RETRY_FIRST)
+            }
+        })
+        .collect();
+    let outage_windows: Vec<FaultWindow> = chaos
+        .outages
+        .iter()
+        .map(|&(killed, up)| within(up - killed + WINDOW_MARGIN))
+        .collect();
+
+    // Intervals: the lifetimes the stand-ins issue. STS's expiration is in whole seconds (the
+    // broker may measure up to 1 s less); the others count `expires_in` from their answer.
+    let sts_interval = Interval::half_life(STS_LIFETIME as f64, 1.0);
+    let cloud_interval = Interval::half_life(CLOUD_TOKEN_LIFETIME as f64, 0.1);
+    let renew_interval = Interval::half_life(VAULT_TTL.as_secs_f64(), 0.1);
+    let login_interval = Interval::relogin(
+        VAULT_TTL.as_secs_f64(),
+        VAULT_MAX_TTL.as_secs_f64(),
+        renew_interval,
+    );
+    let vault_logins = vault_calls(true);
+    // Renewals stop while a login fails (the capped token is served until it ends): the
+    // logins' retrying excuses the renewals too.
+    let in_run = |calls: &[Call]| -> Vec<Call> {
+        calls
+            .iter()
+            .filter(|c| c.at >= start && c.at <= end)
+            .copied()
+            .collect()
+    };
+    let logins_retrying = rates::retrying(&in_run(&vault_logins), end);
+    let figures = |what,
+                   provider: Provider,
+                   calls: Vec<Call>,
+                   broker_ok,
+                   interval,
+                   windows: &[FaultWindow],
+                   waiting_on_logins: f64,
+                   undecided: u64| {
+        let standin_ok = calls.iter().filter(|c| c.ok).count() as u64;
+        let blind = chaos.blind.get(&provider).into_iter().flatten();
+        let blind: Vec<(f64, f64)> = blind
+            .copied()
+            .chain([(brokers_read, standins_read)])
+            .collect();
+        let undecided = undecided
+            + calls
+                .iter()
+                .filter(|c| {
+                    c.ok && blind
+                        .iter()
+                        .any(|&(read, stopped)| c.at <= stopped && c.answered >= read)
+                })
+                .count() as u64;
+        let calls = in_run(&calls);
+        let ok = calls.iter().filter(|c| c.ok).count() as u64;
+        let retrying = rates::retrying(&calls, end);
+        let restarts = chaos.restarts.get(&provider).map_or(&[][..], Vec::as_slice);
+        let restart_time: f64 = restarts.iter().map(|(from, to)| to - from).sum();
+        let no_jwt: f64 = chaos.no_jwt.iter().map(|(from, to)| to - from).sum();
+        let run = Run {
+            duration: end - start,
+            restarts: restarts.len() as u64,
+            retrying,
+            excused: waiting_on_logins + no_jwt + restart_time,
+        };
+        Exchange {
+            what,
+            ok,
+            failed: calls.len() as u64 - ok,
+            bounds: rates::successes(interval, run),
+            failed_most: windows.iter().map(|w| w.0).sum(),
+            retrying,
+            retrying_most: windows.iter().map(|w| w.1).sum::<f64>() + no_jwt,
+            standin_ok,
+            broker_ok,
+            incarnations: restarts.len() as u64 + 1,
+            undecided,
+        }
+    };
+    vec![
+        figures(
+            "aws: STS AssumeRoleWithWebIdentity",
+            Provider::Aws,
+            sts,
+            sts_ok,
+            sts_interval,
+            &sts_windows,
+            0.0,
+            sts_undecided,
+        ),
+        figures(
+            "vault: logins",
+            Provider::Vault,
+            vault_logins,
+            logins_ok,
+            login_interval,
+            &outage_windows,
+            0.0,
+            0,
+        ),
+        figures(
+            "vault: renewals",
+            Provider::Vault,
+            vault_calls(false),
+            renewals_ok,
+            renew_interval,
+            &[],
+            logins_retrying,
+            0,
+        ),
+        figures(
+            "azure: Entra ID token requests",
+            Provider::Azure,
+            entra,
+            azure_ok,
+            cloud_interval,
+            &outage_windows,
+            0.0,
+            0,
+        ),
+        figures(
+            "gcp: Google STS token exchanges",
+            Provider::Gcp,
+            google,
+            gcp_ok,
+            cloud_interval,
+            &outage_windows,
+            0.0,
+            0,
+        ),
+    ]
+}
+
 struct Figures {
     duration: f64,
     fetches: u64,
-    sts_calls: u64,
-    sts_ok: u64,
-    vault_logins: u64,
-    vault_renewals: u64,
-    cloud_exchanges: (u64, u64),
+    exchanges: Vec<Exchange>,
     outages: usize,
     restarts: usize,
+    sts_faults: usize,
     garbage_rounds: u64,
 }
 
@@ -1282,37 +1736,74 @@ fn report(record: &Record, samples: &Samples, f: Figures) -> bool {
         format!("{} vs {expected_fetches:.0} ({ratio:.2}x)", f.fetches),
         (f.fetches as f64) <= expected_fetches + slack && ratio >= 0.5,
     );
-    let expected_sts = f.duration / (STS_LIFETIME as f64 / 2.0) + 1.0;
-    v.check(
-        "successful STS calls vs one per refresh",
-        format!(
-            "{} vs {expected_sts:.1} ({} calls with faults)",
-            f.sts_ok, f.sts_calls
-        ),
-        (f.sts_ok as f64) <= expected_sts * 1.5 + f.restarts as f64 + 1.0 && f.sts_ok >= 1,
+
+    // Credential exchanges, each kind bounded both ways (`suite_tests::rates`): successful ones
+    // at one per refresh, counted where they are answered (the stand-ins log every call with
+    // its time and status), since the brokers' own counters restart with each process; their
+    // sum over the incarnations, read before each restart, must agree with the stand-in.
+    //
+    // Why counting every call against one per half-life overshot (a 50-minute run: 201 Entra ID
+    // and 210 Google calls against 151 "expected"): the broker refreshes up to 10 % before
+    // half-life (19 s on average for 40 s tokens, so 159 refreshes, not 151, in 3,000 s); and
+    // while the agent was down (100 outages, a third of them 7.5 s) the stand-ins could not
+    // fetch the issuer's keys and refused each JWT-SVID (AADSTS700210, `invalid_grant`),
+    // which the broker retried after 0.5–1 s, 1–2 s, 2–4 s…: up to 3 calls in a 1.5 s outage,
+    // 5 in a 7.5 s one. Those refusals are the rest, and are bounded on their own below.
+    // Neither refusal makes a provider fetch a fresh JWT-SVID and try twice (Entra does that
+    // only for AADSTS700024/700027, Google STS never), so an attempt is one call.
+    println!(
+        "\n=== credential exchanges, at the stand-ins ({} STS fault stretches, {} agent outages)",
+        f.sts_faults, f.outages
     );
-    // A login, then renewals at half-life until the max TTL caps one: a login per max TTL.
-    let expected_logins = f.duration / VAULT_MAX_TTL.as_secs_f64() + 1.0;
-    let expected_renewals = f.duration / (VAULT_TTL.as_secs_f64() / 2.0);
-    v.check(
-        "Vault logins vs one per max TTL; renewals vs one per half-life",
-        format!(
-            "{} vs {expected_logins:.1}; {} vs {expected_renewals:.0}",
-            f.vault_logins, f.vault_renewals
-        ),
-        (f.vault_logins as f64) <= expected_logins * 1.5 + f.outages as f64
-            && f.vault_logins >= 1
-            && (f.vault_renewals as f64) <= expected_renewals * 1.5,
+    println!(
+        "  {:<36} {:>5} {:>16} {:>9} {:>6} {:>7} {:>13} {:>12}",
+        "exchange", "ok", "bounds", "expected", "failed", "at most", "retrying s", "broker (runs)"
     );
-    let expected_exchanges = f.duration / (CLOUD_TOKEN_LIFETIME as f64 / 2.0) + 1.0;
-    let (entra, google) = f.cloud_exchanges;
-    v.check(
-        "Entra ID / Google STS exchanges vs one per refresh",
-        format!("{entra} / {google} vs {expected_exchanges:.1}"),
-        [entra, google]
-            .iter()
-            .all(|&n| n >= 1 && (n as f64) <= expected_exchanges * 1.5 + f.outages as f64),
-    );
+    for x in &f.exchanges {
+        println!(
+            "  {:<36} {:>5} {:>16} {:>9.1} {:>6} {:>7} {:>6.1} ≤ {:<4.0} {:>6} ({})",
+            x.what,
+            x.ok,
+            format!("[{:.1}, {:.1}]", x.bounds.low, x.bounds.high),
+            x.bounds.expected,
+            x.failed,
+            x.failed_most,
+            x.retrying,
+            x.retrying_most,
+            x.broker_ok,
+            x.incarnations
+        );
+        v.check(
+            format!("{}: successful vs one per refresh", x.what),
+            format!(
+                "{} in [{:.1}, {:.1}] ({:.1} expected)",
+                x.ok, x.bounds.low, x.bounds.high, x.bounds.expected
+            ),
+            x.bounds.hold(x.ok),
+        );
+        v.check(
+            format!(
+                "{}: failed vs the retry schedule in the fault windows",
+                x.what
+            ),
+            format!(
+                "{} ≤ {}; retrying {:.1} s ≤ {:.1} s",
+                x.failed, x.failed_most, x.retrying, x.retrying_most
+            ),
+            x.failed <= x.failed_most && x.retrying <= x.retrying_most,
+        );
+        v.check(
+            format!(
+                "{}: the broker's count over its {} incarnations vs the stand-in's",
+                x.what, x.incarnations
+            ),
+            format!(
+                "{} vs {} ({} undecided)",
+                x.broker_ok, x.standin_ok, x.undecided
+            ),
+            x.broker_ok.abs_diff(x.standin_ok) <= x.undecided,
+        );
+    }
 
     println!(
         "\n=== verdict ({:.0} s, {} agent outages, {} sidecar restarts, {} garbage rounds)",
