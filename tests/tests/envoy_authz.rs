@@ -807,3 +807,42 @@ async fn retiring_the_ca_refuses_certificates_it_issued_while_reissued_svids_kee
     assert!(refused < Duration::from_secs(2), "{refused:?}");
     agent.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_printed_bootstrap_runs_as_is_and_checks_jwt_svids() {
+    with_agent(own_and_partner, move |dir, agent, (own, _)| {
+        let (bridge, jwks) = bridge(dir, agent);
+        let upstream = EchoServer::start();
+        let port = free_port();
+        // Exactly what a user would run: the command's output as Envoy's only configuration.
+        let yaml = jwt_authn_config(&[
+            "--trust-domain",
+            "example.org",
+            "--audience",
+            AUD,
+            "--jwks-address",
+            &jwks.to_string(),
+            "--part",
+            "bootstrap",
+            "--listen",
+            &addr(port).to_string(),
+            "--upstream",
+            &upstream.addr.to_string(),
+            "--envoy-admin",
+            &addr(free_port()).to_string(),
+        ]);
+        let _envoy = Envoy::start("printed-bootstrap", dir, &yaml);
+        let token = own.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
+        let r = get_with(port, &token);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["headers"]["x-spiffe-id"], CLIENT);
+        let wrong = own
+            .sign_claims(&claims(CLIENT, "someone-else", 300))
+            .unwrap();
+        assert_invalid_token(&get_with(port, &wrong), "wrong audience");
+        assert_eq!(request(addr(port), "GET", "/", &[]).unwrap().status, 401);
+        assert_eq!(upstream.requests(), 1);
+        drop(bridge);
+    })
+    .await;
+}
