@@ -1,3 +1,7 @@
+// The istioctl that tests/tests/istio_inject.rs runs, pinned with every dependency's hash:
+// istio.io/istio at a commit of its release-1.31 branch (Istio's release tags are not Go module
+// versions, so the module proxy serves commits). `cargo xtask istio-tools` builds it into
+// .tools/bin: go install istio.io/istio/istioctl/cmd/istioctl, run in this directory.
 module istioctl-tool
 
 go 1.26.0
