@@ -237,9 +237,10 @@ fn injector_from_our_istio_resource(dir: &Path) -> Injector {
     assert!(out.status.success(), "manifest generate: {}", text(&out));
     let manifests = dir.join("manifests.yaml");
     std::fs::write(&manifests, &out.stdout).unwrap();
+    let manifests = yaml_docs(&manifests);
     let config_map = |name: &str| -> Value {
-        yaml_docs(&manifests)
-            .into_iter()
+        manifests
+            .iter()
             .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == name)
             .unwrap_or_else(|| panic!("no ConfigMap {name} in the rendered chart"))["data"]
             .clone()
