@@ -41,7 +41,7 @@ pub(crate) fn install() -> Result {
         }
         run(
             &format!("build {name} from {dir} into .tools/bin (Go)"),
-            Command::new("go")
+            Command::new(go())
                 .current_dir(&module)
                 .args(["install", "-buildvcs=false", package])
                 .env("GOBIN", &bin)
@@ -56,6 +56,21 @@ pub(crate) fn install() -> Result {
         std::fs::write(&stamp, wanted).map_err(|e| format!("{}: {e}", stamp.display()))?;
     }
     Ok(())
+}
+
+/// `go` from `PATH`, else the official tarball's place, where a non-login shell may not have
+/// `PATH` pointing.
+fn go() -> PathBuf {
+    let on_path = Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let tarball = PathBuf::from("/usr/local/go/bin/go");
+    if on_path || !tarball.is_file() {
+        PathBuf::from("go")
+    } else {
+        tarball
+    }
 }
 
 /// `go.mod`, `go.sum` and every `.go` file of a module directory, in name order: what its
