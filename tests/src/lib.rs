@@ -19,6 +19,7 @@ pub mod aws;
 pub mod azure;
 pub mod envoy;
 pub mod gcp;
+pub mod istio;
 pub mod procfs;
 pub mod rates;
 pub mod sds;

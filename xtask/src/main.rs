@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the project's commands, in Rust so they run wherever cargo does.
 //!
-//! - `test`: create the project venv with the real peers (tests/requirements.txt), then
+//! - `test`: create the project venv with the real peers (tests/requirements.txt) and build
+//!   the Go tools of the Istio injection test into `.tools` when missing, then
 //!   `cargo fmt --check`, `cargo clippy -D warnings`, `cargo deny` (licenses, bans, sources;
 //!   offline), and every test. What CI runs.
 //! - `deny [--advisories]`: only the supply-chain check; `--advisories` also checks the
@@ -12,11 +13,13 @@
 //!   regen test uses a vendored protoc).
 //! - `venv`: only create/refresh the venv.
 //! - `spire`: only build SPIRE into `.tools` (the tests against real SPIRE need it).
+//! - `istio-tools`: only build the pinned istioctl and podcheck into `.tools/bin` (Go).
 #![allow(clippy::print_stdout)] // A command-line tool talks on stdout.
 
 mod deny;
 mod fuzz;
 mod image;
+mod istio_tools;
 mod spire;
 
 use std::path::{Path, PathBuf};
@@ -33,13 +36,14 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("soak") => soak(&args[1..]),
         Some("venv") => venv().map(|_| ()),
+        Some("istio-tools") => istio_tools::install(),
         Some("image") => image::image(),
         Some("spire") => spire::install().map(|_| ()),
         Some("deny") => deny::deny(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|soak|image|spire|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + a 60 s soak (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault]: each sidecar against a same-run baseline (release build)\n  soak   [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
+                "usage: cargo xtask <test|demo|bench|soak|image|spire|istio-tools|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + a 60 s soak (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault]: each sidecar against a same-run baseline (release build)\n  soak   [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  istio-tools  build the pinned istioctl and podcheck into .tools (Go; the Istio injection test runs them)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
             );
             return ExitCode::from(2);
         }
@@ -126,6 +130,8 @@ fn venv() -> Result<PathBuf> {
 fn test(extra: &[String]) -> Result {
     let venv = venv()?;
     let spire = spire::install()?;
+    // tests/tests/istio_inject.rs renders our injection templates with them.
+    istio_tools::install()?;
     run(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--", "--check"]),
