@@ -39,14 +39,8 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     common
         .listen_policy
         .warn_if_exposed("credentials", common.listen);
-    let admin_listener = match common.admin_listen {
-        Some(addr) => Some(
-            Admin::bind(addr)
-                .await
-                .with_context(|| format!("binding the admin listener on {addr}"))?,
-        ),
-        None => None,
-    };
+    let admin_listener =
+        Admin::bind_setting(common.admin_listen, iam_broker::config::ENV_ADMIN_LISTEN).await?;
 
     // The client is lazy: the broker starts (and answers 503) before the agent is up.
     let client = WorkloadApiClient::new(common.socket.endpoint.clone());

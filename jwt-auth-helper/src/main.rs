@@ -56,14 +56,11 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             Bound::Unix(listener, file)
         }
     };
-    let admin_listener = match config.admin_listen {
-        Some(addr) => Some(
-            Admin::bind(addr)
-                .await
-                .with_context(|| format!("binding the admin listener on {addr}"))?,
-        ),
-        None => None,
-    };
+    let admin_listener = Admin::bind_setting(
+        config.admin_listen,
+        jwt_auth_helper::config::ENV_ADMIN_LISTEN,
+    )
+    .await?;
 
     // The client is lazy: the helper starts (and answers 503) before the agent is up.
     let client = WorkloadApiClient::new(config.socket.endpoint.clone());

@@ -77,14 +77,8 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                 .with_context(|| format!("SDS listener: binding {addr}"))?,
         ),
     };
-    let admin_listener = match config.admin_listen {
-        Some(addr) => Some(
-            Admin::bind(addr)
-                .await
-                .with_context(|| format!("binding the admin listener on {addr}"))?,
-        ),
-        None => None,
-    };
+    let admin_listener =
+        Admin::bind_setting(config.admin_listen, sds_bridge::config::ENV_ADMIN_LISTEN).await?;
     let jwks_listener = match config.jwks_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)

@@ -56,6 +56,21 @@ impl fmt::Debug for Admin {
     }
 }
 
+/// The admin address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "binding the admin listener on {addr} (set {setting} or --admin-listen to a free address, or off: each instance on a host needs its own)"
+)]
+pub struct AdminBindError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// The variable that sets it.
+    pub setting: String,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
 // === impl Admin ===
 
 impl Admin {
@@ -85,6 +100,23 @@ impl Admin {
     /// Binds `addr` (so a port conflict fails start-up, before anything else runs).
     pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         TcpListener::bind(addr).await
+    }
+
+    /// Binds the admin address if there is one; the error says which setting moves it (a
+    /// second instance on one host otherwise collides on the default port).
+    pub async fn bind_setting(
+        addr: Option<SocketAddr>,
+        setting: &str,
+    ) -> Result<Option<TcpListener>, AdminBindError> {
+        let Some(addr) = addr else { return Ok(None) };
+        TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| AdminBindError {
+                addr,
+                setting: setting.to_owned(),
+                source,
+            })
     }
 
     /// Serves on `listener` in the background until `shutdown` triggers; a failure is logged
