@@ -4,19 +4,21 @@ use std::fmt;
 use std::future::Future;
 use std::process::ExitCode;
 
-use crate::{ConfigError, LogFormat, Shutdown};
+use crate::{LogFormat, Shutdown};
 
-/// Runs a sidecar: a configuration error is one line on stderr and exit code 2 (nothing
+/// Runs a sidecar: a configuration error (a [`crate::ConfigError`], or every bad setting at
+/// once as [`crate::settings::ConfigErrors`]) is printed on stderr and exit code 2 (nothing
 /// starts half-configured); otherwise logging is installed, SIGTERM/SIGINT trigger the
 /// [`Shutdown`] handed to `run`, and `run`'s error is logged with its cause chain (exit 1).
-pub async fn run_sidecar<C, E, Fut>(
+pub async fn run_sidecar<C, CE, E, Fut>(
     name: &str,
-    config: Result<C, ConfigError>,
+    config: Result<C, CE>,
     log_format: impl FnOnce(&C) -> LogFormat,
     run: impl FnOnce(C, Shutdown) -> Fut,
 ) -> ExitCode
 where
     Fut: Future<Output = Result<(), E>>,
+    CE: fmt::Display,
     E: fmt::Display,
 {
     let config = match config {
