@@ -4,7 +4,8 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 
-use sidecar_runtime::config::{self, pick};
+use sidecar_runtime::config;
+use sidecar_runtime::settings::{self, ConfigErrors, Reader, Setting};
 use sidecar_runtime::{ConfigError, ListenPolicy, LogFormat};
 use workload_client::Env;
 use workload_client::endpoint::ResolvedEndpoint;
@@ -51,12 +52,7 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
     name = "sds-bridge",
     version,
     about = "Envoy SDS v3 server fed by the SPIFFE Workload API: serves X.509-SVIDs and trust \
-             bundles under the SPIRE agent's resource names and pushes every rotation",
-    after_help = "Resource names: default, ROOTCA, ALL, spiffe://<trust domain>, <SPIFFE ID>.\n\
-Environment: SDS_BRIDGE_{LISTEN,SOCKET_MODE,SOCKET_PATH,ADMIN_LISTEN,VALIDATION_CONTEXT,\n\
-ROOTCA_BUNDLES,ALLOW_JWT_AUDIENCES,MAX_JWT_KEYS,JWKS_LISTEN,LOG_FORMAT,ALLOW_NON_LOOPBACK_LISTEN}; the Workload API falls back to SPIFFE_ENDPOINT_SOCKET, then\n\
-unix:///run/secrets/workload-spiffe-uds/socket. In Istio that default is also the SDS socket\n\
-path: mount the Workload API elsewhere for the bridge and point --socket at it."
+             bundles under the SPIRE agent's resource names and pushes every rotation"
 )]
 pub struct Cli {
     /// Where to serve SDS: unix:///path or tcp://127.0.0.1:PORT
@@ -150,42 +146,136 @@ pub struct Config {
     pub jwks_listen: Option<SocketAddr>,
 }
 
+// === Settings ===
+
+/// `--listen`.
+pub const LISTEN: Setting = Setting::new(
+    "--listen",
+    ENV_LISTEN,
+    "where to serve SDS: unix:///path or tcp://127.0.0.1:PORT [default: unix:///var/run/secrets/workload-spiffe-uds/socket]",
+);
+/// `--socket-mode`.
+pub const SOCKET_MODE: Setting = Setting::new(
+    "--socket-mode",
+    ENV_SOCKET_MODE,
+    "permission bits of the SDS socket, octal [default: 0600]",
+);
+/// `--socket`.
+pub const SOCKET: Setting = Setting::new(
+    "--socket",
+    ENV_SOCKET,
+    "Workload API address [default: SPIFFE_ENDPOINT_SOCKET, then unix:///run/secrets/workload-spiffe-uds/socket]",
+);
+/// `--admin-listen`.
+pub const ADMIN_LISTEN: Setting = Setting::new(
+    "--admin-listen",
+    ENV_ADMIN_LISTEN,
+    "admin HTTP address, or off [default: 127.0.0.1:9012]",
+);
+/// `--validation-context`.
+pub const VALIDATION_CONTEXT: Setting = Setting::new(
+    "--validation-context",
+    ENV_VALIDATION_CONTEXT,
+    "spiffe or trusted_ca [default: spiffe]",
+);
+/// `--rootca-bundles`.
+pub const ROOTCA_BUNDLES: Setting = Setting::new(
+    "--rootca-bundles",
+    ENV_ROOTCA_BUNDLES,
+    "what ROOTCA holds: own or all [default: own]",
+);
+/// `--allow-jwt-audience`.
+pub const ALLOW_JWT_AUDIENCES: Setting = Setting::new(
+    "--allow-jwt-audience",
+    ENV_ALLOW_JWT_AUDIENCES,
+    "comma-separated audiences JWT-SVIDs are served for [default: any]",
+);
+/// `--max-jwt-keys`.
+pub const MAX_JWT_KEYS: Setting = Setting::new(
+    "--max-jwt-keys",
+    ENV_MAX_JWT_KEYS,
+    "most JWT-SVID audience sets held at once [default: 256]",
+);
+/// `--jwks-listen`.
+pub const JWKS_LISTEN: Setting = Setting::new(
+    "--jwks-listen",
+    ENV_JWKS_LISTEN,
+    "JWKS endpoint for Envoy's jwt_authn, or off [default: off]",
+);
+/// `--log-format`.
+pub const LOG_FORMAT: Setting = Setting::new(
+    "--log-format",
+    ENV_LOG_FORMAT,
+    "text or json [default: text]",
+);
+
+/// Every setting, in `--help`'s order.
+pub const SETTINGS: &[&Setting] = &[
+    &LISTEN,
+    &SOCKET_MODE,
+    &SOCKET,
+    &ADMIN_LISTEN,
+    &VALIDATION_CONTEXT,
+    &ROOTCA_BUNDLES,
+    &ALLOW_JWT_AUDIENCES,
+    &MAX_JWT_KEYS,
+    &JWKS_LISTEN,
+    &LOG_FORMAT,
+];
+
+/// `--help`'s text after the flags: resource names and the environment, from [`SETTINGS`].
+pub fn after_help() -> String {
+    format!(
+        "Resource names: default, ROOTCA, ALL, spiffe://<trust domain>, <SPIFFE ID>, \
+         jwt-svid:<audience>.\n\n{}  {ENV_ALLOW_NON_LOOPBACK_LISTEN}  --allow-non-loopback-listen: true to serve tcp:// beyond loopback\n\n\
+         In Istio the Workload API's default path is also the SDS socket path: mount the Workload\n\
+         API elsewhere for the bridge and point --socket at it.",
+        settings::env_help(SETTINGS)
+    )
+}
+
+/// `f(setting, value)`'s reason alone (the reader names the setting).
+fn reason<T>(
+    f: impl FnOnce(&str, &str) -> Result<T, ConfigError>,
+) -> impl FnOnce(&str) -> Result<T, String> {
+    move |v| f("", v).map_err(|e| e.reason)
+}
+
 // === impl Config ===
 
 impl Config {
-    /// Builds the configuration from flags and environment.
-    pub fn load(cli: &Cli, env: &dyn Env) -> Result<Self, ConfigError> {
-        let listen_policy = ListenPolicy::load(
-            cli.allow_non_loopback_listen,
-            env,
-            ENV_ALLOW_NON_LOOPBACK_LISTEN,
-        )?;
-        let listen = match pick(cli.listen.as_deref(), "--listen", env, ENV_LISTEN) {
-            Some((setting, v)) => match config::listen(&setting, &v)? {
-                Listen::Tcp(addr) => Listen::Tcp(listen_policy.check(&setting, addr)?),
-                unix @ Listen::Unix(_) => unix,
-            },
-            None => config::listen("default --listen", DEFAULT_LISTEN)?,
+    /// Builds the configuration from flags and environment; every bad setting is reported.
+    pub fn load(cli: &Cli, env: &dyn Env) -> Result<Self, ConfigErrors> {
+        let mut r = Reader::new(env);
+        let listen_policy = r
+            .check(ListenPolicy::load(
+                cli.allow_non_loopback_listen,
+                env,
+                ENV_ALLOW_NON_LOOPBACK_LISTEN,
+            ))
+            .unwrap_or_default();
+        let listen = match r.raw(&LISTEN, cli.listen.as_deref()) {
+            Some(s) => r.check(config::listen(&s.setting, &s.value).and_then(|l| match l {
+                Listen::Tcp(addr) => listen_policy.check(&s.setting, addr).map(Listen::Tcp),
+                unix @ Listen::Unix(_) => Ok(unix),
+            })),
+            None => r.check(config::listen("default --listen", DEFAULT_LISTEN)),
         };
-
-        let socket_mode = match pick(
+        let socket_mode = r.get_or(
+            &SOCKET_MODE,
             cli.socket_mode.as_deref(),
-            "--socket-mode",
-            env,
-            ENV_SOCKET_MODE,
-        ) {
-            None => DEFAULT_SOCKET_MODE,
-            Some((setting, v)) => config::socket_mode(&setting, &v)?,
-        };
-
-        let socket = config::workload_api(
-            pick(cli.socket.as_deref(), "--socket", env, ENV_SOCKET),
-            env,
-        )?;
-        if let (Listen::Unix(ours), Some(theirs)) = (&listen, socket.endpoint.unix_path())
+            DEFAULT_SOCKET_MODE,
+            reason(config::socket_mode),
+        );
+        let picked = r
+            .raw(&SOCKET, cli.socket.as_deref())
+            .map(|s| (s.setting, s.value));
+        let socket = r.check(config::workload_api(picked, env));
+        if let (Some(Listen::Unix(ours)), Some(socket)) = (&listen, &socket)
+            && let Some(theirs) = socket.endpoint.unix_path()
             && same_path(ours, theirs)
         {
-            return Err(ConfigError::new(
+            r.error(ConfigError::new(
                 socket.source.to_string(),
                 socket.endpoint.to_string(),
                 "the Workload API socket is the SDS listen socket; mount the Workload API \
@@ -193,136 +283,112 @@ impl Config {
             ));
         }
 
-        let admin_listen = match pick(
+        let admin_listen = r.get_or(
+            &ADMIN_LISTEN,
             cli.admin_listen.as_deref(),
-            "--admin-listen",
-            env,
-            ENV_ADMIN_LISTEN,
-        ) {
-            Some((setting, v)) => config::admin_listen(&setting, &v)?,
-            None => Some(DEFAULT_ADMIN_LISTEN),
-        };
-        if let (Listen::Tcp(sds), Some(admin)) = (&listen, admin_listen)
+            Some(DEFAULT_ADMIN_LISTEN),
+            reason(config::admin_listen),
+        );
+        if let (Some(Listen::Tcp(sds)), Some(admin)) = (&listen, admin_listen)
             && *sds == admin
         {
-            return Err(ConfigError::new(
+            r.error(ConfigError::new(
                 "--admin-listen",
                 admin.to_string(),
                 "must differ from the SDS listen address",
             ));
         }
 
-        let jwks_listen = match pick(
-            cli.jwks_listen.as_deref(),
-            "--jwks-listen",
-            env,
-            ENV_JWKS_LISTEN,
-        ) {
+        let jwks_listen = match r.raw(&JWKS_LISTEN, cli.jwks_listen.as_deref()) {
             None => None,
-            Some((setting, v)) => match config::admin_listen(&setting, &v)? {
-                None => None,
-                // The JWKS is public, but it decides which tokens Envoy accepts: serve it only
-                // where this pod's Envoy, and nothing else, reaches it.
-                Some(addr) => Some(listen_policy.check(&setting, addr)?),
-            },
+            Some(s) => r
+                .check(
+                    config::admin_listen(&s.setting, &s.value).and_then(|a| match a {
+                        None => Ok(None),
+                        // The JWKS is public, but it decides which tokens Envoy accepts: serve it
+                        // only where this pod's Envoy, and nothing else, reaches it.
+                        Some(addr) => listen_policy.check(&s.setting, addr).map(Some),
+                    }),
+                )
+                .flatten(),
         };
         if let Some(jwks) = jwks_listen
-            && (admin_listen == Some(jwks) || matches!(&listen, Listen::Tcp(sds) if *sds == jwks))
+            && (admin_listen == Some(jwks)
+                || matches!(&listen, Some(Listen::Tcp(sds)) if *sds == jwks))
         {
-            return Err(ConfigError::new(
+            r.error(ConfigError::new(
                 "--jwks-listen",
                 jwks.to_string(),
                 "must differ from the SDS and admin listen addresses",
             ));
         }
 
-        let validation_mode = match pick(
+        let validation_mode = r.get_or(
+            &VALIDATION_CONTEXT,
             cli.validation_context.as_deref(),
-            "--validation-context",
-            env,
-            ENV_VALIDATION_CONTEXT,
-        ) {
-            None => ValidationMode::Spiffe,
-            Some((setting, v)) => match v.to_ascii_lowercase().replace('-', "_").as_str() {
-                "spiffe" => ValidationMode::Spiffe,
-                "trusted_ca" => ValidationMode::TrustedCa,
-                _ => {
-                    return Err(ConfigError::new(
-                        setting,
-                        v,
-                        "expected spiffe or trusted_ca",
-                    ));
-                }
+            ValidationMode::Spiffe,
+            |v| match v.to_ascii_lowercase().replace('-', "_").as_str() {
+                "spiffe" => Ok(ValidationMode::Spiffe),
+                "trusted_ca" => Ok(ValidationMode::TrustedCa),
+                _ => Err("expected spiffe or trusted_ca".to_owned()),
             },
-        };
-
-        let rootca_bundles = match pick(
+        );
+        let rootca_bundles = r.get_or(
+            &ROOTCA_BUNDLES,
             cli.rootca_bundles.as_deref(),
-            "--rootca-bundles",
-            env,
-            ENV_ROOTCA_BUNDLES,
-        ) {
-            None => RootCaBundles::Own,
-            Some((setting, v)) => match v.to_ascii_lowercase().as_str() {
-                "own" => RootCaBundles::Own,
-                "all" => RootCaBundles::All,
-                _ => return Err(ConfigError::new(setting, v, "expected own or all")),
+            RootCaBundles::Own,
+            |v| match v.to_ascii_lowercase().as_str() {
+                "own" => Ok(RootCaBundles::Own),
+                "all" => Ok(RootCaBundles::All),
+                _ => Err("expected own or all".to_owned()),
             },
-        };
+        );
 
-        let allow_jwt_audiences = if cli.allow_jwt_audience.is_empty() {
-            env.var(ENV_ALLOW_JWT_AUDIENCES).map(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|a| !a.is_empty())
-                    .map(str::to_owned)
-                    .collect::<BTreeSet<_>>()
+        // Unset: any audience. Set to nothing but commas: refused below.
+        let allow_jwt_audiences = (!cli.allow_jwt_audience.is_empty()
+            || r.raw(&ALLOW_JWT_AUDIENCES, None).is_some())
+        .then(|| {
+            r.list(&ALLOW_JWT_AUDIENCES, &cli.allow_jwt_audience, |a| {
+                Ok::<_, String>(a.to_owned())
             })
-        } else {
-            Some(cli.allow_jwt_audience.iter().cloned().collect())
-        };
-        if allow_jwt_audiences
-            .as_ref()
-            .is_some_and(|a| a.iter().any(String::is_empty) || a.is_empty())
-        {
-            return Err(ConfigError::new(
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+        });
+        if allow_jwt_audiences.as_ref().is_some_and(BTreeSet::is_empty) {
+            r.error(ConfigError::new(
                 ENV_ALLOW_JWT_AUDIENCES,
                 "",
                 "the audience allow-list is empty; unset it to allow any audience",
             ));
         }
 
-        let max_jwt_keys = match pick(
+        let max_jwt_keys = r.get_or(
+            &MAX_JWT_KEYS,
             cli.max_jwt_keys.as_deref(),
-            "--max-jwt-keys",
-            env,
-            ENV_MAX_JWT_KEYS,
-        ) {
-            None => DEFAULT_MAX_JWT_KEYS_TOTAL,
-            Some((setting, v)) => match v.trim().parse::<usize>() {
-                Ok(n) if (1..=MAX_JWT_KEYS_SETTING).contains(&n) => n,
-                _ => {
-                    return Err(ConfigError::new(
-                        setting,
-                        v,
-                        format!(
-                            "expected a number of JWT-SVID keys from 1 to {MAX_JWT_KEYS_SETTING} \
-                             (to serve no tokens, use --allow-jwt-audience)"
-                        ),
-                    ));
-                }
+            DEFAULT_MAX_JWT_KEYS_TOTAL,
+            |v| match v.trim().parse::<usize>() {
+                Ok(n) if (1..=MAX_JWT_KEYS_SETTING).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "expected a number of JWT-SVID keys from 1 to {MAX_JWT_KEYS_SETTING} \
+                     (to serve no tokens, use --allow-jwt-audience)"
+                )),
             },
-        };
-
-        let log_format = config::log_format(pick(
+        );
+        let log_format = r.get_or(
+            &LOG_FORMAT,
             cli.log_format.as_deref(),
-            "--log-format",
-            env,
-            ENV_LOG_FORMAT,
-        ))?;
+            LogFormat::Text,
+            str::parse,
+        );
+        let unix_authority_adapter = r.check(config::unix_authority_adapter(env));
 
-        let unix_authority_adapter = config::unix_authority_adapter(env)?;
-
+        r.finish()?;
+        // Every `None` below was an error recorded above, and `finish` returned it.
+        let (Some(listen), Some(socket), Some(unix_authority_adapter)) =
+            (listen, socket, unix_authority_adapter)
+        else {
+            return Err(ConfigErrors(Vec::new()));
+        };
         Ok(Self {
             listen,
             socket_mode,
@@ -367,6 +433,10 @@ mod tests {
     use super::*;
 
     fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        load_all(args, env).map_err(|mut e| e.0.remove(0))
+    }
+
+    fn load_all(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
         use clap::Parser as _;
         let cli =
             Cli::try_parse_from(std::iter::once("sds-bridge").chain(args.iter().copied())).unwrap();
@@ -468,6 +538,40 @@ mod tests {
             let err = load(&[], &[agent, env]).unwrap_err();
             assert_eq!(err.setting, setting, "{err}");
         }
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported_together() {
+        let agent = ("SPIFFE_ENDPOINT_SOCKET", "unix:///run/agent.sock");
+        let errors = load_all(
+            &["--rootca-bundles", "some"],
+            &[
+                agent,
+                (ENV_SOCKET_MODE, "9"),
+                (ENV_LOG_FORMAT, "xml"),
+                (ENV_JWKS_LISTEN, "127.0.0.1:9012"),
+            ],
+        )
+        .unwrap_err();
+        let settings: Vec<&str> = errors.0.iter().map(|e| e.setting.as_str()).collect();
+        assert_eq!(
+            settings,
+            [
+                ENV_SOCKET_MODE,
+                "--jwks-listen",
+                "--rootca-bundles",
+                ENV_LOG_FORMAT
+            ]
+        );
+    }
+
+    #[test]
+    fn help_lists_every_variable_the_code_reads() {
+        let help = after_help();
+        for s in SETTINGS {
+            assert!(help.contains(s.env), "{}", s.env);
+        }
+        assert!(help.contains(ENV_ALLOW_NON_LOOPBACK_LISTEN));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use prometheus_client::registry::Registry;
 use sds_bridge::catalog;
 use sds_bridge::config::{Cli, Command, Config, Listen};
@@ -27,7 +27,14 @@ const FETCH_WAIT: Duration = Duration::from_secs(4);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The environment part of `--help` comes from the settings table.
+    let matches = Cli::command()
+        .after_help(sds_bridge::config::after_help())
+        .get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     if let Some(Command::JwtAuthnConfig(args)) = &cli.command {
         return match JwtAuthnConfig::from_args(args) {
             Ok(config) => {
