@@ -246,6 +246,11 @@ fn grpc_go_sds_stream(adapter: &str) {
         assert_eq!(json!(names), domains, "{name}: {initial}");
     }
 
+    // The client has sent its ACK when it prints; wait until the bridge has it, or a rotation
+    // pushed first would make it a reply to a superseded response (ignored, not counted).
+    wait_until("the bridge to count the first ACK", RUN, || {
+        bridge.metric("sds_bridge_push_ack_seconds_count") >= 1.0
+    });
     // A rotation reaches the still-open stream: a new certificate under `default` only.
     agent.post("/rotate/x509");
     wait_until("the rotation's push", RUN, || events(&client).len() >= 3);
