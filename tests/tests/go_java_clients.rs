@@ -76,6 +76,14 @@ fn assert_workload_api_summary(s: &Value) {
     assert_ne!(jwt["wrong_audience_error"], "accepted", "{s}");
 }
 
+/// The one JSON summary a Workload API client prints (its error, when it failed).
+fn summary(lines: &[Value], log: &str) -> Value {
+    match lines {
+        [one] => one.clone(),
+        _ => panic!("expected one JSON line:\n{log}"),
+    }
+}
+
 fn go_spiffe(agent: &DevAgent, dir: &Path) -> (bool, Vec<Value>, String) {
     let mut cmd = Command::new(go_program("go-spiffe"));
     cmd.args([agent.endpoint.as_str(), AUDIENCE]);
@@ -108,7 +116,7 @@ fn go_spiffe_fetches_and_verifies_svids_and_federated_bundles_with_default_optio
     let agent = agent(dir.path(), "on");
     let (ok, lines, log) = go_spiffe(&agent, dir.path());
     assert!(ok, "go-spiffe failed:\n{log}");
-    let s = &lines[0];
+    let s = &summary(&lines, &log);
     assert_eq!(
         s["versions"]["github.com/spiffe/go-spiffe/v2"], "v2.9.0",
         "{s}"
@@ -137,8 +145,9 @@ fn java_spiffe_fetches_and_verifies_svids_and_its_socket_path_authority_is_rewri
     let agent = agent(dir.path(), "on");
     let (ok, lines, log) = java_spiffe(&agent, dir.path());
     assert!(ok, "java-spiffe failed:\n{log}");
-    let s = &lines[0];
+    let s = &summary(&lines, &log);
     assert_eq!(s["versions"]["java-spiffe"], "0.8.17", "{s}");
+    assert_eq!(s["versions"]["grpc-java"], "1.80.0", "{s}");
     assert_workload_api_summary(s);
     assert_eq!(s["x509_svids"][0]["chain_verified"], true, "{s}");
     // grpc-java sent the socket path as :authority on every call (see
@@ -162,12 +171,12 @@ fn without_the_adapter_go_spiffe_works_and_java_spiffe_is_refused_by_h2() {
 
     let (ok, lines, log) = go_spiffe(&agent, dir.path());
     assert!(ok, "go-spiffe failed without the adapter:\n{log}");
-    assert_workload_api_summary(&lines[0]);
+    assert_workload_api_summary(&summary(&lines, &log));
 
     // h2 as upstream ships it resets the stream over grpc-java's :authority.
     let (ok, lines, log) = java_spiffe(&agent, dir.path());
     assert!(!ok, "java-spiffe worked without the adapter:\n{log}");
-    let error = lines[0]["error"].as_str().unwrap();
+    let error = summary(&lines, &log)["error"].as_str().unwrap().to_owned();
     assert!(
         error.contains("INTERNAL") && error.contains("PROTOCOL_ERROR"),
         "{error}"
