@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 pub mod aws;
 pub mod azure;
+pub mod clients;
 pub mod envoy;
 pub mod gcp;
 pub mod istio;
@@ -259,6 +260,24 @@ impl Proc {
                 let _ = c.kill();
                 let _ = c.wait();
                 return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself and returns its status (it is
+    /// then stopped: [`Proc::pid`] is 0); `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(status)) = c.try_wait() {
+                forget_child(c.id());
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -1,6 +1,6 @@
 //! The dev agent speaks the real Workload API: checked by py-spiffe, PyJWT, `cryptography` and
 //! raw grpcio (tests/py/conformance.py), none of which share code with us, all with their
-//! default options: grpc-core's socket-path `:authority` is accepted (REFERENCE §11).
+//! default options: grpc-core's socket-path `:authority` is accepted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
 

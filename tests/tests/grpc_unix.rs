@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! Real gRPC clients on our Unix sockets with their default options (REFERENCE §11): Envoy's
+//! Real gRPC clients on our Unix sockets with their default options: Envoy's
 //! `google_grpc` client (gRPC C-core, which sends the socket path as `:authority`) gets its
 //! certificates, bundle, a JWT-SVID and rotations from sds-bridge. The dev agent's side
 //! (py-spiffe and raw grpcio) is in dev_agent_conformance.rs, jwt-auth-helper's in

@@ -14,6 +14,7 @@
 //! - `venv`: only create/refresh the venv.
 //! - `spire`: only build SPIRE into `.tools` (the tests against real SPIRE need it).
 //! - `istio-tools`: only build the pinned istioctl and podcheck into `.tools/bin` (Go).
+//! - `clients`: only build the Go and Java gRPC clients of the suite (tests/go, tests/java).
 #![allow(clippy::print_stdout)] // A command-line tool talks on stdout.
 
 mod deny;
@@ -39,11 +40,12 @@ fn main() -> ExitCode {
         Some("istio-tools") => istio_tools::install(),
         Some("image") => image::image(),
         Some("spire") => spire::install().map(|_| ()),
+        Some("clients") => clients(),
         Some("deny") => deny::deny(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|soak|image|spire|istio-tools|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + a 60 s soak (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault]: each sidecar against a same-run baseline (release build)\n  soak   [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  istio-tools  build the pinned istioctl and podcheck into .tools (Go; the Istio injection test runs them)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
+                "usage: cargo xtask <test|demo|bench|soak|image|spire|istio-tools|clients|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + a 60 s soak (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault]: each sidecar against a same-run baseline (release build)\n  soak   [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  clients  build the suite's Go and Java gRPC clients (tests/go, tests/java)\n  istio-tools  build the pinned istioctl and podcheck into .tools (Go; the Istio injection test runs them)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
             );
             return ExitCode::from(2);
         }
@@ -157,6 +159,7 @@ fn test(extra: &[String]) -> Result {
     )?;
     // tests/container_image.rs checks the images and runs the binaries copied out of them.
     image::image()?;
+    clients()?;
     let nextest = cargo()
         .args(["nextest", "--version"])
         .stdout(Stdio::null())
@@ -193,6 +196,26 @@ fn test(extra: &[String]) -> Result {
             .env("SUITE_SPIRE_BIN", &spire),
     )?;
     soak_short(&venv)
+}
+
+/// The Go and Java gRPC clients that tests/go_java_clients.rs runs against our sockets, built
+/// here once so the parallel tests find them up to date (they would build them on first use,
+/// one test at a time). The suite's own `build-clients` does it: one build recipe, in
+/// `suite_tests::clients`, which fails with the command to run when Go, Maven or a module is
+/// missing.
+fn clients() -> Result {
+    run(
+        "build the Go and Java test clients (tests/go, tests/java)",
+        cargo().args([
+            "run",
+            "--quiet",
+            "--locked",
+            "--package",
+            "suite-tests",
+            "--bin",
+            "build-clients",
+        ]),
+    )
 }
 
 /// The test command's soak: 60 s of load and chaos on the release binaries staged for the

@@ -3,8 +3,8 @@
 //! - [`bind_unix`]: the socket file appears atomically, with its final mode, and only a dead
 //!   socket is ever replaced (REFERENCE §3: Istio's pilot-agent dials it once, early);
 //! - [`incoming`]: accepted connections wrapped in [`GrpcUnixStream`], which makes the
-//!   `:authority` that gRPC C-core and grpc-java send on Unix sockets acceptable to h2
-//!   (REFERENCE §11), so every real gRPC client works with its default options;
+//!   `:authority` that gRPC C-core and grpc-java send on Unix sockets acceptable to h2 (see
+//!   the README's table of clients), so every real gRPC client works with its default options;
 //! - [`UnixGrpcCollector`]: what the adapter did, for `/metrics`.
 
 mod authority;
