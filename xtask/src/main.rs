@@ -74,9 +74,12 @@ fn cargo() -> Command {
 
 fn run(what: &str, cmd: &mut Command) -> Result {
     println!("==> {what}");
+    let started = std::time::Instant::now();
     let status = cmd
         .status()
         .map_err(|e| format!("{what}: cannot start: {e}"))?;
+    // Each step's time, so a CI log says what each part of the test command costs.
+    println!("<== {what}: {:.1} s", started.elapsed().as_secs_f64());
     if status.success() {
         Ok(())
     } else {
