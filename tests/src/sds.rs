@@ -467,3 +467,67 @@ pub fn credential_injector_listener(name: &str, port: u16, sds: &str, secret: &s
     );
     hcm_listener(name, port, "", TO_UPSTREAM, &filter, None)
 }
+
+/// Two Envoys doing mTLS with certificates from two bridges: the server's listener `mtls`
+/// (`server_tls`, SDS cluster `sds` on `server_sds`) in front of `upstream`, and the client's
+/// plain HTTP listener on [`MtlsPair::port`] routing to it (`client_tls`, SDS on `client_sds`),
+/// recycling upstream connections after `requests_per_connection` so that new certificates
+/// are used while old ones are still valid.
+#[derive(Debug)]
+pub struct MtlsPair {
+    /// The server side.
+    pub server: crate::envoy::Envoy,
+    /// The client side.
+    pub client: crate::envoy::Envoy,
+    /// The client's HTTP listener.
+    pub port: u16,
+    /// The server's mTLS listener.
+    pub mtls_port: u16,
+}
+
+impl MtlsPair {
+    /// Starts both Envoys in `dir`.
+    pub fn start(
+        dir: &Path,
+        (server_sds, server_tls): (&Path, &str),
+        (client_sds, client_tls): (&Path, &str),
+        upstream: SocketAddr,
+        requests_per_connection: u32,
+    ) -> Self {
+        let mtls_port = free_port();
+        let server = crate::envoy::Envoy::start(
+            "envoy-server",
+            dir,
+            &bootstrap(
+                free_port(),
+                "server",
+                &[mtls_listener("mtls", mtls_port, server_tls)],
+                &[
+                    sds_cluster("sds", server_sds),
+                    crate::envoy::static_cluster("upstream", upstream, false),
+                ],
+            ),
+        );
+        let port = free_port();
+        let mtls = SocketAddr::from(([127, 0, 0, 1], mtls_port));
+        let client = crate::envoy::Envoy::start(
+            "envoy-client",
+            dir,
+            &bootstrap(
+                free_port(),
+                "client",
+                &[http_listener("out", port, &[("/", "mtls")])],
+                &[
+                    sds_cluster("sds", client_sds),
+                    tls_cluster("mtls", mtls, client_tls, requests_per_connection),
+                ],
+            ),
+        );
+        Self {
+            server,
+            client,
+            port,
+            mtls_port,
+        }
+    }
+}

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use suite_tests::envoy::{EchoServer, Envoy, request};
 use suite_tests::sds::{
-    SdsBridge, Shape, Workload, bootstrap, common_tls_context, http_listener, mtls_listener,
-    sds_cluster, tls_cluster, xfcc_uri_and_serial,
+    MtlsPair, SdsBridge, Shape, Workload, bootstrap, common_tls_context, http_listener,
+    mtls_listener, sds_cluster, tls_cluster, xfcc_uri_and_serial,
 };
 use suite_tests::{DevAgent, free_port, wait_until};
 
@@ -191,47 +191,15 @@ fn rotation_under_load_drops_no_request_and_the_server_sees_new_certificates() {
     let server = workload(root, "server", "example.org", &state, &ttl);
     let client = workload(root, "client", "example.org", &state, &ttl);
     let echo = EchoServer::start();
-    let mtls_port = free_port();
-    let _server_envoy = Envoy::start(
-        "envoy-server",
+    let istio = common_tls_context(Shape::Istio, "sds", "", "");
+    let pair = MtlsPair::start(
         root,
-        &bootstrap(
-            free_port(),
-            "server",
-            &[mtls_listener(
-                "mtls",
-                mtls_port,
-                &common_tls_context(Shape::Istio, "sds", "", ""),
-            )],
-            &[
-                sds_cluster("sds", &server.bridge.socket),
-                suite_tests::envoy::static_cluster("upstream", echo.addr, false),
-            ],
-        ),
+        (&server.bridge.socket, &istio),
+        (&client.bridge.socket, &istio),
+        echo.addr,
+        20,
     );
-    let port = free_port();
-    let mtls: std::net::SocketAddr = format!("127.0.0.1:{mtls_port}").parse().unwrap();
-    let client_envoy = Envoy::start(
-        "envoy-client",
-        root,
-        &bootstrap(
-            free_port(),
-            "client",
-            &[http_listener("out", port, &[("/", "mtls")])],
-            &[
-                sds_cluster("sds", &client.bridge.socket),
-                // A connection carries the certificate of its handshake: recycle connections
-                // so new certificates are used while the old ones are still valid.
-                tls_cluster(
-                    "mtls",
-                    mtls,
-                    &common_tls_context(Shape::Istio, "sds", "", ""),
-                    20,
-                ),
-            ],
-        ),
-    );
-
+    let port = pair.port;
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -300,7 +268,7 @@ fn rotation_under_load_drops_no_request_and_the_server_sees_new_certificates() {
         let _ = &w.agent;
     }
     assert_eq!(
-        client_envoy
+        pair.client
             .stat("cluster.mtls.upstream_cx_connect_fail")
             .unwrap_or(0),
         0

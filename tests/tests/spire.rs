@@ -21,9 +21,8 @@ use suite_tests::envoy::{
 };
 use suite_tests::gcp::{google_auth, start_with_google};
 use suite_tests::sds::{
-    SdsBridge, Shape, bootstrap, common_tls_context, credential_injector_listener,
-    filtered_listener, http_listener, jwt_authn_config, mtls_listener, sds_cluster, tls_cluster,
-    xfcc_uri_and_serial,
+    MtlsPair, SdsBridge, Shape, bootstrap, common_tls_context, credential_injector_listener,
+    filtered_listener, jwt_authn_config, sds_cluster, xfcc_uri_and_serial,
 };
 use suite_tests::sidecars::{JwtHelper, jwt_claims};
 use suite_tests::spire::{ServerOptions, Spire, SpireAgent, SpireServer};
@@ -237,45 +236,15 @@ fn mtls_between_envoys_with_spire_svids_survives_svid_rotations_and_a_ca_rotatio
     let server = bridge(&spire, dir, "server", &[]);
     let client = bridge(&spire, dir, "client", &[]);
     let echo = EchoServer::start();
-    let mtls_port = free_port();
-    let _server_envoy = Envoy::start(
-        "envoy-server",
+    let istio = common_tls_context(Shape::Istio, "sds", "", "");
+    let pair = MtlsPair::start(
         dir,
-        &bootstrap(
-            free_port(),
-            "server",
-            &[mtls_listener(
-                "mtls",
-                mtls_port,
-                &common_tls_context(Shape::Istio, "sds", "", ""),
-            )],
-            &[
-                sds_cluster("sds", &server.socket),
-                static_cluster("upstream", echo.addr, false),
-            ],
-        ),
+        (&server.socket, &istio),
+        (&client.socket, &istio),
+        echo.addr,
+        20,
     );
-    let port = free_port();
-    let client_envoy = Envoy::start(
-        "envoy-client",
-        dir,
-        &bootstrap(
-            free_port(),
-            "client",
-            &[http_listener("out", port, &[("/", "mtls")])],
-            &[
-                sds_cluster("sds", &client.socket),
-                // Connections recycled after 20 requests, so new certificates are used.
-                tls_cluster(
-                    "mtls",
-                    addr(mtls_port),
-                    &common_tls_context(Shape::Istio, "sds", "", ""),
-                    20,
-                ),
-            ],
-        ),
-    );
-
+    let port = pair.port;
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
@@ -389,7 +358,7 @@ fn mtls_between_envoys_with_spire_svids_survives_svid_rotations_and_a_ca_rotatio
         assert_eq!(b.metric("sds_bridge_nacks_total"), 0.0);
     }
     assert_eq!(
-        client_envoy
+        pair.client
             .stat("cluster.mtls.upstream_cx_connect_fail")
             .unwrap_or(0),
         0
@@ -795,45 +764,17 @@ fn federated_spire_trust_domains_do_mtls_and_jwt_across_and_a_dropped_federation
 
     // mTLS: the server trusts ALL bundles it has; the client presents its partner.org SVID.
     let echo = EchoServer::start();
-    let mtls_port = free_port();
-    let _server_envoy = Envoy::start(
-        "envoy-server",
+    let all = common_tls_context(Shape::All, "sds", "", "");
+    // One request per connection: every request is a new handshake, so the time to refusal
+    // below is the bundle's, not a pooled connection's.
+    let pair = MtlsPair::start(
         dir,
-        &bootstrap(
-            free_port(),
-            "server",
-            &[mtls_listener(
-                "all",
-                mtls_port,
-                &common_tls_context(Shape::All, "sds", "", ""),
-            )],
-            &[
-                sds_cluster("sds", &server.socket),
-                static_cluster("upstream", echo.addr, false),
-            ],
-        ),
+        (&server.socket, &all),
+        (&client.socket, &all),
+        echo.addr,
+        1,
     );
-    let mtls_client_port = free_port();
-    let _client_envoy = Envoy::start(
-        "envoy-client",
-        dir,
-        &bootstrap(
-            free_port(),
-            "client",
-            &[http_listener("out", mtls_client_port, &[("/", "mtls")])],
-            &[
-                sds_cluster("sds", &client.socket),
-                // One request per connection: every request is a new handshake, so the time
-                // to refusal below is the bundle's, not a pooled connection's.
-                tls_cluster(
-                    "mtls",
-                    addr(mtls_port),
-                    &common_tls_context(Shape::All, "sds", "", ""),
-                    1,
-                ),
-            ],
-        ),
-    );
+    let mtls_client_port = pair.port;
     wait_until("cross-domain mTLS", Duration::from_secs(30), || {
         get(mtls_client_port, &[]).is_some_and(|r| r.status == 200)
     });

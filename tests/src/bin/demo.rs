@@ -33,10 +33,7 @@ use std::time::{Duration, Instant};
 
 use suite_tests::aws::{Broker, Moto, caller_identity, credential_process_profile, require_curl};
 use suite_tests::envoy::{EchoServer, Envoy, Response, ext_authz_proxy, jwt_authn_proxy, request};
-use suite_tests::sds::{
-    SdsBridge, Shape, bootstrap, common_tls_context, http_listener, mtls_listener, sds_cluster,
-    tls_cluster, xfcc_uri_and_serial,
-};
+use suite_tests::sds::{MtlsPair, SdsBridge, Shape, common_tls_context, xfcc_uri_and_serial};
 use suite_tests::sidecars::{JwtHelper, jwt_claims};
 use suite_tests::spire::{ServerOptions, Spire};
 use suite_tests::{DevAgent, bin, free_port, on_signal_clean_up, wait_until};
@@ -317,45 +314,22 @@ fn mtls_step(dir: &Path, ids: &Ids) {
     let server_bridge = ids.server_bridge(dir);
     ok("sds-bridge per side, serving SDS on a Unix socket from its own Workload API identity");
     let backend = EchoServer::start();
-    let mtls_port = free_port();
-    let _server = Envoy::start(
-        "envoy-server",
+    // The VM shape on the server: certificate = the SPIFFE ID, validation = spiffe://<td>.
+    let pair = MtlsPair::start(
         dir,
-        &bootstrap(
-            free_port(),
-            "server",
-            // Seed 002's VM shape: certificate = the SPIFFE ID, validation = spiffe://<td>.
-            &[mtls_listener(
-                "mtls",
-                mtls_port,
-                &common_tls_context(Shape::Vm, "sds", SERVER, TD),
-            )],
-            &[
-                sds_cluster("sds", &server_bridge.socket),
-                suite_tests::envoy::static_cluster("upstream", backend.addr, false),
-            ],
+        (
+            &server_bridge.socket,
+            &common_tls_context(Shape::Vm, "sds", SERVER, TD),
         ),
-    );
-    let client_port = free_port();
-    let _client = Envoy::start(
-        "envoy-client",
-        dir,
-        &bootstrap(
-            free_port(),
-            "client",
-            &[http_listener("out", client_port, &[("/", "mtls")])],
-            &[
-                sds_cluster("sds", &client_bridge.socket),
-                // One request per connection, so every request shows the current certificate.
-                tls_cluster(
-                    "mtls",
-                    addr(mtls_port),
-                    &common_tls_context(Shape::Istio, "sds", "", ""),
-                    1,
-                ),
-            ],
+        (
+            &client_bridge.socket,
+            &common_tls_context(Shape::Istio, "sds", "", ""),
         ),
+        backend.addr,
+        // One request per connection, so every request shows the current certificate.
+        1,
     );
+    let (client_port, mtls_port) = (pair.port, pair.mtls_port);
     let seen = || {
         let r = get(client_port, "/").expect("client Envoy answered");
         assert_eq!(r.status, 200, "mTLS request: {} {}", r.status, r.body);
