@@ -365,12 +365,17 @@ fn revoke_self_through_the_proxy_is_refused_and_a_token_revoked_in_vault_is_repl
     // Revoked behind the broker's back (an operator's `vault token revoke`): the request that
     // meets it gets Vault's answer, the broker drops the token and logs in again at once.
     s.vault.revoke_all();
+    let refused = std::time::Instant::now();
     let r = request(s.broker.listen, "GET", SECRET, &[vr]).unwrap();
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("invalid token"), "{}", r.body);
     wait_until("a new login", Duration::from_secs(10), || {
         s.vault.count(|c| &c.logins) == 2
     });
+    eprintln!(
+        "new login {:?} after the refused request",
+        refused.elapsed()
+    );
     assert_eq!(read(dir.path(), &s, &[]).unwrap()["password"], "s3cr3t");
     assert_eq!(s.broker.metric("iam_broker_cache_invalidations_total"), 1);
     assert_eq!(s.vault.count(|c| &c.logins), 2, "one new login");
