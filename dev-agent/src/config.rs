@@ -74,7 +74,8 @@ pub enum ConfigError {
 // === Endpoint ===
 
 /// Where the Workload API listens: the same parser every sidecar uses for the address it dials
-/// (REFERENCE §1), so an address the agent accepts is one the clients accept.
+/// (`docs/protocols.md#workload-api-endpoint`), so an address the agent accepts is one the clients
+/// accept.
 pub use workload_client::Endpoint;
 
 /// Parses `--socket` into a [`ConfigError`] naming the flag.
@@ -105,13 +106,14 @@ pub struct Config {
     pub spiffe_ids: Vec<SpiffeId>,
     /// Lifetime of X.509-SVIDs; they are re-issued before half of it has passed.
     pub x509_ttl: Duration,
-    /// Lifetime of JWT-SVIDs (SPIRE's default is 5 min, REFERENCE §1).
+    /// Lifetime of JWT-SVIDs (SPIRE's default is 5 min: `docs/protocols.md#svid-lifetimes`).
     pub jwt_ttl: Duration,
     /// Foreign trust domains whose bundles the agent serves (each gets its own CA and JWT keys).
     pub federate_with: Vec<TrustDomain>,
     /// Where CA and JWT keys persist across restarts; `None` keeps everything in memory.
     pub state_dir: Option<PathBuf>,
-    /// Where to serve OIDC discovery (REFERENCE §5); port 0 picks a free port.
+    /// Where to serve OIDC discovery (`docs/protocols.md#oidc-discovery`); port 0 picks a free
+    /// port.
     pub oidc_listen: Option<SocketAddr>,
     /// The `iss` claim of JWT-SVIDs and the discovery document's issuer.
     pub jwt_issuer: Option<String>,
@@ -128,9 +130,9 @@ pub struct Config {
 
 /// Default Unix socket permission bits (see [`Config::socket_mode`]).
 pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
-/// Default X.509-SVID lifetime (SPIRE's default, REFERENCE §1).
+/// Default X.509-SVID lifetime (SPIRE's default: `docs/protocols.md#svid-lifetimes`).
 pub const DEFAULT_X509_TTL: Duration = Duration::from_secs(3600);
-/// Default JWT-SVID lifetime (SPIRE's default, REFERENCE §1).
+/// Default JWT-SVID lifetime (SPIRE's default: `docs/protocols.md#svid-lifetimes`).
 pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
 /// Default JWT signing key rotation interval.
 pub const DEFAULT_JWT_KEY_ROTATION: Duration = Duration::from_secs(24 * 3600);

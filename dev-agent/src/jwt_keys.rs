@@ -1,7 +1,8 @@
 //! JWT-SVID signing keys: generation, JWKS publication, compact JWS signing, and the
 //! rotation rule that keeps a retired key published until every token it signed expired.
 //!
-//! JWT-SVIDs are compact JWS with a `kid` header and `sub`/`aud`/`exp` claims (REFERENCE §1);
+//! JWT-SVIDs are compact JWS with a `kid` header and `sub`/`aud`/`exp` claims
+//! (`docs/protocols.md#jwt-svid`);
 //! the JWKS entries carry `use: "jwt-svid"` as SPIFFE bundles do.
 
 use std::{fmt, str::FromStr, time::SystemTime};

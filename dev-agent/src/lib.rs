@@ -1,10 +1,10 @@
 //! `spiffe-dev-agent`: a small but honest SPIFFE Workload API server for local runs, demos
 //! and tests that need no SPIRE server (the sidecars are tested against SPIRE too).
 //!
-//! It speaks the real protocol (REFERENCE §1): all five RPCs, the security header, streamed
-//! full snapshots, X509-SVIDs re-issued before half-life, rotating JWT signing keys whose
-//! retired keys stay published until their tokens expire, federated trust domains, and OIDC
-//! discovery (REFERENCE §5).
+//! It speaks the real protocol (`docs/protocols.md#workload-api`): all five RPCs, the security
+//! header, streamed full snapshots, X509-SVIDs re-issued before half-life, rotating JWT signing
+//! keys whose retired keys stay published until their tokens expire, federated trust domains, and
+//! OIDC discovery (`docs/protocols.md#oidc-discovery`).
 //!
 //! Tests run it in-process:
 //!

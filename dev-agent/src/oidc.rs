@@ -1,5 +1,5 @@
-//! OIDC discovery (REFERENCE §5), so AWS STS, Vault or Entra ID can trust JWT-SVIDs by
-//! issuer URL: `GET /.well-known/openid-configuration` and `GET /keys` (the own trust
+//! OIDC discovery (`docs/protocols.md#oidc-discovery`), so AWS STS, Vault or Entra ID can trust
+//! JWT-SVIDs by issuer URL: `GET /.well-known/openid-configuration` and `GET /keys` (the own trust
 //! domain's JWKS, following rotations).
 
 use std::sync::Arc;

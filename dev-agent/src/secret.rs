@@ -1,5 +1,5 @@
-//! A byte buffer for private keys whose `Debug` never prints the bytes (STYLE: secrets have
-//! their own types), so an accidental `?value` in a log line cannot leak a key.
+//! A byte buffer for private keys whose `Debug` never prints the bytes (the project's rule:
+//! secrets have their own types), so an accidental `?value` in a log line cannot leak a key.
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! The five Workload API RPCs (REFERENCE §1).
+//! The five Workload API RPCs (`docs/protocols.md#workload-api-proto`).
 //!
 //! Streams are views of `tokio::sync::watch` channels holding the latest full snapshot: a
 //! new stream gets the current snapshot at once, then every new one, and ends when the agent
@@ -66,7 +66,8 @@ impl WorkloadApiService {
     }
 }
 
-/// The security header check every Workload API server must do (REFERENCE §1).
+/// The security header check every Workload API server must do
+/// (`docs/protocols.md#workload-api-security-header`).
 pub fn check_security_header(metadata: &MetadataMap) -> Result<(), Status> {
     match metadata.get(SECURITY_HEADER) {
         Some(value) if value == SECURITY_HEADER_VALUE => Ok(()),

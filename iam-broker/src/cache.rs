@@ -1,9 +1,9 @@
 //! The credential cache: one background task is the only caller of the provider.
 //!
-//! Why (REFERENCE §4): the SDKs refresh credentials when fewer than 15 minutes remain (botocore:
-//! advisory < 15 min, mandatory < 10 min). Credentials handed out with less than that make
-//! every client call the broker on every request, and a broker that calls STS per request
-//! melts under a fleet. So:
+//! Why (`docs/protocols.md#aws-refresh-windows`): the SDKs refresh credentials when fewer than 15
+//! minutes remain (botocore: advisory < 15 min, mandatory < 10 min). Credentials handed out with
+//! less than that make every client call the broker on every request, and a broker that calls STS
+//! per request melts under a fleet. So:
 //!
 //! - **Refresh early, in the background.** After each success the task sleeps until
 //!   `refresh_margin` (25 min) before expiry, or half-life for sessions shorter than twice
@@ -30,7 +30,7 @@
 //!   credentials that expired 70 minutes earlier) and forward steps; the monotonic clock catches
 //!   a backward step (the credentials do not live longer because the clock went back). The
 //!   refresh timer sleeps at most `recheck` (a minute) at a time, so after a resume it notices
-//!   within a minute that the refresh point has passed (issue 16).
+//!   within a minute that the refresh point has passed.
 
 use std::fmt;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ use workload_client::clock::{self, SharedClock};
 
 use crate::provider::{CredentialProvider, ErrorKind, Expiring, ProviderError};
 
-/// Tuning. Defaults follow the SDK refresh windows (REFERENCE §4).
+/// Tuning. Defaults follow the SDK refresh windows (`docs/protocols.md#aws-refresh-windows`).
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
     /// Refresh when this much lifetime remains (at most half the lifetime).

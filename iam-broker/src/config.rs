@@ -3,7 +3,7 @@
 //!
 //! This file holds what every provider shares (the Workload API, listeners, the JWT-SVID
 //! audience, logging) and the subcommand that picks the provider; each provider's own settings
-//! live in `provider/<cloud>/config.rs` (STYLE: a provider owns its folder).
+//! live in `provider/<cloud>/config.rs` (the layout rule: a provider owns its folder).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -34,7 +34,8 @@ pub const ENV_ALLOW_NON_LOOPBACK_LISTEN: &str = "SPIFFE_IAM_BROKER_ALLOW_NON_LOO
 /// Env: `text` or `json`.
 pub const ENV_LOG_FORMAT: &str = "SPIFFE_IAM_BROKER_LOG_FORMAT";
 
-/// The seed's contract: `credential_process = curl -s http://localhost:9876/v1/creds`.
+/// The Istio deployment's contract: `credential_process = curl -s http://localhost:9876/v1/creds`
+/// (`docs/protocols.md#istio-injection-template`).
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9876);
 /// Admin (probes, metrics) next to it.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9877);

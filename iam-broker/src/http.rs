@@ -1,7 +1,7 @@
-//! The loopback credentials server, as every provider shares it (REFERENCE §4, §7, §8): guards,
-//! limits, error rendering, serving, and [`Broker`], the generic bridge from a provider's
-//! credential cache to its routes. The routes and response formats themselves belong to each
-//! provider (`provider/<cloud>/routes.rs`); adding a cloud does not touch this file.
+//! The loopback credentials server, as every provider shares it (`docs/protocols.md#aws`, `#azure`,
+//! `#gcp`, `#vault`): guards, limits, error rendering, serving, and [`Broker`], the generic bridge
+//! from a provider's credential cache to its routes. The routes and response formats themselves
+//! belong to each provider (`provider/<cloud>/routes.rs`); adding a cloud does not touch this file.
 //!
 //! Every failure is a non-2xx status with a one-line JSON body in the provider's error format
 //! ([`RenderError`]), never a partial document: `curl -sf` then exits non-zero and the SDK

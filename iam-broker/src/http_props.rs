@@ -1,4 +1,4 @@
-//! Property tests for the guards every provider shares (issue 15: fuzzing on stable), and the
+//! Property tests for the guards every provider shares (fuzzing on stable Rust), and the
 //! plumbing the providers' route property tests use: a runtime, a provider that never has
 //! credentials, and one request through a router. Cases come from `PROPTEST_CASES` (default
 //! 256); `cargo xtask fuzz` runs them for longer.

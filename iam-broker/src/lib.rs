@@ -1,5 +1,6 @@
 //! `iam-broker`: trades the workload's JWT-SVID for cloud credentials and serves them on
-//! loopback, so that tools and SDKs get credentials with no secret in the pod (REFERENCE §4).
+//! loopback, so that tools and SDKs get credentials with no secret in the pod
+//! (`docs/protocols.md#aws`, `#azure`, `#gcp`, `#vault`).
 //!
 //! - [`config`]: flags > environment > defaults, one validated [`config::Config`];
 //! - [`provider`]: the [`provider::CredentialProvider`] trait, and one folder per cloud with its

@@ -1,5 +1,5 @@
 //! Property tests for reading the bearer token of an inbound request (the validator path;
-//! issue 15). The token's own parsing is fuzzed in workload-client (`jwt::validate`).
+//! fuzzing on stable Rust). The token's own parsing is fuzzed in workload-client (`jwt::validate`).
 
 use proptest::prelude::*;
 

@@ -1,9 +1,10 @@
 //! Configuration: flags > environment > the upstream helper's HCL file > defaults.
 //!
 //! The environment names are the compatibility contract with the spire-tutorials helper and the
-//! seed's Istio template (`SPIRE_ENVOY_JWT_HELPER_AUDIENCE`, `_JWT_MODE`, `_SOCKET_PATH`); our
-//! additions use the same prefix. For the Workload API socket `SPIFFE_ENDPOINT_SOCKET` comes
-//! after the file and before the default, as in every sidecar of this suite.
+//! Istio `spire` injection template (`SPIRE_ENVOY_JWT_HELPER_AUDIENCE`, `_JWT_MODE`,
+//! `_SOCKET_PATH`; `docs/protocols.md#istio-injection-template`); our additions use the same
+//! prefix. For the Workload API socket `SPIFFE_ENDPOINT_SOCKET` comes after the file and before
+//! the default, as in every sidecar of this suite.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -45,7 +46,8 @@ pub const ENV_LOG_FORMAT: &str = "SPIRE_ENVOY_JWT_HELPER_LOG_FORMAT";
 /// Env: `true` to allow a non-loopback ext_authz listen address.
 pub const ENV_ALLOW_NON_LOOPBACK_LISTEN: &str = "SPIRE_ENVOY_JWT_HELPER_ALLOW_NON_LOOPBACK_LISTEN";
 
-/// The seed's EnvoyFilter points ext_authz at this address.
+/// The Istio deployment's EnvoyFilter points ext_authz at this address (`google_grpc`,
+/// `target_uri: 127.0.0.1:9010`: `docs/protocols.md#ext-authz-envoyfilter`).
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9010);
 /// Admin (probes, metrics) next to it: by default one port above a TCP ext_authz port (so two
 /// helpers started from upstream HCL files on 9010 and 9020 get 9011 and 9021), and this
@@ -53,7 +55,8 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9011);
 /// The ext_authz socket carries JWT-SVIDs for anyone who connects: owner only by default.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
-/// Envoy's ext_authz timeout in the seed is 0.5 s; a check answers 503 itself before that.
+/// That EnvoyFilter gives ext_authz a 0.5 s timeout (`docs/protocols.md#ext-authz-envoyfilter`);
+/// a check answers 503 itself before that.
 pub const DEFAULT_TOKEN_WAIT: Duration = Duration::from_millis(400);
 
 /// Command-line flags. Every flag has an environment variable (see `--help`), read through

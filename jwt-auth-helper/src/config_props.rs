@@ -1,6 +1,6 @@
-//! Property tests for settings read from the upstream HCL file (issue 15): whatever `host` and
-//! `port` hold, the helper listens exactly where the file says or refuses to start naming the
-//! key, never somewhere else.
+//! Property tests for settings read from the upstream HCL file (fuzzing on stable Rust): whatever
+//! `host` and `port` hold, the helper listens exactly where the file says or refuses to start
+//! naming the key, never somewhere else.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -1,4 +1,4 @@
-//! Property tests for the upstream HCL file parser (issue 15: fuzzing on stable). Cases come
+//! Property tests for the upstream HCL file parser (fuzzing on stable Rust). Cases come
 //! from `PROPTEST_CASES` (default 256); `cargo xtask fuzz` runs them for longer.
 
 use std::collections::BTreeMap;

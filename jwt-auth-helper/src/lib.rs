@@ -1,6 +1,7 @@
 //! `jwt-auth-helper`: an Envoy ext_authz v3 server that stamps (`jwt_injection`) or checks
 //! (`jwt_svid_validator`) JWT-SVIDs, a drop-in for the spire-tutorials Go helper
-//! (REFERENCE §2) without a Workload API call on the request path.
+//! (`docs/protocols.md#ext-authz-upstream-helper`) without a Workload API call on the request
+//! path.
 //!
 //! - [`config`]: flags > environment > upstream HCL file > defaults;
 //! - [`authz`]: the decision per request and its mapping to `CheckResponse`;

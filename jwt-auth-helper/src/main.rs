@@ -157,7 +157,8 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             .context("ext_authz server")?,
         Bound::Unix(listener, file) => {
             // Envoy's google_grpc client sends the socket path as :authority: the adapter
-            // in uds::incoming makes it acceptable to h2 (see the README's table of clients).
+            // in uds::incoming makes it acceptable to h2 (docs/protocols.md#grpc-unix-authority;
+            // the README's table of clients says which clients need it, measured).
             let served = router
                 .serve_with_incoming_shutdown(
                     uds::incoming(listener, config.unix_authority_adapter),

@@ -1,9 +1,10 @@
 //! The SPIFFE Workload API (`workload.proto`), as prost messages and tonic client/server stubs.
 //!
 //! The proto has **no package**, so the gRPC paths are `/SpiffeWorkloadAPI/<Method>`
-//! (REFERENCE §1). The Rust code in `src/generated/` is produced by `tonic-prost-build` and
-//! committed so that building the workspace never needs `protoc`; `tests/regen.rs` regenerates
-//! it into a temporary directory and fails on any difference (`cargo xtask regen` rewrites it).
+//! (`docs/protocols.md#workload-api-proto`). The Rust code in `src/generated/` is produced by
+//! `tonic-prost-build` and committed so that building the workspace never needs `protoc`;
+//! `tests/regen.rs` regenerates it into a temporary directory and fails on any difference
+//! (`cargo xtask regen` rewrites it).
 
 /// Generated messages, `spiffe_workload_api_client` and `spiffe_workload_api_server`.
 #[allow(
@@ -22,7 +23,7 @@ mod generated {
 pub use generated::*;
 
 /// Metadata key every Workload API call must carry (value `true`); servers reject calls
-/// without it with `InvalidArgument` (REFERENCE §1).
+/// without it with `InvalidArgument` (`docs/protocols.md#workload-api-security-header`).
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 /// Value of [`SECURITY_HEADER`].
 pub const SECURITY_HEADER_VALUE: &str = "true";

@@ -26,7 +26,7 @@ use crate::names::{DEFAULT_SVID, ResourceName};
 /// The extension name of Envoy's SPIFFE certificate validator.
 pub const SPIFFE_VALIDATOR: &str = "envoy.tls.cert_validator.spiffe";
 
-/// How a validation context is expressed (REFERENCE §3).
+/// How a validation context is expressed (`docs/protocols.md#sds-secrets`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ValidationMode {
     /// `custom_validator_config` with `envoy.tls.cert_validator.spiffe`: each bundle is bound to

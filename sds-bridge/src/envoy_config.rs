@@ -1,6 +1,6 @@
 //! `sds-bridge jwt-authn-config`: prints the Envoy HTTP filters that check JWT-SVIDs against
 //! the bridge's JWKS endpoint ([`crate::jwks`]) and authorize by SPIFFE ID, so nobody
-//! hand-writes one provider per trust domain (REFERENCE §10).
+//! hand-writes one provider per trust domain (`docs/protocols.md#jwt-authn`).
 //!
 //! What it writes, and why each piece is there:
 //!

@@ -1,6 +1,7 @@
 //! A loopback JWKS endpoint for Envoy's `jwt_authn` filter, fed by the Workload API's
-//! `FetchJWTBundles` stream (REFERENCE §1, §10): `GET /jwks/<trust-domain>` answers that trust
-//! domain's JWT-SVID signing keys, one document per trust domain (own and federated).
+//! `FetchJWTBundles` stream (`docs/protocols.md#jwt-bundles`, `docs/protocols.md#jwt-authn`):
+//! `GET /jwks/<trust-domain>` answers that trust domain's JWT-SVID signing keys, one document
+//! per trust domain (own and federated).
 //!
 //! One JWKS per trust domain is the point: `jwt_authn` does not tie a key to the `sub`'s trust
 //! domain (envoy#31455), so one provider per trust domain, each with its own JWKS and a

@@ -1,4 +1,5 @@
-//! JWT-SVIDs as SDS generic secrets, for Envoy's credential_injector (REFERENCE §3).
+//! JWT-SVIDs as SDS generic secrets, for Envoy's credential_injector
+//! (`docs/protocols.md#sds-jwt-svid`).
 //!
 //! Tokens come from workload-client's per-audience cache, the same one jwt-auth-helper uses:
 //! it fetches each audience once, refreshes at half-life and wakes subscribers after every

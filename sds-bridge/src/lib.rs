@@ -1,4 +1,5 @@
-//! `sds-bridge`: an Envoy SDS v3 server fed by the SPIFFE Workload API (REFERENCE §3).
+//! `sds-bridge`: an Envoy SDS v3 server fed by the SPIFFE Workload API
+//! (`docs/protocols.md#sds`).
 //!
 //! - [`config`]: flags and `SDS_BRIDGE_*` variables, parsed once;
 //! - [`names`]: SDS resource names and their meaning (SPIRE agent compatible);

@@ -65,7 +65,8 @@ async fn main() -> ExitCode {
 
 async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     // The SDS socket comes first, before the Workload API is even dialled: Istio's
-    // pilot-agent probes for it once, early (REFERENCE §3). Requests wait for the first SVID.
+    // pilot-agent probes for it once, early (docs/protocols.md#istio-sds-socket). Requests wait
+    // for the first SVID.
     enum Bound {
         Unix(tokio::net::UnixListener, SocketFile),
         Tcp(tokio::net::TcpListener),

@@ -1,4 +1,4 @@
-//! SDS resource names and what they mean (REFERENCE §3).
+//! SDS resource names and what they mean (`docs/protocols.md#sds-resource-names`).
 //!
 //! The names are the SPIRE agent's, because Envoy and Istio configurations already use them:
 //!
@@ -11,9 +11,9 @@
 //! | `spiffe://<td>/<path>` | that X.509-SVID, when the workload has several |
 //! | `jwt-svid:<aud>[,<aud>…][;spiffe_id=<id>]` | a JWT-SVID for those audiences (generic secret) |
 //!
-//! SDS requests carry only names, so a JWT-SVID's audiences travel in the name (REFERENCE §3,
-//! spire#5931). Audiences are percent-decoded: write `%2C` for a comma, `%3B` for a semicolon
-//! and `%25` for a percent sign inside one audience.
+//! SDS requests carry only names, so a JWT-SVID's audiences travel in the name (spire#5931,
+//! `docs/protocols.md#sds-jwt-svid`). Audiences are percent-decoded: write `%2C` for a comma, `%3B`
+//! for a semicolon and `%25` for a percent sign inside one audience.
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! Property tests for SDS resource names, `jwt-svid:` included (issue 15: fuzzing on stable).
+//! Property tests for SDS resource names, `jwt-svid:` included (fuzzing on stable Rust).
 //! Cases come from `PROPTEST_CASES` (default 256); `cargo xtask fuzz` runs them for longer.
 
 use proptest::prelude::*;

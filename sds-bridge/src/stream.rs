@@ -1,5 +1,5 @@
-//! The state-of-the-world SDS state machine of one Envoy stream (REFERENCE §3), with no I/O:
-//! the service feeds it requests and catalog updates and sends whatever it returns.
+//! The state-of-the-world SDS state machine of one Envoy stream (`docs/protocols.md#sds-protocol`),
+//! with no I/O: the service feeds it requests and catalog updates and sends whatever it returns.
 //!
 //! Rules it implements:
 //! - `version_info` increases with every response; every response has a fresh nonce;

@@ -62,9 +62,9 @@ pub fn admin_listen(setting: &str, value: &str) -> Result<Option<SocketAddr>, Co
         .map_err(|e| ConfigError::new(setting, value, format!("{} or off", e.reason)))
 }
 
-/// The Workload API endpoint: `picked` (the sidecar's flag, variable or file key, already
-/// chosen), else `SPIFFE_ENDPOINT_SOCKET`, else the CSI default (REFERENCE §1); a malformed
-/// address is an error naming the setting it came from, never a fall-through.
+/// The Workload API endpoint: `picked` (the sidecar's flag, variable or file key, already chosen),
+/// else `SPIFFE_ENDPOINT_SOCKET`, else the CSI default (`docs/protocols.md#workload-api-endpoint`);
+/// a malformed address is an error naming the setting it came from, never a fall-through.
 pub fn workload_api(
     picked: Option<(String, String)>,
     env: &dyn Env,
@@ -115,7 +115,8 @@ impl fmt::Display for Listen {
 }
 
 /// `unix:///absolute/path`, `tcp://IP:PORT` or plain `IP:PORT`, with the Workload API's
-/// address rules (REFERENCE §1: absolute paths, IP literals, no query or fragment).
+/// address rules (absolute paths, IP literals, no query or fragment:
+/// `docs/protocols.md#workload-api-endpoint`).
 pub fn listen(setting: &str, value: &str) -> Result<Listen, ConfigError> {
     if let Ok(addr) = value.parse() {
         return Ok(Listen::Tcp(addr));
@@ -148,9 +149,9 @@ pub fn socket_mode(setting: &str, value: &str) -> Result<u32, ConfigError> {
 }
 
 /// Env, read by every gRPC server on a Unix socket: `off` turns the `:authority` adapter
-/// ([`crate::uds::GrpcUnixStream`]) off. An escape hatch, and the benchmarks' baseline; with
-/// it off, gRPC C-core and grpc-java clients are refused again (the README's table of
-/// clients says which, measured).
+/// ([`crate::uds::GrpcUnixStream`]) off. An escape hatch, and the benchmarks' baseline; with it
+/// off, gRPC C-core and grpc-java clients are refused again
+/// (`docs/protocols.md#grpc-unix-authority`; the README's table of clients says which, measured).
 pub const ENV_UNIX_AUTHORITY_ADAPTER: &str = "SIDECAR_UNIX_AUTHORITY_ADAPTER";
 
 /// `on` or `off` (any case).

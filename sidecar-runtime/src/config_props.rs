@@ -1,6 +1,5 @@
-//! Property tests for the listen and socket settings every sidecar parses (issue 15: fuzzing
-//! on stable). Cases come from `PROPTEST_CASES` (default 256); `cargo xtask fuzz` runs them
-//! for longer.
+//! Property tests for the listen and socket settings every sidecar parses (fuzzing on stable
+//! Rust). Cases come from `PROPTEST_CASES` (default 256); `cargo xtask fuzz` runs them for longer.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::path::PathBuf;

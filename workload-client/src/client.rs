@@ -82,8 +82,9 @@ impl ClientError {
         )
     }
 
-    /// Errors a client must not retry: the agent rejected the request itself (REFERENCE §1:
-    /// `InvalidArgument` means the security header is missing; retrying cannot help).
+    /// Errors a client must not retry: the agent rejected the request itself
+    /// (`InvalidArgument` means the security header is missing; retrying cannot help:
+    /// `docs/protocols.md#workload-api-security-header`).
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
@@ -95,7 +96,8 @@ impl ClientError {
     }
 }
 
-/// Adds `workload.spiffe.io: true` to every call (REFERENCE §1).
+/// Adds `workload.spiffe.io: true` to every call
+/// (`docs/protocols.md#workload-api-security-header`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SecurityHeader;
 
@@ -112,8 +114,8 @@ impl Interceptor for SecurityHeader {
 type Inner = SpiffeWorkloadApiClient<InterceptedService<Channel, SecurityHeader>>;
 
 /// Default deadline for unary calls. SPIRE can block FetchJWTSVID for ~30 s when its cached
-/// token is past half-life (spire issue 5994), so callers on a request path must never wait on
-/// this: they read the JWT cache instead.
+/// token is past half-life (spiffe/spire#5994, `docs/protocols.md#fetchjwtsvid-blocking`), so
+/// callers on a request path must never wait on this: they read the JWT cache instead.
 pub const DEFAULT_UNARY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A gRPC channel to `endpoint` (Unix socket or TCP) that dials on first use and re-dials after

@@ -3,7 +3,7 @@
 //! Why a trait: a credential's expiry is a wall-clock time (`exp`, STS's `Expiration`), but
 //! tokio's timers run on CLOCK_MONOTONIC, which stops while a VM or laptop is suspended and
 //! ignores wall-clock steps. A cache that measures a lifetime once and then counts it down on
-//! the monotonic clock serves credentials long expired after a 2-hour suspend (issue 16). So
+//! the monotonic clock serves credentials long expired after a 2-hour suspend. So
 //! every validity and refresh decision compares the expiry with [`Clock::now`] at the moment of
 //! the decision, and refresh timers wake at least every [`RECHECK_INTERVAL`] to look again.
 //! Tests inject a [`TestClock`] to jump the wall clock forward or back.

@@ -1,18 +1,20 @@
 //! Workload API endpoint addresses and the one resolution order every sidecar uses.
 //!
-//! REFERENCE §1: an address is `unix:///abs/path` (also `unix:/abs/path`) or `tcp://IP:PORT`
-//! with an IP literal. Anything else is a configuration error whose message names the problem,
-//! so an operator can fix a manifest from the log line alone.
+//! The SPIFFE Workload Endpoint spec (`docs/protocols.md#workload-api-endpoint`): an address is
+//! `unix:///abs/path` (also `unix:/abs/path`) or `tcp://IP:PORT` with an IP literal. Anything
+//! else is a configuration error whose message names the problem, so an operator can fix a
+//! manifest from the log line alone.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-/// The standard variable every SPIFFE library reads (REFERENCE §1).
+/// The standard variable every SPIFFE library reads (`docs/protocols.md#workload-api-endpoint`).
 pub const SPIFFE_ENDPOINT_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
 
-/// The socket the seed's Istio `spire` template mounts from the SPIFFE CSI driver.
+/// Where the Istio `spire` injection template mounts the SPIFFE CSI driver's socket
+/// (`docs/protocols.md#istio-injection-template`).
 pub const DEFAULT_ENDPOINT: &str = "unix:///run/secrets/workload-spiffe-uds/socket";
 
 /// A parsed Workload API address.
@@ -72,7 +74,7 @@ pub enum EndpointError {
 // === impl Endpoint ===
 
 impl Endpoint {
-    /// Parses an address (REFERENCE §1).
+    /// Parses an address (`docs/protocols.md#workload-api-endpoint`).
     pub fn parse(addr: &str) -> Result<Self, EndpointError> {
         if addr.is_empty() {
             return Err(EndpointError::Empty);

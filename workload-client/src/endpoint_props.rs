@@ -1,4 +1,4 @@
-//! Property tests for [`Endpoint::parse`] (issue 15: fuzzing on stable). Cases come from
+//! Property tests for [`Endpoint::parse`] (fuzzing on stable Rust). Cases come from
 //! `PROPTEST_CASES` (default 256); `cargo xtask fuzz` runs them for longer.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -87,7 +87,8 @@ fn near_miss() -> impl Strategy<Value = String> {
 }
 
 /// What every result must satisfy, whatever the input: Ok only for what the address grammar
-/// (REFERENCE §1) allows, and an error whose text stays proportional to the input.
+/// (`docs/protocols.md#workload-api-endpoint`) allows, and an error whose text stays proportional
+/// to the input.
 fn check_any(input: &str) -> Result<(), TestCaseError> {
     match Endpoint::parse(input) {
         Ok(Endpoint::Unix(path)) => {

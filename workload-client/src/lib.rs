@@ -10,7 +10,8 @@
 //! - [`backoff`]: the jittered exponential backoff all retry loops share.
 //! - [`clock`]: the wall clock every validity/refresh decision reads (suspend, clock steps).
 //!
-//! Protocol facts cited as "REFERENCE §n" are in `shared/REFERENCE.md`.
+//! The protocol facts and peer behaviours this crate relies on are described, with upstream
+//! links, in `docs/protocols.md`; comments cite its sections as `docs/protocols.md#<anchor>`.
 
 pub mod backoff;
 pub mod client;

@@ -1,4 +1,4 @@
-//! Supply chain (issue 15): `cargo deny` for licenses, bans and sources, offline, in every
+//! Supply chain: `cargo deny` for licenses, bans and sources, offline, in every
 //! `cargo xtask test`; `cargo xtask deny [--advisories]` alone. The rules are `deny.toml`.
 //!
 //! cargo-deny is pinned and installed project-locally (`<root>/.tools`, git-ignored) when

@@ -1,13 +1,13 @@
 //! `cargo xtask fuzz [--minutes N] [--cases N]`: the property tests of every parser that takes
-//! outside input (issue 15), run again and again with many cases and a fresh seed each round
+//! outside input, run again and again with many cases and fresh random inputs each round
 //! until the time is up.
 //!
-//! Stable Rust has no cargo-fuzz (it needs nightly), so the fuzzing is proptest's: each round
-//! runs the `props` test modules (and the uds adapter's h2 round trip) with
-//! `PROPTEST_CASES=<cases>`; proptest seeds every run from the OS, so no two rounds try the same
-//! inputs. A round that fails prints the failing test's report (proptest shrinks the input and
-//! saves it under the crate's `proptest-regressions/`, where the next `cargo test` replays it
-//! first). The normal test command runs the same tests with 256 cases each.
+//! Stable Rust has no cargo-fuzz (it needs nightly), so the fuzzing is proptest's: each round runs
+//! the `props` test modules (and the uds adapter's h2 round trip) with `PROPTEST_CASES=<cases>`;
+//! proptest draws every run's randomness from the OS, so no two rounds try the same inputs. A round
+//! that fails prints the failing test's report (proptest shrinks the input and saves it under the
+//! crate's `proptest-regressions/`, where the next `cargo test` replays it first). The normal test
+//! command runs the same tests with 256 cases each.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;

@@ -1,13 +1,14 @@
 //! Credential providers: something that turns the workload's identity into short-lived cloud
 //! credentials. The cache ([`crate::cache`]) is the only caller, one call at a time, and owns
 //! retry timing; a provider makes *one* attempt per call and says how it failed, so the cache
-//! can pick the retry schedule (REFERENCE §4).
+//! can pick the retry schedule (for STS: `docs/protocols.md#aws-sts`).
 //!
-//! Each cloud owns a folder (STYLE: a provider owns its folder): `config.rs` (its settings and
-//! validators), `exchange.rs` (its token exchange, a [`CredentialProvider`]) and `routes.rs` (the
-//! HTTP routes and formats its SDKs expect); its `mod.rs` wires them into a
+//! Each cloud owns a folder (the layout rule: a provider owns its folder): `config.rs` (its
+//! settings and validators), `exchange.rs` (its token exchange, a [`CredentialProvider`]) and
+//! `routes.rs` (the HTTP routes and formats its SDKs expect); its `mod.rs` wires them into a
 //! [`crate::http::Service`]. All share the shape: a JWT-SVID in ([`JwtSource`]), an expiring
-//! credential out (seed `003`).
+//! credential out, as in every federation the zero trust workload identity manager documents
+//! (`docs/protocols.md#ztwim`).
 
 use std::fmt;
 use std::time::Duration;

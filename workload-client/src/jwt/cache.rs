@@ -1,9 +1,10 @@
 //! The per-audience JWT-SVID cache: the only way sidecars obtain JWT-SVIDs.
 //!
 //! Why: SPIRE's FetchJWTSVID can block for ~30 s once its own cached token is past half-life
-//! (spire issue 5994), while Envoy gives ext_authz 0.5 s. So a request path must never call the
-//! agent. Each key (audience set + optional SPIFFE ID) gets one background task that is the
-//! *only* caller of FetchJWTSVID for that key:
+//! (spiffe/spire#5994), while Envoy gives ext_authz 0.5 s in the Istio deployment we target
+//! (`docs/protocols.md#fetchjwtsvid-blocking`). So a request path must never call the agent. Each
+//! key (audience set + optional SPIFFE ID) gets one background task that is the *only* caller of
+//! FetchJWTSVID for that key:
 //!
 //! - the first `get` for a key creates the entry and waits (bounded) for the task's first fetch;
 //!   however many callers arrive together, there is one fetch ("single flight");
@@ -15,7 +16,7 @@
 //! - "still valid" compares the token's `exp` with the wall clock ([`Clock`]) at each `get`, and
 //!   a refresh is due at half-life by the monotonic clock *or* by the wall clock, whichever
 //!   comes first; the timer wakes at least every `recheck` (a minute) to look, because tokio's
-//!   timers stop during a suspend while `exp` keeps approaching (issue 16);
+//!   timers stop during a suspend while `exp` keeps approaching;
 //! - while any key is cached, one shared FetchJWTBundles watcher follows the trust bundles:
 //!   when a `kid` leaves its trust domain's bundle (SPIRE tainted or revoked the key) every
 //!   cached token signed with it stops being handed out and is refetched at once, instead of

@@ -1,10 +1,10 @@
 //! Local JWT-SVID validation against watched JWT bundles: no Workload API call per token.
 //!
-//! Rules (REFERENCE §1, SPIFFE JWT-SVID spec): `alg` in RS/ES/PS 256/384/512 (`none` and the
-//! HMAC family are refused before any key is looked up: HS256 "signed" with a public key is the
-//! classic algorithm-confusion forgery), `kid` required and present in the bundle of the `sub`'s
-//! trust domain, signature valid, `exp` in the future, `aud` containing the expected audience,
-//! `sub` a SPIFFE ID of an accepted trust domain.
+//! Rules (SPIFFE JWT-SVID spec, `docs/protocols.md#jwt-svid`): `alg` in RS/ES/PS 256/384/512
+//! (`none` and the HMAC family are refused before any key is looked up: HS256 "signed" with a
+//! public key is the classic algorithm-confusion forgery), `kid` required and present in the bundle
+//! of the `sub`'s trust domain, signature valid, `exp` in the future, `aud` containing the expected
+//! audience, `sub` a SPIFFE ID of an accepted trust domain.
 //!
 //! Signature, `kid`, `aud` and `exp` checks are delegated to `spiffe::JwtSvid::parse_and_validate`
 //! (spiffe 0.19, aws-lc-rs backend). It compares `exp` with no leeway: a token is refused from

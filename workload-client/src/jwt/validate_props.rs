@@ -1,5 +1,5 @@
-//! Property tests for JWT-SVID header and claims parsing ([`validate_jwt_svid`]; issue 15).
-//! Cases come from `PROPTEST_CASES` (default 256); `cargo xtask fuzz` runs them for longer.
+//! Property tests for JWT-SVID header and claims parsing ([`validate_jwt_svid`]; fuzzing on stable
+//! Rust). Cases come from `PROPTEST_CASES` (default 256); `cargo xtask fuzz` runs them for longer.
 
 use std::sync::LazyLock;
 

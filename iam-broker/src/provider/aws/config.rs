@@ -1,5 +1,6 @@
-//! `iam-broker aws` settings (REFERENCE §4): the role, region, STS endpoint, session, and the
-//! container-credentials token. The environment names are the seed's Istio template contract:
+//! `iam-broker aws` settings (`docs/protocols.md#aws`): the role, region, STS endpoint, session,
+//! and the container-credentials token. The environment names are the Istio `spire` injection
+//! template's contract (`docs/protocols.md#istio-injection-template`):
 //! `SPIFFE_IAM_BROKER_ROLE_ARN` from pod annotations; the container-credentials token uses the
 //! SDKs' own `AWS_CONTAINER_AUTHORIZATION_TOKEN(_FILE)` so one variable in the pod spec serves
 //! both the broker and the application.
@@ -217,7 +218,7 @@ fn container_token(args: &AwsArgs, env: &dyn Env) -> Result<Option<ContainerToke
     }
 }
 
-/// `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME` (REFERENCE §4; IAM's name rules).
+/// `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME` (`docs/protocols.md#aws-sts`; IAM's name rules).
 pub fn validate_role_arn(arn: &str) -> Result<(), String> {
     const EXPECTED: &str = "expected arn:aws:iam::123456789012:role/NAME";
     let parts: Vec<&str> = arn.splitn(6, ':').collect();

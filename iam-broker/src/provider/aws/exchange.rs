@@ -1,4 +1,5 @@
-//! AWS: `AssumeRoleWithWebIdentity` with the JWT-SVID as web identity token (REFERENCE §4).
+//! AWS: `AssumeRoleWithWebIdentity` with the JWT-SVID as web identity token
+//! (`docs/protocols.md#aws-sts`).
 //!
 //! - The STS client has **no credentials provider**: the call is unsigned (the operation is
 //!   modelled without auth), and the broker must never resolve credentials from the
@@ -79,7 +80,8 @@ impl AwsCredentials {
                 format!("STS returned an expiration that cannot be formatted: {e}"),
             )
         })?;
-        // The credential_process format (REFERENCE §4): Version 1, RFC 3339 UTC expiration.
+        // The credential_process format (docs/protocols.md#aws-credential-process): Version 1,
+        // RFC 3339 UTC expiration.
         let process_body = serde_json::to_vec(&ProcessDocument {
             version: 1,
             access_key_id: &access_key_id,
@@ -365,7 +367,7 @@ pub enum StsErrorClass {
 }
 
 /// Classifies an error by its AWS error code and HTTP status (`None` status: no response at
-/// all, a transport failure). REFERENCE §4.
+/// all, a transport failure), as `docs/protocols.md#aws-sts` describes.
 pub fn classify(code: Option<&str>, status: Option<u16>) -> StsErrorClass {
     const RETRY_CODES: &[&str] = &[
         "IDPCommunicationError",

@@ -1,4 +1,4 @@
-//! AWS (REFERENCE §4): `AssumeRoleWithWebIdentity` with the JWT-SVID, served as
+//! AWS (`docs/protocols.md#aws`): `AssumeRoleWithWebIdentity` with the JWT-SVID, served as
 //! `credential_process` JSON and the SDKs' container-credentials format.
 
 pub mod config;

@@ -1,4 +1,5 @@
-//! What the AWS SDKs and CLI ask the broker (REFERENCE §4):
+//! What the AWS SDKs and CLI ask the broker (`docs/protocols.md#aws-credential-process`,
+//! `docs/protocols.md#aws-container-credentials`):
 //!
 //! - `GET /v1/creds`: the `credential_process` document
 //!   `{"Version":1,"AccessKeyId","SecretAccessKey","SessionToken","Expiration"}`;
@@ -21,7 +22,8 @@ use super::exchange::AwsCredentials;
 use crate::http::{self, Broker, error};
 use crate::token::{TokenCheck, TokenMatch};
 
-/// `credential_process` path (the seed's contract).
+/// `credential_process` path (the Istio deployment's contract:
+/// `docs/protocols.md#istio-injection-template`).
 pub const CREDS_PATH: &str = "/v1/creds";
 /// Container-credentials path.
 pub const CONTAINER_CREDS_PATH: &str = "/v1/container-creds";

@@ -1,5 +1,5 @@
-//! Property tests for the AWS routes behind the shared guards (issue 15): the container
-//! credentials `Authorization` check and path routing, for any header and path.
+//! Property tests for the AWS routes behind the shared guards (fuzzing on stable Rust): the
+//! container credentials `Authorization` check and path routing, for any header and path.
 
 use std::sync::LazyLock;
 

@@ -1,4 +1,4 @@
-//! `RoleSessionName` from the workload's SPIFFE ID (REFERENCE §4).
+//! `RoleSessionName` from the workload's SPIFFE ID (`docs/protocols.md#aws-sts`).
 //!
 //! STS allows 2–64 characters of `[\w+=,.@-]` (ASCII). The name shows up in the assumed-role
 //! ARN and in CloudTrail, so it should say which workload acted, and two workloads must never

@@ -1,8 +1,8 @@
-//! `iam-broker azure` settings (REFERENCE §7). Each reads flag > `SPIFFE_IAM_BROKER_*` > Azure's
-//! own variable where one exists (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_AUTHORITY_HOST`),
-//! so a pod spec written for azure-workload-identity works unchanged. The identity header comes
-//! from `IDENTITY_HEADER`, the variable the SDKs read, so one value in the pod spec serves both
-//! the broker and the application.
+//! `iam-broker azure` settings (`docs/protocols.md#azure`). Each reads flag >
+//! `SPIFFE_IAM_BROKER_*` > Azure's own variable where one exists (`AZURE_TENANT_ID`,
+//! `AZURE_CLIENT_ID`, `AZURE_AUTHORITY_HOST`), so a pod spec written for azure-workload-identity
+//! works unchanged. The identity header comes from `IDENTITY_HEADER`, the variable the SDKs read,
+//! so one value in the pod spec serves both the broker and the application.
 
 use std::path::PathBuf;
 
@@ -33,7 +33,7 @@ pub const AZURE_AUTHORITY_HOST: &str = "AZURE_AUTHORITY_HOST";
 /// Env (the SDKs' name): the secret clients send as `X-IDENTITY-HEADER`.
 pub const IDENTITY_HEADER: &str = "IDENTITY_HEADER";
 
-/// Entra's audience for federated credentials (REFERENCE §7).
+/// Entra's audience for federated credentials (`docs/protocols.md#entra-exchange`).
 pub const DEFAULT_AUDIENCE: &str = "api://AzureADTokenExchange";
 /// The public cloud's authority.
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";

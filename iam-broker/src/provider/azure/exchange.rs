@@ -1,4 +1,5 @@
-//! Entra ID: the client-credentials grant with the JWT-SVID as client assertion (REFERENCE §7):
+//! Entra ID: the client-credentials grant with the JWT-SVID as client assertion
+//! (`docs/protocols.md#entra-exchange`):
 //! `POST {authority}/{tenant}/oauth2/v2.0/token`, form `client_id`, `scope=<resource>/.default`,
 //! `grant_type=client_credentials`,
 //! `client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer`,
@@ -239,7 +240,7 @@ struct Failure {
 pub const FRESH_ASSERTION_CODES: &[i64] = &[700_024, 700_027];
 
 /// Reads Entra's answer: the token and its expiry (`now + expires_in`), or the classified
-/// error (REFERENCE §7).
+/// error (`docs/protocols.md#entra-exchange`).
 pub fn parse_reply(
     status: u16,
     body: &[u8],

@@ -1,7 +1,7 @@
-//! Azure (REFERENCE §7): Entra ID workload identity federation with the JWT-SVID as client
-//! assertion, served as the App Service managed identity endpoint, so the Azure SDKs' own
-//! `ManagedIdentityCredential` / `DefaultAzureCredential` work with no code and no secret in
-//! the application.
+//! Azure (`docs/protocols.md#azure`): Entra ID workload identity federation with the JWT-SVID as
+//! client assertion, served as the App Service managed identity endpoint, so the Azure SDKs' own
+//! `ManagedIdentityCredential` / `DefaultAzureCredential` work with no code and no secret in the
+//! application.
 
 pub mod config;
 pub mod exchange;

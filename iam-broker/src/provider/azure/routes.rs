@@ -1,6 +1,6 @@
-//! The App Service managed identity protocol (REFERENCE §7), which `ManagedIdentityCredential`
-//! and `DefaultAzureCredential` of every Azure SDK (through MSAL) use when only
-//! `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` are set:
+//! The App Service managed identity protocol (`docs/protocols.md#azure-managed-identity`), which
+//! `ManagedIdentityCredential` and `DefaultAzureCredential` of every Azure SDK (through MSAL) use
+//! when only `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` are set:
 //!
 //! `GET /msi/token?api-version=2019-08-01&resource=<uri>[&client_id=…]` with
 //! `X-IDENTITY-HEADER: $IDENTITY_HEADER` → `{"access_token", "expires_on" (epoch seconds as a

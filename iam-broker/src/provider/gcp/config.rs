@@ -1,4 +1,4 @@
-//! `iam-broker gcp` settings (REFERENCE §8): the workload identity pool provider (the
+//! `iam-broker gcp` settings (`docs/protocols.md#gcp`): the workload identity pool provider (the
 //! `--audience`, also the JWT-SVID's `aud`), an optional service account to impersonate, the
 //! project, default scopes, and the STS / IAM Credentials endpoints.
 

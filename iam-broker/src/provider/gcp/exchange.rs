@@ -1,6 +1,7 @@
-//! Google Cloud: STS token exchange of the JWT-SVID (REFERENCE §8), then, with a service
-//! account, `generateAccessToken` impersonating it with the federated token. One provider per
-//! scope set; the cache set keeps one of them per set.
+//! Google Cloud: STS token exchange of the JWT-SVID (`docs/protocols.md#google-sts`), then, with
+//! a service account, `generateAccessToken` impersonating it with the federated token
+//! (`docs/protocols.md#google-impersonation`). One provider per scope set; the cache set keeps
+//! one of them per set.
 //!
 //! Errors: 429, 5xx and transport failures are transient; any other answer (`invalid_grant`:
 //! the token's issuer, audience or attribute condition refused; `PERMISSION_DENIED`: the

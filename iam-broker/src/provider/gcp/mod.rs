@@ -1,6 +1,6 @@
-//! Google Cloud (REFERENCE §8): workload identity federation of the JWT-SVID through Google STS
-//! (and optionally impersonation of a service account), served as the GCE metadata server, so
-//! google-auth / ADC, the Cloud client libraries and gcloud work unchanged.
+//! Google Cloud (`docs/protocols.md#gcp`): workload identity federation of the JWT-SVID through
+//! Google STS (and optionally impersonation of a service account), served as the GCE metadata
+//! server, so google-auth / ADC, the Cloud client libraries and gcloud work unchanged.
 
 pub mod config;
 pub mod exchange;

@@ -1,5 +1,6 @@
 //! The GCE metadata server, as google-auth / ADC, the Cloud client libraries and gcloud use it
-//! (REFERENCE §8), with only `GCE_METADATA_HOST` and `GCE_METADATA_IP` pointing here:
+//! (`docs/protocols.md#gce-metadata`), with only `GCE_METADATA_HOST` and `GCE_METADATA_IP` pointing
+//! here:
 //!
 //! - every request must carry `Metadata-Flavor: Google` and no `X-Forwarded-For`, else 403: the
 //!   metadata server's own SSRF guard (a proxied or browser-forged request lacks the header);

@@ -1,4 +1,4 @@
-//! Property tests for the GCE metadata routes (issue 15): the `Metadata-Flavor` and
+//! Property tests for the GCE metadata routes (fuzzing on stable Rust): the `Metadata-Flavor` and
 //! `X-Forwarded-For` guard, path and query parsing, and [`parse_scopes`], for any request.
 
 use std::sync::LazyLock;

@@ -1,6 +1,6 @@
-//! `iam-broker vault` settings (REFERENCE §9). Each reads flag > `SPIFFE_IAM_BROKER_*` > Vault's
-//! own variable where one fits (`VAULT_ADDR`, `VAULT_NAMESPACE`, `VAULT_CACERT`), so a pod spec
-//! written for Vault Agent carries over.
+//! `iam-broker vault` settings (`docs/protocols.md#vault`). Each reads flag >
+//! `SPIFFE_IAM_BROKER_*` > Vault's own variable where one fits (`VAULT_ADDR`, `VAULT_NAMESPACE`,
+//! `VAULT_CACERT`), so a pod spec written for Vault Agent carries over.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;

@@ -1,7 +1,9 @@
-//! Vault's JWT auth (REFERENCE §9): log in with the JWT-SVID, then keep the one token alive the
-//! way Vault Agent's auto-auth does: `renew-self` when the cache's refresh point comes (half-life)
-//! while the token is renewable, a new login with the current JWT-SVID when renewal is refused or
-//! the renewal came back capped (the token's max TTL is near), `revoke-self` on shutdown.
+//! Vault's JWT auth (`docs/protocols.md#vault-jwt-login`): log in with the JWT-SVID, then keep the
+//! one token alive the way Vault Agent's auto-auth does
+//! (`docs/protocols.md#vault-token-lifecycle`): `renew-self` when the cache's refresh point comes
+//! (half-life) while the token is renewable, a new login with the current JWT-SVID when renewal is
+//! refused or the renewal came back capped (the token's max TTL is near), `revoke-self` on
+//! shutdown.
 //!
 //! Errors: 429, 5xx (503: sealed or standby) and transport failures are transient; a 400 or 403
 //! on login (the role, its bound claims or the JWT refused) is a rejection carrying Vault's

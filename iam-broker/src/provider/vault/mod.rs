@@ -1,6 +1,6 @@
-//! HashiCorp Vault (REFERENCE §9): JWT auth with the JWT-SVID (Vault trusting SPIRE's OIDC
-//! discovery provider), one token kept alive by renewal and re-login, served through an API proxy
-//! like Vault Agent/Proxy's `api_proxy`, so hvac and the Vault CLI work with
+//! HashiCorp Vault (`docs/protocols.md#vault`): JWT auth with the JWT-SVID (Vault trusting SPIRE's
+//! OIDC discovery provider), one token kept alive by renewal and re-login, served through an API
+//! proxy like Vault Agent/Proxy's `api_proxy`, so hvac and the Vault CLI work with
 //! `VAULT_ADDR=http://127.0.0.1:8200` and no token of their own.
 
 pub mod config;
