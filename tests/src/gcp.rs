@@ -1,6 +1,6 @@
 //! Google Cloud peers for the `iam-broker gcp` tests: a strict fake of Google STS's token
 //! exchange and of IAM Credentials' `generateAccessToken`, on one HTTPS server. There is no
-//! local Google STS to install, so the fake checks what they check (REFERENCE §8):
+//! local Google STS to install, so the fake checks what they check (docs/protocols.md#gcp):
 //!
 //! - STS `POST /v1/token`: the token-exchange grant, `requested_token_type` access token,
 //!   `subject_token_type` JWT, the pool provider as `audience`, a scope; the subject token's

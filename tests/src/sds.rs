@@ -147,7 +147,7 @@ pub enum Shape {
     /// Istio's proxy: `default` + `ROOTCA` in a combined validation context, the node only on
     /// the first request of a stream.
     Istio,
-    /// Seed `002`'s VM Envoy: the SPIFFE ID and `spiffe://<td>`.
+    /// A VM's Envoy (docs/protocols.md#vm-envoy): the SPIFFE ID and `spiffe://<td>`.
     Vm,
     /// `default` + `ALL` (federation).
     All,

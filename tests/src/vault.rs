@@ -1,6 +1,6 @@
 //! Vault peers for the `iam-broker vault` tests: a strict fake of the Vault HTTP API parts the
 //! broker and its clients use, and the real `hvac` client. There is no Vault server to install
-//! here, so the fake checks what Vault checks (REFERENCE §9):
+//! here, so the fake checks what Vault checks (docs/protocols.md#vault):
 //!
 //! - JWT auth `POST /v1/auth/jwt/login {"role","jwt"}`: the role exists; the JWT-SVID's `iss` is
 //!   the role's bound issuer, its signature verifies with the JWKS found through the issuer's

@@ -139,7 +139,7 @@ fn each_image_is_a_static_non_root_binary_on_scratch_that_runs() {
     }
 }
 
-// === TLS from the image (issue 16, item 0) ===
+// === TLS from the image ===
 
 /// The image's filesystem, exported (`podman create` + `podman export`) and unpacked.
 fn export_rootfs(image: &str, into: &Path) {

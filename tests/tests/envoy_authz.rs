@@ -1,4 +1,4 @@
-//! Authorization by SPIFFE ID inside Envoy 1.40, with no RPC per request (issue 17):
+//! Authorization by SPIFFE ID inside Envoy 1.40, with no RPC per request:
 //! `jwt_authn` checks JWT-SVIDs against sds-bridge's per-trust-domain JWKS endpoint, configured
 //! by `sds-bridge jwt-authn-config`; RBAC allows SPIFFE IDs from the JWT `sub` and from the mTLS
 //! peer's URI SAN (certificates from sds-bridge); and revocation at the agent (a federated trust

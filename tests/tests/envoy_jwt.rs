@@ -1,4 +1,4 @@
-//! jwt-auth-helper behind real Envoy 1.40, wired like the seed: an outbound Envoy with the
+//! jwt-auth-helper behind real Envoy 1.40, wired as in an Istio pod: an outbound Envoy with the
 //! EnvoyFilter's ext_authz (google_grpc, 0.5 s timeout, failure_mode_allow false) stamps the
 //! JWT-SVID; an inbound Envoy playing Istio's RequestAuthentication (jwt_authn, remote JWKS from
 //! the dev agent's OIDC `/keys`) accepts it. And the validator mode as Envoy's ext_authz.

@@ -327,7 +327,7 @@ fn injection_template_uses_only_settings_the_sidecars_read_and_probes_their_admi
     );
     assert!(
         templates["spire"].as_str().unwrap().contains("args: [aws]"),
-        "the broker runs the aws provider, as in the seed"
+        "the broker runs the aws provider, as in the Istio deployment it replaces"
     );
     for (variant, args) in [
         ("spire-azure", "args: [azure]"),

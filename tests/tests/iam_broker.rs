@@ -613,7 +613,7 @@ fn bad_configuration_exits_2_naming_the_setting() {
     assert_exit_2("iam-broker", cases);
 }
 
-// === STS over TLS (issue 16, item 0; the image's own files: container_image.rs) ===
+// === STS over TLS (the image's own files: container_image.rs) ===
 
 #[test]
 fn sts_over_https_trusts_the_operators_ca_and_fails_clearly_without_it() {

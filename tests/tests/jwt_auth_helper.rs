@@ -531,7 +531,7 @@ async fn sigterm_stops_cleanly() {
     }
 }
 
-// === Key retirement (issue 16, item 4) ===
+// === Key retirement ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retiring_the_signing_key_changes_the_stamped_token_within_a_second_under_load() {

@@ -67,7 +67,7 @@ fn mtls_between_envoys_with_sds_secrets_federation_through_all_and_foreign_refus
     let evil = workload(root, "evil", "evil.test", &root.join("evil-state"), &[]);
 
     let echo = EchoServer::start();
-    // Server Envoy: listener `vm` in the seed's VM shape (own trust domain only), listener `all`
+    // Server Envoy: listener `vm` in a VM's shape (own trust domain only), listener `all`
     // trusting every bundle the workload has.
     let (vm_port, all_port) = (free_port(), free_port());
     let server_yaml = bootstrap(

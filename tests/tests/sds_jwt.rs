@@ -134,7 +134,7 @@ fn credential_injector_stamps_refreshed_jwt_svids_for_two_audiences() {
     }
 }
 
-/// Issue 16, item 4: the key that signed the pushed token leaves the bundle; sds-bridge pushes
+/// The key that signed the pushed token leaves the bundle; sds-bridge pushes
 /// a token signed by the new key at once, instead of at the token's half-life (2.5 minutes
 /// with these 5-minute tokens).
 #[test]

@@ -399,7 +399,7 @@ async fn idle_keys_are_evicted() {
     assert_eq!(stats.evictions, 1);
 }
 
-// === wall clock (issue 16, item 2) ===
+// === wall clock ===
 
 /// Waits for the next completed fetch of a subscribed key (as an SDS stream waits).
 async fn next_fetch(rx: &mut tokio::sync::watch::Receiver<u64>, within: Duration) {

@@ -1,7 +1,7 @@
 //! Unix socket listeners created atomically, with their final mode from the first moment.
 //!
 //! Istio's pilot-agent looks for the SDS socket once at start with a short timeout and falls
-//! back to its own CA if the file is absent or dead (REFERENCE §3), and a workload that finds
+//! back to its own CA if the file is absent or dead (docs/protocols.md#istio-sds-socket), and a workload that finds
 //! the Workload API socket missing backs off. So the socket appears fully set up in one step:
 //! it is bound inside a private (0700) directory next to the final path, given its mode,
 //! then renamed over the final path. Nobody can connect to it before it has its mode (binding

@@ -1,7 +1,7 @@
 //! gRPC servers on Unix sockets, the same way for every binary:
 //!
 //! - [`bind_unix`]: the socket file appears atomically, with its final mode, and only a dead
-//!   socket is ever replaced (REFERENCE §3: Istio's pilot-agent dials it once, early);
+//!   socket is ever replaced (Istio's pilot-agent dials it once, early: docs/protocols.md#istio-sds-socket);
 //! - [`incoming`]: accepted connections wrapped in [`GrpcUnixStream`], which makes the
 //!   `:authority` that gRPC C-core and grpc-java send on Unix sockets acceptable to h2 (see
 //!   the README's table of clients), so every real gRPC client works with its default options;

@@ -1,4 +1,4 @@
-//! Property tests that fill the gaps `tests.rs` leaves (issue 15). `tests.rs` drives valid
+//! Property tests that fill the gaps `tests.rs` leaves (fuzzing on stable Rust). `tests.rs` drives valid
 //! client streams, with printable header values, through the adapter into h2. Here:
 //!
 //! - the HPACK decoder against an independent encoder (httlib-hpack) with arbitrary bytes in

@@ -161,9 +161,9 @@ async fn main() {
         let upstream = EchoServer::start();
         let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         // The no-round-trip alternative: Envoy's credential_injector reading the JWT-SVID as
-        // an SDS generic secret from sds-bridge (issue 7).
+        // an SDS generic secret from sds-bridge.
         let mut bridge = SdsBridge::start("sds-bridge", dir.path(), &agent.endpoint, &[]);
-        // The same helper on a Unix socket (issue 12), as Envoy reaches it in a pod.
+        // The same helper on a Unix socket, as Envoy reaches it in a pod.
         let uds_dir = dir.path().join("uds");
         std::fs::create_dir_all(&uds_dir).unwrap();
         let (mut uds_helper, uds_socket) = JwtHelper::start_unix(

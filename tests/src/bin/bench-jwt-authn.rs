@@ -1,5 +1,5 @@
 //! `cargo xtask bench jwt-authn`: the cost of checking a JWT-SVID and authorizing its SPIFFE ID
-//! inside Envoy (issue 17), against Envoy alone and against the ext_authz validator, in the same
+//! inside Envoy, against Envoy alone and against the ext_authz validator, in the same
 //! wrk run with the same bearer token. Every Envoy row has the same listener shape and adds one
 //! piece of what `sds-bridge jwt-authn-config` prints, so the differences between rows are each
 //! piece's cost:

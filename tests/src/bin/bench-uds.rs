@@ -2,7 +2,7 @@
 //! (sidecar_runtime::uds) on the dev agent's FetchJWTSVID, with a tonic client (which sends a
 //! valid authority, so the adapter re-encodes and rewrites nothing): two agents, one with the
 //! adapter on and one with it off, called in alternating rounds so drift on the machine hits
-//! both alike. Figures are the ratio on/off. Goal (issue 12): p50 within noise (≤ 1.05×).
+//! both alike. Figures are the ratio on/off. Goal: p50 within noise (≤ 1.05×).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

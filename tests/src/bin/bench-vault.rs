@@ -3,7 +3,7 @@
 //! the same run, rounds alternating so drift on a shared machine hits both alike.
 //!
 //! Both paths end in one TLS request to the fake; the proxy adds a plain-HTTP loopback hop, the
-//! guards, the token lookup and the streaming copy. Goal (issue 14): added p50 < 100 µs.
+//! guards, the token lookup and the streaming copy. Goal: added p50 < 100 µs.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

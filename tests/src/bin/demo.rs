@@ -3,11 +3,11 @@
 //!
 //! 1. jwt-auth-helper stamps `authorization: Bearer <JWT-SVID>` on a plain request through the
 //!    outbound Envoy; the inbound Envoy's `jwt_authn` (issuer and JWKS from the dev agent's OIDC
-//!    discovery) accepts it; the same request without the helper gets 401 (seed 000);
+//!    discovery) accepts it; the same request without the helper gets 401;
 //! 2. two Envoys talk mTLS with certificates from sds-bridge, and keep talking through a forced
-//!    rotation (seed 002's VM);
+//!    rotation (a VM's Envoy);
 //! 3. `aws sts get-caller-identity` through `credential_process = curl -sf …/v1/creds` served
-//!    by iam-broker, against moto as STS (seed 002's DynamoDB step);
+//!    by iam-broker, against moto as STS;
 //! 4. the real Azure and Google SDKs (azure-identity's `DefaultAzureCredential`, google-auth's
 //!    `google.auth.default()`) get tokens from `iam-broker azure` / `iam-broker gcp`, which trade
 //!    the JWT-SVID with strict local stand-ins of Entra ID and Google STS (no such services can
