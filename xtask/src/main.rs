@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|soak|image|spire|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + a 60 s soak (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault]: each sidecar against a same-run baseline (release build)\n  soak   [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
+                "usage: cargo xtask <test|demo|bench|soak|image|spire|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + a 60 s soak (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault]: each sidecar against a same-run baseline (release build)\n  soak   [--spire] [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table (--spire: on real SPIRE)\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
             );
             return ExitCode::from(2);
         }
@@ -204,15 +204,24 @@ fn soak_short(venv: &Path) -> Result {
     )
 }
 
-/// `cargo xtask soak [--minutes N]` (default 10): release builds of everything, then the
-/// soak driver (tests/src/bin/soak.rs), which prints its table and fails on any broken check.
+/// `cargo xtask soak [--spire] [--minutes N]` (default 10): release builds of everything,
+/// then the soak driver (tests/src/bin/soak.rs), which prints its table and fails on any
+/// broken check. `--spire` runs it on SPIRE (built first, as for the tests).
 fn soak(args: &[String]) -> Result {
-    let venv = venv()?;
-    let minutes = match args {
+    let usage = || "usage: cargo xtask soak [--spire] [--minutes N]".to_owned();
+    let on_spire = args.first().is_some_and(|a| a == "--spire");
+    let rest = if on_spire { &args[1..] } else { args };
+    let minutes = match rest {
         [] => "10".to_owned(),
         [flag, n] if flag == "--minutes" && n.parse::<f64>().is_ok_and(|m| m > 0.0) => n.clone(),
-        _ => return Err("usage: cargo xtask soak [--minutes N]".into()),
+        _ => return Err(usage()),
     };
+    let spire = if on_spire {
+        Some(spire::install()?)
+    } else {
+        None
+    };
+    let venv = venv()?;
     run(
         "cargo build --release (sidecars, agent, soak driver)",
         cargo().args(["build", "--release", "--locked", "--workspace", "--bins"]),
@@ -220,12 +229,13 @@ fn soak(args: &[String]) -> Result {
     let release = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root().join("target"), PathBuf::from)
         .join("release");
-    run(
-        &format!("soak ({minutes} min)"),
-        Command::new(release.join("soak"))
-            .args(["--minutes", &minutes])
-            .env("SUITE_VENV", &venv),
-    )
+    let mut soak = Command::new(release.join("soak"));
+    soak.args(["--minutes", &minutes]).env("SUITE_VENV", &venv);
+    if let Some(bin) = spire {
+        soak.arg("--spire").env("SUITE_SPIRE_BIN", bin);
+    }
+    let on = if on_spire { ", on SPIRE" } else { "" };
+    run(&format!("soak ({minutes} min{on})"), &mut soak)
 }
 
 /// Benchmarks run on release builds; figures are ratios against baselines in the same run.
