@@ -463,6 +463,24 @@ impl SpireAgent {
         self.wait_ready();
     }
 
+    /// Starts it again (as [`SpireAgent::start_again`]) logging at `level` (`DEBUG`, `INFO`…):
+    /// the agent logs every SDS request and response at DEBUG, which costs CPU under load.
+    pub fn restart_logging_at(&mut self, level: &str) {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        let config: String = config
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("log_level") {
+                    format!("  log_level = \"{level}\"\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&self.config, config).unwrap();
+        self.start_again();
+    }
+
     /// The sum of every series of the Prometheus metric `name` (all label sets, e.g. every
     /// `status` of `spire_agent_rpc_workload_api_fetch_jwtsvid`); 0 if the agent does not answer
     /// or has not counted any yet. Counters start at zero with each agent process.

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|soak|image|spire|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + a 60 s soak (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault]: each sidecar against a same-run baseline (release build)\n  soak   [--spire] [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table (--spire: on real SPIRE)\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
+                "usage: cargo xtask <test|demo|bench|soak|image|spire|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + a 60 s soak (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault|spire]: each sidecar against a same-run baseline (release build; spire: sds-bridge next to SPIRE's own SDS)\n  soak   [--spire] [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table (--spire: on real SPIRE)\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
             );
             return ExitCode::from(2);
         }
@@ -256,7 +256,7 @@ fn bench(only: &[String]) -> Result {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root().join("target"), PathBuf::from)
         .join("release");
-    // `cargo xtask bench [authz|jwt-authn|sds|creds|uds|vault]…`: all of them by default.
+    // `cargo xtask bench [authz|jwt-authn|sds|creds|uds|vault|spire]…`: all of them by default.
     let all = [
         "bench-authz",
         "bench-jwt-authn",
@@ -264,14 +264,18 @@ fn bench(only: &[String]) -> Result {
         "bench-creds",
         "bench-uds",
         "bench-vault",
+        "bench-spire",
     ];
     for name in all {
         let short = name.trim_start_matches("bench-");
         if only.is_empty() || only.iter().any(|o| o == short || o == name) {
-            run(
-                name,
-                Command::new(target.join(name)).env("SUITE_VENV", &venv),
-            )?;
+            let mut cmd = Command::new(target.join(name));
+            cmd.env("SUITE_VENV", &venv);
+            // sds-bridge against the SDS server SPIRE's agent runs itself: SPIRE built first.
+            if short == "spire" {
+                cmd.env("SUITE_SPIRE_BIN", spire::install()?);
+            }
+            run(name, &mut cmd)?;
         }
     }
     Ok(())
