@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|soak|image|spire|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + a 60 s soak (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault|spire]: each sidecar against a same-run baseline (release build; spire: sds-bridge next to SPIRE's own SDS)\n  soak   [--spire] [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table (--spire: on real SPIRE)\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
+                "usage: cargo xtask <test|demo|bench|soak|image|spire|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + 60 s soaks on the dev agent and on SPIRE (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault|spire]: each sidecar against a same-run baseline (release build; spire: sds-bridge next to SPIRE's own SDS)\n  soak   [--spire] [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table (--spire: on real SPIRE)\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
             );
             return ExitCode::from(2);
         }
@@ -186,21 +186,30 @@ fn test(extra: &[String]) -> Result {
             .env("SUITE_VENV", &venv)
             .env("SUITE_SPIRE_BIN", &spire),
     )?;
-    soak_short(&venv)
+    soak_short(&venv, &spire)
 }
 
-/// The test command's soak: 60 s of load and chaos on the release binaries staged for the
-/// image (so it needs no second release build), after the other tests, alone on the machine.
-fn soak_short(venv: &Path) -> Result {
+/// The test command's soaks: 60 s of load and chaos on the dev agent, then 60 s on SPIRE
+/// (about 80 s each), on the release binaries staged for the image (so they need no second
+/// release build), after the other tests, alone on the machine.
+fn soak_short(venv: &Path, spire: &Path) -> Result {
     let debug = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root().join("target"), PathBuf::from)
         .join("debug");
+    let soak = || {
+        let mut c = Command::new(debug.join("soak"));
+        c.args(["--seconds", "60"])
+            .env("SUITE_VENV", venv)
+            .env("SUITE_BIN_DIR", root().join("target/image/usr/local/bin"));
+        c
+    };
     run(
         "soak (60 s; `cargo xtask soak --minutes N` for long runs)",
-        Command::new(debug.join("soak"))
-            .args(["--seconds", "60"])
-            .env("SUITE_VENV", venv)
-            .env("SUITE_BIN_DIR", root().join("target/image/usr/local/bin")),
+        &mut soak(),
+    )?;
+    run(
+        "soak on SPIRE (60 s; `cargo xtask soak --spire --minutes N` for long runs)",
+        soak().arg("--spire").env("SUITE_SPIRE_BIN", spire),
     )
 }
 
