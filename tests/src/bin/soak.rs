@@ -59,7 +59,7 @@
 //!   SVID). The OIDC discovery provider reads keys from the server, so it keeps answering while
 //!   the agent is down: the stand-ins refuse nothing then, and every failed exchange counts.
 //! - The dev agent's JWT key rotation every 15 s has no SPIRE equivalent short of a CA TTL in
-//!   minutes; instead an operator's forced rotations run every 120 s each (from 22 s and 30 s,
+//!   minutes; instead an operator's forced rotations run every 120 s each (from 3 s and 6 s,
 //!   while the rest of the chaos goes on): the X.509 CA (`spire-server localauthority x509 prepare`; once both Envoys hold the new CA in
 //!   their validation contexts, `activate` and `taint` the old; once both Envoys present
 //!   certificates from the new CA and the agent renewed its own SVID, `revoke`) and the JWT
@@ -124,9 +124,10 @@ const STS_LIFETIME: u64 = 40;
 const JWT_KEYS: [u64; 5] = [2, 1, 1, 1, 1];
 /// The forced rotations of SPIRE's local authorities: each kind every this many seconds…
 const AUTHORITY_ROTATION_EVERY: f64 = 120.0;
-/// …the X.509 CA's first at 22 s, the JWT key's at 30 s…
-const FIRST_X509_ROTATION: f64 = 22.0;
-const FIRST_JWT_ROTATION: f64 = 30.0;
+/// …the X.509 CA's first at 3 s, the JWT key's at 6 s (so a 60 s run has both, whatever the
+/// agent outage at 20 s and the STS faults hold up)…
+const FIRST_X509_ROTATION: f64 = 3.0;
+const FIRST_JWT_ROTATION: f64 = 6.0;
 /// …each step due within this long, and none begun with less than this much of the run left.
 const ROTATION_STEP_TIMEOUT: f64 = 60.0;
 const ROTATION_LEAD: f64 = 28.0;
