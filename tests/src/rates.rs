@@ -249,7 +249,8 @@ pub fn jwt_fetch_bounds(run: &JwtFetches, expected: f64) -> Bounds {
 }
 
 /// The mean number of FetchJWTSVID calls of `run` without interruptions, by simulating the
-/// caches and the agent (`rounds` runs, a fixed seed: the same figure every time).
+/// caches and the agent (`rounds` runs from one fixed generator state: the same figure every
+/// time).
 pub fn simulate_jwt_fetches(run: &JwtFetches, rounds: u32) -> f64 {
     let mut rng = Lcg(0x6a77_7473_7669_6473);
     let mut total = 0u64;

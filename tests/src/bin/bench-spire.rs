@@ -9,15 +9,17 @@
 //! 10 s.
 //!
 //! 1. Push-to-ACK with real Envoys subscribed to `default` and `ROOTCA` (Istio's shape), one
-//!    through the bridge, one straight at SPIRE's SDS. Reference for both: the moment a
-//!    Workload API client in this process (the probe, FetchX509SVID) receives the rotated SVID;
-//!    the ACK's time as each server logged it (the bridge's `secrets acknowledged`, SPIRE's
-//!    `Received StreamSecrets request` carrying the pushed nonce, both wall clock). Also each
-//!    server's own push→ACK (the bridge's `latency_us`, SPIRE's send→ACK log lines).
-//! 2. 1,000 SDS streams (one connection each, as 1,000 proxies), `default` + `ROOTCA`: RSS (the
-//!    bridge's process; the agent's growth), and over the same number of rotations the CPU time
-//!    of the bridge and of the agent, against a window with no streams at all: CPU per rotation
-//!    pushed to 1,000 streams, and the time until the last stream had it.
+//!    through the bridge, one straight at SPIRE's SDS, from the agent's cache taking the new
+//!    SVID (its DEBUG log's `SVID updated`, which it writes just before telling every
+//!    subscriber) to the ACK as each server logged it (the bridge's `secrets acknowledged`,
+//!    SPIRE's `Received StreamSecrets request` carrying the pushed nonce): one wall clock, to
+//!    the nanosecond. Also each server's own push→ACK, and what Envoy counted of each secret.
+//! 2. Then both at INFO (at DEBUG each logs per stream and push) and SVIDs of 22 s (a rotation
+//!    every 4–8 s, so one push to 1,000 streams is done before the next): 1,000 SDS streams
+//!    (one connection each, as 1,000 proxies), `default` + `ROOTCA`. RSS (the bridge's process,
+//!    the agent's growth); over the same number of rotations, the CPU time of the bridge and of
+//!    the agent, above a window with no streams at all; and per rotation the time from the
+//!    first to the last stream receiving it (each push is matched by its certificate's serial).
 //! 3. FetchJWTSVID at the agent (SPIRE's own Prometheus counter) with 1,000 requests/s through
 //!    Envoy for 60 s: jwt-auth-helper (ext_authz), then credential_injector with a `jwt-svid:`
 //!    secret from the bridge; against one call per audience per half-life, what the refresh
