@@ -279,6 +279,22 @@ async fn sds_bridge_and_spires_own_sds_serve_the_same_names_and_differ_where_doc
         fetch_as(&mut on_bridge, all_off).await,
         Ok(vec!["ALL trusted_ca".to_owned()])
     );
+    // A reconnecting Envoy reports the version it holds: the bridge continues above it, SPIRE
+    // counts each stream's versions from 1.
+    let mut versions = Vec::new();
+    for sds in [&mut on_spire, &mut on_bridge] {
+        let (_tx, mut on) = stream(sds, request(&["default"], "7", "")).await.unwrap();
+        versions.push(
+            next(&mut on)
+                .await
+                .unwrap()
+                .version_info
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+    assert!(versions[0] < 7, "SPIRE: {versions:?}");
+    assert_eq!(versions[1], 8, "bridge: {versions:?}");
     // Delta: neither.
     for sds in [&mut on_spire, &mut on_bridge] {
         let (tx, rx) = mpsc::channel(1);
