@@ -537,12 +537,14 @@ pub fn start_broker(
     env: &[(&str, &str)],
 ) -> Broker {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    start_broker_at(listen, dir, socket, provider_args, env)
+    start_broker_at(&bin("iam-broker"), listen, dir, socket, provider_args, env)
 }
 
-/// [`start_broker`] serving on `listen` (e.g. the address its clients keep using across a
+/// [`start_broker`] running `program` (the workspace's `iam-broker`, or a link to it registered
+/// as its own workload) serving on `listen` (e.g. the address its clients keep using across a
 /// restart).
 pub fn start_broker_at(
+    program: &Path,
     listen: SocketAddr,
     dir: &Path,
     socket: &str,
@@ -550,7 +552,7 @@ pub fn start_broker_at(
     env: &[(&str, &str)],
 ) -> Broker {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut cmd = Command::new(bin("iam-broker"));
+    let mut cmd = Command::new(program);
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
@@ -583,18 +585,34 @@ pub fn start_with_entra(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (FakeEntra, Broker) {
-    let ca = TestCa::new();
-    let ca_file = dir.join("entra-ca.pem");
-    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
-    let entra = FakeEntra::start(&ca, federated.clone());
+    let entra = start_entra(dir, federated);
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let broker = start_entra_broker_at(listen, dir, socket, &entra, identity_header, args, env);
+    let broker = start_entra_broker_at(
+        &bin("iam-broker"),
+        listen,
+        dir,
+        socket,
+        &entra,
+        identity_header,
+        args,
+        env,
+    );
     (entra, broker)
 }
 
-/// The broker [`start_with_entra`] starts, in front of its `entra` (whose CA it wrote into
-/// `dir`), serving on `listen`: to start it again where its clients keep looking.
+/// The fake Entra [`start_with_entra`] starts, its CA written to `dir/entra-ca.pem`.
+pub fn start_entra(dir: &Path, federated: &FederatedCredential) -> FakeEntra {
+    let ca = TestCa::new();
+    std::fs::write(dir.join("entra-ca.pem"), &ca.ca_pem).unwrap();
+    FakeEntra::start(&ca, federated.clone())
+}
+
+/// The broker [`start_with_entra`] starts (`program`: `iam-broker` or a link to it), in front
+/// of its `entra` (whose CA it wrote into `dir`), serving on `listen`: to start it again where
+/// its clients keep looking.
+#[allow(clippy::too_many_arguments)] // the settings of one process, all needed
 pub fn start_entra_broker_at(
+    program: &Path,
     listen: SocketAddr,
     dir: &Path,
     socket: &str,
@@ -620,7 +638,7 @@ pub fn start_entra_broker_at(
         ("SSL_CERT_FILE", ca_file.to_str().unwrap()),
     ];
     all_env.extend(env);
-    start_broker_at(listen, dir, socket, &all, &all_env)
+    start_broker_at(program, listen, dir, socket, &all, &all_env)
 }
 
 // === the real client ===

@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use crate::aws::Broker;
 use crate::aws::{FakeHttps, TestCa, form, rfc3339, unix_now, unix_time};
 use crate::azure::{claims, discover_jwks, start_broker_at};
-use crate::{free_port, output, python_with, root};
+use crate::{bin, free_port, output, python_with, root};
 
 /// The project number in the pool provider.
 pub const PROJECT_NUMBER: &str = "123456789012";
@@ -423,19 +423,27 @@ pub fn start_with_google(
     env: &[(&str, &str)],
     before: impl FnOnce(&FakeGoogle),
 ) -> (FakeGoogle, Broker) {
-    let ca = TestCa::new();
-    let ca_file = dir.join("google-ca.pem");
-    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
-    let google = FakeGoogle::start(&ca, issuer);
+    let google = start_google(dir, issuer);
     before(&google);
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let broker = start_google_broker_at(listen, dir, socket, &google, args, env);
+    let broker =
+        start_google_broker_at(&bin("iam-broker"), listen, dir, socket, &google, args, env);
     (google, broker)
 }
 
-/// The broker [`start_with_google`] starts, in front of its `google` (whose CA it wrote into
-/// `dir`), serving on `listen`: to start it again where its clients keep looking.
+/// The fake Google [`start_with_google`] starts, trusting `issuer`, its CA written to
+/// `dir/google-ca.pem`.
+pub fn start_google(dir: &Path, issuer: &str) -> FakeGoogle {
+    let ca = TestCa::new();
+    std::fs::write(dir.join("google-ca.pem"), &ca.ca_pem).unwrap();
+    FakeGoogle::start(&ca, issuer)
+}
+
+/// The broker [`start_with_google`] starts (`program`: `iam-broker` or a link to it), in front
+/// of its `google` (whose CA it wrote into `dir`), serving on `listen`: to start it again where
+/// its clients keep looking.
 pub fn start_google_broker_at(
+    program: &Path,
     listen: SocketAddr,
     dir: &Path,
     socket: &str,
@@ -459,7 +467,7 @@ pub fn start_google_broker_at(
     all.extend(args);
     let mut all_env = vec![("SSL_CERT_FILE", ca_file.to_str().unwrap())];
     all_env.extend(env);
-    start_broker_at(listen, dir, socket, &all, &all_env)
+    start_broker_at(program, listen, dir, socket, &all, &all_env)
 }
 
 // === the real client ===

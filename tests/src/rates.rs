@@ -166,6 +166,153 @@ pub fn retrying(calls: &[Call], end: f64) -> f64 {
     total + failing_since.map_or(0.0, |since| end - since)
 }
 
+// === FetchJWTSVID ===
+
+/// SPIRE's agent hands back the JWT-SVID it cached for a (SPIFFE ID, audiences) pair while
+/// more of its life is left than a fraction drawn per call from this range (half-life ± 10 %:
+/// `JWTSVIDExpiresSoon` in `pkg/common/rotationutil`), and signs a new one otherwise.
+pub const SPIRE_REUSE: (f64, f64) = (0.45, 0.55);
+
+/// Which agent answers FetchJWTSVID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JwtAgent {
+    /// A new token on every call (the development agent).
+    Mints,
+    /// SPIRE's agent: its cached token while more than [`SPIRE_REUSE`] of its life is left.
+    Spire,
+}
+
+/// The sidecars' JWT-SVID caches in one run, as the agent sees them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JwtFetches {
+    /// Which agent.
+    pub agent: JwtAgent,
+    /// JWT-SVID lifetime the agent issues (s).
+    pub ttl: f64,
+    /// For each (SPIFFE ID, audiences) pair: how many sidecar caches ask for it. SPIRE shares
+    /// one cached token between them; the development agent keeps nothing, so there a pair
+    /// asked by two caches is simply two keys.
+    pub keys: Vec<u64>,
+    /// Seconds counted.
+    pub duration: f64,
+    /// Seconds the agent was down (no call reaches it).
+    pub down: f64,
+    /// Events after which each cache may fetch once more than its timer says: agent restarts
+    /// (a cache whose fetch failed retries on reconnecting), sidecar restarts (a cold fetch),
+    /// signing key changes.
+    pub interruptions: u64,
+}
+
+/// The FetchJWTSVID calls a run allows (`expected` from [`simulate_jwt_fetches`]).
+///
+/// The model is workload-client's JWT cache (`workload-client/src/jwt/cache.rs`): one task per
+/// key fetches, then sleeps half the remaining life it measured, up to 10 % earlier
+/// ([`REFRESH_JITTER`]). A minted token has the full `ttl` less at most a second (`exp` is in
+/// whole seconds).
+///
+/// - At least: one call per key per longest sleep, half a fresh token's life (+ [`SLACK`]),
+///   over the time the agent was up, less one for the edges.
+/// - At most, development agent: one per shortest sleep, 45 % of a fresh token's life.
+/// - At most, SPIRE, a pair asked by one cache: a reused token has more than 45 % and at most
+///   55 % of its life left, so the sleep after it is at least 0.45 × 0.45 of a life, and the
+///   call after that always gets a new token (≤ 0.55 × 0.55 of its life is left then): two
+///   calls per 0.45 + 0.2025 of a life at most.
+/// - At most, SPIRE, a pair asked by several caches: any call may get a token another cache
+///   had signed, with just over 45 % left: one call per 0.2025 of a life per cache.
+///
+/// Each bound adds one call per cache per interruption and one for the edges.
+pub fn jwt_fetch_bounds(run: &JwtFetches, expected: f64) -> Bounds {
+    let life = run.ttl - 1.0;
+    let longest = run.ttl / 2.0 + SLACK;
+    let caches: u64 = run.keys.iter().sum();
+    let low = caches as f64 * ((run.duration - run.down) / longest - 1.0);
+    let shortest_fresh = (1.0 - REFRESH_JITTER) * life / 2.0;
+    let reused_floor = SPIRE_REUSE.0 * life * (1.0 - REFRESH_JITTER) / 2.0;
+    let high: f64 = run
+        .keys
+        .iter()
+        .map(|&n| {
+            let n = n as f64;
+            let per_second = match (run.agent, n > 1.0) {
+                (JwtAgent::Mints, _) => n / shortest_fresh,
+                (JwtAgent::Spire, false) => 2.0 / (shortest_fresh + reused_floor),
+                (JwtAgent::Spire, true) => n / reused_floor,
+            };
+            per_second * run.duration + n * (run.interruptions as f64 + 1.0)
+        })
+        .sum();
+    Bounds {
+        expected,
+        low,
+        high,
+    }
+}
+
+/// The mean number of FetchJWTSVID calls of `run` without interruptions, by simulating the
+/// caches and the agent (`rounds` runs from one fixed generator state: the same figure every
+/// time).
+pub fn simulate_jwt_fetches(run: &JwtFetches, rounds: u32) -> f64 {
+    let mut rng = Lcg(0x6a77_7473_7669_6473);
+    let mut total = 0u64;
+    for _ in 0..rounds {
+        for &caches in &run.keys {
+            total += one_key_fetches(&mut rng, run.agent, run.ttl, caches, run.duration);
+        }
+    }
+    total as f64 / f64::from(rounds)
+}
+
+/// Calls of `caches` caches asking for one (SPIFFE ID, audiences) pair over `duration` s,
+/// starting at random phases.
+fn one_key_fetches(rng: &mut Lcg, agent: JwtAgent, ttl: f64, caches: u64, duration: f64) -> u64 {
+    // The agent's cached token: (issued at, expires at).
+    let mut cached: Option<(f64, f64)> = None;
+    let mut next: Vec<f64> = (0..caches).map(|_| rng.between(0.0, ttl / 2.0)).collect();
+    let mut calls = 0;
+    loop {
+        let (i, at) = next
+            .iter()
+            .copied()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or((0, f64::INFINITY));
+        if at > duration {
+            return calls;
+        }
+        calls += 1;
+        let reuse = match (agent, cached) {
+            (JwtAgent::Spire, Some((issued, expires))) => {
+                expires - at > rng.between(SPIRE_REUSE.0, SPIRE_REUSE.1) * (expires - issued)
+            }
+            _ => false,
+        };
+        if !reuse {
+            cached = Some((at, at + ttl));
+        }
+        let (_, expires) = cached.unwrap_or((at, at + ttl));
+        // The cache measures against whole-second `exp`: up to a second less.
+        let life = expires - at - rng.between(0.0, 1.0);
+        next[i] = at + life / 2.0 * (1.0 - REFRESH_JITTER * rng.unit());
+    }
+}
+
+/// A deterministic generator for the simulations (no dependency for a few lines).
+struct Lcg(u64);
+
+impl Lcg {
+    fn unit(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn between(&mut self, low: f64, high: f64) -> f64 {
+        low + (high - low) * self.unit()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,23 +433,6 @@ mod tests {
         assert!(retrying(&[], 10.0).abs() < 1e-9);
     }
 
-    /// A deterministic generator for the simulation (no dependency for one test).
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn unit(&mut self) -> f64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (self.0 >> 11) as f64 / (1u64 << 53) as f64
-        }
-
-        fn between(&mut self, low: f64, high: f64) -> f64 {
-            low + (high - low) * self.unit()
-        }
-    }
-
     /// The cache's schedule against fault windows and restarts: every call of one run.
     fn simulate(
         rng: &mut Lcg,
@@ -395,5 +525,70 @@ mod tests {
                 assert!(!b.hold(too_few), "{too_few} inside {b:?}");
             }
         }
+    }
+
+    /// The soak's keys: the helper and the client bridge ask SPIRE for the same (SPIFFE ID,
+    /// audience) pair; the four brokers one each.
+    fn soak(agent: JwtAgent) -> JwtFetches {
+        JwtFetches {
+            agent,
+            ttl: 12.0,
+            keys: vec![2, 1, 1, 1, 1],
+            duration: 600.0,
+            down: 0.0,
+            interruptions: 0,
+        }
+    }
+
+    #[test]
+    fn a_minting_agent_is_called_once_per_key_per_half_life() {
+        let run = soak(JwtAgent::Mints);
+        let expected = simulate_jwt_fetches(&run, 20);
+        // Six caches, a refresh every 0.475 × (12 s less up to 1 s).
+        let ideal = 6.0 * 600.0 / (0.475 * 11.5);
+        assert!(
+            (expected / ideal - 1.0).abs() < 0.02,
+            "{expected} vs {ideal}"
+        );
+        let b = jwt_fetch_bounds(&run, expected);
+        assert!(b.hold(expected as u64), "{b:?}");
+        // A cache fetching twice per refresh falls outside.
+        assert!(!b.hold((2.0 * expected) as u64), "{b:?}");
+        assert!(!b.hold((0.7 * expected) as u64), "{b:?}");
+    }
+
+    #[test]
+    fn spires_reuse_costs_a_third_more_calls_than_one_per_half_life() {
+        let one = JwtFetches {
+            keys: vec![1],
+            ..soak(JwtAgent::Spire)
+        };
+        let per_key = simulate_jwt_fetches(&one, 50);
+        let half_lives = 600.0 / 6.0;
+        // Worked out by hand for one cache: 1.75 calls per 0.663 of a life, 1.32 × one per
+        // half-life (a little more here: the cache measures up to a second short).
+        let ratio = per_key / half_lives;
+        assert!((1.28..1.45).contains(&ratio), "{ratio}");
+        let b = jwt_fetch_bounds(&one, per_key);
+        assert!(b.hold(per_key as u64), "{b:?}");
+        assert!(!b.hold((2.0 * per_key) as u64), "{b:?}");
+        // Two caches on one pair: more calls than two single ones, fewer than twice as many.
+        let shared = simulate_jwt_fetches(
+            &JwtFetches {
+                keys: vec![2],
+                ..soak(JwtAgent::Spire)
+            },
+            50,
+        );
+        assert!(
+            shared > 1.0 * per_key && shared < 2.5 * per_key,
+            "{shared} vs {per_key}"
+        );
+        let run = soak(JwtAgent::Spire);
+        let all = simulate_jwt_fetches(&run, 20);
+        let b = jwt_fetch_bounds(&run, all);
+        assert!(b.hold(all as u64) && b.low < all && all < b.high, "{b:?}");
+        assert!(!b.hold((3.0 * all) as u64), "{b:?}");
+        assert!(!b.hold((0.6 * all) as u64), "{b:?}");
     }
 }

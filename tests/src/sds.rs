@@ -57,8 +57,8 @@ impl SdsBridge {
             .args(["--socket", workload_api])
             .args(["--admin-listen", &admin.to_string()])
             .args(args)
-            .envs(envs.iter().copied())
-            .env("RUST_LOG", "info,sds_bridge=debug");
+            .env("RUST_LOG", "info,sds_bridge=debug")
+            .envs(envs.iter().copied());
         let mut proc = Proc::spawn(name, cmd, dir);
         wait_until(
             &format!("{name} to listen"),

@@ -34,7 +34,19 @@ impl JwtHelper {
     /// [`JwtHelper::start`] serving ext_authz on `listen` (e.g. the address an Envoy cluster
     /// keeps pointing at across a restart).
     pub fn start_at(dir: &Path, socket: &str, listen: SocketAddr, args: &[&str]) -> Self {
-        let (proc, admin) = Self::spawn(dir, socket, &listen.to_string(), args, || {
+        Self::start_program_at(&bin("jwt-auth-helper"), dir, socket, listen, args)
+    }
+
+    /// [`JwtHelper::start_at`] running `program` (a link to the binary elsewhere: real SPIRE
+    /// tells workloads apart by their executable's path).
+    pub fn start_program_at(
+        program: &Path,
+        dir: &Path,
+        socket: &str,
+        listen: SocketAddr,
+        args: &[&str],
+    ) -> Self {
+        let (proc, admin) = Self::spawn(program, dir, socket, &listen.to_string(), args, || {
             std::net::TcpStream::connect(listen).is_ok()
         });
         Self {
@@ -49,9 +61,10 @@ impl JwtHelper {
     pub fn start_unix(dir: &Path, socket: &str, args: &[&str]) -> (Self, std::path::PathBuf) {
         let path = dir.join("authz.sock");
         let listen = format!("unix://{}", path.display());
-        let (proc, admin) = Self::spawn(dir, socket, &listen, args, || {
-            std::os::unix::net::UnixStream::connect(&path).is_ok()
-        });
+        let (proc, admin) =
+            Self::spawn(&bin("jwt-auth-helper"), dir, socket, &listen, args, || {
+                std::os::unix::net::UnixStream::connect(&path).is_ok()
+            });
         let helper = Self {
             proc,
             // No TCP ext_authz port: the unspecified address connects nowhere.
@@ -61,8 +74,9 @@ impl JwtHelper {
         (helper, path)
     }
 
-    /// Runs the helper on `listen` with admin on a free port; waits for admin and `serving`.
+    /// Runs `program` on `listen` with admin on a free port; waits for admin and `serving`.
     fn spawn(
+        program: &Path,
         dir: &Path,
         socket: &str,
         listen: &str,
@@ -70,7 +84,7 @@ impl JwtHelper {
         mut serving: impl FnMut() -> bool,
     ) -> (Proc, SocketAddr) {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cmd = Command::new(bin("jwt-auth-helper"));
+        let mut cmd = Command::new(program);
         cmd.args(["--socket", socket])
             .args(["--listen", listen, "--admin-listen", &admin.to_string()])
             .args(args)

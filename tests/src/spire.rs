@@ -191,17 +191,24 @@ impl SpireServer {
 
     /// Runs `spire-server <args> -socketPath <socket>`; panics with its output on failure.
     pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`SpireServer::cli`], returning a failure (with the command's output) instead.
+    pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
         let mut cmd = Command::new(spire_bin("spire-server"));
         cmd.args(args).arg("-socketPath").arg(&self.socket);
         let out = output(cmd);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "spire-server {args:?}: {}\n{text}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(format!(
+                "spire-server {args:?}: {}\n{text}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
     }
 
     /// A one-time join token for an agent; returns it and the agent's SPIFFE ID.
@@ -301,6 +308,34 @@ impl SpireServer {
         ]);
     }
 
+    /// The ID of the `kind` (`x509` or `jwt`) local authority in slot `which` (`active`,
+    /// `prepared` or `old`), from `spire-server localauthority <kind> show`: the subject key ID
+    /// of an X.509 CA (what its SVIDs carry as authority key ID), the `kid` of a JWT key.
+    pub fn authority(&self, kind: &str, which: &str) -> Option<String> {
+        let out = self.cli(&["localauthority", kind, "show", "-output", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[which]["authority_id"]
+            .as_str()
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+    }
+
+    /// `spire-server localauthority <kind> <step> [-authorityID <id>]`, one step of a forced
+    /// rotation (`prepare`, `activate`, `taint`, `revoke`); returns the CLI's output or its
+    /// failure.
+    pub fn localauthority(
+        &self,
+        kind: &str,
+        step: &str,
+        id: Option<&str>,
+    ) -> Result<String, String> {
+        let mut args = vec!["localauthority", kind, step];
+        if let Some(id) = id {
+            args.extend(["-authorityID", id]);
+        }
+        self.try_cli(&args)
+    }
+
     /// Ends the federation with `trust_domain`: the relationship, and its bundle (entries that
     /// federated with it are kept, without it).
     pub fn drop_federation(&self, trust_domain: &str) {
@@ -329,7 +364,10 @@ pub struct SpireAgent {
     pub socket: PathBuf,
     /// `unix://<socket>`.
     pub endpoint: String,
-    health: SocketAddr,
+    /// The health checks listener (`/live`, `/ready`).
+    pub health: SocketAddr,
+    /// SPIRE's Prometheus telemetry (`/metrics`): the agent's own count of Workload API calls.
+    pub metrics: SocketAddr,
     config: PathBuf,
     dir: PathBuf,
 }
@@ -354,17 +392,24 @@ impl SpireAgent {
         let (token, id) = server.join_token();
         let socket = home.join("workload.sock");
         let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // `log_format = "text"` spelled out: logrus's default format stamps whole seconds, the
+        // explicit one nanoseconds (the bench times pushes and ACKs by the agent's log).
         // Keys on disk: a restarted agent keeps its SVID instead of re-attesting with a join
         // token that was used up. `sync_interval`: entries and rotations reach the cache within
-        // a second instead of SPIRE's default five.
+        // a second instead of SPIRE's default five. Prometheus telemetry: the agent counts
+        // every Workload API call by method and status, which is how the soak and the bench
+        // measure the load the sidecars put on it.
         let config = format!(
-            "agent {{\n  data_dir = \"{data}\"\n  log_level = \"DEBUG\"\n  server_address = \"127.0.0.1\"\n  server_port = \"{port}\"\n  socket_path = \"{socket}\"\n  trust_domain = \"{td}\"\n  trust_bundle_path = \"{bundle}\"\n  join_token = \"{token}\"\n  experimental {{ sync_interval = \"1s\" }}\n}}\n\
+            "agent {{\n  data_dir = \"{data}\"\n  log_level = \"DEBUG\"\n  log_format = \"text\"\n  server_address = \"127.0.0.1\"\n  server_port = \"{port}\"\n  socket_path = \"{socket}\"\n  trust_domain = \"{td}\"\n  trust_bundle_path = \"{bundle}\"\n  join_token = \"{token}\"\n  experimental {{ sync_interval = \"1s\" }}\n}}\n\
              plugins {{\n\
                KeyManager \"disk\" {{ plugin_data {{ directory = \"{data}\" }} }}\n\
                NodeAttestor \"join_token\" {{ plugin_data {{}} }}\n\
                WorkloadAttestor \"unix\" {{ plugin_data {{ discover_workload_path = true }} }}\n\
              }}\n\
-             health_checks {{\n  listener_enabled = true\n  bind_address = \"127.0.0.1\"\n  bind_port = \"{hp}\"\n  live_path = \"/live\"\n  ready_path = \"/ready\"\n}}\n",
+             health_checks {{\n  listener_enabled = true\n  bind_address = \"127.0.0.1\"\n  bind_port = \"{hp}\"\n  live_path = \"/live\"\n  ready_path = \"/ready\"\n}}\n\
+             telemetry {{ Prometheus {{ host = \"127.0.0.1\" port = {mp} }} }}\n",
+            mp = metrics.port(),
             data = home.join("data").display(),
             port = server.addr.port(),
             socket = socket.display(),
@@ -380,6 +425,7 @@ impl SpireAgent {
             endpoint: format!("unix://{}", socket.display()),
             socket,
             health,
+            metrics,
             config: config_path,
             dir: home,
         };
@@ -416,6 +462,46 @@ impl SpireAgent {
         self.proc = Self::spawn(&self.config, &self.dir);
         self.wait_ready();
     }
+
+    /// Starts it again (as [`SpireAgent::start_again`]) logging at `level` (`DEBUG`, `INFO`…):
+    /// the agent logs every SDS request and response at DEBUG, which costs CPU under load.
+    pub fn restart_logging_at(&mut self, level: &str) {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        let config: String = config
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("log_level") {
+                    format!("  log_level = \"{level}\"\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&self.config, config).unwrap();
+        self.start_again();
+    }
+
+    /// The sum of every series of the Prometheus metric `name` (all label sets, e.g. every
+    /// `status` of `spire_agent_rpc_workload_api_fetch_jwtsvid`); 0 if the agent does not answer
+    /// or has not counted any yet. Counters start at zero with each agent process.
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        let Some((200, body)) = http(self.metrics, "GET", "/metrics") else {
+            return 0.0;
+        };
+        body.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// FetchJWTSVID calls this agent process answered, whatever their status (SPIRE's own
+    /// telemetry: `spire_agent_rpc_workload_api_fetch_jwtsvid`).
+    pub fn jwt_fetches(&self) -> u64 {
+        self.metric_sum("spire_agent_rpc_workload_api_fetch_jwtsvid") as u64
+    }
 }
 
 // === OIDC discovery ===
@@ -428,6 +514,8 @@ pub struct OidcProvider {
     pub proc: Proc,
     /// `http://127.0.0.1:<port>`, the JWT-SVIDs' `iss`.
     pub issuer: String,
+    /// The address it serves on.
+    pub addr: SocketAddr,
 }
 
 impl OidcProvider {
@@ -461,7 +549,11 @@ impl OidcProvider {
                     .is_some_and(|(s, body)| s == 200 && body.contains("\"kid\""))
             },
         );
-        Self { proc, issuer }
+        Self {
+            proc,
+            issuer,
+            addr: socket,
+        }
     }
 }
 

@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|soak|image|spire|istio-tools|clients|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + a 60 s soak (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault]: each sidecar against a same-run baseline (release build)\n  soak   [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  clients  build the suite's Go and Java gRPC clients (tests/go, tests/java)\n  istio-tools  build the pinned istioctl and podcheck into .tools (Go; the Istio injection test runs them)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
+                "usage: cargo xtask <test|demo|bench|soak|image|spire|istio-tools|clients|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + 60 s soaks on the dev agent and on SPIRE (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault]: each sidecar against a same-run baseline (release build)\n  soak   [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  clients  build the suite's Go and Java gRPC clients (tests/go, tests/java)\n  istio-tools  build the pinned istioctl and podcheck into .tools (Go; the Istio injection test runs them)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
             );
             return ExitCode::from(2);
         }
@@ -198,7 +198,7 @@ fn test(extra: &[String]) -> Result {
             .env("SUITE_VENV", &venv)
             .env("SUITE_SPIRE_BIN", &spire),
     )?;
-    soak_short(&venv)
+    soak_short(&venv, &spire)
 }
 
 /// The Go and Java gRPC clients that tests/go_java_clients.rs runs against our sockets, built
@@ -221,30 +221,48 @@ fn clients() -> Result {
     )
 }
 
-/// The test command's soak: 60 s of load and chaos on the release binaries staged for the
-/// image (so it needs no second release build), after the other tests, alone on the machine.
-fn soak_short(venv: &Path) -> Result {
+/// The test command's soaks: 60 s of load and chaos on the dev agent, then 60 s on SPIRE
+/// (about 80 s each), on the release binaries staged for the image (so they need no second
+/// release build), after the other tests, alone on the machine.
+fn soak_short(venv: &Path, spire: &Path) -> Result {
     let debug = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root().join("target"), PathBuf::from)
         .join("debug");
+    let soak = || {
+        let mut c = Command::new(debug.join("soak"));
+        c.args(["--seconds", "60"])
+            .env("SUITE_VENV", venv)
+            .env("SUITE_BIN_DIR", root().join("target/image/usr/local/bin"));
+        c
+    };
     run(
         "soak (60 s; `cargo xtask soak --minutes N` for long runs)",
-        Command::new(debug.join("soak"))
-            .args(["--seconds", "60"])
-            .env("SUITE_VENV", venv)
-            .env("SUITE_BIN_DIR", root().join("target/image/usr/local/bin")),
+        &mut soak(),
+    )?;
+    run(
+        "soak on SPIRE (60 s; `cargo xtask soak --spire --minutes N` for long runs)",
+        soak().arg("--spire").env("SUITE_SPIRE_BIN", spire),
     )
 }
 
-/// `cargo xtask soak [--minutes N]` (default 10): release builds of everything, then the
-/// soak driver (tests/src/bin/soak.rs), which prints its table and fails on any broken check.
+/// `cargo xtask soak [--spire] [--minutes N]` (default 10): release builds of everything,
+/// then the soak driver (tests/src/bin/soak.rs), which prints its table and fails on any
+/// broken check. `--spire` runs it on SPIRE (built first, as for the tests).
 fn soak(args: &[String]) -> Result {
-    let venv = venv()?;
-    let minutes = match args {
+    let usage = || "usage: cargo xtask soak [--spire] [--minutes N]".to_owned();
+    let on_spire = args.first().is_some_and(|a| a == "--spire");
+    let rest = if on_spire { &args[1..] } else { args };
+    let minutes = match rest {
         [] => "10".to_owned(),
         [flag, n] if flag == "--minutes" && n.parse::<f64>().is_ok_and(|m| m > 0.0) => n.clone(),
-        _ => return Err("usage: cargo xtask soak [--minutes N]".into()),
+        _ => return Err(usage()),
     };
+    let spire = if on_spire {
+        Some(spire::install()?)
+    } else {
+        None
+    };
+    let venv = venv()?;
     run(
         "cargo build --release (sidecars, agent, soak driver)",
         cargo().args(["build", "--release", "--locked", "--workspace", "--bins"]),
@@ -252,12 +270,13 @@ fn soak(args: &[String]) -> Result {
     let release = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root().join("target"), PathBuf::from)
         .join("release");
-    run(
-        &format!("soak ({minutes} min)"),
-        Command::new(release.join("soak"))
-            .args(["--minutes", &minutes])
-            .env("SUITE_VENV", &venv),
-    )
+    let mut soak = Command::new(release.join("soak"));
+    soak.args(["--minutes", &minutes]).env("SUITE_VENV", &venv);
+    if let Some(bin) = spire {
+        soak.arg("--spire").env("SUITE_SPIRE_BIN", bin);
+    }
+    let on = if on_spire { ", on SPIRE" } else { "" };
+    run(&format!("soak ({minutes} min{on})"), &mut soak)
 }
 
 /// Benchmarks run on release builds; figures are ratios against baselines in the same run.
@@ -278,7 +297,7 @@ fn bench(only: &[String]) -> Result {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root().join("target"), PathBuf::from)
         .join("release");
-    // `cargo xtask bench [authz|jwt-authn|sds|creds|uds|vault]…`: all of them by default.
+    // `cargo xtask bench [authz|jwt-authn|sds|creds|uds|vault|spire]…`: all of them by default.
     let all = [
         "bench-authz",
         "bench-jwt-authn",
@@ -286,14 +305,18 @@ fn bench(only: &[String]) -> Result {
         "bench-creds",
         "bench-uds",
         "bench-vault",
+        "bench-spire",
     ];
     for name in all {
         let short = name.trim_start_matches("bench-");
         if only.is_empty() || only.iter().any(|o| o == short || o == name) {
-            run(
-                name,
-                Command::new(target.join(name)).env("SUITE_VENV", &venv),
-            )?;
+            let mut cmd = Command::new(target.join(name));
+            cmd.env("SUITE_VENV", &venv);
+            // sds-bridge against the SDS server SPIRE's agent runs itself: SPIRE built first.
+            if short == "spire" {
+                cmd.env("SUITE_SPIRE_BIN", spire::install()?);
+            }
+            run(name, &mut cmd)?;
         }
     }
     Ok(())
