@@ -158,7 +158,7 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         Bound::Unix(listener, file) => {
             // Envoy's google_grpc client sends the socket path as :authority: the adapter
             // in uds::incoming makes it acceptable to h2 (docs/protocols.md#grpc-unix-authority;
-            // the README's table of clients says which clients need it, measured).
+            // docs/architecture.md's table of clients says which need it, measured).
             let served = router
                 .serve_with_incoming_shutdown(
                     uds::incoming(listener, config.unix_authority_adapter),

@@ -151,7 +151,8 @@ pub fn socket_mode(setting: &str, value: &str) -> Result<u32, ConfigError> {
 /// Env, read by every gRPC server on a Unix socket: `off` turns the `:authority` adapter
 /// ([`crate::uds::GrpcUnixStream`]) off. An escape hatch, and the benchmarks' baseline; with it
 /// off, gRPC C-core and grpc-java clients are refused again
-/// (`docs/protocols.md#grpc-unix-authority`; the README's table of clients says which, measured).
+/// (`docs/protocols.md#grpc-unix-authority`; docs/architecture.md's table of clients says
+/// which, measured).
 pub const ENV_UNIX_AUTHORITY_ADAPTER: &str = "SIDECAR_UNIX_AUTHORITY_ADAPTER";
 
 /// `on` or `off` (any case).

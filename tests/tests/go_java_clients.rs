@@ -2,9 +2,9 @@
 //! our code: go-spiffe (grpc-go) and java-spiffe (grpc-java over netty's epoll Unix-socket
 //! channel) against spiffe-dev-agent, and a grpc-go SDS client with Envoy's own Go protos
 //! (go-control-plane) against sds-bridge. Each runs with the `:authority` adapter on and off,
-//! and what each sends as `:authority` is read off the wire on a bare socket, so the README's
-//! table of clients is measured, not assumed. The programs live in tests/go and tests/java and
-//! are built by `suite_tests::clients` (`cargo xtask test` builds them first).
+//! and what each sends as `:authority` is read off the wire on a bare socket, so the table
+//! of clients in docs/architecture.md is measured, not assumed. The programs live in tests/go
+//! and tests/java and are built by `suite_tests::clients` (`cargo xtask test` builds them first).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
 

@@ -10,7 +10,7 @@
 //! 3. `podcheck` (the API server's `ValidatePodCreate`) must accept every rendered Pod, and the
 //!    Pod must start in the order our sidecars need.
 //!
-//! What a pod needs to start (README, "Istio: injection templates and native sidecars"): our
+//! What a pod needs to start (docs/istio.md): our
 //! sidecars are native (init containers, `restartPolicy: Always`), started in order, the next
 //! only once sds-bridge's startup probe passed, and pilot-agent looks for sds-bridge's SDS
 //! socket once, when istio-proxy starts. So istio-proxy must be a regular container
@@ -46,7 +46,7 @@ fn yaml_docs(path: &Path) -> Vec<Value> {
     all.pop_first().unwrap().1
 }
 
-/// A template set as the README documents it, and what it must add to the pod.
+/// A template set as docs/istio.md documents it, and what it must add to the pod.
 struct Set {
     templates: &'static str,
     /// The pod's own annotations for that provider (the templates read them by fieldRef).

@@ -3,8 +3,8 @@
 //! headers and frames, a slow client, 10,000 streams on one connection, malformed protobuf and
 //! invalid UTF-8, huge audience lists and SDS requests for 10,000 names. For each: the process
 //! keeps running, its RSS stays bounded (see [`Rss`]), and a
-//! well-behaved client is served while the abuse is in flight. README "Bad input on the wire"
-//! records what each sidecar answered; cases covered elsewhere are referenced there.
+//! well-behaved client is served while the abuse is in flight. docs/testing.md, "Bad input on
+//! the wire", records what each sidecar answered; cases covered elsewhere are referenced there.
 //!
 //! The abusive clients are written here from raw bytes (frames, HPACK literals, gRPC length
 //! prefixes) or with the `h2` crate when the point is the body, so nothing in between can

@@ -11,7 +11,7 @@
 //! `cargo xtask istio-tools` when they differ. Building needs Go and the Go module proxy: on
 //! the 2-core machine, with empty Go caches, istioctl took 9.8 CPU-minutes (12.5 minutes while
 //! other builds shared the machine) and podcheck under one more; with warm caches, 40 s to
-//! relink both (README, Istio section).
+//! relink both (docs/istio.md).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -31,7 +31,7 @@ pub(crate) fn bin_dir() -> PathBuf {
     root().join(format!(".tools/spire-{VERSION}/bin"))
 }
 
-/// The exact commands, for error messages and the README.
+/// The exact commands, for error messages and docs/spire.md.
 fn how() -> String {
     let pkgs: Vec<String> = PROGRAMS
         .iter()

@@ -2,10 +2,10 @@
 //! header h2 would refuse made acceptable.
 //!
 //! gRPC C-core (grpcio, py-spiffe, C++, Envoy's `google_grpc`) sends the percent-encoded
-//! socket path as `:authority` on `unix:` targets, grpc-java the raw path (the README's table
-//! of clients, read off the wire by tests/go_java_clients.rs). `h2` refuses the request with
-//! RST_STREAM(PROTOCOL_ERROR) because `http::uri::Authority` does not parse it
-//! (hyperium/h2#487). This adapter sits between the socket and h2 on the
+//! socket path as `:authority` on `unix:` targets, grpc-java the raw path (the table of
+//! clients in docs/architecture.md, read off the wire by tests/go_java_clients.rs). `h2`
+//! refuses the request with RST_STREAM(PROTOCOL_ERROR) because `http::uri::Authority` does not
+//! parse it (hyperium/h2#487). This adapter sits between the socket and h2 on the
 //! read side only: frames pass through as they are, except header blocks, which are decoded
 //! with the client's HPACK context and handed to h2 re-encoded, with an `:authority` that
 //! `Authority` refuses replaced by `localhost` (what grpc-go sends). Everything written to

@@ -4,7 +4,8 @@
 //!   socket is ever replaced (Istio's pilot-agent dials it once, early: docs/protocols.md#istio-sds-socket);
 //! - [`incoming`]: accepted connections wrapped in [`GrpcUnixStream`], which makes the
 //!   `:authority` that gRPC C-core and grpc-java send on Unix sockets acceptable to h2 (see
-//!   the README's table of clients), so every real gRPC client works with its default options;
+//!   the table of clients in docs/architecture.md), so every real gRPC client works with its
+//!   default options;
 //! - [`UnixGrpcCollector`]: what the adapter did, for `/metrics`.
 
 mod authority;

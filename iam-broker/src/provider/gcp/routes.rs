@@ -12,7 +12,7 @@
 //!   `scopes` a subset of `--scopes`, 403 otherwise); `default` or the account's email name the
 //!   one account;
 //! - 404, never 5xx, for paths not emulated (`universe/universe-domain` 404 means
-//!   googleapis.com). Identity tokens (`…/identity`) are not served; see the README.
+//!   googleapis.com). Identity tokens (`…/identity`) are not served; see docs/iam-broker/gcp.md.
 //!
 //! Errors are one-line `text/plain` (what the metadata server sends; google-auth shows the body).
 
@@ -185,9 +185,9 @@ async fn answer(routes: &Routes, uri: &Uri) -> Response {
         "aliases" => ok_text("default\n".to_owned()),
         "scopes" => ok_text(routes.scopes.iter().map(|s| format!("{s}\n")).collect()),
         "token" => token(routes, query).await,
-        "identity" => not_found(
-            "identity tokens are not served by this broker (see the iam-broker README: gcp)",
-        ),
+        "identity" => {
+            not_found("identity tokens are not served by this broker (see docs/iam-broker/gcp.md)")
+        }
         _ => not_found("not emulated"),
     }
 }
