@@ -1,8 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Every file under `examples/` is checked: YAML parses (PyYAML), Envoy configurations pass
 //! `envoy --mode validate` (EnvoyFilter patches inside an equivalent bootstrap), the injection
-//! template only uses settings the sidecars read and probes their admin ports, and the AWS
-//! examples match the broker's contract.
+//! template only uses settings the sidecars read and probes their admin ports, the cloud and
+//! Vault examples match the broker's contract, and every link and anchor of the documentation
+//! (Markdown links, and `docs/<page>.md#anchor` cited anywhere in the sources) resolves.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -553,4 +554,172 @@ fn alerts_use_exported_metrics_and_link_existing_runbooks() {
             "runbook {section} missing"
         );
     }
+}
+
+/// Every file under `dir`, recursively, leaving out build output, tool caches and hidden
+/// directories.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() {
+            if name != "target" && !name.starts_with('.') {
+                walk(&path, out);
+            }
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// The anchors GitHub gives a Markdown file: one per heading (outside code blocks; a repeated
+/// one gets `-1`, `-2`, …) and every `<a id="…">`.
+fn markdown_anchors(text: &str) -> Vec<String> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        let heading = line.trim_start_matches('#');
+        if line.starts_with('#') && heading.starts_with(' ') {
+            let base = anchor(heading);
+            let n = seen.entry(base.clone()).or_insert(0);
+            out.push(if *n == 0 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            });
+            *n += 1;
+        }
+        let mut rest = line;
+        while let Some(i) = rest.find("<a id=\"") {
+            rest = &rest[i + 7..];
+            let end = rest.find('"').unwrap();
+            out.push(rest[..end].to_owned());
+            rest = &rest[end..];
+        }
+    }
+    out
+}
+
+/// The targets of the Markdown links in `text` (`[text](target)`), outside code blocks.
+fn markdown_links(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(i) = rest.find("](") {
+            rest = &rest[i + 2..];
+            let end = rest.find(')').unwrap_or(rest.len());
+            out.push(rest[..end].to_owned());
+            rest = &rest[end..];
+        }
+    }
+    out
+}
+
+/// Mentions of `docs/<page>.md[#anchor]` in any text: paths from the repository root, as code
+/// comments, configuration files and error messages cite the documentation.
+fn docs_mentions(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(i) = text[from..].find("docs/") {
+        let start = from + i;
+        from = start + 5;
+        let before = text[..start].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || matches!(c, '/' | '.' | '-' | '_')) {
+            continue;
+        }
+        let len = text[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "_./#-".contains(c)))
+            .unwrap_or(text.len() - start);
+        let mention = text[start..start + len].trim_end_matches('.');
+        let path = mention.split('#').next().unwrap();
+        if path.ends_with(".md") {
+            out.push(mention.to_owned());
+        }
+    }
+    out
+}
+
+/// Checks one link target (`path#anchor`, either part optional) against the file system and
+/// the target page's anchors; `None` when it resolves.
+fn broken_link(from_dir: &Path, target: &str, this_file: &Path) -> Option<String> {
+    let (path, fragment) = match target.split_once('#') {
+        Some((p, f)) => (p, Some(f)),
+        None => (target, None),
+    };
+    let file = if path.is_empty() {
+        this_file.to_path_buf()
+    } else {
+        from_dir.join(path)
+    };
+    if !file.exists() {
+        return Some(format!("{target}: no such file"));
+    }
+    let fragment = fragment.filter(|f| !f.is_empty())?;
+    if file.extension().is_none_or(|e| e != "md") {
+        return None;
+    }
+    let anchors = markdown_anchors(&std::fs::read_to_string(&file).unwrap());
+    (!anchors.iter().any(|a| a == fragment)).then(|| format!("{target}: no anchor #{fragment}"))
+}
+
+#[test]
+fn documentation_links_and_anchors_resolve() {
+    let root = root();
+    let mut files = Vec::new();
+    walk(&root, &mut files);
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for file in &files {
+        let name = file.file_name().unwrap().to_string_lossy();
+        let text_file = file.extension().is_some_and(|e| {
+            [
+                "md", "rs", "toml", "yaml", "yml", "txt", "py", "go", "java", "sh", "json", "hcl",
+            ]
+            .iter()
+            .any(|x| e == *x)
+        }) || name == "Containerfile";
+        if !text_file {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        let shown = file.strip_prefix(&root).unwrap().display().to_string();
+        if file.extension().is_some_and(|e| e == "md") {
+            for target in markdown_links(&text) {
+                let target = target.split_whitespace().next().unwrap_or("");
+                if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                checked += 1;
+                if let Some(why) = broken_link(file.parent().unwrap(), target, file) {
+                    broken.push(format!("{shown}: {why}"));
+                }
+            }
+        }
+        for mention in docs_mentions(&text) {
+            checked += 1;
+            if let Some(why) = broken_link(&root, &mention, file) {
+                broken.push(format!("{shown}: {why}"));
+            }
+        }
+    }
+    assert!(checked > 200, "only {checked} links found");
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
