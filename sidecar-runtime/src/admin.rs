@@ -19,6 +19,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::host::HostPort;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -166,23 +167,7 @@ pub async fn host_guard(request: Request, next: Next) -> Response {
 /// without a trailing dot), each with an optional port. Any other DNS name is refused: the
 /// names a rebinding attack can use are exactly the DNS names.
 pub fn is_admin_host(host_port: &str) -> bool {
-    let is_port = |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
-    if let Some(rest) = host_port.strip_prefix('[') {
-        let Some((v6, after)) = rest.split_once(']') else {
-            return false;
-        };
-        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(is_port);
-        return port_ok && v6.parse::<std::net::Ipv6Addr>().is_ok();
-    }
-    let host = match host_port.rsplit_once(':') {
-        Some((host, port)) if is_port(port) => host,
-        // A bare IPv6 address, an empty port, or garbage.
-        Some(_) => return false,
-        None => host_port,
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host.eq_ignore_ascii_case("localhost.")
-        || host.parse::<std::net::Ipv4Addr>().is_ok()
+    HostPort::parse(host_port).is_some_and(|h| h.is_ip_or_localhost())
 }
 
 async fn readyz(State(admin): State<Admin>) -> Response {

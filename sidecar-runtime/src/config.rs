@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use workload_client::endpoint::{Endpoint, EndpointSource, ResolvedEndpoint};
+use workload_client::{Endpoint, EndpointSource, ResolvedEndpoint};
 use workload_client::{Env, resolve_endpoint_from};
 
 use crate::LogFormat;

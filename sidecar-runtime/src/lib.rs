@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod config;
 pub mod entry;
+pub mod host;
 pub mod logging;
 pub mod metrics;
 pub mod private_file;

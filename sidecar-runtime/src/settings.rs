@@ -15,8 +15,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use workload_client::Env;
+use workload_client::ResolvedEndpoint;
 
-use crate::ConfigError;
+use crate::{ConfigError, config};
 
 /// One setting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +58,25 @@ impl Setting {
     pub const fn file_key(mut self, key: &'static str) -> Self {
         self.file_key = Some(key);
         self
+    }
+}
+
+// === The rows every sidecar shares ===
+
+impl Setting {
+    /// `--socket` under the sidecar's variable `env`: the Workload API address, read with
+    /// [`Reader::workload_api`] (then `SPIFFE_ENDPOINT_SOCKET`, then the CSI default).
+    pub const fn workload_api(env: &'static str) -> Self {
+        Self::new(
+            "--socket",
+            env,
+            "Workload API address, unix:///path or tcp://IP:PORT [default: SPIFFE_ENDPOINT_SOCKET, then unix:///run/secrets/workload-spiffe-uds/socket]",
+        )
+    }
+
+    /// `--log-format` under the sidecar's variable `env`.
+    pub const fn log_format(env: &'static str) -> Self {
+        Self::new("--log-format", env, "text or json [default: text]")
     }
 }
 
@@ -157,7 +177,12 @@ impl<'a> Reader<'a> {
                 });
             }
         }
-        let key = setting.file_key?;
+        self.file_value(setting.file_key?)
+    }
+
+    /// A config file key that has no flag or variable of its own (the upstream helper's `host`
+    /// and `port`), named as the reader names file keys.
+    pub fn file_value(&self, key: &str) -> Option<Sourced> {
         self.file.get(key).map(|v| Sourced {
             setting: format!("{key} in {}", self.file_name),
             value: v.clone(),
@@ -253,6 +278,19 @@ impl<'a> Reader<'a> {
         out
     }
 
+    /// The Workload API endpoint every sidecar reads alike: `setting` (flag, variable, file key)
+    /// if set, else `SPIFFE_ENDPOINT_SOCKET`, else the CSI default; a malformed address is an
+    /// error naming where it came from.
+    pub fn workload_api(
+        &mut self,
+        setting: &Setting,
+        flag: Option<&str>,
+    ) -> Option<ResolvedEndpoint> {
+        let picked = self.raw(setting, flag).map(|s| (s.setting, s.value));
+        let resolved = config::workload_api(picked, self.env);
+        self.check(resolved)
+    }
+
     /// Records an error found across settings (two that conflict, say).
     pub fn error(&mut self, error: ConfigError) {
         self.errors.push(error);
@@ -282,6 +320,14 @@ impl<'a> Reader<'a> {
             Err(ConfigErrors(self.errors))
         }
     }
+}
+
+/// Adapts a validator of [`crate::config`] (`f(setting, value)`) to [`Reader::get`]'s parser:
+/// the reader names the setting, so only the reason is kept.
+pub fn reason<T>(
+    f: impl FnOnce(&str, &str) -> Result<T, ConfigError>,
+) -> impl FnOnce(&str) -> Result<T, String> {
+    move |v| f("", v).map_err(|e| e.reason)
 }
 
 /// The environment part of `--help`, from the rows: each variable, the fallbacks and file key

@@ -333,6 +333,23 @@ pub(crate) fn encode(fields: &[Field], dst: &mut BytesMut) {
     }
 }
 
+/// A header block of `(name, value)` fields, encoded as [`encode`] does: static-table
+/// references and plain literals only. Public for clients that write HTTP/2 frames by hand
+/// (the suite's bad-input tests), so they encode headers exactly as the adapter does.
+pub fn header_block(fields: &[(&str, &[u8])]) -> Vec<u8> {
+    let fields: Vec<Field> = fields
+        .iter()
+        .map(|(name, value)| Field {
+            name: Bytes::copy_from_slice(name.as_bytes()),
+            value: Bytes::copy_from_slice(value),
+            never_indexed: false,
+        })
+        .collect();
+    let mut dst = BytesMut::new();
+    encode(&fields, &mut dst);
+    dst.to_vec()
+}
+
 fn put_integer(dst: &mut BytesMut, value: usize, prefix: u8, flags: u8) {
     let mask = (1usize << prefix) - 1;
     if value < mask {

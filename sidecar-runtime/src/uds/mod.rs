@@ -25,6 +25,7 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::UnixListenerStream;
 
 pub use authority::GrpcUnixStream;
+pub use hpack::header_block;
 pub use listen::{ListenError, SocketFile, UnixSocket, bind_unix};
 
 /// Process-wide counters: each binary serves gRPC on at most one socket, and plain atomics
