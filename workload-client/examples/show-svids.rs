@@ -7,7 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use workload_client::endpoint::ProcessEnv;
+use workload_client::ProcessEnv;
 use workload_client::{
     CacheConfig, JwtBundleWatcher, JwtKey, JwtSvidCache, TrustDomainPolicy, WorkloadApiClient,
     X509Watcher, resolve_endpoint, validate_jwt_svid,

@@ -1,37 +1,47 @@
 //! The one SPIFFE Workload API client every sidecar in this suite uses.
 //!
-//! - [`endpoint`]: parsing `unix:///…` / `tcp://IP:PORT` and the shared resolution order
-//!   (flag → sidecar variable → `SPIFFE_ENDPOINT_SOCKET` → the CSI socket path).
-//! - [`client`]: the gRPC client; the `workload.spiffe.io: true` header on every call.
-//! - [`watcher`]: the reconnecting stream supervisor, with [`X509Watcher`] and
-//!   [`JwtBundleWatcher`] built on it.
-//! - [`jwt::cache`]: the per-audience JWT-SVID cache (no agent call on a request path).
-//! - [`jwt::validate`]: local JWT-SVID validation against watched bundles.
-//! - [`backoff`]: the jittered exponential backoff all retry loops share.
+//! - endpoints: parsing `unix:///…` / `tcp://IP:PORT` and the shared resolution order
+//!   (flag → sidecar variable → `SPIFFE_ENDPOINT_SOCKET` → the CSI socket path):
+//!   [`Endpoint`], [`resolve_endpoint`];
+//! - the gRPC client, with the `workload.spiffe.io: true` header on every call:
+//!   [`WorkloadApiClient`];
+//! - the reconnecting stream supervisor ([`Watcher`]), with [`X509Watcher`] and
+//!   [`JwtBundleWatcher`] built on it;
+//! - the per-audience JWT-SVID cache, so no request path calls the agent: [`JwtSvidCache`];
+//! - local JWT-SVID validation against watched bundles: [`validate_jwt_svid`];
+//! - [`backoff`]: the jittered exponential backoff all retry loops share;
 //! - [`clock`]: the wall clock every validity/refresh decision reads (suspend, clock steps).
+//!
+//! Only what callers need is public, re-exported here; the modules are private but for
+//! `backoff` and `clock`, which are namespaces of their own.
 //!
 //! The protocol facts and peer behaviours this crate relies on are described, with upstream
 //! links, in `docs/protocols.md`; comments cite its sections as `docs/protocols.md#<anchor>`.
 
 pub mod backoff;
-pub mod client;
+mod client;
 pub mod clock;
-pub mod endpoint;
-pub mod jwt;
-pub mod watcher;
-pub mod x509;
+mod endpoint;
+mod jwt;
+mod snapshot_error;
+mod watcher;
+mod x509;
 
-pub use client::{ClientError, WorkloadApiClient, lazy_channel};
+pub use backoff::{Backoff, BackoffPolicy, jitter};
+pub use client::{
+    ClientError, DEFAULT_UNARY_TIMEOUT, SecurityHeader, WorkloadApiClient, lazy_channel,
+};
 pub use clock::{Clock, SharedClock, TestClock, WallClock};
 pub use endpoint::{
-    Endpoint, EndpointError, EndpointSource, Env, ProcessEnv, ResolveError, resolve_endpoint,
-    resolve_endpoint_from,
+    DEFAULT_ENDPOINT, Endpoint, EndpointError, EndpointSource, Env, ProcessEnv, ResolveError,
+    ResolvedEndpoint, SPIFFE_ENDPOINT_SOCKET, resolve_endpoint, resolve_endpoint_from,
 };
-pub use jwt::bundles::JwtBundleWatcher;
-pub use jwt::cache::{CacheConfig, CacheError, CacheStats, JwtKey, JwtSvidCache};
-pub use jwt::validate::{TrustDomainPolicy, ValidationError, validate_jwt_svid};
+pub use jwt::bundles::{JwtBundleWatcher, bundles_from_response};
+pub use jwt::cache::{CacheConfig, CacheError, CacheStats, EntryStatus, JwtKey, JwtSvidCache};
+pub use jwt::validate::{MAX_TOKEN_LEN, TrustDomainPolicy, ValidationError, validate_jwt_svid};
+pub use snapshot_error::SnapshotError;
 pub use watcher::{StreamStatus, Watcher};
-pub use x509::{X509Context, X509Watcher};
+pub use x509::{SvidEntry, X509Context, X509Watcher};
 
 /// Re-exported so sidecars name one set of SPIFFE types.
 pub use spiffe;

@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::backoff::BackoffPolicy;
 use crate::client::{ClientError, WorkloadApiClient};
+use crate::snapshot_error::SnapshotError;
 
 /// One kind of Workload API stream and how to turn its messages into snapshots.
 pub(crate) trait StreamKind: Send + Sync + 'static {
@@ -36,7 +37,7 @@ pub(crate) trait StreamKind: Send + Sync + 'static {
     const WITHDRAWN_ON_PERMISSION_DENIED: bool = false;
 
     /// Parses one full-snapshot message (each message is a full snapshot).
-    fn parse(message: Self::Message) -> Result<Self::Snapshot, String>;
+    fn parse(message: Self::Message) -> Result<Self::Snapshot, SnapshotError>;
 
     /// A one-line summary of a snapshot for the info log (never secrets).
     fn describe(snapshot: &Self::Snapshot) -> String;

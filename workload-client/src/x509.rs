@@ -8,6 +8,7 @@ use spiffe::{SpiffeId, TrustDomain, X509Bundle, X509BundleSet, X509Svid};
 use workload_proto::X509svidResponse;
 
 use crate::client::{ClientError, WorkloadApiClient};
+use crate::snapshot_error::SnapshotError;
 use crate::watcher::{StreamKind, Watcher};
 
 /// One X.509-SVID with its validity window (read from the leaf certificate).
@@ -35,9 +36,9 @@ pub struct X509Context {
 impl X509Context {
     /// Parses a FetchX509SVID message. Rejects an empty SVID list and any certificate, key or
     /// bundle that does not parse, so a bad update never replaces a good snapshot.
-    pub fn from_response(response: X509svidResponse) -> Result<Self, String> {
+    pub fn from_response(response: X509svidResponse) -> Result<Self, SnapshotError> {
         if response.svids.is_empty() {
-            return Err("no SVIDs in response".to_owned());
+            return Err(SnapshotError::NoSvids);
         }
         let mut bundles = X509BundleSet::new();
         let mut svids = Vec::with_capacity(response.svids.len());
@@ -45,18 +46,25 @@ impl X509Context {
         for s in response.svids {
             let hint = (!s.hint.is_empty()).then(|| std::sync::Arc::<str>::from(s.hint.as_str()));
             let svid = X509Svid::parse_from_der_with_hint(&s.x509_svid, &s.x509_svid_key, hint)
-                .map_err(|e| format!("SVID {}: {e}", s.spiffe_id))?;
+                .map_err(|e| SnapshotError::Svid {
+                    spiffe_id: s.spiffe_id.clone(),
+                    reason: e.to_string(),
+                })?;
             if svid.spiffe_id().to_string() != s.spiffe_id {
-                return Err(format!(
-                    "SVID {}: certificate URI SAN is {}",
-                    s.spiffe_id,
-                    svid.spiffe_id()
-                ));
+                return Err(SnapshotError::SanMismatch {
+                    spiffe_id: s.spiffe_id,
+                    san: svid.spiffe_id().to_string(),
+                });
             }
             let td = svid.spiffe_id().trust_domain().clone();
             if own.insert(td.clone()) {
-                let bundle = X509Bundle::parse_from_der(td.clone(), &s.bundle)
-                    .map_err(|e| format!("bundle of {td}: {e}"))?;
+                let bundle = X509Bundle::parse_from_der(td.clone(), &s.bundle).map_err(|e| {
+                    SnapshotError::Bundle {
+                        what: "bundle",
+                        trust_domain: td.to_string(),
+                        reason: e.to_string(),
+                    }
+                })?;
                 bundles.add_bundle(bundle);
             }
             let (not_before, not_after) = validity(svid.leaf().as_bytes())?;
@@ -68,13 +76,21 @@ impl X509Context {
         }
         let mut federated = BTreeSet::new();
         for (key, der) in response.federated_bundles {
-            let td =
-                TrustDomain::new(&key).map_err(|e| format!("federated bundle key {key:?}: {e}"))?;
+            let td = TrustDomain::new(&key).map_err(|e| SnapshotError::BundleKey {
+                what: "federated bundle",
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
             if own.contains(&td) {
                 continue;
             }
-            let bundle = X509Bundle::parse_from_der(td.clone(), &der)
-                .map_err(|e| format!("federated bundle of {td}: {e}"))?;
+            let bundle = X509Bundle::parse_from_der(td.clone(), &der).map_err(|e| {
+                SnapshotError::Bundle {
+                    what: "federated bundle",
+                    trust_domain: td.to_string(),
+                    reason: e.to_string(),
+                }
+            })?;
             bundles.add_bundle(bundle);
             federated.insert(td);
         }
@@ -125,13 +141,13 @@ impl X509Context {
     }
 }
 
-fn validity(leaf_der: &[u8]) -> Result<(SystemTime, SystemTime), String> {
+fn validity(leaf_der: &[u8]) -> Result<(SystemTime, SystemTime), SnapshotError> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf_der)
-        .map_err(|e| format!("leaf certificate: {e}"))?;
+        .map_err(|e| SnapshotError::Validity(e.to_string()))?;
     let to_system = |t: i64| {
         u64::try_from(t)
             .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
-            .map_err(|_| "leaf certificate validity before 1970".to_owned())
+            .map_err(|_| SnapshotError::Validity("validity before 1970".to_owned()))
     };
     Ok((
         to_system(cert.validity().not_before.timestamp())?,
@@ -156,7 +172,7 @@ impl StreamKind for X509Stream {
         client.stream_x509_svids().await
     }
 
-    fn parse(message: Self::Message) -> Result<Self::Snapshot, String> {
+    fn parse(message: Self::Message) -> Result<Self::Snapshot, SnapshotError> {
         X509Context::from_response(message)
     }
 

@@ -4,15 +4,25 @@ use spiffe::{JwtBundle, JwtBundleSet, TrustDomain};
 use workload_proto::JwtBundlesResponse;
 
 use crate::client::{ClientError, WorkloadApiClient};
+use crate::snapshot_error::SnapshotError;
 use crate::watcher::{StreamKind, Watcher};
 
 /// Parses a FetchJWTBundles message: keys are `spiffe://<td>`, values JWKS documents.
-pub fn bundles_from_response(response: JwtBundlesResponse) -> Result<JwtBundleSet, String> {
+pub fn bundles_from_response(response: JwtBundlesResponse) -> Result<JwtBundleSet, SnapshotError> {
     let mut set = JwtBundleSet::new();
     for (key, jwks) in response.bundles {
-        let td = TrustDomain::new(&key).map_err(|e| format!("bundle key {key:?}: {e}"))?;
-        let bundle = JwtBundle::from_jwt_authorities(td.clone(), &jwks)
-            .map_err(|e| format!("JWKS of {td}: {e}"))?;
+        let td = TrustDomain::new(&key).map_err(|e| SnapshotError::BundleKey {
+            what: "bundle",
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        let bundle = JwtBundle::from_jwt_authorities(td.clone(), &jwks).map_err(|e| {
+            SnapshotError::Bundle {
+                what: "JWKS",
+                trust_domain: td.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
         set.add_bundle(bundle);
     }
     Ok(set)
@@ -34,7 +44,7 @@ impl StreamKind for JwtBundleStream {
         client.stream_jwt_bundles().await
     }
 
-    fn parse(message: Self::Message) -> Result<Self::Snapshot, String> {
+    fn parse(message: Self::Message) -> Result<Self::Snapshot, SnapshotError> {
         bundles_from_response(message)
     }
 

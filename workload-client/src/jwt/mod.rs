@@ -1,5 +1,5 @@
 //! JWT-SVIDs: the per-audience cache, bundle watching and local validation.
 
-pub mod bundles;
-pub mod cache;
-pub mod validate;
+pub(crate) mod bundles;
+pub(crate) mod cache;
+pub(crate) mod validate;
