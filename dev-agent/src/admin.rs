@@ -18,7 +18,7 @@ use axum::{
     routing::{MethodRouter, get, post},
 };
 
-use crate::agent::Shared;
+use crate::shared::Shared;
 
 /// One admin route. The router and `--help` are both built from [`AdminRoute::ALL`], so the
 /// help cannot leave a route out.

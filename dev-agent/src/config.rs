@@ -52,6 +52,9 @@ pub enum ConfigError {
         /// The agent's trust domain.
         trust_domain: String,
     },
+    /// No Workload API address to serve on.
+    #[error("--socket (or SPIFFE_ENDPOINT_SOCKET) is required")]
+    NoSocket,
     /// `--federate-with` named the agent's own trust domain.
     #[error("--federate-with {0} is the agent's own trust domain")]
     FederateWithSelf(String),
@@ -219,12 +222,13 @@ impl Config {
 #[command(
     name = "spiffe-dev-agent",
     version,
-    about = "A small SPIFFE Workload API server for local runs, demos and tests"
+    about = "A small SPIFFE Workload API server for local runs, demos and tests",
+    subcommand_negates_reqs = true
 )]
 pub struct Cli {
     /// Workload API address: unix:///abs/path or tcp://IP:PORT.
-    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", value_parser = parse_endpoint)]
-    pub socket: Endpoint,
+    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", value_parser = parse_endpoint, required = true)]
+    pub socket: Option<Endpoint>,
     /// Permission bits of the Unix socket file, octal.
     #[arg(long, env = "DEV_AGENT_SOCKET_MODE", default_value = "660", value_parser = parse_octal_mode)]
     pub socket_mode: u32,
@@ -273,6 +277,17 @@ pub struct Cli {
     /// grpc-java clients are then refused).
     #[arg(long, env = "SIDECAR_UNIX_AUTHORITY_ADAPTER", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub unix_authority_adapter: bool,
+    /// Instead of serving: print something and exit.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What the agent can do besides serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Sign a JWT-SVID with the current key of its trust domain (the agent's own, or one it
+    /// federates with) from a running agent's --state-dir, and print the whole token.
+    MintJwt(crate::mint::MintJwtArgs),
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -307,7 +322,7 @@ impl Cli {
             .map(|value| parse_trust_domain("--federate-with", value))
             .collect::<Result<_, _>>()?;
         let config = Config {
-            socket: self.socket,
+            socket: self.socket.ok_or(ConfigError::NoSocket)?,
             socket_mode: self.socket_mode,
             trust_domain,
             spiffe_ids,

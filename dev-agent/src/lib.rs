@@ -26,24 +26,29 @@ mod agent;
 mod authority;
 mod ca;
 mod config;
+mod discovery;
 mod jwt_keys;
 mod listen;
 mod metrics;
+mod mint;
 mod oidc;
 mod rotation;
+mod schedule;
 mod secret;
 mod service;
+mod shared;
 mod state;
 
 pub use agent::{Agent, RunningAgent};
 pub use authority::{Authority, AuthorityError, DEFAULT_CA_VALIDITY};
 pub use ca::{CLOCK_SKEW_ALLOWANCE, CaError, CertificateAuthority, IssuedX509Svid};
 pub use config::{
-    Cli, Config, ConfigError, DEFAULT_JWT_KEY_ROTATION, DEFAULT_JWT_TTL, DEFAULT_SOCKET_MODE,
-    DEFAULT_X509_TTL, Endpoint, LogFormat,
+    Cli, Command, Config, ConfigError, DEFAULT_JWT_KEY_ROTATION, DEFAULT_JWT_TTL,
+    DEFAULT_SOCKET_MODE, DEFAULT_X509_TTL, Endpoint, LogFormat,
 };
 pub use jwt_keys::{JwtAlg, JwtClaims, JwtError, JwtKeySet, RetiredKey, SigningKey};
 pub use metrics::{Method, Metrics};
+pub use mint::{MintError, MintJwtArgs, mint_jwt};
 pub use oidc::{discovery_document, oidc_jwks};
 pub use secret::SecretBytes;
 pub use service::check_security_header;

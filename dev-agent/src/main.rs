@@ -3,7 +3,9 @@
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _};
-use dev_agent::{Agent, Cli};
+use std::io::Write as _;
+
+use dev_agent::{Agent, Cli, Command};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
@@ -13,6 +15,12 @@ async fn main() -> anyhow::Result<()> {
         .after_help(dev_agent::admin::help())
         .get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(Command::MintJwt(args)) = &cli.command {
+        // The one thing this binary prints on stdout: a token asked for by name.
+        let token = dev_agent::mint_jwt(args).context("mint-jwt")?;
+        writeln!(std::io::stdout().lock(), "{token}").context("writing the token")?;
+        return Ok(());
+    }
     sidecar_runtime::logging::init(cli.log_format, "info");
     let config = cli.into_config().context("invalid configuration")?;
 

@@ -1,13 +1,9 @@
-//! OIDC discovery (`docs/protocols.md#oidc-discovery`), so AWS STS, Vault or Entra ID can trust
-//! JWT-SVIDs by issuer URL: `GET /.well-known/openid-configuration` and `GET /keys` (the own trust
-//! domain's JWKS, following rotations).
+//! The OIDC discovery documents (`docs/protocols.md#oidc-discovery`), so AWS STS, Vault or Entra
+//! ID can trust JWT-SVIDs by issuer URL: the configuration served at
+//! `/.well-known/openid-configuration` and the own trust domain's JWKS served at `/keys`
+//! ([`crate::discovery`] serves them, following rotations).
 
-use std::sync::Arc;
-
-use axum::{Json, Router, extract::State, http::header, response::IntoResponse, routing::get};
 use serde_json::{Value, json};
-
-use crate::agent::Shared;
 
 /// The discovery document for `issuer`.
 pub fn discovery_document(issuer: &str) -> Value {
@@ -31,28 +27,6 @@ pub fn oidc_jwks(jwks: &Value) -> String {
         }
     }
     jwks.to_string()
-}
-
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route(
-            "/.well-known/openid-configuration",
-            get(openid_configuration),
-        )
-        .route("/keys", get(keys))
-        .with_state(shared)
-}
-
-async fn openid_configuration(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    // `Config::validate` guarantees an issuer when OIDC is served.
-    Json(discovery_document(
-        shared.jwt_issuer.as_deref().unwrap_or_default(),
-    ))
-}
-
-async fn keys(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let jwks = shared.jwt_bundles.borrow().oidc_jwks.clone();
-    ([(header::CONTENT_TYPE, "application/json")], jwks)
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use workload_proto::{
     spiffe_workload_api_server::SpiffeWorkloadApi,
 };
 
-use crate::{agent::Shared, metrics::Method};
+use crate::{metrics::Method, shared::Shared};
 
 /// A server stream of snapshots.
 pub(crate) type SnapshotStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;

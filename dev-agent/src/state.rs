@@ -137,6 +137,38 @@ impl StateDir {
         Ok(authority)
     }
 
+    /// The authority of `td` as stored, if this directory holds its CA and JWT keys (`None`
+    /// otherwise): what `mint-jwt` signs with. Reads only: nothing is created, pruned or
+    /// rewritten, since the running agent owns these files. A stored CA that has expired is an
+    /// error (the agent replaces it at its next start). `jwt_ttl` is the lifetime of the
+    /// tokens about to be signed.
+    pub fn load_existing(
+        &self,
+        td: &TrustDomain,
+        jwt_ttl: Duration,
+    ) -> Result<Option<Authority>, StateError> {
+        let dir = self.domain_dir(td);
+        let key_path = dir.join("ca-key.pem");
+        let cert_path = dir.join("ca-cert.pem");
+        let keys_path = dir.join("jwt-keys.json");
+        let (Some(key), Some(cert), Some(keys)) = (
+            read_optional(&key_path)?,
+            read_optional(&cert_path)?,
+            read_optional(&keys_path)?,
+        ) else {
+            return Ok(None);
+        };
+        let key = String::from_utf8(key).map_err(|_| invalid(&key_path, "not UTF-8"))?;
+        let cert = String::from_utf8(cert).map_err(|_| invalid(&cert_path, "not UTF-8"))?;
+        let ca = CertificateAuthority::from_pem(td, &key, &cert)
+            .map_err(|e| invalid(&cert_path, &e.to_string()))?;
+        if ca.not_after() <= SystemTime::now() {
+            return Err(invalid(&cert_path, "the CA has expired"));
+        }
+        let (keys, _) = parse_jwt_keys(&keys_path, &keys, jwt_ttl)?;
+        Ok(Some(Authority::from_parts(ca, keys)))
+    }
+
     fn load_or_create_ca(
         &self,
         dir: &Path,
@@ -229,14 +261,35 @@ fn load_or_create_jwt_keys(
     let Some(bytes) = read_optional(&path)? else {
         return Ok((JwtKeySet::new(generate()?, generate()?), true));
     };
+    let (mut keys, stored_alg) = parse_jwt_keys(&path, &bytes, jwt_ttl)?;
+    let ttl = i64::try_from(jwt_ttl.as_secs()).unwrap_or(i64::MAX);
+    let mut dirty = keys.prune(unix_now());
+    if stored_alg != alg {
+        // Two rotations: the old-algorithm signing key and the old-algorithm prepared key
+        // are retired (published for jwt_ttl as usual), two new-algorithm keys take over.
+        tracing::info!(from = %stored_alg, to = %alg, "JWT algorithm changed, rotating the keys");
+        keys.rotate(generate()?, unix_now(), ttl);
+        keys.rotate(generate()?, unix_now(), ttl);
+        dirty = true;
+    }
+    Ok((keys, dirty))
+}
+
+/// The key set stored in `path` (its bytes), as stored: no prune, no rotation; and the
+/// algorithm its keys were made with.
+fn parse_jwt_keys(
+    path: &Path,
+    bytes: &[u8],
+    jwt_ttl: Duration,
+) -> Result<(JwtKeySet, JwtAlg), StateError> {
     let stored: StoredJwtKeys =
-        serde_json::from_slice(&bytes).map_err(|e| invalid(&path, &e.to_string()))?;
+        serde_json::from_slice(bytes).map_err(|e| invalid(path, &e.to_string()))?;
     let load = |key: &StoredKey| {
         let pkcs8 = STANDARD
             .decode(&key.pkcs8)
-            .map_err(|e| invalid(&path, &format!("pkcs8: {e}")))?;
+            .map_err(|e| invalid(path, &format!("pkcs8: {e}")))?;
         SigningKey::from_pkcs8(stored.alg, SecretBytes::new(pkcs8))
-            .map_err(|e| invalid(&path, &e.to_string()))
+            .map_err(|e| invalid(path, &e.to_string()))
     };
     let current = load(&stored.current)?;
     let next = load(&stored.next)?;
@@ -245,17 +298,8 @@ fn load_or_create_jwt_keys(
     // expiry: assume the worst, a token of full TTL signed just now.
     let ttl = i64::try_from(jwt_ttl.as_secs()).unwrap_or(i64::MAX);
     let max_exp = stored.current.max_exp.max(unix_now().saturating_add(ttl));
-    let mut keys = JwtKeySet::from_parts(current, since, max_exp, next, stored.retired);
-    let mut dirty = keys.prune(unix_now());
-    if stored.alg != alg {
-        // Two rotations: the old-algorithm signing key and the old-algorithm prepared key
-        // are retired (published for jwt_ttl as usual), two new-algorithm keys take over.
-        tracing::info!(from = %stored.alg, to = %alg, "JWT algorithm changed, rotating the keys");
-        keys.rotate(generate()?, unix_now(), ttl);
-        keys.rotate(generate()?, unix_now(), ttl);
-        dirty = true;
-    }
-    Ok((keys, dirty))
+    let keys = JwtKeySet::from_parts(current, since, max_exp, next, stored.retired);
+    Ok((keys, stored.alg))
 }
 
 /// The marker file of a dropped federation.

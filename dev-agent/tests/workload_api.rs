@@ -258,6 +258,84 @@ async fn jwt_svid_fetch_and_validate() {
     agent.shutdown().await;
 }
 
+/// `spiffe-dev-agent mint-jwt` signs, from the running agent's state directory, tokens the
+/// agent validates: for a workload of its own trust domain and for one of a federated trust
+/// domain; a trust domain it holds no keys for is an error naming the fix.
+#[tokio::test]
+async fn minted_jwt_svids_of_own_and_federated_domains_validate_at_the_agent() {
+    use clap::Parser as _;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut cfg = config(dir.path());
+    cfg.federate_with = vec![td("partner.org")];
+    cfg.state_dir = Some(state.clone());
+    let agent = Agent::start(cfg).await.unwrap();
+    let mut client = connect(&agent).await;
+
+    let mint = |id: &str| {
+        let cli = dev_agent::Cli::try_parse_from([
+            "spiffe-dev-agent",
+            "mint-jwt",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--spiffe-id",
+            id,
+            "--audience",
+            "aud",
+            "--ttl",
+            "1m",
+        ])
+        .unwrap();
+        assert!(cli.socket.is_none(), "no --socket needed to mint");
+        let Some(dev_agent::Command::MintJwt(args)) = cli.command else {
+            panic!("mint-jwt parsed as {:?}", cli.command);
+        };
+        dev_agent::mint_jwt(&args)
+    };
+    let files = |td: &str| {
+        ["ca-key.pem", "ca-cert.pem", "jwt-keys.json"]
+            .map(|f| std::fs::read(state.join(td).join(f)).unwrap())
+    };
+    let before = (files("example.org"), files("partner.org"));
+    for id in ["spiffe://example.org/minted", "spiffe://partner.org/web"] {
+        let token = mint(id).unwrap();
+        let ok = client
+            .validate_jwtsvid(req(ValidateJwtsvidRequest {
+                audience: "aud".into(),
+                svid: token.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ok.spiffe_id, id);
+        let wrong_audience = client
+            .validate_jwtsvid(req(ValidateJwtsvidRequest {
+                audience: "other".into(),
+                svid: token,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(wrong_audience.code(), Code::InvalidArgument);
+    }
+    assert!(
+        before == (files("example.org"), files("partner.org")),
+        "minting reads the agent's files and writes nothing"
+    );
+    let err = mint("spiffe://stranger.org/x").unwrap_err().to_string();
+    assert!(err.contains("--federate-with stranger.org"), "{err}");
+    assert!(
+        !state.join("stranger.org").exists(),
+        "minting creates nothing"
+    );
+    let err = mint("spiffe://partner.org").unwrap_err().to_string();
+    assert!(err.contains("subject has a path"), "{err}");
+    // A federation an operator dropped is not trusted by the command either.
+    agent.drop_federation(&td("partner.org")).await.unwrap();
+    let err = mint("spiffe://partner.org/web").unwrap_err().to_string();
+    assert!(err.contains("was dropped"), "{err}");
+    agent.shutdown().await;
+}
+
 #[tokio::test]
 async fn federated_tokens_validate_and_bundles_list_every_domain() {
     let dir = tempfile::tempdir().unwrap();
