@@ -13,6 +13,7 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
+use sidecar_runtime::host::HostPort;
 use workload_client::spiffe::SpiffeId;
 use workload_client::{
     JwtBundleWatcher, JwtKey, JwtSvidCache, TrustDomainPolicy, validate_jwt_svid,
@@ -193,17 +194,9 @@ impl Injector {
     }
 }
 
+/// `host:port` → `host` (`[v6]` keeps its brackets); anything that is not `host[:port]` as is.
 fn strip_port(host: &str) -> &str {
-    match host.rsplit_once(':') {
-        Some((h, port))
-            if !port.is_empty()
-                && port.bytes().all(|b| b.is_ascii_digit())
-                && (!h.contains(':') || h.ends_with(']')) =>
-        {
-            h
-        }
-        _ => host,
-    }
+    HostPort::parse(host).map_or(host, |h| h.host)
 }
 
 // === Validation ===

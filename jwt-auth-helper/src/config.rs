@@ -12,9 +12,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sidecar_runtime::config::Listen;
+use sidecar_runtime::settings::{self, ConfigErrors, Reader, Setting, reason};
 use sidecar_runtime::{ConfigError, ListenPolicy, LogFormat, config};
 use workload_client::Env;
-use workload_client::endpoint::ResolvedEndpoint;
+use workload_client::ResolvedEndpoint;
 use workload_client::spiffe::{SpiffeId, TrustDomain};
 
 /// Env: the audience to request (injection) or require (validation).
@@ -59,18 +60,15 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 /// a check answers 503 itself before that.
 pub const DEFAULT_TOKEN_WAIT: Duration = Duration::from_millis(400);
 
-/// Command-line flags. Every flag has an environment variable (see `--help`), read through
-/// [`Env`] rather than clap so that the HCL file can sit between the two in precedence.
+/// Command-line flags. Every flag has an environment variable ([`SETTINGS`], listed by `--help`),
+/// read through [`Env`] rather than clap so that the HCL file can sit between the two in
+/// precedence.
 #[derive(Debug, Default, clap::Parser)]
 #[command(
     name = "jwt-auth-helper",
     version,
     about = "Envoy ext_authz server that stamps (jwt_injection) or checks (jwt_svid_validator) JWT-SVIDs from the SPIFFE Workload API",
-    after_help = "Precedence: flag > environment > --config file > default.\n\
-Environment: SPIRE_ENVOY_JWT_HELPER_{AUDIENCE,JWT_MODE,SOCKET_PATH,CONFIG,LISTEN,SOCKET_MODE,ADMIN_LISTEN,\n\
-EXISTING_AUTHORIZATION,AUDIENCE_FOR,ALLOW_SPIFFE_IDS,ALLOW_TRUST_DOMAINS,TOKEN_WAIT,LOG_FORMAT,\n\
-ALLOW_NON_LOOPBACK_LISTEN};\n\
-the socket falls back to SPIFFE_ENDPOINT_SOCKET, then unix:///run/secrets/workload-spiffe-uds/socket."
+    after_help = after_help()
 )]
 pub struct Cli {
     /// Upstream-format HCL file (socket_path, host, port, jwt_mode, audience).
@@ -185,256 +183,246 @@ pub struct Config {
     pub listen_policy: ListenPolicy,
 }
 
-/// One value and the setting it came from (for error messages).
-type Sourced = Option<(String, String)>;
+// === Settings ===
+//
+// One row per setting: its flag, its variable, its key in the upstream HCL file, and the line
+// `--help` prints. `Config::load` reads them all, so every bad one is reported at once.
 
-struct Sources<'a> {
-    env: &'a dyn Env,
-    file: BTreeMap<String, String>,
-    file_name: String,
-}
+/// `--config`.
+pub const CONFIG: Setting = Setting::new(
+    "--config",
+    ENV_CONFIG,
+    "upstream-format HCL file (socket_path, host, port, jwt_mode, audience)",
+);
+/// `--mode`.
+pub const MODE: Setting = Setting::new(
+    "--mode",
+    ENV_MODE,
+    "jwt_injection or jwt_svid_validator [default: jwt_injection]",
+)
+.file_key("jwt_mode");
+/// `--audience`.
+pub const AUDIENCE: Setting = Setting::new(
+    "--audience",
+    ENV_AUDIENCE,
+    "audience to request (injection) or require (validation) [required]",
+)
+.file_key("audience");
+/// `--socket`.
+pub const SOCKET: Setting = Setting::workload_api(ENV_SOCKET).file_key("socket_path");
+/// `--listen` (the file's `host` and `port` come after it: [`listen_from_file`]).
+pub const LISTEN: Setting = Setting::new(
+    "--listen",
+    ENV_LISTEN,
+    "ext_authz address: IP:PORT or unix:///path [default: `host`:`port` in the file, else 127.0.0.1:9010]",
+);
+/// `--socket-mode`.
+pub const SOCKET_MODE: Setting = Setting::new(
+    "--socket-mode",
+    ENV_SOCKET_MODE,
+    "permission bits of the ext_authz Unix socket, octal [default: 0600]",
+);
+/// `--admin-listen`.
+pub const ADMIN_LISTEN: Setting = Setting::new(
+    "--admin-listen",
+    ENV_ADMIN_LISTEN,
+    "admin HTTP address, or off [default: the ext_authz port + 1 on 127.0.0.1]",
+);
+/// `--existing-authorization`.
+pub const EXISTING_AUTHORIZATION: Setting = Setting::new(
+    "--existing-authorization",
+    ENV_EXISTING_AUTHORIZATION,
+    "injection, when a request has authorization: deny, keep or replace [default: deny]",
+);
+/// `--audience-for`.
+pub const AUDIENCE_FOR: Setting = Setting::new(
+    "--audience-for",
+    ENV_AUDIENCE_FOR,
+    "injection: comma-separated HOST=AUDIENCE rules",
+);
+/// `--allow-spiffe-id`.
+pub const ALLOW_SPIFFE_IDS: Setting = Setting::new(
+    "--allow-spiffe-id",
+    ENV_ALLOW_SPIFFE_IDS,
+    "validation: comma-separated SPIFFE IDs accepted [default: any]",
+);
+/// `--allow-trust-domain`.
+pub const ALLOW_TRUST_DOMAINS: Setting = Setting::new(
+    "--allow-trust-domain",
+    ENV_ALLOW_TRUST_DOMAINS,
+    "validation: comma-separated trust domains accepted [default: any with a bundle]",
+);
+/// `--token-wait`.
+pub const TOKEN_WAIT: Setting = Setting::new(
+    "--token-wait",
+    ENV_TOKEN_WAIT,
+    "how long a check waits for a token not cached yet [default: 400ms]",
+);
+/// `--log-format`.
+pub const LOG_FORMAT: Setting = Setting::log_format(ENV_LOG_FORMAT);
 
-impl Sources<'_> {
-    /// flag > env > file key.
-    fn pick(
-        &self,
-        flag: Option<&String>,
-        flag_name: &str,
-        env: &str,
-        key: Option<&str>,
-    ) -> Sourced {
-        if let Some(v) = flag.filter(|v| !v.is_empty()) {
-            return Some((flag_name.to_owned(), v.clone()));
-        }
-        if let Some(v) = self.env.var(env) {
-            return Some((env.to_owned(), v));
-        }
-        let key = key?;
-        self.file
-            .get(key)
-            .map(|v| (format!("{key} in {}", self.file_name), v.clone()))
-    }
+/// Every setting, in `--help`'s order.
+pub const SETTINGS: &[&Setting] = &[
+    &CONFIG,
+    &MODE,
+    &AUDIENCE,
+    &SOCKET,
+    &LISTEN,
+    &SOCKET_MODE,
+    &ADMIN_LISTEN,
+    &EXISTING_AUTHORIZATION,
+    &AUDIENCE_FOR,
+    &ALLOW_SPIFFE_IDS,
+    &ALLOW_TRUST_DOMAINS,
+    &TOKEN_WAIT,
+    &LOG_FORMAT,
+];
 
-    /// A repeatable flag, else a comma-separated variable.
-    fn list(&self, flag: &[String], flag_name: &str, env: &str) -> Vec<(String, String)> {
-        if !flag.is_empty() {
-            return flag
-                .iter()
-                .map(|v| (flag_name.to_owned(), v.clone()))
-                .collect();
-        }
-        self.env
-            .var(env)
-            .map(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| (env.to_owned(), s.to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
+/// `--help`'s text after the flags, from [`SETTINGS`].
+pub fn after_help() -> String {
+    format!(
+        "Precedence: flag > environment > --config file > default.\n\n{}  \
+         {ENV_ALLOW_NON_LOOPBACK_LISTEN}  --allow-non-loopback-listen: true to serve ext_authz beyond loopback",
+        settings::env_help(SETTINGS)
+    )
 }
 
 // === impl Config ===
 
 impl Config {
-    /// Builds the configuration from flags, environment and (if named) the HCL file.
-    pub fn load(cli: &Cli, env: &dyn Env) -> Result<Self, ConfigError> {
-        let (file, file_name) = match cli
-            .config
-            .as_ref()
-            .map(|p| ("--config".to_owned(), p.display().to_string()))
-            .or_else(|| env.var(ENV_CONFIG).map(|p| (ENV_CONFIG.to_owned(), p)))
-        {
-            Some((setting, path)) => {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| ConfigError::new(&setting, &path, format!("cannot read: {e}")))?;
-                let file = crate::hcl::parse(&text)
-                    .map_err(|e| ConfigError::new(&setting, &path, e.to_string()))?;
-                (file, path)
-            }
-            None => (BTreeMap::new(), String::new()),
-        };
-        let src = Sources {
-            env,
-            file,
-            file_name,
-        };
-
-        let mode = match src.pick(cli.mode.as_ref(), "--mode", ENV_MODE, Some("jwt_mode")) {
-            None => Mode::Injection,
-            Some((setting, v)) => match v.as_str() {
-                "jwt_injection" => Mode::Injection,
-                "jwt_svid_validator" => Mode::Validator,
-                _ => {
-                    return Err(ConfigError::new(
-                        setting,
-                        v,
-                        "unknown mode (expected jwt_injection or jwt_svid_validator)",
-                    ));
-                }
-            },
-        };
-
-        let audience = match src.pick(
-            cli.audience.as_ref(),
-            "--audience",
-            ENV_AUDIENCE,
-            Some("audience"),
-        ) {
-            Some((setting, v)) if v.trim().is_empty() => {
-                return Err(ConfigError::new(setting, v, "audience must not be empty"));
-            }
-            Some((_, v)) => v,
-            None => {
-                return Err(ConfigError::new(
-                    ENV_AUDIENCE,
-                    "",
-                    "an audience is required (--audience, SPIRE_ENVOY_JWT_HELPER_AUDIENCE or `audience` in the config file)",
-                ));
-            }
-        };
-
-        let socket = config::workload_api(
-            src.pick(
-                cli.socket.as_ref(),
-                "--socket",
-                ENV_SOCKET,
-                Some("socket_path"),
-            ),
-            env,
-        )?;
-
-        let listen_policy = ListenPolicy::load(
-            cli.allow_non_loopback_listen,
-            env,
-            ENV_ALLOW_NON_LOOPBACK_LISTEN,
-        )?;
-        let (listen_setting, listen) =
-            match src.pick(cli.listen.as_ref(), "--listen", ENV_LISTEN, None) {
-                Some((setting, v)) => {
-                    let listen = config::listen(&setting, &v)?;
-                    (setting, listen)
-                }
-                None => {
-                    let (setting, addr) = listen_from_file(&src)?;
-                    (setting, Listen::Tcp(addr))
+    /// Builds the configuration from flags, environment and (if named) the HCL file; every bad
+    /// setting is reported.
+    pub fn load(cli: &Cli, env: &dyn Env) -> Result<Self, ConfigErrors> {
+        let config_flag = cli.config.as_ref().map(|p| p.display().to_string());
+        let mut r = Reader::new(env);
+        let mut file_failed = false;
+        if let Some(s) = r.raw(&CONFIG, config_flag.as_deref()) {
+            // An unreadable file is reported with the rest; the settings are read without it.
+            let file = std::fs::read_to_string(&s.value)
+                .map_err(|e| ConfigError::new(&s.setting, &s.value, format!("cannot read: {e}")))
+                .and_then(|text| {
+                    crate::hcl::parse(&text)
+                        .map_err(|e| ConfigError::new(&s.setting, &s.value, e.to_string()))
+                });
+            r = match file {
+                Ok(file) => r.with_file(file, s.value),
+                Err(e) => {
+                    r.error(e);
+                    file_failed = true;
+                    r
                 }
             };
-        let listen = match listen {
-            Listen::Tcp(addr) => Listen::Tcp(listen_policy.check(&listen_setting, addr)?),
-            unix @ Listen::Unix(_) => unix,
-        };
-        let socket_mode = match src.pick(
-            cli.socket_mode.as_ref(),
-            "--socket-mode",
-            ENV_SOCKET_MODE,
-            None,
-        ) {
-            Some((setting, v)) => config::socket_mode(&setting, &v)?,
-            None => DEFAULT_SOCKET_MODE,
-        };
+        }
 
-        let admin_listen = match src.pick(
-            cli.admin_listen.as_ref(),
-            "--admin-listen",
-            ENV_ADMIN_LISTEN,
-            None,
-        ) {
-            Some((_, v)) if v.eq_ignore_ascii_case("off") => None,
-            Some((setting, v)) => Some(config::socket_addr(&setting, &v)?),
-            None => Some(default_admin_listen(&listen, &listen_setting)?),
+        let mode = r.get_or(&MODE, cli.mode.as_deref(), Mode::Injection, |v| match v {
+            "jwt_injection" => Ok(Mode::Injection),
+            "jwt_svid_validator" => Ok(Mode::Validator),
+            _ => Err("unknown mode (expected jwt_injection or jwt_svid_validator)".to_owned()),
+        });
+        let parse_audience = |v: &str| {
+            if v.trim().is_empty() {
+                Err("audience must not be empty".to_owned())
+            } else {
+                Ok(v.to_owned())
+            }
         };
-        if let (Some(admin), Listen::Tcp(ext_authz)) = (admin_listen, &listen)
+        // An unreadable file is already reported; "required" would only repeat it when the
+        // audience was in that file.
+        let audience = if file_failed {
+            r.get(&AUDIENCE, cli.audience.as_deref(), parse_audience)
+        } else {
+            r.required(&AUDIENCE, cli.audience.as_deref(), parse_audience)
+        };
+        let socket = r.workload_api(&SOCKET, cli.socket.as_deref());
+
+        let listen_policy = r
+            .check(ListenPolicy::load(
+                cli.allow_non_loopback_listen,
+                env,
+                ENV_ALLOW_NON_LOOPBACK_LISTEN,
+            ))
+            .unwrap_or_default();
+        let picked = match r.raw(&LISTEN, cli.listen.as_deref()) {
+            Some(s) => config::listen(&s.setting, &s.value).map(|l| (s.setting, l)),
+            None => listen_from_file(&r).map(|(setting, addr)| (setting, Listen::Tcp(addr))),
+        }
+        .and_then(|(setting, listen)| match listen {
+            Listen::Tcp(addr) => listen_policy
+                .check(&setting, addr)
+                .map(|addr| (setting, Listen::Tcp(addr))),
+            unix @ Listen::Unix(_) => Ok((setting, unix)),
+        });
+        let (listen_setting, listen) = r.check(picked).unzip();
+        let socket_mode = r.get_or(
+            &SOCKET_MODE,
+            cli.socket_mode.as_deref(),
+            DEFAULT_SOCKET_MODE,
+            reason(config::socket_mode),
+        );
+
+        let admin_listen = match (r.raw(&ADMIN_LISTEN, cli.admin_listen.as_deref()), &listen) {
+            (Some(s), _) => r
+                .check(config::admin_listen(&s.setting, &s.value))
+                .flatten(),
+            (None, Some(listen)) => r
+                .check(default_admin_listen(
+                    listen,
+                    listen_setting.as_deref().unwrap_or_default(),
+                ))
+                .flatten(),
+            // The listen address was refused (recorded): no default to derive.
+            (None, None) => None,
+        };
+        if let (Some(admin), Some(Listen::Tcp(ext_authz))) = (admin_listen, &listen)
             && admin == *ext_authz
         {
-            return Err(ConfigError::new(
+            r.error(ConfigError::new(
                 "--admin-listen",
                 admin.to_string(),
                 "must differ from the ext_authz listen address",
             ));
         }
 
-        let existing_authorization = match src.pick(
-            cli.existing_authorization.as_ref(),
-            "--existing-authorization",
-            ENV_EXISTING_AUTHORIZATION,
-            None,
-        ) {
-            None => ExistingAuthorization::Deny,
-            Some((setting, v)) => match v.to_ascii_lowercase().as_str() {
-                "deny" => ExistingAuthorization::Deny,
-                "keep" => ExistingAuthorization::Keep,
-                "replace" => ExistingAuthorization::Replace,
-                _ => {
-                    return Err(ConfigError::new(
-                        setting,
-                        v,
-                        "expected deny, keep or replace",
-                    ));
-                }
+        let existing_authorization = r.get_or(
+            &EXISTING_AUTHORIZATION,
+            cli.existing_authorization.as_deref(),
+            ExistingAuthorization::Deny,
+            |v| match v.to_ascii_lowercase().as_str() {
+                "deny" => Ok(ExistingAuthorization::Deny),
+                "keep" => Ok(ExistingAuthorization::Keep),
+                "replace" => Ok(ExistingAuthorization::Replace),
+                _ => Err("expected deny, keep or replace".to_owned()),
             },
-        };
+        );
 
         let mut audience_for = BTreeMap::new();
-        for (setting, rule) in src.list(&cli.audience_for, "--audience-for", ENV_AUDIENCE_FOR) {
-            let Some((host, aud)) = rule.split_once('=') else {
-                return Err(ConfigError::new(setting, rule, "expected HOST=AUDIENCE"));
-            };
-            let (host, aud) = (host.trim().to_ascii_lowercase(), aud.trim());
-            if host.is_empty() || aud.is_empty() || host.contains(['/', ' ']) {
-                return Err(ConfigError::new(
-                    setting,
-                    rule,
-                    "expected HOST=AUDIENCE with a non-empty host and audience",
-                ));
+        r.list(&AUDIENCE_FOR, &cli.audience_for, |rule| {
+            let (host, aud) = audience_rule(rule)?;
+            match audience_for.insert(host, aud) {
+                None => Ok(()),
+                Some(_) => Err("host given twice".to_owned()),
             }
-            if audience_for.insert(host, aud.to_owned()).is_some() {
-                return Err(ConfigError::new(setting, rule, "host given twice"));
-            }
-        }
-
-        let mut allow_spiffe_ids = BTreeSet::new();
-        for (setting, v) in src.list(
-            &cli.allow_spiffe_id,
-            "--allow-spiffe-id",
-            ENV_ALLOW_SPIFFE_IDS,
-        ) {
-            let id = SpiffeId::new(&v).map_err(|e| {
-                ConfigError::new(setting.clone(), &v, format!("not a SPIFFE ID: {e}"))
-            })?;
-            // A JWT-SVID's `sub` always has a path: the trust domain's own ID matches nothing.
-            if id.path().is_empty() {
-                return Err(ConfigError::new(
-                    setting,
-                    &v,
-                    "names a trust domain, not a workload: JWT-SVIDs always have a path, so no token could match (--allow-trust-domain accepts a whole trust domain)",
-                ));
-            }
-            allow_spiffe_ids.insert(id);
-        }
-        let mut allow_trust_domains = BTreeSet::new();
-        for (setting, v) in src.list(
-            &cli.allow_trust_domain,
-            "--allow-trust-domain",
-            ENV_ALLOW_TRUST_DOMAINS,
-        ) {
-            let td = TrustDomain::new(&v)
-                .map_err(|e| ConfigError::new(setting, &v, format!("not a trust domain: {e}")))?;
-            allow_trust_domains.insert(td);
-        }
-
+        });
+        let allow_spiffe_ids: BTreeSet<SpiffeId> = r
+            .list(&ALLOW_SPIFFE_IDS, &cli.allow_spiffe_id, allowed_spiffe_id)
+            .into_iter()
+            .collect();
+        let allow_trust_domains: BTreeSet<TrustDomain> = r
+            .list(&ALLOW_TRUST_DOMAINS, &cli.allow_trust_domain, |v| {
+                TrustDomain::new(v).map_err(|e| format!("not a trust domain: {e}"))
+            })
+            .into_iter()
+            .collect();
         match mode {
             Mode::Injection if !allow_spiffe_ids.is_empty() || !allow_trust_domains.is_empty() => {
-                return Err(ConfigError::new(
+                r.error(ConfigError::new(
                     "--allow-spiffe-id/--allow-trust-domain",
                     mode.as_str(),
                     "allow lists only apply in jwt_svid_validator mode",
                 ));
             }
             Mode::Validator if !audience_for.is_empty() => {
-                return Err(ConfigError::new(
+                r.error(ConfigError::new(
                     "--audience-for",
                     mode.as_str(),
                     "per-host audiences only apply in jwt_injection mode",
@@ -443,24 +431,27 @@ impl Config {
             _ => {}
         }
 
-        let token_wait = match src.pick(
-            cli.token_wait.as_ref(),
-            "--token-wait",
-            ENV_TOKEN_WAIT,
-            None,
-        ) {
-            Some((setting, v)) => config::duration(&setting, &v)?,
-            None => DEFAULT_TOKEN_WAIT,
+        let token_wait = r.get_or(
+            &TOKEN_WAIT,
+            cli.token_wait.as_deref(),
+            DEFAULT_TOKEN_WAIT,
+            reason(config::duration),
+        );
+        let log_format = r.get_or(
+            &LOG_FORMAT,
+            cli.log_format.as_deref(),
+            LogFormat::Text,
+            str::parse,
+        );
+        let unix_authority_adapter = r.check(config::unix_authority_adapter(env));
+
+        r.finish()?;
+        // Every `None` below was an error recorded above, and `finish` returned it.
+        let (Some(audience), Some(socket), Some(listen), Some(unix_authority_adapter)) =
+            (audience, socket, listen, unix_authority_adapter)
+        else {
+            return Err(ConfigErrors(Vec::new()));
         };
-        let log_format = config::log_format(src.pick(
-            cli.log_format.as_ref(),
-            "--log-format",
-            ENV_LOG_FORMAT,
-            None,
-        ))?;
-
-        let unix_authority_adapter = config::unix_authority_adapter(env)?;
-
         Ok(Self {
             mode,
             audience,
@@ -480,18 +471,46 @@ impl Config {
     }
 }
 
+/// `HOST=AUDIENCE`: the host lower-cased (it is matched against `:authority`), both trimmed.
+fn audience_rule(rule: &str) -> Result<(String, String), String> {
+    let Some((host, aud)) = rule.split_once('=') else {
+        return Err("expected HOST=AUDIENCE".to_owned());
+    };
+    let (host, aud) = (host.trim().to_ascii_lowercase(), aud.trim());
+    if host.is_empty() || aud.is_empty() || host.contains(['/', ' ']) {
+        return Err("expected HOST=AUDIENCE with a non-empty host and audience".to_owned());
+    }
+    Ok((host, aud.to_owned()))
+}
+
+/// A SPIFFE ID a validator may accept: a workload's, not a trust domain's.
+fn allowed_spiffe_id(v: &str) -> Result<SpiffeId, String> {
+    let id = SpiffeId::new(v).map_err(|e| format!("not a SPIFFE ID: {e}"))?;
+    // A JWT-SVID's `sub` always has a path: the trust domain's own ID matches nothing.
+    if id.path().is_empty() {
+        return Err(
+            "names a trust domain, not a workload: JWT-SVIDs always have a path, so no \
+                    token could match (--allow-trust-domain accepts a whole trust domain)"
+                .to_owned(),
+        );
+    }
+    Ok(id)
+}
+
 /// The admin address when none is set: the port after a TCP ext_authz port, on loopback, so
 /// that any number of helpers configured the upstream way (an HCL file with only `port`) can
 /// share a network namespace (a pod that stamps outbound and checks inbound runs two).
-fn default_admin_listen(listen: &Listen, setting: &str) -> Result<SocketAddr, ConfigError> {
+fn default_admin_listen(listen: &Listen, setting: &str) -> Result<Option<SocketAddr>, ConfigError> {
     match listen {
-        Listen::Unix(_) => Ok(DEFAULT_ADMIN_LISTEN),
+        Listen::Unix(_) => Ok(Some(DEFAULT_ADMIN_LISTEN)),
         // Port 0 (the OS picks one, in tests) gets an OS-picked admin port too.
-        Listen::Tcp(addr) if addr.port() == 0 => Ok(SocketAddr::new(DEFAULT_ADMIN_LISTEN.ip(), 0)),
+        Listen::Tcp(addr) if addr.port() == 0 => {
+            Ok(Some(SocketAddr::new(DEFAULT_ADMIN_LISTEN.ip(), 0)))
+        }
         Listen::Tcp(addr) => addr
             .port()
             .checked_add(1)
-            .map(|port| SocketAddr::new(DEFAULT_ADMIN_LISTEN.ip(), port))
+            .map(|port| Some(SocketAddr::new(DEFAULT_ADMIN_LISTEN.ip(), port)))
             .ok_or_else(|| {
                 ConfigError::new(
                     setting,
@@ -505,28 +524,29 @@ fn default_admin_listen(listen: &Listen, setting: &str) -> Result<SocketAddr, Co
 
 /// `host` + `port` from the upstream file, each defaulting to 127.0.0.1 / 9010, with the
 /// setting that chose the address (for the loopback check's error).
-fn listen_from_file(src: &Sources<'_>) -> Result<(String, SocketAddr), ConfigError> {
-    let setting = |key: &str| format!("{key} in {}", src.file_name);
-    let ip = match src.file.get("host").map(String::as_str) {
+fn listen_from_file(r: &Reader<'_>) -> Result<(String, SocketAddr), ConfigError> {
+    let ip = match r.file_value("host") {
         None => DEFAULT_LISTEN.ip(),
         // Upstream examples use "localhost"; we bind IP literals only (no resolver at start).
-        Some("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        Some(h) => h.parse().map_err(|_| {
-            ConfigError::new(setting("host"), h, "expected an IP address or localhost")
+        Some(s) if s.value == "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Some(s) => s.value.parse().map_err(|_| {
+            ConfigError::new(&s.setting, &s.value, "expected an IP address or localhost")
         })?,
     };
-    let port =
-        match src.file.get("port") {
-            None => DEFAULT_LISTEN.port(),
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
-                ConfigError::new(setting("port"), p, "expected a port in 1..=65535")
+    let port = match r.file_value("port") {
+        None => DEFAULT_LISTEN.port(),
+        Some(s) => s
+            .value
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                ConfigError::new(&s.setting, &s.value, "expected a port in 1..=65535")
             })?,
-        };
-    let setting = if src.file.contains_key("host") {
-        setting("host")
-    } else {
-        "default --listen".to_owned()
     };
+    let setting = r
+        .file_value("host")
+        .map_or_else(|| "default --listen".to_owned(), |s| s.setting);
     Ok((setting, SocketAddr::new(ip, port)))
 }
 
@@ -554,11 +574,14 @@ mod tests {
     }
 
     fn load(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        Config::load(&cli(args), &env(vars))
+        Config::load(&cli(args), &env(vars)).map_err(|mut e| {
+            assert_eq!(e.0.len(), 1, "one bad setting, one error: {e}");
+            e.0.remove(0)
+        })
     }
 
     #[test]
-    fn defaults_match_the_seed() {
+    fn defaults_match_the_istio_deployment() {
         let c = load(&[], &[(ENV_AUDIENCE, "spiffe://example.org/backend")]).unwrap();
         assert_eq!(c.mode, Mode::Injection);
         assert_eq!(c.listen, Listen::Tcp("127.0.0.1:9010".parse().unwrap()));
@@ -697,7 +720,7 @@ mod tests {
             (
                 &[],
                 &[],
-                "SPIRE_ENVOY_JWT_HELPER_AUDIENCE: an audience is required",
+                "SPIRE_ENVOY_JWT_HELPER_AUDIENCE: required: give it with --audience or SPIRE_ENVOY_JWT_HELPER_AUDIENCE",
             ),
             (
                 &["--audience", " "],
@@ -785,11 +808,71 @@ mod tests {
                 &[],
                 "--config: cannot read",
             ),
+            // The audience may have been in the file: no second, misleading error.
+            (
+                &["--config", "/nonexistent/helper.conf"],
+                &[],
+                "--config: cannot read",
+            ),
         ];
         for (args, vars, want) in cases {
             let err = load(args, vars).unwrap_err().to_string();
             assert!(err.contains(want), "{args:?} {vars:?}: {err}");
             assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("helper.conf");
+        std::fs::write(&file, "port = 70000\njwt_mode = \"jwt_magic\"\n").unwrap();
+        let f = file.to_str().unwrap();
+        let err = Config::load(
+            &cli(&["--config", f, "--token-wait", "soon"]),
+            &env(&[(ENV_EXISTING_AUTHORIZATION, "merge")]),
+        )
+        .unwrap_err();
+        let settings: Vec<&str> = err.0.iter().map(|e| e.setting.as_str()).collect();
+        assert_eq!(
+            settings,
+            [
+                format!("jwt_mode in {f}").as_str(),
+                ENV_AUDIENCE,
+                &format!("port in {f}"),
+                ENV_EXISTING_AUTHORIZATION,
+                "--token-wait",
+            ],
+            "{err}"
+        );
+        assert!(
+            err.to_string().starts_with("5 settings are invalid:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn help_names_every_variable_the_helper_reads() {
+        let help = after_help();
+        for s in SETTINGS {
+            assert!(
+                help.contains(s.env) && help.contains(s.flag),
+                "{}: {help}",
+                s.env
+            );
+        }
+        for key in ["jwt_mode", "audience", "socket_path"] {
+            assert!(
+                help.contains(&format!("`{key}` in the file")),
+                "{key}: {help}"
+            );
+        }
+        assert!(help.contains(ENV_ALLOW_NON_LOOPBACK_LISTEN), "{help}");
+        // Every `ENV_*` constant of this file is a row or named beside them.
+        let source = include_str!("config.rs");
+        for line in source.lines().filter(|l| l.starts_with("pub const ENV_")) {
+            let name = line.split('"').nth(1).unwrap();
+            assert!(help.contains(name), "{name} missing from --help");
         }
     }
 

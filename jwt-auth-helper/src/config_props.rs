@@ -70,7 +70,9 @@ proptest! {
                 prop_assert_eq!(config.listen, Listen::Tcp(SocketAddr::new(ip, port)));
                 prop_assert!(allow_non_loopback || ip.is_loopback());
             }
-            Err(e) => {
+            Err(errors) => {
+                prop_assert_eq!(errors.0.len(), 1, "{}", errors);
+                let e = &errors.0[0];
                 let bad_host = want_ip.is_none();
                 let bad_port = want_port.is_none();
                 let exposed = want_ip.is_some_and(|ip| !ip.is_loopback()) && !allow_non_loopback;
