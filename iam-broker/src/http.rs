@@ -17,7 +17,6 @@
 //! run in the provider's routes, after these.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use sidecar_runtime::Readiness;
+use sidecar_runtime::host::HostPort;
 
 use crate::cache::{CacheError, CredentialCache, Held};
 use crate::metrics::Metrics;
@@ -67,6 +67,9 @@ pub struct ServiceOptions {
     pub methods: Methods,
     /// Run once after the server has drained (best-effort clean-up such as revoking a token).
     pub on_shutdown: Option<futures_util::future::BoxFuture<'static, ()>>,
+    /// Routes (`route_label` values) whose `result="ok"` request counter is resolved once at
+    /// start: the busy ones, counted without a label lookup.
+    pub hot_routes: &'static [&'static str],
 }
 
 impl fmt::Debug for ServiceOptions {
@@ -74,6 +77,7 @@ impl fmt::Debug for ServiceOptions {
         f.debug_struct("ServiceOptions")
             .field("methods", &self.methods)
             .field("on_shutdown", &self.on_shutdown.is_some())
+            .field("hot_routes", &self.hot_routes)
             .finish()
     }
 }
@@ -106,14 +110,14 @@ impl Service {
     /// the clean-up to run after draining.
     pub fn into_parts(self, metrics: Metrics) -> Parts {
         let guard = Guard {
-            metrics,
+            metrics: metrics.with_hot_routes(self.options.hot_routes),
             route_label: self.route_label,
             render: self.render_error,
             methods: self.options.methods,
         };
         let app = self
             .routes
-            // In an `Arc`: the state is cloned per request, and `Metrics` is seven `Arc`s.
+            // In an `Arc`: the state is cloned per request, and `Metrics` holds `Arc`s.
             .layer(middleware::from_fn_with_state(Arc::new(guard), guard_layer));
         Parts {
             app,
@@ -291,33 +295,7 @@ fn foreign_host(render: RenderError) -> Response {
 
 /// `localhost`, an address in `127.0.0.0/8`, or `[::1]`, each with an optional port.
 pub fn is_loopback_host(host_port: &str) -> bool {
-    let host = if let Some(rest) = host_port.strip_prefix('[') {
-        // [v6]:port
-        let Some((v6, after)) = rest.split_once(']') else {
-            return false;
-        };
-        if !(after.is_empty() || is_port(after.strip_prefix(':').unwrap_or("x"))) {
-            return false;
-        }
-        return v6
-            .parse::<std::net::Ipv6Addr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    } else {
-        match host_port.rsplit_once(':') {
-            Some((host, port)) if is_port(port) => host,
-            Some(_) => return false, // a bare IPv6 address or garbage
-            None => host_port,
-        }
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host.eq_ignore_ascii_case("localhost.")
-        || host
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| IpAddr::V4(ip).is_loopback())
-}
-
-fn is_port(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
+    HostPort::parse(host_port).is_some_and(|h| h.is_loopback())
 }
 
 // === Error rendering ===
@@ -390,6 +368,7 @@ mod tests {
             options: ServiceOptions {
                 methods,
                 on_shutdown: None,
+                hot_routes: &[],
             },
         };
         let parts = service.into_parts(Metrics::unregistered());

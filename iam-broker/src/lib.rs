@@ -2,9 +2,13 @@
 //! loopback, so that tools and SDKs get credentials with no secret in the pod
 //! (`docs/protocols.md#aws`, `#azure`, `#gcp`, `#vault`).
 //!
-//! - [`config`]: flags > environment > defaults, one validated [`config::Config`];
-//! - [`provider`]: the [`provider::CredentialProvider`] trait, and one folder per cloud with its
-//!   settings, token exchange and routes ([`provider::aws`]: `AssumeRoleWithWebIdentity`);
+//! - [`config`]: the settings every provider shares, as rows, and shared validators (a leaf:
+//!   it knows no provider);
+//! - [`cli`]: the command line, the one list of clouds, and one validated [`cli::Config`] with
+//!   every bad setting reported at once;
+//! - [`provider`]: the [`provider::Provider`] plug-in trait, the
+//!   [`provider::CredentialProvider`] trait, and one folder per cloud with its settings, token
+//!   exchange, routes and metrics ([`provider::aws`]: `AssumeRoleWithWebIdentity`);
 //! - [`cache`]: the credential cache (background refresh before clients' refresh window, single
 //!   flight, stale-but-valid credentials served while STS fails);
 //! - [`cache_set`]: one cache per key (Azure resource, Google scope set), capped, idle ones
@@ -18,6 +22,7 @@
 
 pub mod cache;
 pub mod cache_set;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;

@@ -4,10 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use iam_broker::config::{Cli, Config, ProviderConfig};
+use iam_broker::cli::{Cli, Config};
 use iam_broker::http::{Limits, Service};
 use iam_broker::metrics::Metrics;
-use iam_broker::provider::{JwtSource, aws, azure, gcp, vault};
+use iam_broker::provider::{Context, JwtSource};
 use prometheus_client::registry::Registry;
 use sidecar_runtime::metrics::JwtCacheCollector;
 use sidecar_runtime::tls_roots::{self, RootsLocations};
@@ -66,16 +66,12 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         audience = %common.audience,
         "starting"
     );
-    let service: Service = match &config.provider {
-        ProviderConfig::Aws(c) => aws::service(common, c, &roots, jwt, &metrics, &mut registry)?,
-        ProviderConfig::Azure(c) => {
-            azure::service(common, c, &roots, jwt, &metrics, &mut registry)?
-        }
-        ProviderConfig::Gcp(c) => gcp::service(common, c, &roots, jwt, &metrics, &mut registry)?,
-        ProviderConfig::Vault(c) => {
-            vault::service(common, c, &roots, jwt, &metrics, &mut registry)?
-        }
-    };
+    let service: Service = config.provider.service(Context {
+        common,
+        roots: &roots,
+        jwt,
+        registry: &mut registry,
+    })?;
 
     let iam_broker::http::Parts {
         app,

@@ -1,8 +1,11 @@
-//! Prometheus metrics (prefix `iam_broker_`): requests by route and result, STS calls by
-//! outcome, credential cache counters and seconds until the held credentials expire. Shared
-//! Workload API metrics (the JWT cache) come from `sidecar-runtime`.
+//! Prometheus metrics (prefix `iam_broker_`): requests by route and result, token exchanges by
+//! provider and outcome, credential cache counters and seconds until the held credentials
+//! expire. A provider registers its own counters when it builds its service (AWS's
+//! `sts_calls`: `provider/aws/metrics.rs`); shared Workload API metrics (the JWT cache) come
+//! from `sidecar-runtime`.
 
 use std::fmt;
+use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -17,29 +20,26 @@ use crate::provider::Expiring;
 
 type Labels = Vec<(&'static str, &'static str)>;
 
-/// Counts STS calls by outcome (`success`, `retryable_error`, `invalid_token`, `rejected`).
-#[derive(Clone, Default)]
-pub struct StsCalls(Family<Labels, Counter>);
-
-impl StsCalls {
-    /// Counts one call.
-    pub fn record(&self, outcome: &'static str) {
-        self.0.get_or_create(&vec![("outcome", outcome)]).inc();
-    }
-}
-
-impl fmt::Debug for StsCalls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("StsCalls")
-    }
-}
-
-/// Counts token exchanges of the Entra ID and Google providers by provider and outcome
-/// (`success`, `retryable_error`, `rejected`).
+/// Counts token exchanges of the Entra ID, Google and Vault providers by provider and outcome
+/// (`success`, `retryable_error`, `rejected`, …). One family for the three, as before the
+/// providers registered their own metrics: `iam_broker_token_exchanges_total{provider,outcome}`
+/// is what dashboards and alerts select on, so it is not renamed per provider.
 #[derive(Clone, Default)]
 pub struct ExchangeCalls(Family<Labels, Counter>);
 
 impl ExchangeCalls {
+    /// Registers `token_exchanges` in `registry` (one provider runs per process, so it is
+    /// registered once).
+    pub fn register(registry: &mut Registry) -> Self {
+        let calls = Self::default();
+        registry.register(
+            "token_exchanges",
+            "Token exchanges with Entra ID (azure) and Google STS / IAM Credentials (gcp) by provider and outcome (success, retryable_error, rejected, invalid_token: the JWT-SVID refused, retried once with a fresh one)",
+            calls.0.clone(),
+        );
+        calls
+    }
+
     /// Counts one call.
     pub fn record(&self, provider: &'static str, outcome: &'static str) {
         self.0
@@ -54,19 +54,14 @@ impl fmt::Debug for ExchangeCalls {
     }
 }
 
-/// The broker's request and STS metrics.
+/// Requests by route and result, every provider's; its own metrics a provider registers itself
+/// when it builds its service.
 #[derive(Clone)]
 pub struct Metrics {
     requests: Family<Labels, Counter>,
-    /// The hot series, resolved once: no label hashing or lock on the request path.
-    creds_ok: Counter,
-    container_creds_ok: Counter,
-    msi_token_ok: Counter,
-    gce_token_ok: Counter,
-    /// STS calls by outcome.
-    pub sts_calls: StsCalls,
-    /// Entra ID / Google token exchanges by provider and outcome.
-    pub exchanges: ExchangeCalls,
+    /// The `result="ok"` series of the provider's hot routes, resolved once: no label hashing
+    /// or lock on the request path.
+    hot: Arc<[(&'static str, Counter)]>,
 }
 
 impl fmt::Debug for Metrics {
@@ -75,72 +70,59 @@ impl fmt::Debug for Metrics {
     }
 }
 
+// === impl Metrics ===
+
 impl Metrics {
-    /// Registers the metrics in `registry`.
+    /// Registers `requests` in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let requests = Family::<Labels, Counter>::default();
-        let sts_calls = StsCalls::default();
         registry.register(
             "requests",
             "HTTP requests by route (creds, container_creds, other) and result",
             requests.clone(),
         );
-        registry.register(
-            "sts_calls",
-            "AssumeRoleWithWebIdentity calls by outcome (success, retryable_error, invalid_token, rejected)",
-            sts_calls.0.clone(),
-        );
-        let exchanges = ExchangeCalls::default();
-        registry.register(
-            "token_exchanges",
-            "Token exchanges with Entra ID (azure) and Google STS / IAM Credentials (gcp) by provider and outcome (success, retryable_error, rejected, invalid_token: the JWT-SVID refused, retried once with a fresh one)",
-            exchanges.0.clone(),
-        );
-        Self::with(requests, sts_calls, exchanges)
+        Self::with(requests)
     }
 
     /// Metrics that are not exported (tests, embedding).
     pub fn unregistered() -> Self {
-        Self::with(
-            Family::default(),
-            StsCalls::default(),
-            ExchangeCalls::default(),
-        )
+        Self::with(Family::default())
     }
 
-    fn with(
-        requests: Family<Labels, Counter>,
-        sts_calls: StsCalls,
-        exchanges: ExchangeCalls,
-    ) -> Self {
-        let series = |route| {
-            requests
-                .get_or_create(&vec![("route", route), ("result", "ok")])
-                .clone()
-        };
+    fn with(requests: Family<Labels, Counter>) -> Self {
         Self {
-            creds_ok: series("creds"),
-            container_creds_ok: series("container_creds"),
-            msi_token_ok: series("msi_token"),
-            gce_token_ok: series("gce_token"),
             requests,
-            sts_calls,
-            exchanges,
+            hot: Arc::from([]),
         }
+    }
+
+    /// Resolves the `ok` series of `routes` once (they then show from start-up, at 0).
+    #[must_use]
+    pub fn with_hot_routes(mut self, routes: &[&'static str]) -> Self {
+        self.hot = routes
+            .iter()
+            .map(|route| {
+                let ok = self
+                    .requests
+                    .get_or_create(&vec![("route", *route), ("result", "ok")])
+                    .clone();
+                (*route, ok)
+            })
+            .collect();
+        self
     }
 
     /// Counts one HTTP request.
     pub fn request(&self, route: &'static str, result: &'static str) {
-        match (route, result) {
-            ("creds", "ok") => self.creds_ok.inc(),
-            ("container_creds", "ok") => self.container_creds_ok.inc(),
-            ("msi_token", "ok") => self.msi_token_ok.inc(),
-            ("gce_token", "ok") => self.gce_token_ok.inc(),
-            _ => self
-                .requests
-                .get_or_create(&vec![("route", route), ("result", result)])
-                .inc(),
-        };
+        if result == "ok"
+            && let Some((_, ok)) = self.hot.iter().find(|(hot, _)| *hot == route)
+        {
+            ok.inc();
+            return;
+        }
+        self.requests
+            .get_or_create(&vec![("route", route), ("result", result)])
+            .inc();
     }
 }
 
@@ -230,5 +212,44 @@ fn encode_stats(stats: &CacheStats, mut encoder: DescriptorEncoder) -> Result<()
             )?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::encoding::text::encode;
+
+    use super::*;
+
+    fn exported(registry: &Registry) -> String {
+        let mut text = String::new();
+        encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn hot_routes_count_into_the_one_requests_family() {
+        let mut registry = Registry::with_prefix("iam_broker");
+        let metrics = Metrics::register(&mut registry).with_hot_routes(&["creds", "msi_token"]);
+        let calls = ExchangeCalls::register(&mut registry);
+        let text = exported(&registry);
+        assert!(
+            text.contains("iam_broker_requests_total{route=\"msi_token\",result=\"ok\"} 0"),
+            "hot series show from the start: {text}"
+        );
+        metrics.request("creds", "ok");
+        metrics.request("creds", "ok");
+        metrics.request("creds", "unauthorized");
+        metrics.request("other", "ok");
+        calls.record("azure", "success");
+        let text = exported(&registry);
+        for line in [
+            "iam_broker_requests_total{route=\"creds\",result=\"ok\"} 2",
+            "iam_broker_requests_total{route=\"creds\",result=\"unauthorized\"} 1",
+            "iam_broker_requests_total{route=\"other\",result=\"ok\"} 1",
+            "iam_broker_token_exchanges_total{provider=\"azure\",outcome=\"success\"} 1",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
     }
 }

@@ -4,9 +4,12 @@
 //! can pick the retry schedule (for STS: `docs/protocols.md#aws-sts`).
 //!
 //! Each cloud owns a folder (the layout rule: a provider owns its folder): `config.rs` (its
-//! settings and validators), `exchange.rs` (its token exchange, a [`CredentialProvider`]) and
-//! `routes.rs` (the HTTP routes and formats its SDKs expect); its `mod.rs` wires them into a
-//! [`crate::http::Service`]. All share the shape: a JWT-SVID in ([`JwtSource`]), an expiring
+//! settings as rows, and validators), `exchange.rs` (its token exchange, a
+//! [`CredentialProvider`]) and `routes.rs` (the HTTP routes and formats its SDKs expect); its
+//! `mod.rs` implements [`Provider`], which is all the rest of the broker knows of it: its
+//! flags, rows and shared-setting defaults, reading its settings, and building its
+//! [`crate::http::Service`] with its own metrics. The subcommand list in `cli.rs` names
+//! each [`Provider`] once. All share the shape: a JWT-SVID in ([`JwtSource`]), an expiring
 //! credential out, as in every federation the zero trust workload identity manager documents
 //! (`docs/protocols.md#ztwim`).
 
@@ -14,7 +17,13 @@ use std::fmt;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use prometheus_client::registry::Registry;
+use sidecar_runtime::settings::{Reader, Setting};
+use sidecar_runtime::tls_roots::TrustRoots;
 use time::OffsetDateTime;
+
+use crate::config::{Common, SharedRules};
+use crate::http::Service;
 
 pub mod aws;
 pub mod azure;
@@ -24,6 +33,45 @@ mod jwt;
 pub mod vault;
 
 pub use jwt::{JwtSource, Refused};
+
+/// A cloud the broker serves credentials of, as a plug-in: everything the subcommand, the
+/// configuration and `main` need from it.
+pub trait Provider: Clone + fmt::Debug + Sized + 'static {
+    /// Its flags, after the shared ones.
+    type Args: clap::Args + fmt::Debug;
+
+    /// Its settings, in `--help`'s order; its help's environment list is generated from these
+    /// after the shared ones ([`crate::config::SETTINGS`]).
+    const SETTINGS: &'static [&'static Setting];
+
+    /// What it changes in the shared settings (a default audience, its own listen port).
+    const SHARED: SharedRules = SharedRules::DEFAULT;
+
+    /// Closing words of its `--help`, such as how to point the application at the broker.
+    const HELP: &'static str = "";
+
+    /// Reads its settings from `r`, recording every bad one; `None` when one is bad. `common`
+    /// holds the shared settings, read first, or `None` when one of those was bad (its own
+    /// settings are read and reported all the same).
+    fn read(args: &Self::Args, common: Option<&Common>, r: &mut Reader<'_>) -> Option<Self>;
+
+    /// Builds its service: its exchange and cache (started now), its routes, and its own
+    /// metrics, registered in `cx.registry`.
+    fn service(&self, cx: Context<'_>) -> anyhow::Result<Service>;
+}
+
+/// What a provider builds its service from.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// The shared settings.
+    pub common: &'a Common,
+    /// CA roots for its TLS.
+    pub roots: &'a TrustRoots,
+    /// The workload's JWT-SVIDs.
+    pub jwt: JwtSource,
+    /// Where it registers its metrics (prefix `iam_broker_`).
+    pub registry: &'a mut Registry,
+}
 
 /// Credentials that expire at a known instant.
 pub trait Expiring {

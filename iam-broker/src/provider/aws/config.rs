@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sidecar_runtime::ConfigError;
-use sidecar_runtime::config::{self, pick};
-use workload_client::Env;
+use sidecar_runtime::config;
+use sidecar_runtime::settings::{Reader, Setting};
 
 use super::exchange::AwsSettings;
 use super::session_name::SessionName;
-use crate::config::{CommonArgs, secret_arg, validate_endpoint};
+use crate::config::{required, secret_arg, validate_endpoint};
 use crate::secret::Secret;
 pub use crate::token::HeaderToken as ContainerToken;
 use crate::token::check_token;
@@ -41,12 +41,66 @@ pub const DURATION_RANGE: std::ops::RangeInclusive<u64> = 900..=43_200;
 /// Region when none is configured (STS is global; us-east-1 hosts its global endpoint).
 pub const DEFAULT_REGION: &str = "us-east-1";
 
+// === Settings ===
+
+/// `--role-arn`.
+pub const ROLE_ARN: Setting = Setting::new(
+    "--role-arn",
+    ENV_ROLE_ARN,
+    "IAM role to assume, arn:aws:iam::ACCOUNT:role/NAME [required]",
+);
+/// `--region`, then the SDKs' variables.
+pub const REGION: Setting = Setting::new(
+    "--region",
+    ENV_REGION,
+    "AWS region of the STS endpoint [default: us-east-1]",
+)
+.or_env(&["AWS_REGION", "AWS_DEFAULT_REGION"]);
+/// `--sts-endpoint`.
+pub const STS_ENDPOINT: Setting = Setting::new(
+    "--sts-endpoint",
+    ENV_STS_ENDPOINT,
+    "STS endpoint URL (plain http only to loopback) [default: the region's]",
+);
+/// `--duration`.
+pub const DURATION: Setting = Setting::new(
+    "--duration",
+    ENV_DURATION,
+    "session duration, 900-43200 s, as seconds or e.g. 1h [default: 3600]",
+);
+/// `--session-name`.
+pub const SESSION_NAME: Setting = Setting::new(
+    "--session-name",
+    ENV_SESSION_NAME,
+    "fixed RoleSessionName [default: derived from the SPIFFE ID]",
+);
+/// `--container-token-file`: the SDKs' variable is ours, so one pod variable serves both.
+pub const CONTAINER_TOKEN_FILE: Setting = Setting::new(
+    "--container-token-file",
+    ENV_CONTAINER_TOKEN_FILE,
+    "file holding the token /v1/container-creds requires (re-read on change)",
+);
+/// `--container-token`.
+pub const CONTAINER_TOKEN: Setting = Setting::new(
+    "--container-token",
+    ENV_CONTAINER_TOKEN,
+    "the token /v1/container-creds requires [default: none, that endpoint answers 404]",
+);
+
+/// The `aws` rows, in `--help`'s order.
+pub const SETTINGS: &[&Setting] = &[
+    &ROLE_ARN,
+    &REGION,
+    &STS_ENDPOINT,
+    &DURATION,
+    &SESSION_NAME,
+    &CONTAINER_TOKEN_FILE,
+    &CONTAINER_TOKEN,
+];
+
 /// `aws` flags.
 #[derive(Debug, Default, clap::Args)]
 pub struct AwsArgs {
-    /// Shared flags.
-    #[command(flatten)]
-    pub common: CommonArgs,
     /// IAM role to assume: arn:aws:iam::ACCOUNT:role/NAME.
     #[arg(long)]
     pub role_arn: Option<String>,
@@ -80,142 +134,116 @@ pub struct AwsConfig {
     pub container_token: Option<ContainerToken>,
 }
 
-impl AwsConfig {
-    /// Reads the `aws` settings.
-    pub fn load(args: &AwsArgs, env: &dyn Env) -> Result<Self, ConfigError> {
-        let role_arn = match pick(args.role_arn.as_deref(), "--role-arn", env, ENV_ROLE_ARN) {
-            Some((setting, v)) => {
-                validate_role_arn(&v).map_err(|reason| ConfigError::new(setting, &v, reason))?;
-                v
-            }
-            None => {
-                return Err(ConfigError::new(
-                    ENV_ROLE_ARN,
-                    "",
-                    "a role ARN is required (--role-arn or SPIFFE_IAM_BROKER_ROLE_ARN)",
-                ));
-            }
-        };
+// === impl AwsConfig ===
 
-        let region = pick(args.region.as_deref(), "--region", env, ENV_REGION)
-            .or_else(|| env.var("AWS_REGION").map(|v| ("AWS_REGION".to_owned(), v)))
-            .or_else(|| {
-                env.var("AWS_DEFAULT_REGION")
-                    .map(|v| ("AWS_DEFAULT_REGION".to_owned(), v))
-            });
-        let region = match region {
-            Some((setting, v)) => {
-                let ok = !v.is_empty()
-                    && v.len() <= 32
+impl AwsConfig {
+    /// Reads the `aws` settings, recording every bad one in `r`.
+    pub fn load(args: &AwsArgs, r: &mut Reader<'_>) -> Option<Self> {
+        let role_arn = required(r, &ROLE_ARN, args.role_arn.as_deref(), "a role ARN", |v| {
+            validate_role_arn(v).map(|()| v.to_owned())
+        });
+        let region = r.get_or(
+            &REGION,
+            args.region.as_deref(),
+            DEFAULT_REGION.to_owned(),
+            |v| {
+                let ok = v.len() <= 32
                     && v.bytes()
                         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-                if !ok {
-                    return Err(ConfigError::new(
-                        setting,
-                        v,
-                        "expected a region name like eu-west-1",
-                    ));
+                if ok {
+                    Ok(v.to_owned())
+                } else {
+                    Err("expected a region name like eu-west-1".to_owned())
                 }
-                v
-            }
-            None => DEFAULT_REGION.to_owned(),
-        };
-
-        let sts_endpoint = match pick(
-            args.sts_endpoint.as_deref(),
-            "--sts-endpoint",
-            env,
-            ENV_STS_ENDPOINT,
-        ) {
-            Some((setting, v)) => Some(
-                validate_endpoint(&v).map_err(|reason| ConfigError::new(setting, &v, reason))?,
-            ),
-            None => None,
-        };
-
-        let duration = match pick(args.duration.as_deref(), "--duration", env, ENV_DURATION) {
-            Some((setting, v)) => {
-                let d = match v.parse::<u64>() {
-                    Ok(secs) => Duration::from_secs(secs),
-                    Err(_) => config::duration(&setting, &v)?,
-                };
-                if !DURATION_RANGE.contains(&d.as_secs()) || d.subsec_nanos() != 0 {
-                    return Err(ConfigError::new(
-                        setting,
-                        v,
-                        "must be whole seconds from 900 (15m) to 43200 (12h), and at most the role's MaxSessionDuration",
-                    ));
-                }
-                d
-            }
-            None => DEFAULT_DURATION,
-        };
-
-        let session_name = match pick(
+            },
+        );
+        let sts_endpoint = r.get(&STS_ENDPOINT, args.sts_endpoint.as_deref(), |v| {
+            validate_endpoint(v).map_err(|e| e.to_string())
+        });
+        let duration = r.get_or(
+            &DURATION,
+            args.duration.as_deref(),
+            DEFAULT_DURATION,
+            parse_duration,
+        );
+        let session_name = r.get(
+            &SESSION_NAME,
             args.session_name.as_deref(),
-            "--session-name",
-            env,
-            ENV_SESSION_NAME,
-        ) {
-            Some((setting, v)) => Some(
-                SessionName::parse(&v).map_err(|reason| ConfigError::new(setting, &v, reason))?,
-            ),
-            None => None,
-        };
-
-        let container_token = container_token(args, env)?;
-
-        Ok(Self {
+            SessionName::parse,
+        );
+        let container_token = container_token(args, r);
+        Some(Self {
             sts: AwsSettings {
-                role_arn,
+                role_arn: role_arn?,
                 region,
                 sts_endpoint,
                 duration,
                 session_name,
             },
-            container_token,
+            container_token: container_token?,
         })
     }
+}
+
+/// Whole seconds (`3600`) or a duration (`1h`) within STS's range.
+fn parse_duration(v: &str) -> Result<Duration, String> {
+    let d = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => config::duration("", v).map_err(|e| e.reason)?,
+    };
+    if !DURATION_RANGE.contains(&d.as_secs()) || d.subsec_nanos() != 0 {
+        return Err(
+            "must be whole seconds from 900 (15m) to 43200 (12h), and at most the role's MaxSessionDuration"
+                .to_owned(),
+        );
+    }
+    Ok(d)
 }
 
 /// How errors name the token.
 const TOKEN_WHAT: &str = "container-credentials token";
 
 /// Flags before variables; within each, the file before the value (as the SDKs read
-/// `_TOKEN_FILE` before `_TOKEN`).
-fn container_token(args: &AwsArgs, env: &dyn Env) -> Result<Option<ContainerToken>, ConfigError> {
+/// `_TOKEN_FILE` before `_TOKEN`). Explicit code rather than one row's fallbacks: two rows
+/// interleave (file flag, value flag, file variable, value variable). `Some(None)`: no token;
+/// `None`: a bad one (recorded).
+fn container_token(args: &AwsArgs, r: &mut Reader<'_>) -> Option<Option<ContainerToken>> {
     enum Source {
         File(String, PathBuf),
         Value(String, Secret),
     }
-    let flag_value = args.container_token.clone().filter(|s| !s.is_empty());
-    let source = if let Some(path) = &args.container_token_file {
-        Source::File("--container-token-file".to_owned(), path.clone())
-    } else if let Some(token) = flag_value {
-        Source::Value("--container-token".to_owned(), token)
-    } else if let Some(path) = env.var(ENV_CONTAINER_TOKEN_FILE) {
-        Source::File(ENV_CONTAINER_TOKEN_FILE.to_owned(), PathBuf::from(path))
-    } else if let Some(token) = env.var(ENV_CONTAINER_TOKEN) {
-        Source::Value(ENV_CONTAINER_TOKEN.to_owned(), Secret::new(token))
-    } else {
-        return Ok(None);
+    let file_flag = args
+        .container_token_file
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty());
+    let value_flag = args.container_token.clone().filter(|s| !s.is_empty());
+    let source = match (file_flag, value_flag) {
+        (Some(path), _) => Source::File(CONTAINER_TOKEN_FILE.flag.to_owned(), path.to_path_buf()),
+        (None, Some(token)) => Source::Value(CONTAINER_TOKEN.flag.to_owned(), token),
+        (None, None) => match (
+            r.raw(&CONTAINER_TOKEN_FILE, None),
+            r.raw(&CONTAINER_TOKEN, None),
+        ) {
+            (Some(s), _) => Source::File(s.setting, PathBuf::from(s.value)),
+            (None, Some(s)) => Source::Value(s.setting, Secret::new(s.value)),
+            (None, None) => return Some(None),
+        },
     };
-    match source {
+    let checked = match source {
         Source::File(setting, path) => {
             let shown = path.display().to_string();
-            let token = std::fs::read_to_string(&path)
-                .map_err(|e| ConfigError::new(&setting, &shown, format!("cannot read: {e}")))?;
-            check_token(TOKEN_WHAT, token.trim())
-                .map_err(|reason| ConfigError::new(&setting, &shown, reason))?;
-            Ok(Some(ContainerToken::File(path)))
+            std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read: {e}"))
+                .and_then(|token| check_token(TOKEN_WHAT, token.trim()))
+                .map(|()| ContainerToken::File(path))
+                .map_err(|reason| ConfigError::new(setting, shown, reason))
         }
-        Source::Value(setting, token) => {
-            // Never echo the token itself.
-            check_token(TOKEN_WHAT, token.expose())
-                .map_err(|reason| ConfigError::new(&setting, "<redacted>", reason))?;
-            Ok(Some(ContainerToken::Value(token)))
-        }
-    }
+        // Never echo the token itself.
+        Source::Value(setting, token) => check_token(TOKEN_WHAT, token.expose())
+            .map(|()| ContainerToken::Value(token))
+            .map_err(|reason| ConfigError::new(setting, "<redacted>", reason)),
+    };
+    r.check(checked).map(Some)
 }
 
 /// `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME` (`docs/protocols.md#aws-sts`; IAM's name rules).

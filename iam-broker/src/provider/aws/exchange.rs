@@ -34,8 +34,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use workload_client::spiffe::JwtSvid;
 
+use super::metrics::StsCalls;
 use super::session_name::SessionName;
-use crate::metrics::StsCalls;
 use crate::provider::{CredentialProvider, ErrorKind, Expiring, JwtSource, ProviderError, Refused};
 use crate::secret::Secret;
 

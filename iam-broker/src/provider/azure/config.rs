@@ -7,10 +7,9 @@
 use std::path::PathBuf;
 
 use sidecar_runtime::ConfigError;
-use sidecar_runtime::config::pick;
-use workload_client::Env;
+use sidecar_runtime::settings::{Reader, Setting};
 
-use crate::config::{CommonArgs, validate_endpoint_for};
+use crate::config::{path_setting, required, validate_endpoint_for};
 use crate::secret::Secret;
 use crate::token::{HeaderToken, check_token};
 
@@ -40,12 +39,62 @@ pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 /// Longest resource URI accepted.
 pub const MAX_RESOURCE_LEN: usize = 256;
 
-/// `azure` flags.
+// === Settings ===
+
+/// `--tenant-id`, then Azure's variable.
+pub const TENANT_ID: Setting = Setting::new(
+    "--tenant-id",
+    ENV_TENANT_ID,
+    "Entra tenant ID (GUID) or domain [required]",
+)
+.or_env(&[AZURE_TENANT_ID]);
+/// `--client-id`, then Azure's variable.
+pub const CLIENT_ID: Setting = Setting::new(
+    "--client-id",
+    ENV_CLIENT_ID,
+    "application (client) ID holding the federated credential [required]",
+)
+.or_env(&[AZURE_CLIENT_ID]);
+/// `--authority-host`, then Azure's variable.
+pub const AUTHORITY_HOST: Setting = Setting::new(
+    "--authority-host",
+    ENV_AUTHORITY_HOST,
+    "Entra authority [default: https://login.microsoftonline.com]",
+)
+.or_env(&[AZURE_AUTHORITY_HOST]);
+/// `--resources`.
+pub const RESOURCES: Setting = Setting::new(
+    "--resources",
+    ENV_RESOURCES,
+    "comma-separated resources clients may get tokens for [default: any, at most 32 at once]",
+);
+/// `--identity-header-file`.
+pub const IDENTITY_HEADER_FILE: Setting = Setting::new(
+    "--identity-header-file",
+    ENV_IDENTITY_HEADER_FILE,
+    "file holding the X-IDENTITY-HEADER secret, re-read on change [default: IDENTITY_HEADER]",
+);
+/// `IDENTITY_HEADER`, the variable the SDKs read: a variable only, since a secret given as a
+/// flag would show in the process list.
+pub const IDENTITY_HEADER_VALUE: Setting = Setting::new(
+    "(no flag)",
+    IDENTITY_HEADER,
+    "the X-IDENTITY-HEADER secret, as the SDKs read it [required unless a file is given]",
+);
+
+/// The `azure` rows, in `--help`'s order.
+pub const SETTINGS: &[&Setting] = &[
+    &TENANT_ID,
+    &CLIENT_ID,
+    &AUTHORITY_HOST,
+    &RESOURCES,
+    &IDENTITY_HEADER_FILE,
+    &IDENTITY_HEADER_VALUE,
+];
+
+/// `azure` flags (`--audience` defaults to api://AzureADTokenExchange).
 #[derive(Debug, Default, clap::Args)]
 pub struct AzureArgs {
-    /// Shared flags (`--audience` defaults to api://AzureADTokenExchange).
-    #[command(flatten)]
-    pub common: CommonArgs,
     /// Entra tenant ID (GUID) or domain [env: AZURE_TENANT_ID].
     #[arg(long)]
     pub tenant_id: Option<String>,
@@ -88,107 +137,76 @@ pub struct AzureSettings {
     pub authority_host: String,
 }
 
+// === impl AzureConfig ===
+
 impl AzureConfig {
-    /// Reads the `azure` settings.
-    pub fn load(args: &AzureArgs, env: &dyn Env) -> Result<Self, ConfigError> {
-        let or_azure = |flag: Option<&str>, flag_name: &str, ours: &str, azure: &str| {
-            pick(flag, flag_name, env, ours)
-                .or_else(|| env.var(azure).map(|v| (azure.to_owned(), v)))
-        };
-        let tenant_id = match or_azure(
+    /// Reads the `azure` settings, recording every bad one in `r`.
+    pub fn load(args: &AzureArgs, r: &mut Reader<'_>) -> Option<Self> {
+        let tenant_id = required(
+            r,
+            &TENANT_ID,
             args.tenant_id.as_deref(),
-            "--tenant-id",
-            ENV_TENANT_ID,
-            AZURE_TENANT_ID,
-        ) {
-            Some((setting, v)) => {
-                parse_tenant(&v).map_err(|reason| ConfigError::new(setting, &v, reason))?
-            }
-            None => {
-                return Err(ConfigError::new(
-                    AZURE_TENANT_ID,
-                    "",
-                    "a tenant ID is required (--tenant-id, SPIFFE_IAM_BROKER_TENANT_ID or AZURE_TENANT_ID)",
-                ));
-            }
-        };
-        let client_id = match or_azure(
+            "a tenant ID",
+            parse_tenant,
+        );
+        let client_id = required(
+            r,
+            &CLIENT_ID,
             args.client_id.as_deref(),
-            "--client-id",
-            ENV_CLIENT_ID,
-            AZURE_CLIENT_ID,
-        ) {
-            Some((setting, v)) => {
-                parse_guid(&v).map_err(|reason| ConfigError::new(setting, &v, reason))?
-            }
-            None => {
-                return Err(ConfigError::new(
-                    AZURE_CLIENT_ID,
-                    "",
-                    "a client ID is required (--client-id, SPIFFE_IAM_BROKER_CLIENT_ID or AZURE_CLIENT_ID)",
-                ));
-            }
-        };
-        let authority_host = match or_azure(
+            "a client ID",
+            parse_guid,
+        );
+        let authority_host = r.get_or(
+            &AUTHORITY_HOST,
             args.authority_host.as_deref(),
-            "--authority-host",
-            ENV_AUTHORITY_HOST,
-            AZURE_AUTHORITY_HOST,
-        ) {
-            Some((setting, v)) => validate_endpoint_for(&v, DEFAULT_AUTHORITY_HOST)
-                .map_err(|reason| ConfigError::new(setting, &v, reason))?,
-            None => DEFAULT_AUTHORITY_HOST.to_owned(),
-        };
-        let resources = match pick(args.resources.as_deref(), "--resources", env, ENV_RESOURCES) {
-            Some((setting, v)) => {
-                Some(parse_resources(&v).map_err(|reason| ConfigError::new(setting, &v, reason))?)
-            }
-            None => None,
-        };
-        let identity_header = identity_header(args, env)?;
-        Ok(Self {
+            DEFAULT_AUTHORITY_HOST.to_owned(),
+            |v| validate_endpoint_for(v, DEFAULT_AUTHORITY_HOST).map_err(|e| e.to_string()),
+        );
+        let resources = r.get(&RESOURCES, args.resources.as_deref(), parse_resources);
+        let identity_header = identity_header(args, r);
+        Some(Self {
             entra: AzureSettings {
-                tenant_id,
-                client_id,
+                tenant_id: tenant_id?,
+                client_id: client_id?,
                 authority_host,
             },
             resources,
-            identity_header,
+            identity_header: identity_header?,
         })
     }
 }
 
 /// The file option first (flag, then variable), else `IDENTITY_HEADER`: without it the SDKs do
-/// not use the App Service protocol at all, so it is required.
-fn identity_header(args: &AzureArgs, env: &dyn Env) -> Result<HeaderToken, ConfigError> {
+/// not use the App Service protocol at all, so it is required. Explicit code rather than a
+/// fallback row: the file and the value are two settings of different kinds.
+fn identity_header(args: &AzureArgs, r: &mut Reader<'_>) -> Option<HeaderToken> {
     const WHAT: &str = "identity header";
-    let file = match &args.identity_header_file {
-        Some(path) => Some(("--identity-header-file".to_owned(), path.clone())),
-        None => env
-            .var(ENV_IDENTITY_HEADER_FILE)
-            .map(|p| (ENV_IDENTITY_HEADER_FILE.to_owned(), PathBuf::from(p))),
-    };
-    if let Some((setting, path)) = file {
+    if let Some((setting, path)) = path_setting(
+        r,
+        &IDENTITY_HEADER_FILE,
+        args.identity_header_file.as_deref(),
+    ) {
         let shown = path.display().to_string();
-        let value = std::fs::read_to_string(&path)
-            .map_err(|e| ConfigError::new(&setting, &shown, format!("cannot read: {e}")))?;
-        check_token(WHAT, value.trim()).map_err(|r| ConfigError::new(&setting, &shown, r))?;
-        return Ok(HeaderToken::File(path));
+        let checked = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read: {e}"))
+            .and_then(|value| check_token(WHAT, value.trim()))
+            .map(|()| HeaderToken::File(path))
+            .map_err(|reason| ConfigError::new(setting, shown, reason));
+        return r.check(checked);
     }
-    match env.var(IDENTITY_HEADER) {
-        Some(value) => {
-            // Never echo the secret itself.
-            check_token(WHAT, &value)
-                .map_err(|r| ConfigError::new(IDENTITY_HEADER, "<redacted>", r))?;
-            Ok(HeaderToken::Value(Secret::new(value)))
-        }
+    let checked = match r.raw(&IDENTITY_HEADER_VALUE, None) {
+        // Never echo the secret itself.
+        Some(s) => check_token(WHAT, &s.value)
+            .map(|()| HeaderToken::Value(Secret::new(s.value)))
+            .map_err(|reason| ConfigError::new(IDENTITY_HEADER, "<redacted>", reason)),
         None => Err(ConfigError::new(
             IDENTITY_HEADER,
             "",
             "the identity header secret is required (IDENTITY_HEADER, as the SDKs read it, or \
              --identity-header-file)",
         )),
-    }
+    };
+    r.check(checked)
 }
 
 /// A GUID (`8-4-4-4-12` hex), lower-cased.

@@ -2,11 +2,9 @@
 //! `--audience`, also the JWT-SVID's `aud`), an optional service account to impersonate, the
 //! project, default scopes, and the STS / IAM Credentials endpoints.
 
-use sidecar_runtime::ConfigError;
-use sidecar_runtime::config::pick;
-use workload_client::Env;
+use sidecar_runtime::settings::{Reader, Setting};
 
-use crate::config::{CommonArgs, ENV_AUDIENCE, validate_endpoint_for};
+use crate::config::{Common, required, validate_endpoint_for};
 
 /// Env: the service account to impersonate.
 pub const ENV_SERVICE_ACCOUNT: &str = "SPIFFE_IAM_BROKER_SERVICE_ACCOUNT";
@@ -26,13 +24,52 @@ pub const DEFAULT_IAM_CREDENTIALS_ENDPOINT: &str = "https://iamcredentials.googl
 /// What the metadata server grants by default (and what impersonation needs from STS).
 pub const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 
-/// `gcp` flags.
+// === Settings ===
+
+/// `--service-account`.
+pub const SERVICE_ACCOUNT: Setting = Setting::new(
+    "--service-account",
+    ENV_SERVICE_ACCOUNT,
+    "service account to impersonate with the federated token [default: none]",
+);
+/// `--project-id`.
+pub const PROJECT_ID: Setting = Setting::new(
+    "--project-id",
+    ENV_PROJECT_ID,
+    "project ID the metadata server reports [required]",
+);
+/// `--scopes`.
+pub const SCOPES: Setting = Setting::new(
+    "--scopes",
+    ENV_SCOPES,
+    "comma-separated default OAuth scopes [default: cloud-platform]",
+);
+/// `--sts-endpoint`.
+pub const STS_ENDPOINT: Setting = Setting::new(
+    "--sts-endpoint",
+    ENV_STS_ENDPOINT,
+    "STS endpoint (plain http only to loopback) [default: https://sts.googleapis.com]",
+);
+/// `--iam-credentials-endpoint`.
+pub const IAM_CREDENTIALS_ENDPOINT: Setting = Setting::new(
+    "--iam-credentials-endpoint",
+    ENV_IAM_CREDENTIALS_ENDPOINT,
+    "IAM Credentials endpoint [default: https://iamcredentials.googleapis.com]",
+);
+
+/// The `gcp` rows, in `--help`'s order.
+pub const SETTINGS: &[&Setting] = &[
+    &SERVICE_ACCOUNT,
+    &PROJECT_ID,
+    &SCOPES,
+    &STS_ENDPOINT,
+    &IAM_CREDENTIALS_ENDPOINT,
+];
+
+/// `gcp` flags (`--audience` is the pool provider:
+/// //iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER).
 #[derive(Debug, Default, clap::Args)]
 pub struct GcpArgs {
-    /// Shared flags (`--audience` is the pool provider:
-    /// //iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER).
-    #[command(flatten)]
-    pub common: CommonArgs,
     /// Service account to impersonate with the federated token (optional).
     #[arg(long)]
     pub service_account: Option<String>,
@@ -69,81 +106,64 @@ pub struct GcpConfig {
     pub iam_credentials_endpoint: String,
 }
 
+// === impl GcpConfig ===
+
 impl GcpConfig {
-    /// Reads the `gcp` settings (the audience has been required by the shared settings).
-    pub fn load(args: &GcpArgs, env: &dyn Env) -> Result<Self, ConfigError> {
-        let (setting, audience) = pick(
-            args.common.audience.as_deref(),
-            "--audience",
-            env,
-            ENV_AUDIENCE,
-        )
-        .unwrap_or_else(|| (ENV_AUDIENCE.to_owned(), String::new()));
-        let project_number =
-            parse_audience(&audience).map_err(|r| ConfigError::new(setting, &audience, r))?;
-        let service_account = match pick(
+    /// Reads the `gcp` settings, recording every bad one in `r`. The audience is a shared
+    /// setting, checked as a pool provider there ([`crate::config::SharedRules`]); `common`
+    /// is `None` when a shared setting was bad.
+    pub fn load(args: &GcpArgs, common: Option<&Common>, r: &mut Reader<'_>) -> Option<Self> {
+        let audience = common.map(|c| c.audience.clone());
+        let service_account = r.get(
+            &SERVICE_ACCOUNT,
             args.service_account.as_deref(),
-            "--service-account",
-            env,
-            ENV_SERVICE_ACCOUNT,
-        ) {
-            Some((setting, v)) => {
-                Some(check_email(&v).map_err(|r| ConfigError::new(setting, &v, r))?)
-            }
-            None => None,
-        };
-        let project_id = match pick(
+            check_email,
+        );
+        let project_id = required(
+            r,
+            &PROJECT_ID,
             args.project_id.as_deref(),
-            "--project-id",
-            env,
-            ENV_PROJECT_ID,
-        ) {
-            Some((setting, v)) => {
-                check_project_id(&v).map_err(|r| ConfigError::new(setting, &v, r))?;
-                v
-            }
-            None => {
-                return Err(ConfigError::new(
-                    ENV_PROJECT_ID,
-                    "",
-                    "a project ID is required (--project-id or SPIFFE_IAM_BROKER_PROJECT_ID): the client libraries ask the metadata server for it",
-                ));
-            }
-        };
-        let scopes = match pick(args.scopes.as_deref(), "--scopes", env, ENV_SCOPES) {
-            Some((setting, v)) => parse_scopes(&v).map_err(|r| ConfigError::new(setting, &v, r))?,
-            None => vec![CLOUD_PLATFORM.to_owned()],
-        };
-        let endpoint = |flag: Option<&str>, name: &str, var: &str, default: &str| match pick(
-            flag, name, env, var,
-        ) {
-            Some((setting, v)) => {
-                validate_endpoint_for(&v, default).map_err(|r| ConfigError::new(setting, &v, r))
-            }
-            None => Ok(default.to_owned()),
-        };
-        let sts_endpoint = endpoint(
+            "a project ID",
+            |v| check_project_id(v).map(|()| v.to_owned()),
+        );
+        let scopes = r.get_or(
+            &SCOPES,
+            args.scopes.as_deref(),
+            vec![CLOUD_PLATFORM.to_owned()],
+            parse_scopes,
+        );
+        let sts_endpoint = r.get_or(
+            &STS_ENDPOINT,
             args.sts_endpoint.as_deref(),
-            "--sts-endpoint",
-            ENV_STS_ENDPOINT,
-            DEFAULT_STS_ENDPOINT,
-        )?;
-        let iam_credentials_endpoint = endpoint(
+            DEFAULT_STS_ENDPOINT.to_owned(),
+            |v| validate_endpoint_for(v, DEFAULT_STS_ENDPOINT).map_err(|e| e.to_string()),
+        );
+        let iam_credentials_endpoint = r.get_or(
+            &IAM_CREDENTIALS_ENDPOINT,
             args.iam_credentials_endpoint.as_deref(),
-            "--iam-credentials-endpoint",
-            ENV_IAM_CREDENTIALS_ENDPOINT,
-            DEFAULT_IAM_CREDENTIALS_ENDPOINT,
-        )?;
-        Ok(Self {
+            DEFAULT_IAM_CREDENTIALS_ENDPOINT.to_owned(),
+            |v| {
+                validate_endpoint_for(v, DEFAULT_IAM_CREDENTIALS_ENDPOINT)
+                    .map_err(|e| e.to_string())
+            },
+        );
+        let audience = audience?;
+        Some(Self {
+            // Checked by the shared reading already; `ok()` only keeps this free of a panic.
+            project_number: parse_audience(&audience).ok()?,
             audience,
-            project_number,
             service_account,
-            project_id,
+            project_id: project_id?,
             scopes,
             sts_endpoint,
             iam_credentials_endpoint,
         })
     }
+}
+
+/// [`parse_audience`] as the shared reading's audience check.
+pub fn check_audience(v: &str) -> Result<(), String> {
+    parse_audience(v).map(drop)
 }
 
 /// `//iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER`:

@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 use sidecar_runtime::ConfigError;
-use sidecar_runtime::config::pick;
-use workload_client::Env;
+use sidecar_runtime::settings::{Reader, Setting};
 
-use crate::config::{CommonArgs, is_loopback_name, validate_endpoint_for};
+use crate::config::{Common, is_loopback_name, path_setting, required, validate_endpoint_for};
 
 /// Env: Vault's address (then `VAULT_ADDR`).
 pub const ENV_VAULT_ADDR: &str = "SPIFFE_IAM_BROKER_VAULT_ADDR";
@@ -42,15 +41,80 @@ pub const DEFAULT_AUDIENCE: &str = "vault";
 pub const DEFAULT_AUTH_MOUNT: &str = "jwt";
 /// Every path of Vault's HTTP API.
 pub const DEFAULT_PROXY_PATH: &str = "/v1";
+/// What Vault's address looks like, in error messages.
+const ADDR_EXAMPLE: &str = "https://vault.example.com:8200";
 /// Vault's own port, so `VAULT_ADDR=http://127.0.0.1:8200` works for every client.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8200);
 
-/// `vault` flags.
+// === Settings ===
+
+/// `--vault-addr`, then Vault's variable.
+pub const ADDR: Setting = Setting::new(
+    "--vault-addr",
+    ENV_VAULT_ADDR,
+    "Vault's address, https:// (plain http only to loopback) [required]",
+)
+.or_env(&[VAULT_ADDR]);
+/// `--auth-mount`.
+pub const AUTH_MOUNT: Setting = Setting::new(
+    "--auth-mount",
+    ENV_AUTH_MOUNT,
+    "mount path of the JWT auth method [default: jwt]",
+);
+/// `--role`.
+pub const ROLE: Setting = Setting::new(
+    "--role",
+    ENV_ROLE,
+    "JWT auth role to log in with [required]",
+);
+/// `--namespace`, then Vault's variable.
+pub const NAMESPACE: Setting = Setting::new(
+    "--namespace",
+    ENV_NAMESPACE,
+    "Vault Enterprise namespace, sent as X-Vault-Namespace [default: none]",
+)
+.or_env(&[VAULT_NAMESPACE]);
+/// `--ca-file`, then Vault's variable.
+pub const CA_FILE: Setting = Setting::new(
+    "--ca-file",
+    ENV_CA_FILE,
+    "PEM file with the CA of Vault's TLS certificate, trusted besides the system roots",
+)
+.or_env(&[VAULT_CACERT]);
+/// `--use-auto-auth-token`.
+pub const USE_AUTO_AUTH_TOKEN: Setting = Setting::new(
+    "--use-auto-auth-token",
+    ENV_USE_AUTO_AUTH_TOKEN,
+    "true: add the broker's token where the client sends none; force: always [default: true]",
+);
+/// `--token-sink`.
+pub const TOKEN_SINK: Setting = Setting::new(
+    "--token-sink",
+    ENV_TOKEN_SINK,
+    "file to keep the broker's current token in, for tools reading ~/.vault-token [default: none]",
+);
+/// `--proxy-paths`.
+pub const PROXY_PATHS: Setting = Setting::new(
+    "--proxy-paths",
+    ENV_PROXY_PATHS,
+    "comma-separated path prefixes the proxy forwards, whole segments [default: /v1]",
+);
+
+/// The `vault` rows, in `--help`'s order.
+pub const SETTINGS: &[&Setting] = &[
+    &ADDR,
+    &AUTH_MOUNT,
+    &ROLE,
+    &NAMESPACE,
+    &CA_FILE,
+    &USE_AUTO_AUTH_TOKEN,
+    &TOKEN_SINK,
+    &PROXY_PATHS,
+];
+
+/// `vault` flags (`--audience` defaults to `vault`; `--listen` to 127.0.0.1:8200).
 #[derive(Debug, Default, clap::Args)]
 pub struct VaultArgs {
-    /// Shared flags (`--audience` defaults to `vault`; `--listen` to 127.0.0.1:8200).
-    #[command(flatten)]
-    pub common: CommonArgs,
     /// Vault's address, https:// (plain http only to loopback) [env: VAULT_ADDR].
     #[arg(long)]
     pub vault_addr: Option<String>,
@@ -112,128 +176,71 @@ pub struct VaultConfig {
     pub proxy_paths: Vec<String>,
 }
 
+// === impl VaultConfig ===
+
 impl VaultConfig {
-    /// Reads the `vault` settings; `listen` is the broker's own address (Vault must not be it).
-    pub fn load(args: &VaultArgs, env: &dyn Env, listen: SocketAddr) -> Result<Self, ConfigError> {
-        let or_vault = |flag: Option<&str>, flag_name: &str, ours: &str, vault: &str| {
-            pick(flag, flag_name, env, ours)
-                .or_else(|| env.var(vault).map(|v| (vault.to_owned(), v)))
-        };
-        let addr = match or_vault(
+    /// Reads the `vault` settings, recording every bad one in `r`. Vault's address must not be
+    /// the broker's own listen address, taken from `common`; when a shared setting was bad
+    /// (`None`), only the URL is checked, since the listen address may be the bad one.
+    pub fn load(args: &VaultArgs, common: Option<&Common>, r: &mut Reader<'_>) -> Option<Self> {
+        let addr = required(
+            r,
+            &ADDR,
             args.vault_addr.as_deref(),
-            "--vault-addr",
-            ENV_VAULT_ADDR,
-            VAULT_ADDR,
-        ) {
-            Some((setting, v)) => {
-                parse_addr(&v, listen).map_err(|r| ConfigError::new(setting, &v, r))?
-            }
-            None => {
-                return Err(ConfigError::new(
-                    VAULT_ADDR,
-                    "",
-                    "Vault's address is required (--vault-addr, SPIFFE_IAM_BROKER_VAULT_ADDR or VAULT_ADDR)",
-                ));
-            }
-        };
-        let auth_mount = match pick(
+            "Vault's address",
+            |v| match common {
+                Some(common) => parse_addr(v, common.listen),
+                None => validate_endpoint_for(v, ADDR_EXAMPLE).map_err(|e| e.to_string()),
+            },
+        );
+        let auth_mount = r.get_or(
+            &AUTH_MOUNT,
             args.auth_mount.as_deref(),
-            "--auth-mount",
-            env,
-            ENV_AUTH_MOUNT,
-        ) {
-            Some((setting, v)) => parse_mount(&v).map_err(|r| ConfigError::new(setting, &v, r))?,
-            None => DEFAULT_AUTH_MOUNT.to_owned(),
-        };
-        let role = match pick(args.role.as_deref(), "--role", env, ENV_ROLE) {
-            Some((setting, v)) => {
-                check_role(&v).map_err(|r| ConfigError::new(setting, &v, r))?;
-                v
-            }
-            None => {
-                return Err(ConfigError::new(
-                    ENV_ROLE,
-                    "",
-                    "a JWT auth role is required (--role or SPIFFE_IAM_BROKER_ROLE)",
-                ));
-            }
-        };
-        let namespace = match or_vault(
-            args.namespace.as_deref(),
-            "--namespace",
-            ENV_NAMESPACE,
-            VAULT_NAMESPACE,
-        ) {
-            Some((setting, v)) => {
-                Some(parse_namespace(&v).map_err(|r| ConfigError::new(setting, &v, r))?)
-            }
-            None => None,
-        };
-        let ca_file = match args.ca_file.as_ref().filter(|p| !p.as_os_str().is_empty()) {
-            Some(p) => Some(("--ca-file".to_owned(), p.clone())),
-            None => env
-                .var(ENV_CA_FILE)
-                .map(|v| (ENV_CA_FILE.to_owned(), PathBuf::from(v)))
-                .or_else(|| {
-                    env.var(VAULT_CACERT)
-                        .map(|v| (VAULT_CACERT.to_owned(), PathBuf::from(v)))
-                }),
-        };
-        let ca_file = match ca_file {
+            DEFAULT_AUTH_MOUNT.to_owned(),
+            parse_mount,
+        );
+        let role = required(r, &ROLE, args.role.as_deref(), "a JWT auth role", |v| {
+            check_role(v).map(|()| v.to_owned())
+        });
+        let namespace = r.get(&NAMESPACE, args.namespace.as_deref(), parse_namespace);
+        let ca_file = match path_setting(r, &CA_FILE, args.ca_file.as_deref()) {
             Some((setting, path)) => {
-                let certs = read_ca_file(&path)
-                    .map_err(|r| ConfigError::new(setting, path.display().to_string(), r))?;
-                Some((path, certs))
+                let certs = read_ca_file(&path).map_err(|reason| {
+                    ConfigError::new(setting, path.display().to_string(), reason)
+                });
+                r.check(certs).map(|certs| Some((path, certs)))
             }
-            None => None,
+            None => Some(None),
         };
-        let auto_auth = match pick(
+        let auto_auth = r.get_or(
+            &USE_AUTO_AUTH_TOKEN,
             args.use_auto_auth_token.as_deref(),
-            "--use-auto-auth-token",
-            env,
-            ENV_USE_AUTO_AUTH_TOKEN,
-        ) {
-            Some((setting, v)) => {
-                parse_auto_auth(&v).map_err(|r| ConfigError::new(setting, &v, r))?
+            AutoAuth::IfMissing,
+            parse_auto_auth,
+        );
+        let token_sink = match path_setting(r, &TOKEN_SINK, args.token_sink.as_deref()) {
+            Some((setting, path)) => {
+                let sink = check_sink(&path).map_err(|reason| {
+                    ConfigError::new(setting, path.display().to_string(), reason)
+                });
+                r.check(sink).map(Some)
             }
-            None => AutoAuth::IfMissing,
+            None => Some(None),
         };
-        let token_sink = match args
-            .token_sink
-            .as_ref()
-            .filter(|p| !p.as_os_str().is_empty())
-        {
-            Some(p) => Some(("--token-sink".to_owned(), p.clone())),
-            None => env
-                .var(ENV_TOKEN_SINK)
-                .map(|v| (ENV_TOKEN_SINK.to_owned(), PathBuf::from(v))),
-        };
-        let token_sink = match token_sink {
-            Some((setting, path)) => Some(
-                check_sink(&path)
-                    .map_err(|r| ConfigError::new(setting, path.display().to_string(), r))?,
-            ),
-            None => None,
-        };
-        let proxy_paths = match pick(
+        let proxy_paths = r.get_or(
+            &PROXY_PATHS,
             args.proxy_paths.as_deref(),
-            "--proxy-paths",
-            env,
-            ENV_PROXY_PATHS,
-        ) {
-            Some((setting, v)) => {
-                parse_proxy_paths(&v).map_err(|r| ConfigError::new(setting, &v, r))?
-            }
-            None => vec![DEFAULT_PROXY_PATH.to_owned()],
-        };
-        Ok(Self {
-            addr,
+            vec![DEFAULT_PROXY_PATH.to_owned()],
+            parse_proxy_paths,
+        );
+        Some(Self {
+            addr: addr?,
             auth_mount,
-            role,
+            role: role?,
             namespace,
-            ca_file,
+            ca_file: ca_file?,
             auto_auth,
-            token_sink,
+            token_sink: token_sink?,
             proxy_paths,
         })
     }
@@ -243,7 +250,7 @@ impl VaultConfig {
 /// (a sidecar that inherited the application's `VAULT_ADDR=http://127.0.0.1:8200` would
 /// otherwise proxy to itself).
 pub fn parse_addr(v: &str, listen: SocketAddr) -> Result<String, String> {
-    let addr = validate_endpoint_for(v, "https://vault.example.com:8200")?;
+    let addr = validate_endpoint_for(v, ADDR_EXAMPLE).map_err(|e| e.to_string())?;
     let uri: axum::http::Uri = addr.parse().map_err(|e| format!("not a URL ({e})"))?;
     let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
         Some("http") => 80,
@@ -411,20 +418,27 @@ mod tests {
         assert!(check_role("").is_err());
     }
 
-    fn load(args: &[&str], vars: &[(&str, &str)]) -> Result<crate::config::Config, ConfigError> {
+    fn load(args: &[&str], vars: &[(&str, &str)]) -> Result<crate::cli::Config, ConfigError> {
+        load_all(args, vars).map_err(|mut e| e.0.remove(0))
+    }
+
+    fn load_all(
+        args: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Result<crate::cli::Config, sidecar_runtime::settings::ConfigErrors> {
         use clap::Parser as _;
         let cli =
-            crate::config::Cli::try_parse_from(["iam-broker", "vault"].iter().chain(args)).unwrap();
+            crate::cli::Cli::try_parse_from(["iam-broker", "vault"].iter().chain(args)).unwrap();
         let env: std::collections::HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        crate::config::Config::load(&cli, &env)
+        crate::cli::Config::load(&cli, &env)
     }
 
-    fn vault(c: &crate::config::Config) -> &VaultConfig {
+    fn vault(c: &crate::cli::Config) -> &VaultConfig {
         match &c.provider {
-            crate::config::ProviderConfig::Vault(v) => v,
+            crate::cli::ProviderConfig::Vault(v) => v,
             other => panic!("not vault: {other:?}"),
         }
     }
