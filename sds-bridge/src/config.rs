@@ -5,12 +5,15 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 
 use sidecar_runtime::config;
-use sidecar_runtime::settings::{self, ConfigErrors, Reader, Setting};
+use sidecar_runtime::settings::{self, ConfigErrors, Reader, Setting, reason};
 use sidecar_runtime::{ConfigError, ListenPolicy, LogFormat};
 use workload_client::Env;
-use workload_client::endpoint::ResolvedEndpoint;
+use workload_client::ResolvedEndpoint;
+
+use workload_client::spiffe::TrustDomain;
 
 use crate::catalog::{RootCaBundles, ValidationMode};
+use crate::ecds::EcdsPolicy;
 use crate::limits::DEFAULT_MAX_JWT_KEYS_TOTAL;
 
 /// Env: where to serve SDS.
@@ -33,6 +36,10 @@ pub const ENV_LOG_FORMAT: &str = "SDS_BRIDGE_LOG_FORMAT";
 pub const ENV_MAX_JWT_KEYS: &str = "SDS_BRIDGE_MAX_JWT_KEYS";
 /// Env: JWKS endpoint listen address or `off`.
 pub const ENV_JWKS_LISTEN: &str = "SDS_BRIDGE_JWKS_LISTEN";
+/// Env: comma-separated audiences of the jwt_authn config served over ECDS (sets ECDS on).
+pub const ENV_ECDS_AUDIENCES: &str = "SDS_BRIDGE_ECDS_AUDIENCES";
+/// Env: comma-separated trust domains whose JWT-SVIDs the ECDS jwt_authn config accepts.
+pub const ENV_ECDS_TRUST_DOMAINS: &str = "SDS_BRIDGE_ECDS_TRUST_DOMAINS";
 /// Env: `true` to allow `--listen tcp://` on a non-loopback address.
 pub const ENV_ALLOW_NON_LOOPBACK_LISTEN: &str = "SDS_BRIDGE_ALLOW_NON_LOOPBACK_LISTEN";
 
@@ -99,6 +106,16 @@ pub struct Cli {
     /// would be refused).
     #[arg(long)]
     pub jwks_listen: Option<String>,
+    /// Serve Envoy's jwt_authn filter over ECDS (resource spiffe-jwt-authn, keys inline,
+    /// pushed on every JWT bundle change) accepting tokens for this audience; repeatable.
+    /// Setting it turns ECDS on; /readyz then waits until an Envoy ACKed the config
+    /// [default: ECDS off].
+    #[arg(long)]
+    pub ecds_audience: Vec<String>,
+    /// A trust domain whose JWT-SVIDs the ECDS config accepts (one provider each);
+    /// repeatable; required with --ecds-audience.
+    #[arg(long)]
+    pub ecds_trust_domain: Vec<String>,
     /// Print configuration instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -109,7 +126,8 @@ pub struct Cli {
 pub enum Command {
     /// Print Envoy's jwt_authn (one provider per trust domain, JWKS from --jwks-listen),
     /// the x-spiffe-id header scrubbing and optional RBAC filter, the JWKS cluster, and the
-    /// connection manager's local_reply_config (wrong audience → 401).
+    /// connection manager's local_reply_config (wrong audience → 401); with --ecds, the
+    /// filter takes its config from the bridge over ECDS instead.
     JwtAuthnConfig(crate::envoy_config::JwtAuthnArgs),
 }
 
@@ -144,6 +162,8 @@ pub struct Config {
     pub listen_policy: ListenPolicy,
     /// JWKS endpoint for Envoy's jwt_authn (`None`: off).
     pub jwks_listen: Option<SocketAddr>,
+    /// The jwt_authn policy served over ECDS (`None`: ECDS off).
+    pub ecds: Option<EcdsPolicy>,
 }
 
 // === Settings ===
@@ -161,11 +181,7 @@ pub const SOCKET_MODE: Setting = Setting::new(
     "permission bits of the SDS socket, octal [default: 0600]",
 );
 /// `--socket`.
-pub const SOCKET: Setting = Setting::new(
-    "--socket",
-    ENV_SOCKET,
-    "Workload API address [default: SPIFFE_ENDPOINT_SOCKET, then unix:///run/secrets/workload-spiffe-uds/socket]",
-);
+pub const SOCKET: Setting = Setting::workload_api(ENV_SOCKET);
 /// `--admin-listen`.
 pub const ADMIN_LISTEN: Setting = Setting::new(
     "--admin-listen",
@@ -202,12 +218,20 @@ pub const JWKS_LISTEN: Setting = Setting::new(
     ENV_JWKS_LISTEN,
     "JWKS endpoint for Envoy's jwt_authn, or off [default: off]",
 );
-/// `--log-format`.
-pub const LOG_FORMAT: Setting = Setting::new(
-    "--log-format",
-    ENV_LOG_FORMAT,
-    "text or json [default: text]",
+/// `--ecds-audience`.
+pub const ECDS_AUDIENCES: Setting = Setting::new(
+    "--ecds-audience",
+    ENV_ECDS_AUDIENCES,
+    "comma-separated audiences of the jwt_authn config served over ECDS; sets ECDS on [default: off]",
 );
+/// `--ecds-trust-domain`.
+pub const ECDS_TRUST_DOMAINS: Setting = Setting::new(
+    "--ecds-trust-domain",
+    ENV_ECDS_TRUST_DOMAINS,
+    "comma-separated trust domains the ECDS jwt_authn config accepts [required with ECDS]",
+);
+/// `--log-format`.
+pub const LOG_FORMAT: Setting = Setting::log_format(ENV_LOG_FORMAT);
 
 /// Every setting, in `--help`'s order.
 pub const SETTINGS: &[&Setting] = &[
@@ -220,6 +244,8 @@ pub const SETTINGS: &[&Setting] = &[
     &ALLOW_JWT_AUDIENCES,
     &MAX_JWT_KEYS,
     &JWKS_LISTEN,
+    &ECDS_AUDIENCES,
+    &ECDS_TRUST_DOMAINS,
     &LOG_FORMAT,
 ];
 
@@ -227,18 +253,11 @@ pub const SETTINGS: &[&Setting] = &[
 pub fn after_help() -> String {
     format!(
         "Resource names: default, ROOTCA, ALL, spiffe://<trust domain>, <SPIFFE ID>, \
-         jwt-svid:<audience>.\n\n{}  {ENV_ALLOW_NON_LOOPBACK_LISTEN}  --allow-non-loopback-listen: true to serve tcp:// beyond loopback\n\n\
+         jwt-svid:<audience>; over ECDS (with --ecds-audience): spiffe-jwt-authn.\n\n{}  {ENV_ALLOW_NON_LOOPBACK_LISTEN}  --allow-non-loopback-listen: true to serve tcp:// beyond loopback\n\n\
          In Istio the Workload API's default path is also the SDS socket path: mount the Workload\n\
          API elsewhere for the bridge and point --socket at it.",
         settings::env_help(SETTINGS)
     )
-}
-
-/// `f(setting, value)`'s reason alone (the reader names the setting).
-fn reason<T>(
-    f: impl FnOnce(&str, &str) -> Result<T, ConfigError>,
-) -> impl FnOnce(&str) -> Result<T, String> {
-    move |v| f("", v).map_err(|e| e.reason)
 }
 
 // === impl Config ===
@@ -267,10 +286,7 @@ impl Config {
             DEFAULT_SOCKET_MODE,
             reason(config::socket_mode),
         );
-        let picked = r
-            .raw(&SOCKET, cli.socket.as_deref())
-            .map(|s| (s.setting, s.value));
-        let socket = r.check(config::workload_api(picked, env));
+        let socket = r.workload_api(&SOCKET, cli.socket.as_deref());
         if let (Some(Listen::Unix(ours)), Some(socket)) = (&listen, &socket)
             && let Some(theirs) = socket.endpoint.unix_path()
             && same_path(ours, theirs)
@@ -374,6 +390,7 @@ impl Config {
                 )),
             },
         );
+        let ecds = load_ecds(&mut r, cli);
         let log_format = r.get_or(
             &LOG_FORMAT,
             cli.log_format.as_deref(),
@@ -402,7 +419,60 @@ impl Config {
             unix_authority_adapter,
             listen_policy,
             jwks_listen,
+            ecds,
         })
+    }
+}
+
+/// ECDS is on when audiences are set; then trust domains are required too (there is no
+/// sensible default for either: they are this Envoy's policy, not the bridge's).
+fn load_ecds(r: &mut Reader<'_>, cli: &Cli) -> Option<EcdsPolicy> {
+    let audiences = r.list(&ECDS_AUDIENCES, &cli.ecds_audience, |a| {
+        Ok::<_, String>(a.to_owned())
+    });
+    let mut trust_domains = Vec::new();
+    for td in r.list(&ECDS_TRUST_DOMAINS, &cli.ecds_trust_domain, |v| {
+        v.parse::<TrustDomain>()
+            .map_err(|e| format!("not a trust domain: {e}"))
+    }) {
+        if !trust_domains.contains(&td) {
+            trust_domains.push(td);
+        }
+    }
+    match (audiences.is_empty(), trust_domains.is_empty()) {
+        (true, true) => None,
+        (false, false) => Some(EcdsPolicy {
+            trust_domains,
+            audiences,
+        }),
+        (true, false) => {
+            r.error(ConfigError::new(
+                if cli.ecds_trust_domain.is_empty() {
+                    ENV_ECDS_TRUST_DOMAINS
+                } else {
+                    "--ecds-trust-domain"
+                },
+                trust_domains
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                "needs --ecds-audience (ECDS is on only with an audience to accept)",
+            ));
+            None
+        }
+        (false, true) => {
+            r.error(ConfigError::new(
+                if cli.ecds_audience.is_empty() {
+                    ENV_ECDS_AUDIENCES
+                } else {
+                    "--ecds-audience"
+                },
+                audiences.join(","),
+                "needs --ecds-trust-domain: which trust domains' JWT-SVIDs to accept",
+            ));
+            None
+        }
     }
 }
 
@@ -581,6 +651,37 @@ mod tests {
         assert_eq!(c.max_jwt_keys, 64);
         let c = load(&[], &[agent, (ENV_MAX_JWT_KEYS, "8")]).unwrap();
         assert_eq!(c.max_jwt_keys, 8);
+    }
+
+    #[test]
+    fn ecds_is_off_by_default_and_needs_audiences_and_trust_domains() {
+        let agent = ("SPIFFE_ENDPOINT_SOCKET", "unix:///run/agent.sock");
+        assert!(load(&[], &[agent]).unwrap().ecds.is_none());
+        let on = load(
+            &["--ecds-audience", "a", "--ecds-audience", "b"],
+            &[
+                agent,
+                (
+                    ENV_ECDS_TRUST_DOMAINS,
+                    "example.org, partner.org,example.org",
+                ),
+            ],
+        )
+        .unwrap()
+        .ecds
+        .unwrap();
+        assert_eq!(on.audiences, ["a", "b"]);
+        assert_eq!(on.trust_domains.len(), 2);
+        let err = load(&["--ecds-audience", "a"], &[agent]).unwrap_err();
+        assert_eq!(err.setting, "--ecds-audience");
+        let err = load(&["--ecds-trust-domain", "example.org"], &[agent]).unwrap_err();
+        assert_eq!(err.setting, "--ecds-trust-domain");
+        let err = load(
+            &["--ecds-audience", "a", "--ecds-trust-domain", "Not A TD"],
+            &[agent],
+        )
+        .unwrap_err();
+        assert_eq!(err.setting, "--ecds-trust-domain");
     }
 
     #[test]

@@ -33,13 +33,23 @@
 //!    (`jwt_authn_access_denied{Audiences_in_Jwt_are_not_allowed}`) exactly, so RBAC's 403
 //!    (`rbac_access_denied…`) and every other local reply pass unchanged. Mappers run only on
 //!    local replies: requests that reach the app pay nothing.
+//!
+//! With `--ecds` (`docs/sds-bridge.md#ecds-mode`), item 2 is instead an `HttpFilter` named
+//! [`crate::ecds::RESOURCE_NAME`] whose config comes from the bridge over ECDS (keys inline,
+//! token cache on, new config on every key change), with a deny-all `default_config` until the
+//! first push; the cluster is the bridge's socket, not a JWKS endpoint.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use sidecar_runtime::ConfigError;
-use sidecar_runtime::config;
+use sidecar_runtime::config::{self, Listen};
 use workload_client::spiffe::{SpiffeId, TrustDomain};
+
+/// The bridge's cluster name in the ECDS mode.
+pub const DEFAULT_BRIDGE_CLUSTER: &str = "sds_bridge";
+/// The provider of the ECDS mode's deny-all default config.
+pub const DENY_ALL_PROVIDER: &str = "no-config-from-sds-bridge-yet";
 
 /// Where the JWKS endpoint listens by default in the generated config (9012 is the admin's).
 pub const DEFAULT_JWKS_ADDRESS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9013);
@@ -76,7 +86,8 @@ pub enum Part {
     All,
     /// The HTTP filters only (list items, for a listener's `http_filters`).
     Filters,
-    /// The JWKS cluster only (a list item, for `static_resources.clusters`).
+    /// The cluster the filters need only (a list item, for `static_resources.clusters`): the
+    /// JWKS endpoint's, or with `--ecds` the bridge's.
     Cluster,
     /// The RBAC filter only (a list item).
     Rbac,
@@ -91,12 +102,26 @@ pub enum Part {
 /// `sds-bridge jwt-authn-config` flags.
 #[derive(Clone, Debug, clap::Args)]
 pub struct JwtAuthnArgs {
-    /// A trust domain whose JWT-SVIDs are accepted (own and federated); repeatable.
-    #[arg(long = "trust-domain", required = true)]
+    /// A trust domain whose JWT-SVIDs are accepted (own and federated); repeatable. With
+    /// --ecds the bridge's --ecds-trust-domain decides instead.
+    #[arg(long = "trust-domain", required_unless_present = "ecds")]
     pub trust_domains: Vec<String>,
-    /// An accepted audience (the token's `aud` must hold one); repeatable.
-    #[arg(long = "audience", required = true)]
+    /// An accepted audience (the token's `aud` must hold one); repeatable. With --ecds the
+    /// bridge's --ecds-audience decides instead.
+    #[arg(long = "audience", required_unless_present = "ecds")]
     pub audiences: Vec<String>,
+    /// ECDS mode: the jwt_authn filter takes its config (keys inline) from the bridge over
+    /// ECDS (bridge started with --ecds-audience and --ecds-trust-domain), with a deny-all
+    /// default until the first push; no JWKS endpoint or cluster.
+    #[arg(long, conflicts_with_all = ["trust_domains", "audiences", "jwks_address", "jwks_cluster", "cache_duration"])]
+    pub ecds: bool,
+    /// --ecds: the bridge's --listen address (unix:///path or tcp://127.0.0.1:PORT)
+    /// [default: unix:///var/run/secrets/workload-spiffe-uds/socket].
+    #[arg(long)]
+    pub bridge_address: Option<String>,
+    /// --ecds: Envoy cluster name for the bridge [default: sds_bridge].
+    #[arg(long)]
+    pub bridge_cluster: Option<String>,
     /// The bridge's --jwks-listen address [default: 127.0.0.1:9013].
     #[arg(long)]
     pub jwks_address: Option<String>,
@@ -153,6 +178,19 @@ pub struct JwtAuthnConfig {
     pub principal: Principal,
     /// `--part bootstrap`: listener, app and Envoy admin addresses.
     pub bootstrap: BootstrapAddrs,
+    /// `--ecds`: where the config comes from (`None`: the JWKS mode).
+    pub ecds: Option<EcdsSource>,
+}
+
+/// The ECDS mode's side of Envoy: the bridge it asks and the deny-all default.
+#[derive(Clone, Debug)]
+pub struct EcdsSource {
+    /// The bridge's listen address.
+    pub bridge: Listen,
+    /// Its cluster name.
+    pub cluster: String,
+    /// The JWKS of the default config's one key, whose private half nobody has.
+    pub deny_all_jwks: String,
 }
 
 /// Where a printed bootstrap listens and forwards.
@@ -189,17 +227,41 @@ impl JwtAuthnConfig {
             .jwks_cluster
             .clone()
             .unwrap_or_else(|| DEFAULT_JWKS_CLUSTER.to_owned());
-        if jwks_cluster.is_empty()
-            || !jwks_cluster
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        check_cluster_name("--jwks-cluster", &jwks_cluster)?;
+        if !args.ecds
+            && let Some((flag, value)) = [
+                ("--bridge-address", &args.bridge_address),
+                ("--bridge-cluster", &args.bridge_cluster),
+            ]
+            .into_iter()
+            .find_map(|(f, v)| v.as_ref().map(|v| (f, v)))
         {
-            return Err(ConfigError::new(
-                "--jwks-cluster",
-                &jwks_cluster,
-                "expected letters, digits, '_', '-' or '.'",
-            ));
+            return Err(ConfigError::new(flag, value, "only with --ecds"));
         }
+        let ecds = if args.ecds {
+            let cluster = args
+                .bridge_cluster
+                .clone()
+                .unwrap_or_else(|| DEFAULT_BRIDGE_CLUSTER.to_owned());
+            check_cluster_name("--bridge-cluster", &cluster)?;
+            let bridge = config::listen(
+                "--bridge-address",
+                args.bridge_address
+                    .as_deref()
+                    .unwrap_or(crate::config::DEFAULT_LISTEN),
+            )?;
+            let deny_all_jwks = crate::jwks::tombstone()
+                .map_err(|e| ConfigError::new("--ecds", "", e.to_string()))?
+                .body
+                .to_string();
+            Some(EcdsSource {
+                bridge,
+                cluster,
+                deny_all_jwks,
+            })
+        } else {
+            None
+        };
         let cache_duration = match &args.cache_duration {
             Some(v) => config::duration("--cache-duration", v)?,
             None => DEFAULT_CACHE_DURATION,
@@ -226,7 +288,10 @@ impl JwtAuthnConfig {
                     "names a trust domain, not a workload: SVIDs always have a path, so no token could match (--trust-domain accepts a whole trust domain)",
                 ));
             }
-            if args.principal == Principal::Jwt && !trust_domains.contains(parsed.trust_domain()) {
+            if args.principal == Principal::Jwt
+                && !args.ecds
+                && !trust_domains.contains(parsed.trust_domain())
+            {
                 return Err(ConfigError::new(
                     "--allow-spiffe-id",
                     id,
@@ -260,6 +325,7 @@ impl JwtAuthnConfig {
             allow_spiffe_ids,
             principal: args.principal,
             bootstrap,
+            ecds,
         })
     }
 
@@ -268,7 +334,7 @@ impl JwtAuthnConfig {
         match part {
             Part::All => self.document(),
             Part::Filters => self.http_filters(),
-            Part::Cluster => self.jwks_cluster(),
+            Part::Cluster => self.cluster(),
             Part::Rbac => self.rbac_filter().unwrap_or_default(),
             Part::LocalReply => self.local_reply_config(),
             Part::Bootstrap => self.bootstrap(),
@@ -287,7 +353,7 @@ impl JwtAuthnConfig {
             r#"# Generated by `sds-bridge jwt-authn-config --part bootstrap`: run with `envoy -c <file>`.
 # Requests to {listen} need `authorization: Bearer <JWT-SVID>` of {tds} for {auds}; the
 # app at {upstream} gets them with `{SPIFFE_ID_HEADER}` set and the token removed.
-admin:
+{node}admin:
   address:
     socket_address: {{ address: {admin_ip}, port_value: {admin_port} }}
 static_resources:
@@ -327,13 +393,8 @@ static_resources:
               socket_address: {{ address: {up_ip}, port_value: {up_port} }}
 {cluster}
 "#,
-            tds = self
-                .trust_domains
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            auds = self.audiences.join(", "),
+            tds = self.accepted_trust_domains(),
+            auds = self.accepted_audiences(),
             admin_ip = admin.ip(),
             admin_port = admin.port(),
             listen_ip = listen.ip(),
@@ -342,7 +403,12 @@ static_resources:
             up_port = upstream.port(),
             local_reply = indent(&self.local_reply_config(), 10),
             filters = indent(&self.http_filters(), 10),
-            cluster = indent(&self.jwks_cluster(), 2),
+            cluster = indent(&self.cluster(), 2),
+            node = match &self.ecds {
+                // xDS needs a node; the bridge logs its id.
+                Some(_) => "node: { id: envoy, cluster: envoy }\n",
+                None => "",
+            },
         )
     }
 
@@ -353,15 +419,10 @@ static_resources:
              # Put local_reply_config and the filters (before envoy.filters.http.router) in the\n\
              # listener's http_connection_manager, and the cluster in static_resources.clusters.\n\
              {local_reply}\nhttp_filters:\n{filters}\nclusters:\n{cluster}\n",
-            tds = self
-                .trust_domains
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
+            tds = self.accepted_trust_domains(),
             local_reply = self.local_reply_config(),
             filters = self.http_filters(),
-            cluster = self.jwks_cluster(),
+            cluster = self.cluster(),
         )
     }
 
@@ -404,7 +465,39 @@ static_resources:
         out
     }
 
+    /// For comments: which trust domains' tokens are accepted.
+    fn accepted_trust_domains(&self) -> String {
+        match self.ecds {
+            Some(_) => "the bridge's --ecds-trust-domain".to_owned(),
+            None => self
+                .trust_domains
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// For comments: which audiences are accepted.
+    fn accepted_audiences(&self) -> String {
+        match self.ecds {
+            Some(_) => "the bridge's --ecds-audience".to_owned(),
+            None => self.audiences.join(", "),
+        }
+    }
+
+    /// The cluster the filters need: the bridge's (ECDS) or the JWKS endpoint's.
+    pub fn cluster(&self) -> String {
+        match &self.ecds {
+            Some(ecds) => bridge_cluster(ecds),
+            None => self.jwks_cluster(),
+        }
+    }
+
     fn jwt_authn_filter(&self) -> String {
+        if let Some(ecds) = &self.ecds {
+            return ecds_filter(ecds);
+        }
         let audiences = list(&self.audiences);
         let providers: String = self
             .trust_domains
@@ -522,8 +615,90 @@ static_resources:
     }
 }
 
+/// The ECDS mode's `jwt_authn`: named after the resource the bridge serves (Envoy asks for
+/// the filter's name), config from the bridge, and until the first push a default that
+/// refuses every request with 401: one provider whose only key nobody can sign with.
+/// `apply_default_config_without_warming`: the listener serves (refusing) at once rather
+/// than holding Envoy's start for up to `initial_fetch_timeout` when the bridge is late.
+fn ecds_filter(ecds: &EcdsSource) -> String {
+    format!(
+        r#"- name: {name}
+  config_discovery:
+    config_source:
+      resource_api_version: V3
+      api_config_source:
+        api_type: GRPC
+        transport_api_version: V3
+        grpc_services:
+        - envoy_grpc: {{ cluster_name: {cluster} }}
+    default_config:
+      "@type": {type_url}
+      providers:
+        {deny}:
+          local_jwks: {{ inline_string: {jwks} }}
+          from_headers:
+          - name: authorization
+            value_prefix: "Bearer "
+      rules:
+      - match: {{ prefix: "/" }}
+        requires: {{ provider_name: {deny} }}
+    apply_default_config_without_warming: true
+    type_urls: [{type_url}]"#,
+        name = crate::ecds::RESOURCE_NAME,
+        cluster = ecds.cluster,
+        type_url = crate::ecds::JWT_AUTHN_TYPE_URL,
+        deny = q(DENY_ALL_PROVIDER),
+        jwks = q(&ecds.deny_all_jwks),
+    )
+}
+
+/// The bridge's cluster (column-0 list item): HTTP/2 for gRPC, over its Unix socket or TCP.
+fn bridge_cluster(ecds: &EcdsSource) -> String {
+    let address = match &ecds.bridge {
+        Listen::Unix(path) => format!("pipe: {{ path: {} }}", q(&path.display().to_string())),
+        Listen::Tcp(addr) => format!(
+            "socket_address: {{ address: {}, port_value: {} }}",
+            addr.ip(),
+            addr.port()
+        ),
+    };
+    format!(
+        r#"- name: {name}
+  type: STATIC
+  connect_timeout: 1s
+  typed_extension_protocol_options:
+    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+      "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+      explicit_http_config:
+        http2_protocol_options: {{}}
+  load_assignment:
+    cluster_name: {name}
+    endpoints:
+    - lb_endpoints:
+      - endpoint:
+          address:
+            {address}"#,
+        name = ecds.cluster,
+    )
+}
+
+fn check_cluster_name(flag: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    {
+        return Err(ConfigError::new(
+            flag,
+            name,
+            "expected letters, digits, '_', '-' or '.'",
+        ));
+    }
+    Ok(())
+}
+
 /// The provider's name: the trust domain itself, readable in Envoy's logs and stats.
-fn provider_name(td: &TrustDomain) -> String {
+pub(crate) fn provider_name(td: &TrustDomain) -> String {
     td.to_string()
 }
 
@@ -635,6 +810,56 @@ mod tests {
                 .unwrap()
                 .contains("authenticated: { principal_name")
         );
+    }
+
+    #[test]
+    fn ecds_mode_points_the_filter_at_the_bridge_with_a_deny_all_default() {
+        let c = JwtAuthnConfig::from_args(&args(&[
+            "--ecds",
+            "--bridge-address",
+            "unix:///run/sds.sock",
+        ]))
+        .unwrap();
+        let f = c.http_filters();
+        assert!(
+            f.find("remove: x-spiffe-id") < f.find("name: spiffe-jwt-authn"),
+            "{f}"
+        );
+        assert!(
+            f.contains("envoy_grpc: { cluster_name: sds_bridge }"),
+            "{f}"
+        );
+        assert!(
+            f.contains("default_config:") && f.contains("sds-bridge-no-bundle"),
+            "{f}"
+        );
+        assert!(!f.contains("remote_jwks"), "{f}");
+        let cluster = c.render(Part::Cluster);
+        assert!(
+            cluster.contains("pipe: { path: \"/run/sds.sock\" }")
+                && cluster.contains("http2_protocol_options"),
+            "{cluster}"
+        );
+        assert!(c.document().contains(&c.local_reply_config()));
+        assert!(c.bootstrap().contains("node: { id: envoy"));
+        // The JWKS mode's flags make no sense here.
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            _args: JwtAuthnArgs,
+        }
+        assert!(Wrap::try_parse_from(["x", "--ecds", "--audience", "a"]).is_err());
+        let e = JwtAuthnConfig::from_args(&args(&[
+            "--bridge-cluster",
+            "b",
+            "--audience",
+            "a",
+            "--trust-domain",
+            "t.org",
+        ]))
+        .unwrap_err();
+        assert_eq!(e.setting, "--bridge-cluster");
     }
 
     #[test]

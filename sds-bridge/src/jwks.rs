@@ -107,6 +107,14 @@ impl Document {
     }
 }
 
+#[cfg(test)]
+impl Document {
+    /// A document holding one made-up key with `kid`.
+    pub(crate) fn new_for_tests(kid: &str) -> Self {
+        Self::new(vec![json!({ "kty": "EC", "kid": kid })])
+    }
+}
+
 /// Every trust domain's document from one bundle snapshot.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Documents {
@@ -126,6 +134,19 @@ impl Documents {
     /// The document of trust domain `name` (e.g. `example.org`).
     pub fn get(&self, name: &str) -> Option<&Document> {
         self.by_trust_domain.get(name)
+    }
+
+    /// Documents by trust domain name, for tests.
+    #[cfg(test)]
+    pub(crate) fn from_for_tests<'a>(
+        entries: impl IntoIterator<Item = (&'a str, Document)>,
+    ) -> Self {
+        Self {
+            by_trust_domain: entries
+                .into_iter()
+                .map(|(td, d)| (td.to_owned(), d))
+                .collect(),
+        }
     }
 
     /// The trust domains with a bundle.

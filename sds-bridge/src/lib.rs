@@ -4,6 +4,7 @@
 //! - [`config`]: flags and `SDS_BRIDGE_*` variables, parsed once;
 //! - [`names`]: SDS resource names and their meaning (SPIRE agent compatible);
 //! - [`catalog`]: every secret of one X.509 snapshot, rendered once for all streams;
+//! - [`ecds`]: the `jwt_authn` filter config with inline keys over ECDS, pushed on key changes;
 //! - [`jwks`]: the loopback JWKS endpoint (one document per trust domain) for `jwt_authn`;
 //! - [`envoy_config`]: `sds-bridge jwt-authn-config`, the matching Envoy filters;
 //! - [`jwt`]: JWT-SVIDs from the shared cache as generic secrets (credential_injector);
@@ -14,6 +15,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod ecds;
 pub mod envoy_config;
 pub mod jwks;
 pub mod jwt;

@@ -9,6 +9,7 @@ use clap::{CommandFactory as _, FromArgMatches as _};
 use prometheus_client::registry::Registry;
 use sds_bridge::catalog;
 use sds_bridge::config::{Cli, Command, Config, Listen};
+use sds_bridge::ecds::{self, EcdsMetrics, EcdsService};
 use sds_bridge::envoy_config::JwtAuthnConfig;
 use sds_bridge::jwks::{self, JwksEndpoint};
 use sds_bridge::jwt::JwtSecrets;
@@ -116,15 +117,34 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     registry.register_collector(Box::new(JwtCacheCollector(jwt_cache)));
     registry.register_collector(Box::new(UnixGrpcCollector));
     // Only when asked for: the stream costs the agent little, but a bridge that serves no
-    // JWKS has no reason to hold one open.
-    let jwks = match jwks_listener {
-        Some(listener) => {
-            let bundles = JwtBundleWatcher::jwt_bundles(client.clone());
-            let endpoint = JwksEndpoint::new(jwks::publish(&bundles), jwks::tombstone()?);
-            endpoint.register(&mut registry);
-            Some((listener, bundles, endpoint))
-        }
+    // JWKS and no ECDS config has no reason to hold one open.
+    let bundles = (jwks_listener.is_some() || config.ecds.is_some()).then(|| {
+        let bundles = JwtBundleWatcher::jwt_bundles(client.clone());
+        let documents = jwks::publish(&bundles);
+        (bundles, documents)
+    });
+    let tombstone = match &bundles {
+        Some(_) => Some(jwks::tombstone()?),
         None => None,
+    };
+    let jwks = match (jwks_listener, &bundles, &tombstone) {
+        (Some(listener), Some((bundles, documents)), Some(tombstone)) => {
+            let endpoint = JwksEndpoint::new(documents.clone(), tombstone.clone());
+            endpoint.register(&mut registry);
+            Some((listener, bundles.clone(), endpoint))
+        }
+        _ => None,
+    };
+    let ecds = match (&config.ecds, &bundles, tombstone) {
+        (Some(policy), Some((bundles, documents)), Some(tombstone)) => {
+            let metrics = EcdsMetrics::register(&mut registry);
+            let rendered = ecds::publish(policy.clone(), documents.clone(), tombstone);
+            Some((
+                bundles.clone(),
+                EcdsService::new(rendered, metrics, shutdown.clone()),
+            ))
+        }
+        _ => None,
     };
 
     if let Some(listener) = admin_listener {
@@ -134,6 +154,8 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             let jwks = jwks
                 .as_ref()
                 .map(|(_, bundles, endpoint)| (bundles.clone(), endpoint.clone()));
+            // With ECDS, ready only once an Envoy applied the jwt_authn config.
+            let ecds = ecds.clone();
             move || match watcher.current() {
                 _ if watcher.status().gave_up => Readiness::NotReady(format!(
                     "the Workload API refused the X.509 stream: {}",
@@ -148,8 +170,11 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                     "the X.509-SVID has expired and the Workload API has not renewed it".into(),
                 ),
                 Some(_) => match &jwks {
-                    Some((bundles, endpoint)) => endpoint.readiness(&bundles.status()),
-                    None => Readiness::Ready,
+                    Some((bundles, endpoint)) => match endpoint.readiness(&bundles.status()) {
+                        Readiness::Ready => ecds_readiness(ecds.as_ref()),
+                        not_ready => not_ready,
+                    },
+                    None => ecds_readiness(ecds.as_ref()),
                 },
             }
         };
@@ -183,7 +208,12 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         // One client must not park thousands of streams on one connection (see limits.rs
         // for why 128 fits Envoy).
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
-        .add_service(service.into_server());
+        .add_service(service.into_server())
+        // The bundle watcher (`bundles`) lives until the server stops.
+        .add_optional_service(
+            ecds.as_ref()
+                .map(|(_, service)| service.clone().into_server()),
+        );
 
     if let Listen::Tcp(addr) = &config.listen {
         config.listen_policy.warn_if_exposed("SDS", *addr);
@@ -201,6 +231,7 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         jwt_audiences = ?config.allow_jwt_audiences,
         max_jwt_keys = config.max_jwt_keys,
         jwks = ?config.jwks_listen,
+        ecds = ?config.ecds,
         "serving SDS"
     );
     match bound {
@@ -226,4 +257,12 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     }
     tracing::info!("stopped; SDS streams closed");
     Ok(())
+}
+
+/// `/readyz` with ECDS on: its readiness; off: ready.
+fn ecds_readiness(ecds: Option<&(JwtBundleWatcher, EcdsService)>) -> Readiness {
+    match ecds {
+        Some((bundles, service)) => service.readiness(&bundles.status()),
+        None => Readiness::Ready,
+    }
 }
