@@ -712,6 +712,103 @@ fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+// === SDS secrets Envoy holds ===
+
+/// What an Envoy holds from SDS, by authority: the key IDs of the CAs that signed its
+/// certificates (authority key ID, hex) and of the CAs in its validation contexts (subject key
+/// ID, hex), as SPIRE names its local authorities.
+#[derive(Debug, Default)]
+pub struct EnvoySecrets {
+    /// Authority key IDs of the certificates it presents.
+    pub leaves: Vec<String>,
+    /// Subject key IDs of the CAs it trusts.
+    pub cas: Vec<String>,
+}
+
+/// Reads `/config_dump?resource=dynamic_active_secrets` (Envoy redacts private keys only).
+pub fn sds_secrets(envoy: &Envoy) -> Option<EnvoySecrets> {
+    let r = request(
+        envoy.admin,
+        "GET",
+        "/config_dump?resource=dynamic_active_secrets",
+        &[],
+    )?;
+    if r.status != 200 {
+        return None;
+    }
+    let dump: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+    let mut out = EnvoySecrets {
+        leaves: Vec::new(),
+        cas: Vec::new(),
+    };
+    collect_certs(&dump, &mut out);
+    Some(out)
+}
+
+fn collect_certs(v: &serde_json::Value, out: &mut EnvoySecrets) {
+    use x509_parser::extensions::ParsedExtension;
+    let Some(map) = v.as_object() else {
+        if let Some(list) = v.as_array() {
+            for item in list {
+                collect_certs(item, out);
+            }
+        }
+        return;
+    };
+    for (key, value) in map {
+        let ders = || {
+            value["inline_bytes"]
+                .as_str()
+                .map(|b| pem_ders(&base64_decode(b)))
+                .unwrap_or_default()
+        };
+        let key_id = |der: &[u8], subject: bool| -> Option<String> {
+            let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+            cert.extensions()
+                .iter()
+                .find_map(|e| match e.parsed_extension() {
+                    ParsedExtension::SubjectKeyIdentifier(k) if subject => Some(k.0.to_vec()),
+                    ParsedExtension::AuthorityKeyIdentifier(a) if !subject => {
+                        a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                    }
+                    _ => None,
+                })
+                .map(|id| id.iter().map(|b| format!("{b:02x}")).collect())
+        };
+        match key.as_str() {
+            "certificate_chain" => out
+                .leaves
+                .extend(ders().first().and_then(|d| key_id(d, false))),
+            "trust_bundle" | "trusted_ca" => out
+                .cas
+                .extend(ders().iter().filter_map(|d| key_id(d, true))),
+            _ => collect_certs(value, out),
+        }
+    }
+}
+
+fn base64_decode(b: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(b)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .unwrap_or_default()
+}
+
+/// The DER of every certificate in a PEM bundle.
+fn pem_ders(pem: &str) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    pem.split("-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .filter_map(|block| block.split("-----END CERTIFICATE-----").next())
+        .filter_map(|body| {
+            let body: String = body.split_whitespace().collect();
+            base64::engine::general_purpose::STANDARD.decode(body).ok()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

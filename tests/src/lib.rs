@@ -28,6 +28,7 @@ pub mod sidecars;
 pub mod spire;
 pub mod stats;
 pub mod vault;
+pub mod wire;
 pub mod wrk;
 
 /// The workspace root.
@@ -94,13 +95,35 @@ pub fn python_with(modules: &[&str]) -> PathBuf {
     python
 }
 
-/// A loopback port the OS reports free right now.
+/// A loopback port the OS reports free right now, and never one this process was given
+/// before: the OS may hand the same ephemeral port to two binds in a row once the first is
+/// closed, and a sidecar given it twice (say as its listen and admin address) refuses to
+/// start. The tests of one binary share this process, so none of them collide either.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if take_ports(&[port]) {
+            return port;
+        }
+    }
+}
+
+/// Records `ports` as given out, unless one of them already was.
+fn take_ports(ports: &[u16]) -> bool {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if ports.iter().any(|p| given.contains(p)) {
+        return false;
+    }
+    given.extend(ports);
+    true
 }
 
 /// A loopback port `p` such that `p` and `p + 1` are both free right now (a jwt-auth-helper
@@ -109,7 +132,10 @@ pub fn free_port_pair() -> u16 {
     loop {
         let first = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = first.local_addr().unwrap().port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+        if port < u16::MAX
+            && TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
+            && take_ports(&[port, port + 1])
+        {
             return port;
         }
     }

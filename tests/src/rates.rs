@@ -1,4 +1,4 @@
-//! The call-rate bounds of the soak run (`src/bin/soak.rs`): how many successful credential
+//! The call-rate bounds of the soak run (`src/bin/soak/`): how many successful credential
 //! exchanges a broker makes in a run, at least and at most, and how many failed ones the retry
 //! schedule fits into the run's fault windows. Pure functions, tested here both ways: a bound
 //! that no count can break checks nothing.

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
@@ -274,4 +276,136 @@ pub fn alg_none(token: &str, kid: &str) -> String {
         b64.encode(format!(r#"{{"alg":"none","kid":"{kid}","typ":"JWT"}}"#)),
         token.split('.').nth(1).unwrap()
     )
+}
+
+/// The tokens a JWT-SVID check for `aud` trusting `own`'s and `partner`'s keys must refuse,
+/// each named: expired, wrong audience, `alg: none`, tampered, an unknown `kid` of `own`'s trust
+/// domain, and (last) a `sub` of `own`'s trust domain signed with `partner`'s key. `fresh` is a
+/// valid token of `own` for `sub`.
+pub fn refused_tokens(
+    own: &dev_agent::Authority,
+    partner: &dev_agent::Authority,
+    sub: &str,
+    aud: &str,
+    fresh: &str,
+) -> Vec<(&'static str, String)> {
+    // Keys the agent never published: an unknown kid of our own trust domain.
+    let stranger =
+        dev_agent::Authority::new(own.trust_domain().clone(), dev_agent::JwtAlg::Es256).unwrap();
+    vec![
+        ("expired", own.sign_claims(&claims(sub, aud, -10)).unwrap()),
+        (
+            "wrong audience",
+            own.sign_claims(&claims(sub, "someone-else", 300)).unwrap(),
+        ),
+        ("alg none", alg_none(fresh, &own.current_kid())),
+        (
+            "tampered",
+            tampered(
+                fresh,
+                &own.sign_claims(&claims("spiffe://example.org/admin", aud, 300))
+                    .unwrap(),
+            ),
+        ),
+        (
+            "unknown kid",
+            stranger.sign_claims(&claims(sub, aud, 300)).unwrap(),
+        ),
+        (
+            "sub of A signed with B's key",
+            partner.sign_claims(&claims(sub, aud, 300)).unwrap(),
+        ),
+    ]
+}
+
+// === Load through Envoy with the current key ===
+
+/// A GET of `/hello` through Envoy on `127.0.0.1:port` with `authorization: Bearer <token>`,
+/// and a forged `x-spiffe-id` the filter chain must replace or remove.
+pub fn get_with_token(port: u16, token: &str) -> crate::envoy::Response {
+    let auth = format!("Bearer {token}");
+    crate::envoy::request(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "GET",
+        "/hello",
+        &[
+            ("authorization", &auth),
+            ("x-spiffe-id", "spiffe://example.org/forged"),
+        ],
+    )
+    .expect("HTTP request through Envoy")
+}
+
+/// Steady load for key-rotation tests: requests Envoy accepted and refused, and the switch
+/// that stops the clients (also on drop, so a failed assertion does not leave them running
+/// and the runtime waiting for them).
+#[derive(Clone, Debug, Default)]
+pub struct RotationLoad {
+    /// Set to stop the clients.
+    pub stop: Arc<AtomicBool>,
+    /// Requests answered 200.
+    pub ok: Arc<AtomicU64>,
+    /// Requests answered anything else.
+    pub failed: Arc<AtomicU64>,
+}
+
+impl RotationLoad {
+    /// Requests answered 200 so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused so far.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// A guard that stops the clients when dropped.
+    pub fn stop_on_drop(&self) -> StopOnDrop {
+        StopOnDrop(self.stop.clone())
+    }
+
+    /// `n` clients sending requests through Envoy on `port` as `sub` for `aud`, each with a
+    /// token signed by the agent's current key at every request (as a JWT cache holds one
+    /// right after a rotation), until [`RotationLoad::stop`] is set.
+    pub fn clients(
+        &self,
+        agent: &Arc<dev_agent::RunningAgent>,
+        port: u16,
+        sub: &str,
+        aud: &'static str,
+        n: usize,
+    ) -> Vec<std::thread::JoinHandle<()>> {
+        let sub = workload_client::spiffe::SpiffeId::new(sub).unwrap();
+        (0..n)
+            .map(|_| {
+                let (agent, load, sub) = (agent.clone(), self.clone(), sub.clone());
+                std::thread::spawn(move || {
+                    while !load.stop.load(Ordering::Relaxed) {
+                        let token = agent
+                            .authority()
+                            .sign_jwt(&sub, &[aud], Duration::from_secs(60))
+                            .unwrap();
+                        let r = get_with_token(port, &token);
+                        if r.status == 200 {
+                            load.ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            load.failed.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("refused during rotation: {r:?}");
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
+/// Sets its flag when dropped.
+#[derive(Debug)]
+pub struct StopOnDrop(pub Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }

@@ -104,3 +104,56 @@ fn grpc_core_is_refused_without_the_authority_adapter_and_served_with_it() {
         assert_eq!(grpcio_fetch(&target), expected, "adapter {adapter}");
     }
 }
+
+/// The documented way to get a partner's JWT-SVID on the command line: `spiffe-dev-agent
+/// mint-jwt` on the running agent's state directory prints a whole token that py-spiffe,
+/// asking the agent over the Workload API, validates as the partner's workload.
+#[test]
+fn mint_jwt_prints_a_federated_token_py_spiffe_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let agent = DevAgent::start(
+        dir.path(),
+        &[
+            "--trust-domain",
+            "example.org",
+            "--spiffe-id",
+            "spiffe://example.org/ns/default/sa/backend",
+            "--federate-with",
+            "partner.org",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    let mut mint = Command::new(suite_tests::bin("spiffe-dev-agent"));
+    mint.args(["mint-jwt", "--state-dir", state.to_str().unwrap()])
+        .args(["--spiffe-id", "spiffe://partner.org/web"])
+        .args(["--audience", "spiffe://example.org/backend"])
+        .env_remove("SPIFFE_ENDPOINT_SOCKET");
+    let out = output(mint);
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap();
+    let token = token.trim();
+    assert_eq!(token.split('.').count(), 3, "one whole JWT on stdout");
+
+    let python = python_with(&["spiffe"]);
+    let mut validate = Command::new(python);
+    validate
+        .args([
+            "-c",
+            "import sys\nfrom spiffe import WorkloadApiClient\n\
+             with WorkloadApiClient(socket_path=sys.argv[1]) as c:\n\
+             \x20   print(c.validate_jwt_svid(token=sys.argv[2], audience=sys.argv[3]).spiffe_id)",
+        ])
+        .args([
+            agent.endpoint.as_str(),
+            token,
+            "spiffe://example.org/backend",
+        ]);
+    let out = output(validate);
+    assert!(out.status.success(), "{out:?}\n{}", agent.proc.log());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "spiffe://partner.org/web"
+    );
+}

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use dev_agent::{Agent, Authority, Config as AgentConfig, JwtAlg, RunningAgent};
@@ -21,7 +21,7 @@ use suite_tests::sds::{
     SdsBridge, Shape, bootstrap, common_tls_context, filtered_listener, http_listener,
     inline_tls_context, jwt_authn_config, mtls_listener_with_filters, sds_cluster, tls_cluster,
 };
-use suite_tests::sidecars::{alg_none, claims, tampered};
+use suite_tests::sidecars::{RotationLoad, claims, get_with_token, refused_tokens};
 use suite_tests::{free_port, wait_until};
 use workload_client::Endpoint;
 use workload_client::spiffe::{SpiffeId, TrustDomain};
@@ -37,25 +37,6 @@ fn td(name: &str) -> TrustDomain {
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
-/// GET through Envoy with `authorization` and a forged `x-spiffe-id`.
-fn get_with(port: u16, token: &str) -> Response {
-    let auth = bearer(token);
-    request(
-        addr(port),
-        "GET",
-        "/hello",
-        &[
-            ("authorization", &auth),
-            ("x-spiffe-id", "spiffe://example.org/forged"),
-        ],
-    )
-    .expect("HTTP request through Envoy")
 }
 
 /// jwt_authn's refusal of a bad token as Envoy sends it: 401, `www-authenticate: Bearer
@@ -234,37 +215,11 @@ fn merged_jwks(authorities: &[&Authority]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_authn_with_bridge_jwks_accepts_fresh_svids_and_rejects_bad_ones() {
     with_agent(own_and_partner, move |dir, agent, (own, partner)| {
-        // Keys the agent never published: an unknown kid of our own trust domain.
-        let stranger = Authority::new(td("example.org"), JwtAlg::Es256).unwrap();
         let fresh = own.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
         let partner_fresh = partner.sign_claims(&claims(PARTNER, AUD, 300)).unwrap();
+        let bad = refused_tokens(&own, &partner, CLIENT, AUD, &fresh);
         // Key confusion: a SPIFFE ID of example.org vouched for by partner.org's key.
         let confused = partner.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
-        let bad = vec![
-            (
-                "expired",
-                own.sign_claims(&claims(CLIENT, AUD, -10)).unwrap(),
-            ),
-            (
-                "wrong audience",
-                own.sign_claims(&claims(CLIENT, "someone-else", 300))
-                    .unwrap(),
-            ),
-            ("alg none", alg_none(&fresh, &own.current_kid())),
-            (
-                "tampered",
-                tampered(
-                    &fresh,
-                    &own.sign_claims(&claims("spiffe://example.org/admin", AUD, 300))
-                        .unwrap(),
-                ),
-            ),
-            (
-                "unknown kid",
-                stranger.sign_claims(&claims(CLIENT, AUD, 300)).unwrap(),
-            ),
-            ("sub of A signed with B's key", confused.clone()),
-        ];
         let merged = merged_jwks(&[&own, &partner]);
         let path = jwt_path(dir, agent, &["example.org", "partner.org"], &[]);
         let (upstream, envoy, port) = (&path.upstream, &path.envoy, path.port);
@@ -273,7 +228,7 @@ async fn jwt_authn_with_bridge_jwks_accepts_fresh_svids_and_rejects_bad_ones() {
             ("own", &fresh, CLIENT),
             ("partner", &partner_fresh, PARTNER),
         ] {
-            let r = get_with(port, token);
+            let r = get_with_token(port, token);
             assert_eq!(r.status, 200, "{what}: {r:?}");
             let seen = r.json();
             assert_eq!(
@@ -288,7 +243,7 @@ async fn jwt_authn_with_bridge_jwks_accepts_fresh_svids_and_rejects_bad_ones() {
         for (what, token) in &bad {
             // Wrong audience included: jwt_authn says 403, the generated local_reply_config
             // makes it 401 and keeps jwt_authn's body and header.
-            let r = get_with(port, token);
+            let r = get_with_token(port, token);
             assert_invalid_token(&r, what);
             if *what == "wrong audience" {
                 assert_eq!(r.body, "Audiences in Jwt are not allowed");
@@ -325,7 +280,7 @@ async fn jwt_authn_with_bridge_jwks_accepts_fresh_svids_and_rejects_bad_ones() {
             clusters: Vec::new(),
         };
         let (_merged_envoy, merged_port) = jwt_envoy("merged", dir, &merged, upstream.addr);
-        let r = get_with(merged_port, &confused);
+        let r = get_with_token(merged_port, &confused);
         assert_eq!(
             r.status, 200,
             "merged JWKS accepts the confused token: {r:?}"
@@ -398,15 +353,13 @@ async fn jwt_key_rotation_under_load_fails_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Arc::new(agent(dir.path()).await);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(u16, SocketAddr)>();
-    let stop = Arc::new(AtomicBool::new(false));
+    let load = RotationLoad::default();
     // A failed assertion below must stop the clients too, or the runtime waits for them forever.
-    let _stop_on_panic = StopOnDrop(stop.clone());
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let _stop_on_panic = load.stop_on_drop();
     // Processes and load run off the runtime serving the agent; rotations happen on it.
-    let load = {
-        let (shared, stop, ok, failed) = (agent.clone(), stop.clone(), ok.clone(), failed.clone());
+    let clients_done = {
+        let (shared, load) = (agent.clone(), load.clone());
         off_runtime(dir.path(), &agent, move |dir, endpoint| {
-            let agent = shared;
             // cache_duration 6s: Envoy refetches every second.
             let path = jwt_path(
                 dir,
@@ -416,30 +369,9 @@ async fn jwt_key_rotation_under_load_fails_no_request() {
             );
             let port = path.port;
             ready_tx.send((port, path.envoy.admin)).unwrap();
-            let clients: Vec<_> = (0..3)
-                .map(|_| {
-                    let (agent, stop, ok, failed) =
-                        (agent.clone(), stop.clone(), ok.clone(), failed.clone());
-                    std::thread::spawn(move || {
-                        let sub = SpiffeId::new(CLIENT).unwrap();
-                        while !stop.load(Ordering::Relaxed) {
-                            // A client always holds a token from the current key, as the JWT
-                            // cache refetches after a rotation.
-                            let token = agent
-                                .authority()
-                                .sign_jwt(&sub, &[AUD], Duration::from_secs(60))
-                                .unwrap();
-                            let r = get_with(port, &token);
-                            if r.status == 200 {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                eprintln!("failed during rotation: {r:?}");
-                            }
-                        }
-                    })
-                })
-                .collect();
+            // A client always holds a token from the current key, as the JWT cache refetches
+            // after a rotation.
+            let clients = load.clients(&shared, port, CLIENT, AUD, 3);
             for c in clients {
                 c.join().unwrap();
             }
@@ -457,26 +389,26 @@ async fn jwt_key_rotation_under_load_fails_no_request() {
         // Envoy must have fetched the JWKS that pre-publishes the next key twice (a fetch
         // could have been in flight during the last rotation) before the next rotation.
         let seen = tokio::task::spawn_blocking(fetches).await.unwrap();
-        let before = ok.load(Ordering::Relaxed);
+        let before = load.ok();
         agent.rotate_jwt_key().await.unwrap();
         tokio::task::spawn_blocking({
-            let ok = ok.clone();
+            let load = load.clone();
             move || {
                 wait_until(
                     "two JWKS refetches and traffic",
                     Duration::from_secs(10),
-                    || fetches() >= seen + 2 && ok.load(Ordering::Relaxed) > before + 50,
+                    || fetches() >= seen + 2 && load.ok() > before + 50,
                 );
             }
         })
         .await
         .unwrap();
     }
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
+    load.stop.store(true, Ordering::Relaxed);
+    clients_done.await.unwrap();
     assert_eq!(agent.jwt_key_rotations(), 4);
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
-    assert!(ok.load(Ordering::Relaxed) > 200, "load ran");
+    assert_eq!(load.failed(), 0, "no request failed");
+    assert!(load.ok() > 200, "load ran");
     Arc::into_inner(agent).unwrap().shutdown().await;
 }
 
@@ -496,13 +428,16 @@ async fn rbac_on_the_jwt_sub_allows_one_id_forbids_others_and_refuses_foreign_do
         // Only example.org is trusted here; partner.org has a bundle but no provider.
         let path = jwt_path(dir, agent, &["example.org"], &["--allow-spiffe-id", CLIENT]);
         let (upstream, envoy, port) = (&path.upstream, &path.envoy, path.port);
-        assert_eq!(get_with(port, &allowed).status, 200);
-        assert_rbac_denied(&get_with(port, &other), "same trust domain, not allowed");
-        assert_invalid_token(&get_with(port, &foreign), "foreign trust domain");
+        assert_eq!(get_with_token(port, &allowed).status, 200);
+        assert_rbac_denied(
+            &get_with_token(port, &other),
+            "same trust domain, not allowed",
+        );
+        assert_invalid_token(&get_with_token(port, &foreign), "foreign trust domain");
         // The local reply mapper turns jwt_authn's wrong-audience 403 into 401 and leaves
         // RBAC's 403 (above) alone, on the same listener.
         assert_invalid_token(
-            &get_with(port, &elsewhere),
+            &get_with_token(port, &elsewhere),
             "the allowed ID, another audience",
         );
         assert_eq!(upstream.requests(), 1);
@@ -645,15 +580,6 @@ async fn rbac_on_the_mtls_peer_allows_one_id_forbids_others_and_refuses_foreign_
     .await;
 }
 
-/// Sets the flag when dropped, also while unwinding from a panic.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// How long after `start` `refused` first held, polling as fast as requests go.
 fn time_until_refused(
     start: Instant,
@@ -709,19 +635,23 @@ async fn dropping_a_federated_trust_domain_refuses_its_mtls_and_jwt_requests_wit
             assert_eq!(mtls(path), 200, "{path} before the drop");
         }
         for token in [&own_token, &partner_token] {
-            assert_eq!(get_with(jwt_port, token).status, 200, "JWT before the drop");
+            assert_eq!(
+                get_with_token(jwt_port, token).status,
+                200,
+                "JWT before the drop"
+            );
         }
         ready_tx.send(()).unwrap();
         let start = go_rx.recv().unwrap();
         let limit = Duration::from_secs(15);
         let x509 = time_until_refused(start, limit, || mtls("/partner") != 200);
         let jwt = time_until_refused(start, limit, || {
-            get_with(jwt_port, &partner_token).status == 401
+            get_with_token(jwt_port, &partner_token).status == 401
         });
         // The own trust domain keeps working on both paths.
         for _ in 0..20 {
             assert_eq!(mtls("/own"), 200);
-            assert_eq!(get_with(jwt_port, &own_token).status, 200);
+            assert_eq!(get_with_token(jwt_port, &own_token).status, 200);
         }
         (x509, jwt)
     });
@@ -833,13 +763,13 @@ async fn the_printed_bootstrap_runs_as_is_and_checks_jwt_svids() {
         ]);
         let _envoy = Envoy::start("printed-bootstrap", dir, &yaml);
         let token = own.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
-        let r = get_with(port, &token);
+        let r = get_with_token(port, &token);
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.json()["headers"]["x-spiffe-id"], CLIENT);
         let wrong = own
             .sign_claims(&claims(CLIENT, "someone-else", 300))
             .unwrap();
-        assert_invalid_token(&get_with(port, &wrong), "wrong audience");
+        assert_invalid_token(&get_with_token(port, &wrong), "wrong audience");
         assert_eq!(request(addr(port), "GET", "/", &[]).unwrap().status, 401);
         assert_eq!(upstream.requests(), 1);
         drop(bridge);

@@ -17,7 +17,8 @@ use suite_tests::azure::{
     FederatedCredential, azure_identity, start_with_entra, verify_with_discovery,
 };
 use suite_tests::envoy::{
-    EchoServer, Envoy, Response, ext_authz_proxy, jwt_authn_proxy, request, static_cluster,
+    EchoServer, Envoy, Response, ext_authz_proxy, jwt_authn_proxy, request, sds_secrets,
+    static_cluster,
 };
 use suite_tests::gcp::{google_auth, start_with_google};
 use suite_tests::sds::{
@@ -302,6 +303,20 @@ fn mtls_between_envoys_with_spire_svids_survives_svid_rotations_and_a_ca_rotatio
     assert!(seen.lock().unwrap().values().all(|a| *a == old));
     spire.server.cli(&["localauthority", "x509", "prepare"]);
     let new = authority(&spire, "prepared");
+    // As SPIRE's rotation guide says: activate only once the prepared CA has reached every
+    // agent and workload. The server's own serving certificate moves to the new CA at
+    // activation, and an agent whose bundle lacks it cannot verify the server: it gives up
+    // its sync as non-recoverable and exits. Both Envoys' validation contexts holding the
+    // new CA shows it went agent → bridge → Envoy.
+    wait_until(
+        "the prepared CA in both Envoys' validation contexts",
+        Duration::from_secs(60),
+        || {
+            [&pair.server, &pair.client]
+                .iter()
+                .all(|e| sds_secrets(e).is_some_and(|s| s.cas.contains(&new)))
+        },
+    );
     spire
         .server
         .cli(&["localauthority", "x509", "activate", "-authorityID", &new]);

@@ -6,17 +6,15 @@
 //! well-behaved client is served while the abuse is in flight. docs/testing.md, "Bad input on
 //! the wire", records what each sidecar answered; cases covered elsewhere are referenced there.
 //!
-//! The abusive clients are written here from raw bytes (frames, HPACK literals, gRPC length
-//! prefixes) or with the `h2` crate when the point is the body, so nothing in between can
-//! tidy the input up.
+//! The abusive clients (`suite_tests::wire`) write raw bytes (frames, header blocks, gRPC
+//! length prefixes) or use the `h2` crate when the point is the body, so nothing in between
+//! can tidy the input up.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use dev_agent::{Agent, Config as AgentConfig};
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
@@ -24,8 +22,9 @@ use prost::Message as _;
 use suite_tests::procfs::rss_kib;
 use suite_tests::sds::SdsBridge;
 use suite_tests::sidecars::{JwtHelper, Verdict, check, check_request, claims};
+use suite_tests::wire::*;
 use suite_tests::{DevAgent, Proc};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use workload_client::spiffe::TrustDomain;
 use workload_client::{Endpoint, WorkloadApiClient, lazy_channel};
 
@@ -36,293 +35,12 @@ use workload_client::{Endpoint, WorkloadApiClient, lazy_channel};
 /// then +0.1 MiB in the last ten rounds together); unbounded growth would cross this in a
 /// round or two.
 const RSS_BOUND_KIB: u64 = 96 * 1024;
-/// Safety net for reads from an abusive connection (a healthy server answers in milliseconds).
-const READ_LIMIT: Duration = Duration::from_secs(20);
 const AUD: &str = "spiffe://example.org/backend";
 const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
 const STREAM_SECRETS: &str = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
 const FETCH_SECRETS: &str = "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets";
 const FETCH_JWT: &str = "/SpiffeWorkloadAPI/FetchJWTSVID";
 const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
-
-// === Connections ===
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// A listener under test.
-#[derive(Clone, Debug)]
-enum Port {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl Port {
-    async fn connect(&self) -> Box<dyn Io> {
-        match self {
-            Self::Tcp(a) => Box::new(tokio::net::TcpStream::connect(a).await.unwrap()),
-            Self::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await.unwrap()),
-        }
-    }
-}
-
-/// `n` reproducible pseudo-random bytes (xorshift), never starting like an HTTP/2 preface.
-fn random_bytes(n: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[3]
-        })
-        .collect()
-}
-
-/// Writes `bytes` (the server may stop reading and close: write errors are part of the
-/// answer) and reads until the server closes; returns what it sent back, or `None` if it
-/// kept the connection open past [`READ_LIMIT`].
-async fn send_and_read_to_close(port: &Port, bytes: &[u8]) -> Option<Vec<u8>> {
-    let io = port.connect().await;
-    let (mut r, mut w) = tokio::io::split(io);
-    let write = async {
-        let _ = w.write_all(bytes).await;
-        let _ = w.flush().await;
-        w
-    };
-    let read = async {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match tokio::time::timeout(READ_LIMIT, r.read(&mut buf)).await {
-                Err(_) => return None,
-                Ok(Ok(0) | Err(_)) => return Some(got),
-                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    let (_w, got) = tokio::join!(write, read);
-    got
-}
-
-// === Raw HTTP/2 ===
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const CONTINUATION: u8 = 0x9;
-const END_HEADERS: u8 = 0x4;
-const FRAME_SIZE_ERROR: u32 = 0x6;
-const ENHANCE_YOUR_CALM: u32 = 0xb;
-const INTERNAL: u32 = 13;
-const OUT_OF_RANGE: u32 = 11;
-const REFUSED_STREAM: u32 = 0x7;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).unwrap();
-    let mut f = len.to_be_bytes()[1..].to_vec();
-    f.extend([kind, flags]);
-    f.extend(stream.to_be_bytes());
-    f.extend(payload);
-    f
-}
-
-/// An HPACK integer with an `n`-bit prefix (RFC 7541 §5.1).
-fn hpack_int(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
-    let max = (1usize << n) - 1;
-    if v < max {
-        out.push(first | u8::try_from(v).unwrap());
-        return;
-    }
-    out.push(first | u8::try_from(max).unwrap());
-    v -= max;
-    while v >= 128 {
-        out.push(u8::try_from(v % 128).unwrap() | 0x80);
-        v /= 128;
-    }
-    out.push(u8::try_from(v).unwrap());
-}
-
-/// A literal header field without indexing, new name, no Huffman (RFC 7541 §6.2.2).
-fn literal(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.push(0);
-    hpack_int(out, 0, 7, name.len());
-    out.extend(name.as_bytes());
-    hpack_int(out, 0, 7, value.len());
-    out.extend(value);
-}
-
-/// The header block of a gRPC request to `path`.
-fn grpc_head(path: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    for (k, v) in [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", path),
-        (":authority", "localhost"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-        ("workload.spiffe.io", "true"),
-    ] {
-        literal(&mut b, k, v.as_bytes());
-    }
-    b
-}
-
-/// The preface and an empty SETTINGS frame.
-fn h2_start() -> Vec<u8> {
-    let mut b = PREFACE.to_vec();
-    b.extend(frame(SETTINGS, 0, 0, &[]));
-    b
-}
-
-/// What a server sent back on a raw HTTP/2 connection.
-#[derive(Debug, Default)]
-struct Seen {
-    /// GOAWAY's error code.
-    goaway: Option<u32>,
-    /// RST_STREAM frames by error code.
-    resets: std::collections::BTreeMap<u32, usize>,
-    /// Response header blocks; and how many began `:status: 200` (static index 8, 0x88).
-    headers: usize,
-    ok_headers: usize,
-    /// PING acknowledgements: h2 handles frames in order, so an ACK of a PING sent last
-    /// means everything before it was processed.
-    ping_acks: usize,
-    closed: bool,
-    /// Whether the first bytes were an HTTP/2 frame at all (vs. e.g. an HTTP/1 answer).
-    not_h2: bool,
-}
-
-/// Writes `bytes` while reading frames until `done(seen)`, a close or [`READ_LIMIT`].
-async fn h2_exchange(
-    port: &Port,
-    bytes: Vec<u8>,
-    done: impl Fn(&Seen) -> bool,
-) -> (Seen, Box<dyn Io>) {
-    let io = port.connect().await;
-    let (mut r, mut w) = tokio::io::split(io);
-    let write = async move {
-        let _ = w.write_all(&bytes).await;
-        let _ = w.flush().await;
-        w
-    };
-    let read = async {
-        let mut seen = Seen::default();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 16 * 1024];
-        let deadline = Instant::now() + READ_LIMIT;
-        while !done(&seen) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, r.read(&mut chunk)).await {
-                Err(_) => break,
-                Ok(Ok(0) | Err(_)) => {
-                    seen.closed = true;
-                    break;
-                }
-                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-            }
-            while buf.len() >= 9 {
-                let len =
-                    usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
-                if buf[3] > 0x9 && seen.headers == 0 && seen.resets.is_empty() {
-                    seen.not_h2 = true;
-                }
-                if buf.len() < 9 + len {
-                    break;
-                }
-                let payload = &buf[9..9 + len];
-                match buf[3] {
-                    GOAWAY if len >= 8 => {
-                        seen.goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
-                    }
-                    RST_STREAM if len == 4 => {
-                        let code = u32::from_be_bytes(payload.try_into().unwrap());
-                        *seen.resets.entry(code).or_default() += 1;
-                    }
-                    PING if buf[4] & 1 == 1 => seen.ping_acks += 1,
-                    HEADERS => {
-                        seen.headers += 1;
-                        seen.ok_headers += usize::from(payload.first() == Some(&0x88));
-                    }
-                    _ => {}
-                }
-                buf.drain(..9 + len);
-            }
-        }
-        (seen, r)
-    };
-    let (w, (seen, r)) = tokio::join!(write, read);
-    (seen, Box::new(r.unsplit(w)))
-}
-
-// === gRPC bodies through h2 ===
-
-/// Sends one gRPC request with `body` as the raw message bytes (length prefix and all) and
-/// returns the `grpc-status` the server answered with.
-async fn grpc_raw(port: &Port, path: &str, body: Vec<u8>) -> u32 {
-    let io = port.connect().await;
-    let (mut client, conn) = h2::client::handshake(io).await.unwrap();
-    let conn = tokio::spawn(conn);
-    let request = http::Request::post(format!("http://localhost{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("workload.spiffe.io", "true")
-        .body(())
-        .unwrap();
-    client = client.ready().await.unwrap();
-    let (response, mut stream) = client.send_request(request, false).unwrap();
-    stream.send_data(Bytes::from(body), true).unwrap();
-    let response = tokio::time::timeout(READ_LIMIT, response)
-        .await
-        .unwrap()
-        .unwrap();
-    let status = |h: &http::HeaderMap| {
-        h.get("grpc-status")
-            .map(|v| v.to_str().unwrap().parse::<u32>().unwrap())
-    };
-    let code = if let Some(code) = status(response.headers()) {
-        code
-    } else {
-        let mut body = response.into_body();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.unwrap();
-            let _ = body.flow_control().release_capacity(chunk.len());
-        }
-        status(&body.trailers().await.unwrap().expect("trailers")).expect("grpc-status")
-    };
-    conn.abort();
-    code
-}
-
-/// A gRPC message: the 5-byte prefix (not compressed) and `message`.
-fn grpc_frame(message: &[u8]) -> Vec<u8> {
-    let mut b = vec![0];
-    b.extend(u32::try_from(message.len()).unwrap().to_be_bytes());
-    b.extend(message);
-    b
-}
-
-/// `message` with every occurrence of the marker `¤¤` (C2 A4 C2 A4) replaced by bytes that
-/// are not UTF-8 (C0 FF FE 80: same length, so protobuf lengths still hold).
-fn with_invalid_utf8(mut message: Vec<u8>) -> Vec<u8> {
-    let marker = "¤¤".as_bytes();
-    let mut i = 0;
-    let mut replaced = 0;
-    while i + marker.len() <= message.len() {
-        if &message[i..i + marker.len()] == marker {
-            message[i..i + marker.len()].copy_from_slice(&[0xc0, 0xff, 0xfe, 0x80]);
-            replaced += 1;
-        }
-        i += 1;
-    }
-    assert!(replaced > 0, "marker present");
-    message
-}
 
 // === The battery for gRPC listeners ===
 
@@ -369,8 +87,8 @@ where
 
     // A 1 MiB header block: HEADERS and 63 CONTINUATION frames of 16 KiB (the frame size
     // every peer must accept), one literal header far over the 16 KiB header list limit.
-    let mut block = grpc_head(request_path);
-    literal(&mut block, "x-huge", &vec![b'a'; 1024 * 1024]);
+    let huge = vec![b'a'; 1024 * 1024];
+    let block = grpc_head(request_path, &[("x-huge", &huge)]);
     let mut bytes = h2_start();
     let chunks: Vec<&[u8]> = block.chunks(16 * 1024).collect();
     for (i, c) in chunks.iter().enumerate() {
@@ -390,7 +108,12 @@ where
 
     // A DATA frame claiming 16 MiB - 1, past SETTINGS_MAX_FRAME_SIZE (16 KiB).
     let mut bytes = h2_start();
-    bytes.extend(frame(HEADERS, END_HEADERS, 1, &grpc_head(request_path)));
+    bytes.extend(frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &grpc_head(request_path, &[]),
+    ));
     let mut huge = frame(DATA, 0, 1, &[]);
     huge[..3].copy_from_slice(&[0xff, 0xff, 0xff]);
     bytes.extend(huge);
@@ -400,7 +123,7 @@ where
 
     // 10,000 streams on one connection, each a request head whose body never comes.
     let mut bytes = h2_start();
-    let head = grpc_head(request_path);
+    let head = grpc_head(request_path, &[]);
     for i in 0..10_000u32 {
         bytes.extend(frame(HEADERS, END_HEADERS, 2 * i + 1, &head));
     }
@@ -1117,4 +840,99 @@ fn iam_broker_azure_refuses_huge_and_invalid_resources_and_keeps_serving() {
     let (status, _) = suite_tests::http(broker.admin, "GET", "/healthz").unwrap();
     assert_eq!(status, 200);
     rss.check(&mut broker.proc);
+}
+
+const STREAM_EXTENSION_CONFIGS: &str =
+    "/envoy.service.extension.v3.ExtensionConfigDiscoveryService/StreamExtensionConfigs";
+const TYPED_EXTENSION_CONFIG: &str =
+    "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sds_bridge_ecds_survives_bad_input_and_keeps_serving_its_one_resource() {
+    use envoy_types::pb::envoy::service::extension::v3::extension_config_discovery_service_client::ExtensionConfigDiscoveryServiceClient;
+    use tokio_stream::StreamExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let agent = DevAgent::start(
+        dir.path(),
+        &[
+            "--trust-domain",
+            "example.org",
+            "--spiffe-id",
+            "spiffe://example.org/web",
+        ],
+    );
+    let mut bridge = SdsBridge::start(
+        "sds-bridge",
+        dir.path(),
+        &agent.endpoint,
+        &[
+            "--ecds-audience",
+            "spiffe://example.org/backend",
+            "--ecds-trust-domain",
+            "example.org",
+        ],
+    );
+    let port = Port::Unix(bridge.socket.clone());
+    // Not protobuf; a name that is not UTF-8: the stream ends INTERNAL, the bridge carries on.
+    let code = grpc_raw(
+        &port,
+        STREAM_EXTENSION_CONFIGS,
+        grpc_frame(&random_bytes(512)),
+    )
+    .await;
+    assert_eq!(code, INTERNAL);
+    let request = |names: Vec<String>, type_url: &str| DiscoveryRequest {
+        type_url: type_url.to_owned(),
+        resource_names: names,
+        ..Default::default()
+    };
+    let utf8 =
+        with_invalid_utf8(request(vec!["¤¤".to_owned()], TYPED_EXTENSION_CONFIG).encode_to_vec());
+    assert_eq!(
+        grpc_raw(&port, STREAM_EXTENSION_CONFIGS, grpc_frame(&utf8)).await,
+        INTERNAL
+    );
+    bridge.proc.assert_running();
+
+    // Another type, then 10,000 names (long ones among them) with ours last: the wrong type is
+    // ignored, and the one resource arrives.
+    let client = ExtensionConfigDiscoveryServiceClient::new(lazy_channel(&Endpoint::Unix(
+        bridge.socket.clone(),
+    )));
+    let mut names: Vec<String> = (0..10_000)
+        .map(|i| format!("{i}-{}", "x".repeat(i % 300)))
+        .collect();
+    names.push("spiffe-jwt-authn".to_owned());
+    let requests = tokio_stream::iter([
+        request(
+            vec!["spiffe-jwt-authn".to_owned()],
+            "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        ),
+        request(names, TYPED_EXTENSION_CONFIG),
+    ])
+    .chain(tokio_stream::pending());
+    let mut responses = client
+        .clone()
+        .stream_extension_configs(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .expect("the config within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.type_url, TYPED_EXTENSION_CONFIG);
+    assert_eq!(first.resources.len(), 1);
+    // Unary fetch and delta are refused, not served.
+    let fetch = client
+        .clone()
+        .fetch_extension_configs(request(vec![], TYPED_EXTENSION_CONFIG))
+        .await
+        .unwrap_err();
+    assert_eq!(fetch.code(), tonic::Code::Unimplemented);
+    bridge.proc.assert_running();
+    assert_eq!(bridge.metric("sds_bridge_ecds_pushes_total"), 1.0);
+    assert_eq!(bridge.metric("sds_bridge_ecds_streams"), 1.0);
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use suite_tests::DevAgent;
-use workload_client::jwt::cache::CacheConfig;
+use workload_client::CacheConfig;
 use workload_client::{
     Endpoint, JwtBundleWatcher, JwtKey, JwtSvidCache, TrustDomainPolicy, ValidationError,
     WorkloadApiClient, X509Context, X509Watcher, validate_jwt_svid,

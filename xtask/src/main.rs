@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|soak|image|spire|istio-tools|clients|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + 60 s soaks on the dev agent and on SPIRE (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault]: each sidecar against a same-run baseline (release build)\n  soak   [--minutes N]: every sidecar under load and chaos for N minutes (default 10), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  clients  build the suite's Go and Java gRPC clients (tests/go, tests/java)\n  istio-tools  build the pinned istioctl and podcheck into .tools (Go; the Istio injection test runs them)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
+                "usage: cargo xtask <test|demo|bench|soak|image|spire|istio-tools|clients|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + 60 s soaks on the dev agent and on SPIRE (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault|spire]: each sidecar against a same-run baseline (release build)\n  soak   [--spire] [--minutes N]: every sidecar under load and chaos for N minutes (default 10; --spire: on real SPIRE), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  clients  build the suite's Go and Java gRPC clients (tests/go, tests/java)\n  istio-tools  build the pinned istioctl and podcheck into .tools (Go; the Istio injection test runs them)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
             );
             return ExitCode::from(2);
         }
@@ -169,35 +169,37 @@ fn test(extra: &[String]) -> Result {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !nextest {
-        return run(
+    if nextest {
+        // nextest does not run doctests; run them first so the run ends on nextest's summary.
+        run(
+            "doc tests",
+            cargo().args(["test", "--workspace", "--locked", "--doc"]),
+        )?;
+        run(
+            "tests (nextest)",
+            cargo()
+                .args([
+                    "nextest",
+                    "run",
+                    "--workspace",
+                    "--locked",
+                    "--no-fail-fast",
+                ])
+                .args(extra)
+                .env("SUITE_VENV", &venv)
+                .env("SUITE_SPIRE_BIN", &spire),
+        )?;
+    } else {
+        run(
             "tests (cargo test; install cargo-nextest for parallel runs)",
             cargo()
                 .args(["test", "--workspace", "--locked", "--no-fail-fast"])
                 .args(extra)
                 .env("SUITE_VENV", &venv)
                 .env("SUITE_SPIRE_BIN", &spire),
-        );
+        )?;
     }
-    // nextest does not run doctests; run them first so the run ends on nextest's summary.
-    run(
-        "doc tests",
-        cargo().args(["test", "--workspace", "--locked", "--doc"]),
-    )?;
-    run(
-        "tests (nextest)",
-        cargo()
-            .args([
-                "nextest",
-                "run",
-                "--workspace",
-                "--locked",
-                "--no-fail-fast",
-            ])
-            .args(extra)
-            .env("SUITE_VENV", &venv)
-            .env("SUITE_SPIRE_BIN", &spire),
-    )?;
+    // Both paths end on the soaks: CI (no nextest) runs what the usage text promises.
     soak_short(&venv, &spire)
 }
 
@@ -246,7 +248,7 @@ fn soak_short(venv: &Path, spire: &Path) -> Result {
 }
 
 /// `cargo xtask soak [--spire] [--minutes N]` (default 10): release builds of everything,
-/// then the soak driver (tests/src/bin/soak.rs), which prints its table and fails on any
+/// then the soak driver (tests/src/bin/soak/main.rs), which prints its table and fails on any
 /// broken check. `--spire` runs it on SPIRE (built first, as for the tests).
 fn soak(args: &[String]) -> Result {
     let usage = || "usage: cargo xtask soak [--spire] [--minutes N]".to_owned();
