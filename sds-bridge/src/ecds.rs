@@ -508,6 +508,20 @@ impl EcdsService {
     /// `/readyz`'s view: ready once an Envoy ACKed the config (until then it applies its
     /// deny-all default and refuses every token), not once the bundle stream gave up.
     pub fn readiness(&self, bundles: &StreamStatus) -> Readiness {
+        if let not_ready @ Readiness::NotReady(_) = self.startup(bundles) {
+            return not_ready;
+        }
+        if !self.inner.metrics.acked() {
+            return Readiness::NotReady(
+                "no Envoy has applied the ECDS jwt_authn config yet: it refuses every token".into(),
+            );
+        }
+        Readiness::Ready
+    }
+
+    /// `/startupz`'s view: a config to serve, without waiting for an Envoy to apply it (Envoy
+    /// starts after the bridge whose socket it needs).
+    pub fn startup(&self, bundles: &StreamStatus) -> Readiness {
         if bundles.gave_up {
             return Readiness::NotReady(format!(
                 "the Workload API refused the JWT bundle stream (ECDS): {}",
@@ -518,11 +532,6 @@ impl EcdsService {
             return Readiness::NotReady(
                 "no JWT bundles from the Workload API yet (ECDS): no jwt_authn config to serve"
                     .into(),
-            );
-        }
-        if !self.inner.metrics.acked() {
-            return Readiness::NotReady(
-                "no Envoy has applied the ECDS jwt_authn config yet: it refuses every token".into(),
             );
         }
         Readiness::Ready
@@ -789,12 +798,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn ready_only_with_a_config_and_an_ack_and_not_once_the_bundle_stream_gave_up() {
+    async fn ready_only_with_a_config_and_an_ack_started_with_the_config_alone() {
         let (tx, rx) = watch::channel(None);
         let metrics = Arc::new(EcdsMetrics::default());
         let service = EcdsService::new(rx, metrics.clone(), Shutdown::new());
         let ok = StreamStatus::default();
         assert!(matches!(service.readiness(&ok), Readiness::NotReady(_)));
+        assert!(matches!(service.startup(&ok), Readiness::NotReady(_)));
         let tomb = doc("tomb");
         let v1 = Rendered::render(
             &policy(&["example.org"]),
@@ -803,6 +813,8 @@ mod tests {
         );
         tx.send_replace(Some(Arc::new(v1)));
         assert!(matches!(service.readiness(&ok), Readiness::NotReady(r) if r.contains("no Envoy")));
+        // Started: Envoy, which starts after the bridge, can now be served.
+        assert_eq!(service.startup(&ok), Readiness::Ready);
         let mut s = EcdsStream::new();
         record(&RequestKind::Initial, &s, &metrics);
         let _ = s.on_request(request("", &[RESOURCE_NAME]), None);
@@ -822,6 +834,7 @@ mod tests {
             service.readiness(&gave_up),
             Readiness::NotReady(_)
         ));
+        assert!(matches!(service.startup(&gave_up), Readiness::NotReady(_)));
     }
 
     #[test]

@@ -148,37 +148,21 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     };
 
     if let Some(listener) = admin_listener {
-        let ready = {
-            let watcher = watcher.clone();
+        let checks = Checks {
+            watcher: watcher.clone(),
             // With --jwks-listen, ready only once the JWKS can be served too.
-            let jwks = jwks
+            jwks: jwks
                 .as_ref()
-                .map(|(_, bundles, endpoint)| (bundles.clone(), endpoint.clone()));
+                .map(|(_, bundles, endpoint)| (bundles.clone(), endpoint.clone())),
             // With ECDS, ready only once an Envoy applied the jwt_authn config.
-            let ecds = ecds.clone();
-            move || match watcher.current() {
-                _ if watcher.status().gave_up => Readiness::NotReady(format!(
-                    "the Workload API refused the X.509 stream: {}",
-                    watcher.status().last_error.unwrap_or_default()
-                )),
-                None if watcher.status().withdrawn => Readiness::NotReady(format!(
-                    "the Workload API says this workload has no identity (registration entry deleted?): {}",
-                    watcher.status().last_error.unwrap_or_default()
-                )),
-                None => Readiness::NotReady("no X.509-SVID from the Workload API yet".into()),
-                Some(ctx) if ctx.remaining(SystemTime::now()).is_zero() => Readiness::NotReady(
-                    "the X.509-SVID has expired and the Workload API has not renewed it".into(),
-                ),
-                Some(_) => match &jwks {
-                    Some((bundles, endpoint)) => match endpoint.readiness(&bundles.status()) {
-                        Readiness::Ready => ecds_readiness(ecds.as_ref()),
-                        not_ready => not_ready,
-                    },
-                    None => ecds_readiness(ecds.as_ref()),
-                },
-            }
+            ecds: ecds.clone(),
         };
-        Admin::new(registry, ready).spawn(listener, shutdown.clone());
+        let startup = checks.clone();
+        Admin::new(registry, move || checks.readiness(true))
+            // Envoy starts after the bridge (it needs the SDS socket) and only then can ACK:
+            // a start-up wait on the ACK would never end.
+            .with_startup(move || startup.readiness(false))
+            .spawn(listener, shutdown.clone());
     }
 
     if let Some((listener, bundles, endpoint)) = jwks {
@@ -259,10 +243,51 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `/readyz` with ECDS on: its readiness; off: ready.
-fn ecds_readiness(ecds: Option<&(JwtBundleWatcher, EcdsService)>) -> Readiness {
-    match ecds {
-        Some((bundles, service)) => service.readiness(&bundles.status()),
-        None => Readiness::Ready,
+/// What `/readyz` and `/startupz` look at.
+#[derive(Clone)]
+struct Checks {
+    watcher: X509Watcher,
+    jwks: Option<(JwtBundleWatcher, JwksEndpoint)>,
+    ecds: Option<(JwtBundleWatcher, EcdsService)>,
+}
+
+// === impl Checks ===
+
+impl Checks {
+    /// An unexpired X.509-SVID, the JWT bundles the JWKS endpoint or ECDS serve, and, when
+    /// `envoy_applied`, an Envoy's ACK of the ECDS config.
+    fn readiness(&self, envoy_applied: bool) -> Readiness {
+        let status = self.watcher.status();
+        match self.watcher.current() {
+            _ if status.gave_up => {
+                return Readiness::NotReady(format!(
+                    "the Workload API refused the X.509 stream: {}",
+                    status.last_error.unwrap_or_default()
+                ));
+            }
+            None if status.withdrawn => {
+                return Readiness::NotReady(format!(
+                    "the Workload API says this workload has no identity (registration entry deleted?): {}",
+                    status.last_error.unwrap_or_default()
+                ));
+            }
+            None => return Readiness::NotReady("no X.509-SVID from the Workload API yet".into()),
+            Some(ctx) if ctx.remaining(SystemTime::now()).is_zero() => {
+                return Readiness::NotReady(
+                    "the X.509-SVID has expired and the Workload API has not renewed it".into(),
+                );
+            }
+            Some(_) => {}
+        }
+        if let Some((bundles, endpoint)) = &self.jwks
+            && let not_ready @ Readiness::NotReady(_) = endpoint.readiness(&bundles.status())
+        {
+            return not_ready;
+        }
+        match &self.ecds {
+            Some((bundles, service)) if envoy_applied => service.readiness(&bundles.status()),
+            Some((bundles, service)) => service.startup(&bundles.status()),
+            None => Readiness::Ready,
+        }
     }
 }

@@ -3,6 +3,12 @@
 //! - `GET /healthz`: 200 while the process serves HTTP at all (liveness);
 //! - `GET /readyz`: 200 only once the sidecar holds what it needs to do its job (a valid SVID,
 //!   token or bundle), else 503 with the reason (readiness);
+//! - `GET /startupz`: 200 once the sidecar can serve the peers that start after it, else 503
+//!   with the reason. The same as `/readyz` unless the sidecar says otherwise
+//!   ([`Admin::with_startup`]): a sidecar whose readiness waits on a peer (sds-bridge's ECDS
+//!   mode waits for Envoy's ACK) would deadlock a start-up order that waits for it, as
+//!   Kubernetes does for native sidecars (the next container starts only once this one's
+//!   startup probe passed);
 //! - `GET /metrics`: Prometheus/OpenMetrics text.
 //!
 //! Kept off the data-plane port so that a probe or a scrape never competes with Envoy's calls.
@@ -49,6 +55,8 @@ type ReadyFn = dyn Fn() -> Readiness + Send + Sync;
 pub struct Admin {
     registry: Arc<Registry>,
     ready: Arc<ReadyFn>,
+    /// `/startupz`, when it differs from `/readyz`.
+    startup: Option<Arc<ReadyFn>>,
 }
 
 impl fmt::Debug for Admin {
@@ -85,7 +93,16 @@ impl Admin {
         Self {
             registry: Arc::new(registry),
             ready: Arc::new(ready),
+            startup: None,
         }
+    }
+
+    /// Answers `/startupz` with `startup()` instead of the readiness check: for a sidecar
+    /// whose readiness needs a peer that starts after it.
+    #[must_use]
+    pub fn with_startup(mut self, startup: impl Fn() -> Readiness + Send + Sync + 'static) -> Self {
+        self.startup = Some(Arc::new(startup));
+        self
     }
 
     /// The router, for tests and for embedding.
@@ -93,6 +110,7 @@ impl Admin {
         Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
+            .route("/startupz", get(startupz))
             .route("/metrics", get(metrics))
             .layer(middleware::from_fn(host_guard))
             .with_state(self)
@@ -171,11 +189,20 @@ pub fn is_admin_host(host_port: &str) -> bool {
 }
 
 async fn readyz(State(admin): State<Admin>) -> Response {
-    match (admin.ready)() {
-        Readiness::Ready => (StatusCode::OK, "ready\n").into_response(),
+    answer((admin.ready)(), "ready", "not ready")
+}
+
+async fn startupz(State(admin): State<Admin>) -> Response {
+    let check = admin.startup.as_ref().unwrap_or(&admin.ready);
+    answer(check(), "started", "not started")
+}
+
+fn answer(readiness: Readiness, ok: &str, not_ok: &str) -> Response {
+    match readiness {
+        Readiness::Ready => (StatusCode::OK, format!("{ok}\n")).into_response(),
         Readiness::NotReady(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {reason}\n"),
+            format!("{not_ok}: {reason}\n"),
         )
             .into_response(),
     }
@@ -265,7 +292,7 @@ mod tests {
         let shutdown = Shutdown::new();
         let server = tokio::spawn(admin.serve(listener, shutdown.clone()));
 
-        for path in ["/metrics", "/readyz", "/healthz"] {
+        for path in ["/metrics", "/readyz", "/startupz", "/healthz"] {
             let r = raw(
                 addr,
                 &format!("GET {path} HTTP/1.1\r\nHost: evil.example:80\r\n"),
@@ -322,8 +349,15 @@ mod tests {
             r.starts_with("HTTP/1.1 503") && r.contains("no SVID yet"),
             "{r}"
         );
+        // Without its own check, /startupz answers what /readyz answers.
+        let r = get(addr, "/startupz").await;
+        assert!(
+            r.starts_with("HTTP/1.1 503") && r.contains("not started: no SVID yet"),
+            "{r}"
+        );
         ready.store(true, Ordering::Relaxed);
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/startupz").await.starts_with("HTTP/1.1 200"));
         let m = get(addr, "/metrics").await;
         assert!(m.contains("checks_total 1"), "{m}");
         // The runtime's live tasks: at least the admin server itself.
@@ -336,5 +370,31 @@ mod tests {
         shutdown.trigger();
         server.await.unwrap().unwrap();
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn startupz_answers_its_own_check_when_given_one() {
+        let admin = Admin::new(Registry::default(), || {
+            Readiness::NotReady("no Envoy has applied the config yet".into())
+        })
+        .with_startup(|| Readiness::Ready);
+        let listener = Admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let server = tokio::spawn(admin.serve(listener, shutdown.clone()));
+
+        let r = get(addr, "/startupz").await;
+        assert!(
+            r.starts_with("HTTP/1.1 200") && r.contains("started"),
+            "{r}"
+        );
+        let r = get(addr, "/readyz").await;
+        assert!(
+            r.starts_with("HTTP/1.1 503") && r.contains("no Envoy"),
+            "{r}"
+        );
+
+        shutdown.trigger();
+        server.await.unwrap().unwrap();
     }
 }
