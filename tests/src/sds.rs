@@ -78,16 +78,26 @@ impl SdsBridge {
 
     /// `/readyz` status code.
     pub fn readyz(&self) -> u16 {
-        http(self.admin, "GET", "/readyz").map_or(0, |(s, _)| s)
+        self.probe("/readyz")
+    }
+
+    /// An admin probe's status code (`/readyz`, `/startupz`, `/healthz`); 0 if unreachable.
+    pub fn probe(&self, path: &str) -> u16 {
+        http(self.admin, "GET", path).map_or(0, |(s, _)| s)
     }
 
     /// Waits until `/readyz` is 200 (it holds an SVID).
     pub fn wait_ready(&mut self, timeout: Duration) {
+        self.wait_probe("/readyz", timeout);
+    }
+
+    /// Waits until the admin probe `path` is 200, as a kubelet would.
+    pub fn wait_probe(&mut self, path: &str, timeout: Duration) {
         let admin = self.admin;
         let proc = &mut self.proc;
-        wait_until("sds-bridge ready", timeout, || {
+        wait_until(&format!("sds-bridge {path}"), timeout, || {
             proc.assert_running();
-            http(admin, "GET", "/readyz").is_some_and(|(s, _)| s == 200)
+            http(admin, "GET", path).is_some_and(|(s, _)| s == 200)
         });
     }
 

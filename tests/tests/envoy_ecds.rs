@@ -107,6 +107,14 @@ fn start_bridge(dir: &Path, agent: &str, tds: &[String]) -> SdsBridge {
 
 fn ecds_path(dir: &Path, agent: &str, tds: &[String]) -> EcdsPath {
     let mut bridge = start_bridge(dir, agent, tds);
+    // Kubernetes' order for native sidecars: the bridge's startup probe passes before the
+    // proxy starts, so it must not wait for the proxy's ACK; readiness does.
+    bridge.wait_probe("/startupz", Duration::from_secs(10));
+    assert_ne!(
+        bridge.readyz(),
+        200,
+        "ready before any Envoy applied the config"
+    );
     let upstream = EchoServer::start();
     let (yaml, port) = printed_bootstrap(&bridge.socket, upstream.addr);
     let envoy = Envoy::start("inbound", dir, &yaml);

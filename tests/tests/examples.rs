@@ -78,6 +78,18 @@ fn bootstrap_with(filters: &[Value], hcm_merges: &[Value], clusters: &[Value]) -
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
     }));
     let mut all_clusters = clusters.to_vec();
+    // istio-proxy's bootstrap holds this static cluster for the SDS socket (sds-bridge's): the
+    // ECDS filter asks it for its config.
+    all_clusters.push(json!({
+        "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}
+        }},
+        "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"pipe": {"path": "./var/run/secrets/workload-spiffe-uds/socket"}}}}
+        ]}]}
+    }));
     all_clusters.push(json!({
         "name": "app", "type": "STATIC", "connect_timeout": "1s",
         "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [
@@ -162,9 +174,9 @@ fn istio_examples_parse_and_envoy_filter_patches_validate() {
         }
     }
     assert_eq!(
-        filters_checked, 4,
-        "outbound injection (google_grpc over TCP, envoy_grpc over a socket), inbound validation \
-         and jwt_authn over sds-bridge's JWKS"
+        filters_checked, 5,
+        "outbound injection (google_grpc over TCP, envoy_grpc over a socket), inbound validation, \
+         jwt_authn over sds-bridge's JWKS and over its ECDS"
     );
 }
 
@@ -237,6 +249,73 @@ fn authorization_examples_hold_exactly_what_the_generator_prints() {
     assert_eq!(
         merges[0]["typed_config"]["local_reply_config"], local_reply,
         "Istio EnvoyFilter"
+    );
+}
+
+/// An EnvoyFilter's patch values of one `applyTo` kind, in order.
+fn patch_values(path: &str, kind: &str) -> Vec<Value> {
+    let docs = yaml_docs(&[root().join(path)]);
+    docs.values().next().unwrap()[0]["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["applyTo"] == kind)
+        .map(|p| p["patch"]["value"].clone())
+        .collect()
+}
+
+/// The ECDS filter's deny-all default key, generated anew on every run: any such key does.
+fn without_deny_all_key(mut filters: Vec<Value>) -> Vec<Value> {
+    for filter in &mut filters {
+        if let Some(providers) = filter.pointer_mut("/config_discovery/default_config/providers") {
+            for provider in providers.as_object_mut().unwrap().values_mut() {
+                provider["local_jwks"]["inline_string"] = json!("<deny-all key>");
+            }
+        }
+    }
+    filters
+}
+
+#[test]
+fn the_istio_ecds_example_holds_exactly_what_the_generator_prints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = "examples/istio/envoyfilter-jwt-authn-ecds.yaml";
+    let args = [
+        "--ecds",
+        "--bridge-cluster",
+        "sds-grpc",
+        "--allow-spiffe-id",
+        "spiffe://example.org/ns/default/sa/client",
+        "--allow-spiffe-id",
+        "spiffe://partner.org/ns/default/sa/client",
+        "--part",
+        "filters",
+    ];
+    let generated = yaml_str(&suite_tests::sds::jwt_authn_config(&args), tmp.path()).remove(0);
+    let generated = without_deny_all_key(generated.as_array().unwrap().clone());
+    assert_eq!(generated.len(), 3, "header_mutation, ECDS jwt_authn, rbac");
+    assert_eq!(
+        without_deny_all_key(patch_values(path, "HTTP_FILTER")),
+        generated,
+        "{path}"
+    );
+    assert!(
+        patch_values(path, "CLUSTER").is_empty(),
+        "{path}: istio-proxy's own sds-grpc cluster is the bridge's socket"
+    );
+    let mut local_reply_args = args;
+    local_reply_args[args.len() - 1] = "local-reply";
+    let local_reply = yaml_str(
+        &suite_tests::sds::jwt_authn_config(&local_reply_args),
+        tmp.path(),
+    )
+    .remove(0)["local_reply_config"]
+        .clone();
+    let merges = patch_values(path, "NETWORK_FILTER");
+    assert_eq!(merges.len(), 1, "{path}: one HCM merge");
+    assert_eq!(
+        merges[0]["typed_config"]["local_reply_config"], local_reply,
+        "{path}"
     );
 }
 

@@ -54,6 +54,8 @@ struct Set {
     broker_args: &'static str,
     validator: bool,
     uds: bool,
+    /// sds-bridge serves the jwt_authn config over ECDS.
+    ecds: bool,
 }
 
 impl Set {
@@ -80,13 +82,24 @@ const AWS: &[(&str, &str)] = &[
     ("spiffe.io/roleArn", "arn:aws:iam::123456789012:role/web"),
 ];
 
-const SETS: [Set; 6] = [
+const ECDS: &[(&str, &str)] = &[
+    ("spiffe.io/audience", "sts.amazonaws.com"),
+    ("spiffe.io/roleArn", "arn:aws:iam::123456789012:role/web"),
+    (
+        "spiffe.io/inbound-audience",
+        "spiffe://example.org/ns/default/sa/backend",
+    ),
+    ("spiffe.io/inbound-trust-domains", "example.org,partner.org"),
+];
+
+const SETS: [Set; 7] = [
     Set {
         templates: "sidecar,spire",
         annotations: AWS,
         broker_args: "aws",
         validator: false,
         uds: false,
+        ecds: false,
     },
     Set {
         templates: "sidecar,spire,spire-uds",
@@ -94,6 +107,7 @@ const SETS: [Set; 6] = [
         broker_args: "aws",
         validator: false,
         uds: true,
+        ecds: false,
     },
     Set {
         templates: "sidecar,spire,spire-azure",
@@ -111,6 +125,7 @@ const SETS: [Set; 6] = [
         broker_args: "azure",
         validator: false,
         uds: false,
+        ecds: false,
     },
     Set {
         templates: "sidecar,spire,spire-gcp",
@@ -125,6 +140,7 @@ const SETS: [Set; 6] = [
         broker_args: "gcp",
         validator: false,
         uds: false,
+        ecds: false,
     },
     Set {
         templates: "sidecar,spire,spire-vault",
@@ -136,6 +152,7 @@ const SETS: [Set; 6] = [
         broker_args: "vault",
         validator: false,
         uds: false,
+        ecds: false,
     },
     Set {
         templates: "sidecar,spire,spire-validator",
@@ -143,6 +160,15 @@ const SETS: [Set; 6] = [
         broker_args: "aws",
         validator: true,
         uds: false,
+        ecds: false,
+    },
+    Set {
+        templates: "sidecar,spire,spire-ecds",
+        annotations: ECDS,
+        broker_args: "aws",
+        validator: false,
+        uds: false,
+        ecds: true,
     },
 ];
 
@@ -286,6 +312,7 @@ fn text(out: &Output) -> String {
 }
 
 /// What became of a pod sent to the injector.
+#[derive(Debug)]
 enum Injected {
     Pod(Value),
     RefusedByInjector(String),
@@ -423,14 +450,15 @@ fn start_order_and_wiring(set: &Set, pod: &Value) -> Vec<String> {
         );
     }
     let bridge = container(init, "sds-bridge");
-    // The kubelet starts what follows sds-bridge only once this passes (its /readyz: an SVID
-    // held), so the SDS socket is served before pilot-agent looks for it.
+    // The kubelet starts what follows sds-bridge only once this passes (its /startupz: an SVID
+    // held), so the SDS socket is served before pilot-agent looks for it. Not /readyz: in ECDS
+    // mode that waits for istio-proxy's ACK, and istio-proxy would never start.
     expect(
         bridge.is_some_and(|b| {
-            b["startupProbe"]["httpGet"]["path"] == "/readyz"
+            b["startupProbe"]["httpGet"]["path"] == "/startupz"
                 && b["startupProbe"]["httpGet"]["port"] == 9012
         }),
-        "sds-bridge has no startupProbe on its own /readyz".into(),
+        "sds-bridge has no startupProbe on its own /startupz".into(),
     );
     let sds = "/var/run/secrets/workload-spiffe-uds".to_owned();
     for (name, c) in [("sds-bridge", bridge), ("istio-proxy", proxy)] {
@@ -470,6 +498,26 @@ fn start_order_and_wiring(set: &Set, pod: &Value) -> Vec<String> {
             "no fsGroup 1337 for the helper's 0660 socket".into(),
         );
     }
+
+    if set.ecds {
+        // The bridge's ECDS policy from the pod's annotations; the rest of its settings kept.
+        for (variable, annotation) in [
+            ("SDS_BRIDGE_ECDS_AUDIENCES", "spiffe.io/inbound-audience"),
+            (
+                "SDS_BRIDGE_ECDS_TRUST_DOMAINS",
+                "spiffe.io/inbound-trust-domains",
+            ),
+            ("SDS_BRIDGE_ALLOW_JWT_AUDIENCES", "spiffe.io/audience"),
+        ] {
+            let from =
+                bridge.and_then(|b| b["env"].as_array()?.iter().find(|e| e["name"] == variable));
+            let path = format!("metadata.annotations['{annotation}']");
+            expect(
+                from.is_some_and(|e| e["valueFrom"]["fieldRef"]["fieldPath"] == path.as_str()),
+                format!("sds-bridge's {variable} is not read from {annotation}"),
+            );
+        }
+    }
     problems
 }
 
@@ -506,6 +554,17 @@ fn every_template_set_injects_a_pod_the_api_server_accepts_and_that_starts_sds_b
                 )),
             }
         }
+    }
+    // spire-ecds without the policy the bridge would serve is refused, naming what is missing.
+    let no_policy = Set {
+        annotations: AWS,
+        ..SETS[SETS.len() - 1]
+    };
+    match inject(tmp.path(), &injector, &no_policy, Mode::NativeOptedOut) {
+        Injected::RefusedByInjector(e) if e.contains("spiffe.io/inbound-audience") => {}
+        other => failures.push(format!(
+            "spire-ecds without spiffe.io/inbound-*: not refused naming them: {other:?}"
+        )),
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
 }
