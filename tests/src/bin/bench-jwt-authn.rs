@@ -12,7 +12,10 @@
 //! - the same with one provider only (what `requires_any` over two costs);
 //! - with RBAC on the `sub` and the `local_reply_config`: the shipped configuration;
 //! - the shipped one + `jwt_cache_config` (skips the signature check for a repeated token; not
-//!   shipped, as it breaks revocation);
+//!   safe with the JWKS, as a JWKS refresh keeps the cache and so revoked keys' tokens);
+//! - the ECDS mode (`jwt-authn-config --ecds`): the same filters, the jwt_authn config pushed by
+//!   the bridge with the keys inline and `jwt_cache_config` on, which is safe there (every push
+//!   builds a new cache);
 //! - Envoy + jwt-auth-helper in `jwt_svid_validator` mode as ext_authz (`envoy_grpc`, TCP).
 //!
 //! Rounds alternate between setups so drift on a shared machine hits all alike; medians of
@@ -59,6 +62,7 @@ const ROUNDS: usize = 5;
 const SECONDS: u32 = 4;
 const AUD: &str = "spiffe://example.org/ns/default/sa/backend";
 const CLIENT: &str = "spiffe://example.org/ns/default/sa/client";
+const ECDS_ROW: &str = "ECDS: shipped filters, keys inline + cache";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -88,13 +92,26 @@ async fn main() {
     tokio::task::spawn_blocking(move || {
         let dir = dir_path.as_path();
         let jwks = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // One bridge serves the JWKS and ECDS alike (the same bundle stream feeds both).
         let mut bridge = SdsBridge::start(
             "sds-bridge",
             dir,
             &endpoint,
-            &["--jwks-listen", &jwks.to_string(), "--log-format", "json"],
+            &[
+                "--jwks-listen",
+                &jwks.to_string(),
+                "--ecds-audience",
+                AUD,
+                "--ecds-trust-domain",
+                "example.org",
+                "--ecds-trust-domain",
+                "partner.org",
+                "--log-format",
+                "json",
+            ],
         );
-        bridge.wait_ready(Duration::from_secs(10));
+        // Not /readyz: with ECDS that waits for an Envoy's ACK, and the Envoys start below.
+        bridge.wait_probe("/startupz", Duration::from_secs(10));
         let mut helper = JwtHelper::start(
             dir,
             &endpoint,
@@ -157,6 +174,18 @@ async fn main() {
             "        require_expiration: true\n        jwt_cache_config: { jwt_cache_size: 100 }\n",
         );
         let local_reply = generated(&both, "local-reply");
+        let bridge_address = format!("unix://{}", bridge.socket.display());
+        let ecds = |part: &str| {
+            jwt_authn_config(&[
+                "--ecds",
+                "--bridge-address",
+                &bridge_address,
+                "--allow-spiffe-id",
+                CLIENT,
+                "--part",
+                part,
+            ])
+        };
         // (name, HCM fields, HTTP filters, what the app sees: x-spiffe-id / token checked,
         //  also at 16 connections)
         let setups: Vec<(&str, String, String, Expect, bool)> = vec![
@@ -176,7 +205,8 @@ async fn main() {
                 false,
             ),
             ("+ RBAC + local_reply = shipped config", local_reply.clone(), shipped, Expect::Id, true),
-            ("shipped + jwt_cache_config (unsafe)", local_reply, cached, Expect::Id, false),
+            ("shipped + jwt_cache_config (JWKS: unsafe)", local_reply.clone(), cached, Expect::Id, false),
+            (ECDS_ROW, local_reply, ecds("filters"), Expect::Id, true),
         ];
         let upstream = EchoServer::start();
         let validator = "Envoy + validator ext_authz (envoy_grpc)";
@@ -196,6 +226,7 @@ async fn main() {
                         &[
                             static_cluster("upstream", upstream.addr, false),
                             generated(&both, "cluster"),
+                            ecds("cluster"),
                         ],
                     ),
                     *expect,
@@ -208,6 +239,13 @@ async fn main() {
             let envoy = Envoy::start(&format!("envoy-{i}"), dir, &yaml);
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let auth = format!("Bearer {token}");
+            if *name == ECDS_ROW {
+                // Refused by the deny-all default until the bridge's first push.
+                wait_until("the ECDS config in Envoy", Duration::from_secs(10), || {
+                    request(addr, "GET", "/", &[("authorization", &auth)])
+                        .is_some_and(|r| r.status == 200)
+                });
+            }
             let r = request(addr, "GET", "/", &[("authorization", &auth)]).unwrap();
             assert_eq!(r.status, 200, "{name}: {r:?}");
             if expect != Expect::Nothing {
@@ -300,6 +338,20 @@ async fn main() {
             .stat("http.ingress.jwt_authn.jwks_fetch_success")
             .unwrap_or(0);
         println!("== jwt_authn: {allowed} tokens allowed, {fetches} JWKS fetches from the bridge");
+        let ecds_row = names.iter().position(|n| *n == ECDS_ROW).unwrap();
+        let prefix = "http.ingress.jwt_authn";
+        let ecds_envoy = &envoys[ecds_row].0;
+        println!(
+            "== ECDS: {} tokens allowed, {} verified-token cache hits; {} config pushes applied, {} rejected",
+            ecds_envoy.stat(&format!("{prefix}.allowed")).unwrap_or(0),
+            ecds_envoy.stat(&format!("{prefix}.jwt_cache_hit")).unwrap_or(0),
+            ecds_envoy
+                .stat("extension_config_discovery.http_filter.spiffe-jwt-authn.config_reload")
+                .unwrap_or(0),
+            ecds_envoy
+                .stat("extension_config_discovery.http_filter.spiffe-jwt-authn.update_rejected")
+                .unwrap_or(0),
+        );
     })
     .await
     .unwrap();
