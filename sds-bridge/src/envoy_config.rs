@@ -616,10 +616,12 @@ static_resources:
 }
 
 /// The ECDS mode's `jwt_authn`: named after the resource the bridge serves (Envoy asks for
-/// the filter's name), config from the bridge, and until the first push a default that
-/// refuses every request with 401: one provider whose only key nobody can sign with.
-/// `apply_default_config_without_warming`: the listener serves (refusing) at once rather
-/// than holding Envoy's start for up to `initial_fetch_timeout` when the bridge is late.
+/// the filter's name), config from the bridge. The listener warms until the first push, so
+/// Envoy turns live (and ready) only once it checks tokens with the real keys: serving the
+/// default at once instead (`apply_default_config_without_warming`) answered 401 to a live,
+/// just restarted Envoy's first requests in one run of eight. If the bridge has not answered
+/// by the config source's `initial_fetch_timeout` (15 s), Envoy goes on with the default,
+/// which refuses every request with 401: one provider whose only key nobody can sign with.
 fn ecds_filter(ecds: &EcdsSource) -> String {
     format!(
         r#"- name: {name}
@@ -642,7 +644,6 @@ fn ecds_filter(ecds: &EcdsSource) -> String {
       rules:
       - match: {{ prefix: "/" }}
         requires: {{ provider_name: {deny} }}
-    apply_default_config_without_warming: true
     type_urls: [{type_url}]"#,
         name = crate::ecds::RESOURCE_NAME,
         cluster = ecds.cluster,

@@ -68,6 +68,8 @@ struct EcdsPath {
     upstream: EchoServer,
     envoy: Envoy,
     port: u16,
+    /// Envoy's bootstrap, to start it again.
+    yaml: String,
 }
 
 /// The printed bootstrap for a bridge at `socket`: Envoy listens on the returned port.
@@ -125,6 +127,7 @@ fn ecds_path(dir: &Path, agent: &str, tds: &[String]) -> EcdsPath {
         upstream,
         envoy,
         port,
+        yaml,
     }
 }
 
@@ -172,20 +175,51 @@ async fn ecds_jwt_authn_refuses_until_configured_then_accepts_good_svids_and_rej
         let fresh = own.sign_claims(&claims(CLIENT, AUD, 300)).unwrap();
         let partner_fresh = partner.sign_claims(&claims(PARTNER, AUD, 300)).unwrap();
 
-        // Envoy first, with no bridge yet: the printed deny-all default refuses everything.
+        // Envoy first, with no bridge yet: its listener waits for the first config, so Envoy
+        // is not live and takes no request.
         let socket = dir.join("sds-bridge.sock");
         let upstream = EchoServer::start();
         let (yaml, port) = printed_bootstrap(&socket, upstream.addr);
-        let envoy = Envoy::start("inbound", dir, &yaml);
-        assert_invalid_token(&get_with_token(port, &fresh), "before the first config");
+        let mut envoy = Envoy::spawn("inbound", dir, &yaml);
+        let live = |envoy: &Envoy| {
+            request(envoy.admin, "GET", "/ready", &[]).is_some_and(|r| r.status == 200)
+        };
+        assert!(!live(&envoy), "live before its jwt_authn config");
+        assert!(
+            request(addr(port), "GET", "/", &[]).is_none(),
+            "the listener takes requests before its jwt_authn config"
+        );
+
+        // If the bridge stays away past the config source's initial_fetch_timeout, Envoy goes
+        // on with the printed deny-all default (1 s here instead of Envoy's 15 s).
+        let (impatient, impatient_port) = printed_bootstrap(&socket, upstream.addr);
+        let line = impatient
+            .lines()
+            .find(|l| l.trim() == "resource_api_version: V3")
+            .unwrap();
+        let indent = &line[..line.len() - line.trim_start().len()];
+        let impatient = impatient.replace(
+            &format!("{line}\n"),
+            &format!("{line}\n{indent}initial_fetch_timeout: 1s\n"),
+        );
+        assert!(impatient.contains("initial_fetch_timeout"));
+        let impatient_envoy = Envoy::start("impatient", dir, &impatient);
+        assert_invalid_token(
+            &get_with_token(impatient_port, &fresh),
+            "the default config after the initial fetch timed out",
+        );
 
         let mut bridge = start_bridge(dir, agent_endpoint, &all_tds(0));
-        assert_ne!(
-            bridge.readyz(),
-            200,
-            "not ready before Envoy applied the config"
-        );
+        bridge.wait_probe("/startupz", Duration::from_secs(10));
+        envoy.wait_live(Duration::from_secs(10));
         bridge.wait_ready(Duration::from_secs(10));
+        // The late Envoy gets the pushed config too.
+        wait_until(
+            "the first ECDS config in the impatient Envoy",
+            Duration::from_secs(10),
+            || get_with_token(impatient_port, &fresh).status == 200,
+        );
+        drop(impatient_envoy);
         wait_until(
             "the first ECDS config in Envoy",
             Duration::from_secs(5),
@@ -402,6 +436,68 @@ async fn jwt_key_rotation_under_load_refuses_no_request() {
         assert_eq!(failed, 0, "no request refused");
         assert!(ok > 250, "load ran: {ok}");
         assert_eq!(path.bridge.metric("sds_bridge_ecds_nacks_total"), 0.0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_bridge_or_envoy_refuses_no_request_once_envoy_is_live() {
+    with_agent(0, |dir, endpoint, agent| {
+        let rt = tokio::runtime::Handle::current();
+        let mut path = ecds_path(dir, endpoint, &all_tds(0));
+        let load = RotationLoad::default();
+        let _stop_on_panic = load.stop_on_drop();
+        let clients = load.clients(agent, path.port, CLIENT, AUD, 2);
+        let more_ok = |n: u64, what: &str| {
+            let before = load.ok();
+            wait_until(what, Duration::from_secs(10), || load.ok() > before + n);
+        };
+        more_ok(50, "load on the first config");
+
+        // The bridge stops: Envoy keeps checking tokens with the config it holds.
+        assert!(
+            path.bridge.proc.terminate(Duration::from_secs(10)),
+            "the bridge exits cleanly on SIGTERM"
+        );
+        more_ok(200, "requests with the bridge gone");
+        // A new bridge on the same socket: Envoy reconnects (its retry backoff), subscribes
+        // again, and applies what the new bridge pushes next.
+        path.bridge = start_bridge(dir, endpoint, &all_tds(0));
+        path.bridge.wait_ready(Duration::from_secs(30));
+        let acks = path.bridge.metric("sds_bridge_ecds_acks_total");
+        rt.block_on(agent.rotate_jwt_key()).unwrap();
+        wait_until(
+            "the rotation pushed by the new bridge",
+            Duration::from_secs(10),
+            || path.bridge.metric("sds_bridge_ecds_acks_total") > acks,
+        );
+        more_ok(50, "load on the new bridge's config");
+        load.stop.store(true, Ordering::Relaxed);
+        for c in clients {
+            c.join().unwrap();
+        }
+        let (ok, failed) = (load.ok(), load.failed());
+        eprintln!("bridge restart under load: {ok} requests accepted, {failed} refused");
+        assert_eq!(failed, 0, "no request refused across the bridge's restart");
+
+        // Envoy restarts: from the moment it is live, every token is checked with the pushed
+        // keys (none meets the deny-all default), and the bridge's stream serves it.
+        let token = agent
+            .authority()
+            .sign_claims(&claims(CLIENT, AUD, 300))
+            .unwrap();
+        path.envoy.proc.terminate(Duration::from_secs(10));
+        let pushes = path.bridge.metric("sds_bridge_ecds_pushes_total");
+        let envoy = Envoy::start("inbound-again", dir, &path.yaml);
+        let refused = (0..200)
+            .filter(|_| get_with_token(path.port, &token).status != 200)
+            .count();
+        assert_eq!(refused, 0, "requests refused by a live, restarted Envoy");
+        assert!(path.bridge.metric("sds_bridge_ecds_pushes_total") > pushes);
+        assert_eq!(
+            envoy.stat("extension_config_discovery.http_filter.spiffe-jwt-authn.update_rejected"),
+            Some(0)
+        );
     })
     .await;
 }

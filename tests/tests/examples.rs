@@ -113,6 +113,8 @@ fn bootstrap_with(filters: &[Value], hcm_merges: &[Value], clusters: &[Value]) -
         }
     }
     json!({
+        // As istio-proxy's: an xDS subscription (the ECDS filter's) needs both.
+        "node": {"id": "sidecar~10.0.0.1~backend.default~default.svc.cluster.local", "cluster": "backend.default"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
             "listeners": [{
