@@ -505,8 +505,9 @@ impl EcdsService {
         ExtensionConfigDiscoveryServiceServer::new(self)
     }
 
-    /// `/readyz`'s view: ready once an Envoy ACKed the config (until then it applies its
-    /// deny-all default and refuses every token), not once the bundle stream gave up.
+    /// `/readyz`'s view: ready once an Envoy ACKed the config (until then its listener waits,
+    /// or after Envoy's initial fetch timeout refuses every token), not once the bundle stream
+    /// gave up.
     pub fn readiness(&self, bundles: &StreamStatus) -> Readiness {
         if let not_ready @ Readiness::NotReady(_) = self.startup(bundles) {
             return not_ready;

@@ -36,8 +36,9 @@
 //!
 //! With `--ecds` (`docs/sds-bridge.md#ecds-mode`), item 2 is instead an `HttpFilter` named
 //! [`crate::ecds::RESOURCE_NAME`] whose config comes from the bridge over ECDS (keys inline,
-//! token cache on, new config on every key change), with a deny-all `default_config` until the
-//! first push; the cluster is the bridge's socket, not a JWKS endpoint.
+//! token cache on, new config on every key change); the listener warms until the first push,
+//! and a deny-all `default_config` applies if none comes within Envoy's initial fetch timeout;
+//! the cluster is the bridge's socket, not a JWKS endpoint.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -111,8 +112,8 @@ pub struct JwtAuthnArgs {
     #[arg(long = "audience", required_unless_present = "ecds")]
     pub audiences: Vec<String>,
     /// ECDS mode: the jwt_authn filter takes its config (keys inline) from the bridge over
-    /// ECDS (bridge started with --ecds-audience and --ecds-trust-domain), with a deny-all
-    /// default until the first push; no JWKS endpoint or cluster.
+    /// ECDS (bridge started with --ecds-audience and --ecds-trust-domain); the listener waits
+    /// for the first push, then a deny-all default after 15 s; no JWKS endpoint or cluster.
     #[arg(long, conflicts_with_all = ["trust_domains", "audiences", "jwks_address", "jwks_cluster", "cache_duration"])]
     pub ecds: bool,
     /// --ecds: the bridge's --listen address (unix:///path or tcp://127.0.0.1:PORT)
