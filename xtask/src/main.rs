@@ -13,14 +13,18 @@
 //!   regen test uses a vendored protoc).
 //! - `venv`: only create/refresh the venv.
 //! - `spire`: only build SPIRE into `.tools` (the tests against real SPIRE need it).
+//! - `signing-helper`: only build AWS's `aws_signing_helper` into `.tools` (the Roles Anywhere
+//!   stand-in is proven against it).
 //! - `istio-tools`: only build the pinned istioctl and podcheck into `.tools/bin` (Go).
 //! - `clients`: only build the Go and Java gRPC clients of the suite (tests/go, tests/java).
 #![allow(clippy::print_stdout)] // A command-line tool talks on stdout.
 
 mod deny;
 mod fuzz;
+mod go_install;
 mod image;
 mod istio_tools;
+mod signing_helper;
 mod spire;
 
 use std::path::{Path, PathBuf};
@@ -40,12 +44,13 @@ fn main() -> ExitCode {
         Some("istio-tools") => istio_tools::install(),
         Some("image") => image::image(),
         Some("spire") => spire::install().map(|_| ()),
+        Some("signing-helper") => signing_helper::install().map(|_| ()),
         Some("clients") => clients(),
         Some("deny") => deny::deny(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|soak|image|spire|istio-tools|clients|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + 60 s soaks on the dev agent and on SPIRE (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault|spire]: each sidecar against a same-run baseline (release build)\n  soak   [--spire] [--minutes N]: every sidecar under load and chaos for N minutes (default 10; --spire: on real SPIRE), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  clients  build the suite's Go and Java gRPC clients (tests/go, tests/java)\n  istio-tools  build the pinned istioctl and podcheck into .tools (Go; the Istio injection test runs them)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
+                "usage: cargo xtask <test|demo|bench|soak|image|spire|signing-helper|istio-tools|clients|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + 60 s soaks on the dev agent and on SPIRE (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault|spire]: each sidecar against a same-run baseline (release build)\n  soak   [--spire] [--minutes N]: every sidecar under load and chaos for N minutes (default 10; --spire: on real SPIRE), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  signing-helper  build AWS's aws_signing_helper (IAM Roles Anywhere) into .tools (Go module proxy)\n  clients  build the suite's Go and Java gRPC clients (tests/go, tests/java)\n  istio-tools  build the pinned istioctl and podcheck into .tools (Go; the Istio injection test runs them)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
             );
             return ExitCode::from(2);
         }
@@ -135,6 +140,8 @@ fn venv() -> Result<PathBuf> {
 fn test(extra: &[String]) -> Result {
     let venv = venv()?;
     let spire = spire::install()?;
+    // tests/tests/roles_anywhere.rs proves its stand-in against AWS's own client.
+    let signing_helper = signing_helper::install()?;
     // tests/tests/istio_inject.rs renders our injection templates with them.
     istio_tools::install()?;
     run(
@@ -187,7 +194,8 @@ fn test(extra: &[String]) -> Result {
                 ])
                 .args(extra)
                 .env("SUITE_VENV", &venv)
-                .env("SUITE_SPIRE_BIN", &spire),
+                .env("SUITE_SPIRE_BIN", &spire)
+                .env("SUITE_SIGNING_HELPER", &signing_helper),
         )?;
     } else {
         run(
@@ -196,7 +204,8 @@ fn test(extra: &[String]) -> Result {
                 .args(["test", "--workspace", "--locked", "--no-fail-fast"])
                 .args(extra)
                 .env("SUITE_VENV", &venv)
-                .env("SUITE_SPIRE_BIN", &spire),
+                .env("SUITE_SPIRE_BIN", &spire)
+                .env("SUITE_SIGNING_HELPER", &signing_helper),
         )?;
     }
     // Both paths end on the soaks: CI (no nextest) runs what the usage text promises.

@@ -2,16 +2,13 @@
 //! module proxy into `<root>/.tools/spire-<version>/bin` (git-ignored), for the tests that run
 //! the sidecars against real SPIRE. `cargo xtask test` calls it when they are missing.
 //!
-//! The go command installs a program of another module from a throwaway module of our own
-//! (`go get -tool`, then `go install`), so the version is pinned in one place (here) and the
-//! module graph is SPIRE's own `go.sum`-checked one. The go module and build caches stay where
-//! `go env` puts them (machine-wide): a second checkout on the same machine relinks in seconds.
-//! `spire-server` needs cgo (its SQLite datastore): gcc must be installed.
+//! Built as [`crate::go_install`] builds every Go program of the suite; `spire-server` needs cgo
+//! (its SQLite datastore): gcc must be installed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{Result, root, run};
+use crate::{Result, root};
 
 /// The SPIRE release the tests are written against.
 pub(crate) const VERSION: &str = "1.13.3";
@@ -54,39 +51,16 @@ pub(crate) fn install() -> Result<PathBuf> {
         println!("==> SPIRE {VERSION} is installed in {}", bin.display());
         return Ok(bin);
     }
-    let module = root().join(format!(".tools/spire-{VERSION}/module"));
-    std::fs::create_dir_all(&module).map_err(|e| format!("{}: {e}", module.display()))?;
-    std::fs::write(module.join("go.mod"), "module spire-tools\n\ngo 1.24\n")
-        .map_err(|e| format!("{}: {e}", module.display()))?;
-    let go = |args: &[&str]| {
-        let mut c = Command::new("go");
-        c.current_dir(&module)
-            .args(args)
-            .env("GOBIN", &bin)
-            .env("CGO_ENABLED", "1")
-            .env("GOFLAGS", "-buildvcs=false")
-            // No toolchain download: the installed Go builds SPIRE's go directive or fails.
-            .env("GOTOOLCHAIN", "local");
-        c
-    };
-    let mut get = vec!["get".to_owned(), "-tool".to_owned()];
-    get.extend(PROGRAMS.iter().map(|(_, p)| format!("{p}@v{VERSION}")));
-    let get: Vec<&str> = get.iter().map(String::as_str).collect();
-    run(
-        &format!("SPIRE {VERSION}: fetch the modules (Go module proxy)"),
-        &mut go(&get),
-    )
-    .map_err(|e| format!("{e}; install SPIRE with: {}", how()))?;
-    let mut install = vec!["install", "-ldflags=-s -w"];
-    install.extend(PROGRAMS.iter().map(|(_, p)| *p));
-    run(
-        &format!(
-            "SPIRE {VERSION}: build spire-server, spire-agent, oidc-discovery-provider into {} (minutes, once per machine)",
-            bin.display()
-        ),
-        &mut go(&install),
-    )
-    .map_err(|e| format!("{e}; install SPIRE with: {}", how()))?;
+    let packages: Vec<&str> = PROGRAMS.iter().map(|(_, p)| *p).collect();
+    crate::go_install::install(
+        &format!("SPIRE {VERSION} (spire-server, spire-agent, oidc-discovery-provider)"),
+        &root().join(format!(".tools/spire-{VERSION}/module")),
+        &bin,
+        &packages,
+        VERSION,
+        "-s -w",
+        &format!("install SPIRE with: {}", how()),
+    )?;
     match PROGRAMS
         .iter()
         .find(|(name, _)| !reports_version(&bin.join(name)))
