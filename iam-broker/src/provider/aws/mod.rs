@@ -4,6 +4,7 @@
 pub mod config;
 pub mod exchange;
 pub mod metrics;
+pub mod roles_anywhere;
 pub mod routes;
 pub mod session_name;
 

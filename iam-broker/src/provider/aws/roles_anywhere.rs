@@ -1,0 +1,258 @@
+//! IAM Roles Anywhere: the `CreateSession` request signed with the X.509-SVID's own key
+//! (`docs/protocols.md#roles-anywhere`), for clusters whose trust domain cannot publish an OIDC
+//! issuer STS could reach.
+//!
+//! The request is what AWS's own client, `aws_signing_helper`, sends, byte for byte up to the
+//! signature: `POST /sessions?profileArn=…&roleArn=…&trustAnchorArn=…` (strict RFC 3986
+//! encoding, sorted), body `{"durationSeconds":N}` (plus `roleSessionName`), headers
+//! `Content-Type`, `Host`, `X-Amz-Date`, `X-Amz-X509` (the leaf, base64 DER) and, when the SVID
+//! has intermediates, `X-Amz-X509-Chain`, all signed. The signature is SigV4's with the
+//! certificate in place of an access key: `Credential=<serial, decimal>/<date>/<region>/
+//! rolesanywhere/aws4_request`, and the string to sign signed with the private key (SHA-256
+//! with ECDSA, DER, or RSA PKCS#1 v1.5), hex encoded.
+//!
+//! This module only builds and signs; the caller sends. It never logs, and the key never
+//! leaves the [`X509Svid`] it came in.
+
+use std::fmt::Write as _;
+
+use aws_lc_rs::digest::{SHA256, digest};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
+};
+use base64::Engine as _;
+use time::OffsetDateTime;
+use time::macros::format_description;
+use workload_client::spiffe::X509Svid;
+
+/// What a session is asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRequest {
+    /// `arn:aws:rolesanywhere:<region>:<account>:trust-anchor/<id>`.
+    pub trust_anchor_arn: String,
+    /// `arn:aws:rolesanywhere:<region>:<account>:profile/<id>`.
+    pub profile_arn: String,
+    /// `arn:aws:iam::<account>:role/<name>`, one of the profile's roles.
+    pub role_arn: String,
+    /// The signing region (the trust anchor's).
+    pub region: String,
+    /// `host[:port]` the request goes to and is signed for.
+    pub host: String,
+    /// `durationSeconds` (900 to 43,200).
+    pub duration_seconds: u32,
+    /// `roleSessionName`, if one is set.
+    pub role_session_name: Option<String>,
+}
+
+/// A `CreateSession` request ready to send to `https://<host><target>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SignedRequest {
+    /// `/sessions?…`.
+    pub target: String,
+    /// Header names (lowercase) and values, `Host` included, `Authorization` last.
+    pub headers: Vec<(&'static str, String)>,
+    /// The JSON body.
+    pub body: String,
+}
+
+impl std::fmt::Debug for SignedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The certificate is public and the signature single-use, but neither helps a reader.
+        f.debug_struct("SignedRequest")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The request could not be signed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignError {
+    /// The SVID's key is neither EC P-256 nor RSA.
+    #[error(
+        "the X.509-SVID's key is neither EC P-256 nor RSA: Roles Anywhere signs with SHA-256 (AWS4-X509-ECDSA-SHA256 or AWS4-X509-RSA-SHA256), and P-384 with SHA-256 is not available here; issue P-256 or RSA SVIDs for this workload"
+    )]
+    UnsupportedKey,
+    /// The key was recognised but signing failed.
+    #[error("signing the CreateSession request failed")]
+    Signing,
+    /// The leaf certificate could not be read for its serial number.
+    #[error("the X.509-SVID's certificate cannot be parsed: {0}")]
+    Certificate(String),
+    /// The time could not be formatted.
+    #[error("formatting the request time: {0}")]
+    Time(String),
+}
+
+/// The private key, by the algorithm Roles Anywhere names it with.
+enum Key {
+    Ecdsa(EcdsaKeyPair),
+    Rsa(RsaKeyPair),
+}
+
+impl Key {
+    fn from_pkcs8(der: &[u8]) -> Result<Self, SignError> {
+        if let Ok(k) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der) {
+            return Ok(Self::Ecdsa(k));
+        }
+        RsaKeyPair::from_pkcs8(der)
+            .map(Self::Rsa)
+            .map_err(|_| SignError::UnsupportedKey)
+    }
+
+    fn algorithm(&self) -> &'static str {
+        match self {
+            Self::Ecdsa(_) => "AWS4-X509-ECDSA-SHA256",
+            Self::Rsa(_) => "AWS4-X509-RSA-SHA256",
+        }
+    }
+
+    /// SHA-256 with the key over `message` (ECDSA: DER; RSA: PKCS#1 v1.5).
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        let rng = SystemRandom::new();
+        match self {
+            Self::Ecdsa(k) => k
+                .sign(&rng, message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| SignError::Signing),
+            Self::Rsa(k) => {
+                let mut sig = vec![0; k.public_modulus_len()];
+                k.sign(&RSA_PKCS1_SHA256, &rng, message, &mut sig)
+                    .map_err(|_| SignError::Signing)?;
+                Ok(sig)
+            }
+        }
+    }
+}
+
+/// SigV4's encoding: every byte but `A-Z a-z 0-9 - _ . ~` as `%XX` (uppercase).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3 / 2);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// The leaf's serial number in decimal, as the credential names it.
+fn serial_decimal(leaf_der: &[u8]) -> Result<String, SignError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf_der)
+        .map_err(|e| SignError::Certificate(e.to_string()))?;
+    Ok(cert.tbs_certificate.serial.to_string())
+}
+
+/// Builds and signs `CreateSession` for `request` with `svid` at `now`.
+pub fn sign(
+    request: &SessionRequest,
+    svid: &X509Svid,
+    now: OffsetDateTime,
+) -> Result<SignedRequest, SignError> {
+    let key = Key::from_pkcs8(svid.private_key().as_ref())?;
+    let chain = svid.cert_chain();
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err(SignError::Certificate("an empty chain".into()));
+    };
+    let serial = serial_decimal(leaf.as_ref())?;
+    let now = now.to_offset(time::UtcOffset::UTC);
+    let amz_date = now
+        .format(format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .map_err(|e| SignError::Time(e.to_string()))?;
+    let date = &amz_date[..8];
+
+    // Sorted by name: profileArn < roleArn < trustAnchorArn.
+    let query = format!(
+        "profileArn={}&roleArn={}&trustAnchorArn={}",
+        encode(&request.profile_arn),
+        encode(&request.role_arn),
+        encode(&request.trust_anchor_arn)
+    );
+    let mut body = serde_json::json!({ "durationSeconds": request.duration_seconds });
+    if let Some(name) = &request.role_session_name {
+        body["roleSessionName"] = serde_json::Value::from(name.as_str());
+    }
+    let body = body.to_string();
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut headers: Vec<(&'static str, String)> = vec![
+        ("content-type", "application/json".to_owned()),
+        ("host", request.host.clone()),
+        ("x-amz-date", amz_date.clone()),
+        ("x-amz-x509", b64.encode(leaf.as_ref())),
+    ];
+    if !intermediates.is_empty() {
+        let chain: Vec<String> = intermediates.iter().map(|c| b64.encode(c.as_ref())).collect();
+        headers.push(("x-amz-x509-chain", chain.join(",")));
+    }
+    // Already in sorted order: every header we send is signed.
+    let signed_headers = headers
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(";");
+    let mut canonical = format!("POST\n/sessions\n{query}\n");
+    for (name, value) in &headers {
+        let _ = writeln!(canonical, "{name}:{}", value.trim());
+    }
+    let _ = write!(
+        canonical,
+        "\n{signed_headers}\n{}",
+        hex(digest(&SHA256, body.as_bytes()).as_ref())
+    );
+    let scope = format!("{date}/{}/rolesanywhere/aws4_request", request.region);
+    let string_to_sign = format!(
+        "{}\n{amz_date}\n{scope}\n{}",
+        key.algorithm(),
+        hex(digest(&SHA256, canonical.as_bytes()).as_ref())
+    );
+    let signature = key.sign(string_to_sign.as_bytes())?;
+    headers.push((
+        "authorization",
+        format!(
+            "{} Credential={serial}/{scope}, SignedHeaders={signed_headers}, Signature={}",
+            key.algorithm(),
+            hex(&signature)
+        ),
+    ));
+    Ok(SignedRequest {
+        target: format!("/sessions?{query}"),
+        headers,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arns_are_encoded_as_sigv4_canonicalises() {
+        assert_eq!(
+            encode("arn:aws:iam::000000000000:role/a b~c"),
+            "arn%3Aaws%3Aiam%3A%3A000000000000%3Arole%2Fa%20b~c"
+        );
+    }
+
+    #[test]
+    fn keys_other_than_p256_and_rsa_are_refused_with_the_reason() {
+        assert!(matches!(
+            Key::from_pkcs8(b"not a key"),
+            Err(SignError::UnsupportedKey)
+        ));
+        assert!(SignError::UnsupportedKey.to_string().contains("P-256 or RSA"));
+    }
+}
