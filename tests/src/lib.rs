@@ -23,6 +23,7 @@ pub mod gcp;
 pub mod istio;
 pub mod procfs;
 pub mod rates;
+pub mod roles_anywhere;
 pub mod sds;
 pub mod sidecars;
 pub mod spire;
