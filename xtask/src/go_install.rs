@@ -43,8 +43,11 @@ pub(crate) fn install(
     let mut get = vec!["get".to_owned(), "-tool".to_owned()];
     get.extend(packages.iter().map(|p| format!("{p}@v{version}")));
     let get: Vec<&str> = get.iter().map(String::as_str).collect();
-    run(&format!("{what}: fetch the modules (Go module proxy)"), &mut go(&get))
-        .map_err(|e| format!("{e}; {how}"))?;
+    run(
+        &format!("{what}: fetch the modules (Go module proxy)"),
+        &mut go(&get),
+    )
+    .map_err(|e| format!("{e}; {how}"))?;
     let ldflags = format!("-ldflags={ldflags}");
     let mut install = vec!["install", ldflags.as_str()];
     install.extend(packages);

@@ -21,7 +21,10 @@ pub(crate) fn install() -> Result<PathBuf> {
     let bin = dir.join("bin");
     let path = bin.join(BINARY);
     if reports_version(&path) {
-        println!("==> aws_signing_helper {VERSION} is installed at {}", path.display());
+        println!(
+            "==> aws_signing_helper {VERSION} is installed at {}",
+            path.display()
+        );
         return Ok(path);
     }
     let how = format!(
@@ -40,14 +43,16 @@ pub(crate) fn install() -> Result<PathBuf> {
     if reports_version(&path) {
         Ok(path)
     } else {
-        Err(format!("{} does not report version {VERSION}; {how}", path.display()))
+        Err(format!(
+            "{} does not report version {VERSION}; {how}",
+            path.display()
+        ))
     }
 }
 
 /// `rolesanywhere-credential-helper version` prints the version it was built with.
 fn reports_version(bin: &Path) -> bool {
-    Command::new(bin)
-        .arg("version")
-        .output()
-        .is_ok_and(|out| out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == VERSION)
+    Command::new(bin).arg("version").output().is_ok_and(|out| {
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == VERSION
+    })
 }
