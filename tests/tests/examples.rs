@@ -321,6 +321,52 @@ fn the_istio_ecds_example_holds_exactly_what_the_generator_prints() {
     );
 }
 
+#[test]
+fn the_envoy_ecds_example_is_what_the_generator_prints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = "examples/envoy/jwt-authn-ecds.yaml";
+    let generated = yaml_str(
+        &suite_tests::sds::jwt_authn_config(&[
+            "--ecds",
+            "--bridge-address",
+            "unix:///tmp/sds-bridge/socket",
+            "--allow-spiffe-id",
+            "spiffe://example.org/ns/default/sa/client",
+            "--allow-spiffe-id",
+            "spiffe://partner.org/ns/default/sa/client",
+            "--part",
+            "bootstrap",
+        ]),
+        tmp.path(),
+    )
+    .remove(0);
+    let example = yaml_docs(&[root().join(path)])
+        .into_values()
+        .next()
+        .unwrap()[0]
+        .clone();
+    let filters = |doc: &Value| {
+        without_deny_all_key(
+            doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+                ["typed_config"]["http_filters"]
+                .as_array()
+                .unwrap()
+                .clone(),
+        )
+    };
+    assert_eq!(
+        filters(&example),
+        filters(&generated),
+        "{path}: the filters"
+    );
+    let masked = |mut doc: Value| {
+        doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["http_filters"] = json!([]);
+        doc
+    };
+    assert_eq!(masked(example), masked(generated), "{path}: the rest");
+}
+
 /// The string literals of a sidecar's configuration source: every variable it reads.
 fn source(path: &str) -> String {
     std::fs::read_to_string(root().join(path)).unwrap()
