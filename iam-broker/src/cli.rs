@@ -530,6 +530,115 @@ mod tests {
     }
 
     #[test]
+    fn roles_anywhere_needs_both_arns_in_the_signing_region_and_no_sts_endpoint() {
+        const TA: &str = "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/a1b2-c3";
+        const PROFILE: &str = "arn:aws:rolesanywhere:eu-west-1:123456789012:profile/d4e5-f6";
+        let c = load_all(
+            &[
+                "--trust-anchor-arn",
+                TA,
+                "--profile-arn",
+                PROFILE,
+                "--region",
+                "eu-west-1",
+            ],
+            TEMPLATE,
+        )
+        .unwrap();
+        let ra = aws(&c).roles_anywhere.clone().unwrap();
+        assert_eq!(ra.endpoint, "https://rolesanywhere.eu-west-1.amazonaws.com");
+        assert_eq!(ra.host, "rolesanywhere.eu-west-1.amazonaws.com");
+        let local = load_all(
+            &[
+                "--trust-anchor-arn",
+                TA,
+                "--profile-arn",
+                PROFILE,
+                "--region",
+                "eu-west-1",
+                "--roles-anywhere-endpoint",
+                "http://127.0.0.1:8443/",
+            ],
+            TEMPLATE,
+        )
+        .unwrap();
+        assert_eq!(
+            aws(&local).roles_anywhere.clone().unwrap().host,
+            "127.0.0.1:8443"
+        );
+        assert!(
+            aws(&load_all(&[], TEMPLATE).unwrap())
+                .roles_anywhere
+                .is_none()
+        );
+
+        for (args, setting, says) in [
+            (
+                vec!["--trust-anchor-arn", TA, "--region", "eu-west-1"],
+                "--trust-anchor-arn",
+                "both",
+            ),
+            (
+                vec!["--trust-anchor-arn", TA, "--profile-arn", PROFILE],
+                "--trust-anchor-arn",
+                "--region eu-west-1",
+            ),
+            (
+                vec![
+                    "--trust-anchor-arn",
+                    PROFILE,
+                    "--profile-arn",
+                    PROFILE,
+                    "--region",
+                    "eu-west-1",
+                ],
+                "--trust-anchor-arn",
+                "not a trust-anchor",
+            ),
+            (
+                vec![
+                    "--trust-anchor-arn",
+                    TA,
+                    "--profile-arn",
+                    PROFILE,
+                    "--region",
+                    "eu-west-1",
+                    "--sts-endpoint",
+                    "http://127.0.0.1:5000",
+                ],
+                "--trust-anchor-arn",
+                "--sts-endpoint",
+            ),
+            (
+                vec![
+                    "--trust-anchor-arn",
+                    TA,
+                    "--profile-arn",
+                    PROFILE,
+                    "--region",
+                    "eu-west-1",
+                    "--roles-anywhere-endpoint",
+                    "https://ra.example/prefix",
+                ],
+                "--roles-anywhere-endpoint",
+                "no path",
+            ),
+            (
+                vec!["--roles-anywhere-endpoint", "https://ra.example"],
+                "--roles-anywhere-endpoint",
+                "only with",
+            ),
+        ] {
+            let errors = load_all(&args, TEMPLATE).unwrap_err();
+            let text = errors.to_string();
+            assert!(
+                errors.0.iter().any(|e| e.setting == setting) && text.contains(says),
+                "{args:?}: {text}"
+            );
+        }
+    }
+
+    #[test]
     fn a_bad_shared_and_a_bad_provider_setting_are_reported_together() {
         let errors = load_all(
             &["--fetch-wait", "5m", "--duration", "60"],

@@ -70,6 +70,9 @@ pub struct ServiceOptions {
     /// Routes (`route_label` values) whose `result="ok"` request counter is resolved once at
     /// start: the busy ones, counted without a label lookup.
     pub hot_routes: &'static [&'static str],
+    /// The provider needs no JWT-SVID (AWS Roles Anywhere signs with the X.509-SVID), so
+    /// readiness does not ask for one.
+    pub without_jwt_svid: bool,
 }
 
 impl fmt::Debug for ServiceOptions {
@@ -78,6 +81,7 @@ impl fmt::Debug for ServiceOptions {
             .field("methods", &self.methods)
             .field("on_shutdown", &self.on_shutdown.is_some())
             .field("hot_routes", &self.hot_routes)
+            .field("without_jwt_svid", &self.without_jwt_svid)
             .finish()
     }
 }
@@ -91,6 +95,8 @@ pub struct Parts {
     pub ready: Box<dyn Fn() -> Readiness + Send + Sync>,
     /// Clean-up after draining, if any.
     pub on_shutdown: Option<futures_util::future::BoxFuture<'static, ()>>,
+    /// Readiness does not ask for a JWT-SVID ([`ServiceOptions::without_jwt_svid`]).
+    pub without_jwt_svid: bool,
 }
 
 impl fmt::Debug for Parts {
@@ -123,6 +129,7 @@ impl Service {
             app,
             ready: self.ready,
             on_shutdown: self.options.on_shutdown,
+            without_jwt_svid: self.options.without_jwt_svid,
         }
     }
 }
@@ -369,6 +376,7 @@ mod tests {
                 methods,
                 on_shutdown: None,
                 hot_routes: &[],
+                without_jwt_svid: false,
             },
         };
         let parts = service.into_parts(Metrics::unregistered());

@@ -49,7 +49,7 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut registry = Registry::with_prefix("iam_broker");
     let metrics = Metrics::register(&mut registry);
     registry.register_collector(Box::new(JwtCacheCollector(jwt_cache.clone())));
-    let jwt = JwtSource::new(jwt_cache, client, key);
+    let jwt = JwtSource::new(jwt_cache, client.clone(), key);
     let jwt_ready = jwt.clone();
     // CA roots for the provider's TLS (SSL_CERT_FILE/DIR, else the OpenShift-injected bundle,
     // else Debian's): an explicit setting that yields nothing stops the broker, naming it.
@@ -70,6 +70,7 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         common,
         roots: &roots,
         jwt,
+        workload_api: &client,
         registry: &mut registry,
     })?;
 
@@ -77,10 +78,13 @@ async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         app,
         ready: provider_ready,
         on_shutdown,
+        without_jwt_svid,
     } = service.into_parts(metrics);
     // Every provider: ready while a valid JWT-SVID is held (as the other sidecars: ready while
-    // holding a valid SVID), and then whatever the provider fetches at start.
+    // holding a valid SVID), and then whatever the provider fetches at start. Roles Anywhere
+    // needs no JWT-SVID: its credentials, held, say the X.509-SVID worked.
     let ready = move || match jwt_ready.readiness() {
+        _ if without_jwt_svid => provider_ready(),
         Readiness::Ready => provider_ready(),
         not_ready => not_ready,
     };

@@ -676,7 +676,7 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts `iam-broker aws` against the agent at `socket` and STS at `sts`, with `args`
+    /// Starts `iam-broker aws` against the agent at `socket` and STS at `sts` (none if empty), with `args`
     /// added (after `--audience`, `--role-arn`, listeners on free ports), in a clean
     /// environment plus `env`. Waits until both listeners accept connections, not for
     /// credentials.
@@ -716,8 +716,12 @@ impl Broker {
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .arg("aws")
-            .args(["--socket", socket, "--sts-endpoint", sts])
-            .args(["--audience", AUDIENCE, "--role-arn", ROLE_ARN])
+            .args(["--socket", socket]);
+        // Empty: no STS endpoint (the Roles Anywhere mode refuses one).
+        if !sts.is_empty() {
+            cmd.args(["--sts-endpoint", sts]);
+        }
+        cmd.args(["--audience", AUDIENCE, "--role-arn", ROLE_ARN])
             .args(["--listen", &listen.to_string()])
             .args(["--admin-listen", &admin.to_string()])
             .args(args);

@@ -64,11 +64,11 @@ pub fn signing_helper() -> std::path::PathBuf {
 pub const REGION: &str = "us-east-1";
 /// The profile it knows.
 pub const PROFILE_ARN: &str =
-    "arn:aws:rolesanywhere:us-east-1:000000000000:profile/0f4b1c2d-3e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    "arn:aws:rolesanywhere:us-east-1:123456789012:profile/0f4b1c2d-3e5f-4a6b-8c7d-9e0f1a2b3c4d";
 /// The trust anchor it knows.
-pub const TRUST_ANCHOR_ARN: &str = "arn:aws:rolesanywhere:us-east-1:000000000000:trust-anchor/5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d";
-/// The one role the profile holds.
-pub const ROLE_ARN: &str = "arn:aws:iam::000000000000:role/spiffe-workload";
+pub const TRUST_ANCHOR_ARN: &str = "arn:aws:rolesanywhere:us-east-1:123456789012:trust-anchor/5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d";
+/// The one role the profile holds (the role the broker harness configures).
+pub const ROLE_ARN: &str = crate::aws::ROLE_ARN;
 /// How far `X-Amz-Date` may be from the stand-in's clock.
 const MAX_SKEW: Duration = Duration::from_secs(5 * 60);
 
@@ -390,7 +390,12 @@ fn percent_decode(s: &str) -> Result<String, Refusal> {
 fn query(uri: &Uri) -> Result<(BTreeMap<String, String>, String), Refusal> {
     let mut params = BTreeMap::new();
     let mut pairs = Vec::new();
-    for part in uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for part in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
         let (k, v) = (percent_decode(k)?, percent_decode(v)?);
         pairs.push((sigv4_encode(&k), sigv4_encode(&v)));
@@ -473,8 +478,8 @@ fn create_session(
             })
             .transpose()
     };
-    let auth = header("authorization")?
-        .ok_or_else(|| Refusal::denied("missing Authorization header"))?;
+    let auth =
+        header("authorization")?.ok_or_else(|| Refusal::denied("missing Authorization header"))?;
     let auth = parse_authorization(auth)?;
 
     // The date: well-formed, the scope's, within the skew.
@@ -482,7 +487,9 @@ fn create_session(
     let signed_at =
         parse_amz_date(amz_date).ok_or_else(|| Refusal::denied("X-Amz-Date is malformed"))?;
     if !amz_date.starts_with(auth.date) || auth.date.len() != 8 {
-        return Err(Refusal::denied("the credential scope's date is not X-Amz-Date's"));
+        return Err(Refusal::denied(
+            "the credential scope's date is not X-Amz-Date's",
+        ));
     }
     let skew = now
         .duration_since(signed_at)
@@ -540,21 +547,20 @@ fn create_session(
             "the credential's serial number is not the certificate's",
         ));
     }
-    let is_rsa = leaf.public_key().algorithm.algorithm == x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION;
+    let is_rsa =
+        leaf.public_key().algorithm.algorithm == x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION;
     let verify: &dyn tokio_rustls::rustls::pki_types::SignatureVerificationAlgorithm =
         match (auth.algorithm, is_rsa) {
             ("AWS4-X509-RSA-SHA256", true) => webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256,
-            ("AWS4-X509-ECDSA-SHA256", false) => {
-                match leaf.public_key().parsed() {
-                    Ok(x509_parser::public_key::PublicKey::EC(p)) if p.key_size() == 384 => {
-                        webpki::aws_lc_rs::ECDSA_P384_SHA256
-                    }
-                    Ok(x509_parser::public_key::PublicKey::EC(_)) => {
-                        webpki::aws_lc_rs::ECDSA_P256_SHA256
-                    }
-                    _ => return Err(Refusal::denied("unsupported certificate key")),
+            ("AWS4-X509-ECDSA-SHA256", false) => match leaf.public_key().parsed() {
+                Ok(x509_parser::public_key::PublicKey::EC(p)) if p.key_size() == 384 => {
+                    webpki::aws_lc_rs::ECDSA_P384_SHA256
                 }
-            }
+                Ok(x509_parser::public_key::PublicKey::EC(_)) => {
+                    webpki::aws_lc_rs::ECDSA_P256_SHA256
+                }
+                _ => return Err(Refusal::denied("unsupported certificate key")),
+            },
             _ => {
                 return Err(Refusal::denied(
                     "the signing algorithm does not match the certificate's key",
@@ -693,7 +699,7 @@ fn answer_session(
     let body = serde_json::json!({
         "credentialSet": [{
             "assumedRoleUser": {
-                "arn": format!("arn:aws:sts::000000000000:assumed-role/spiffe-workload/{session_name}"),
+                "arn": format!("arn:aws:sts::123456789012:assumed-role/demo/{session_name}"),
                 "assumedRoleId": format!("AROARA{n:014}:{session_name}"),
             },
             "credentials": {
@@ -706,7 +712,7 @@ fn answer_session(
             "roleArn": ROLE_ARN,
             "sourceIdentity": session.subject,
         }],
-        "subjectArn": "arn:aws:rolesanywhere:us-east-1:000000000000:subject/7d8e9f0a-1b2c-4d3e-8f4a-5b6c7d8e9f0a",
+        "subjectArn": "arn:aws:rolesanywhere:us-east-1:123456789012:subject/7d8e9f0a-1b2c-4d3e-8f4a-5b6c7d8e9f0a",
     });
     (
         StatusCode::CREATED,
@@ -748,7 +754,10 @@ mod tests {
     fn authorization_headers_parse_strictly() {
         let ok = "AWS4-X509-ECDSA-SHA256 Credential=123/20241210/us-east-1/rolesanywhere/aws4_request, SignedHeaders=content-type;host;x-amz-date;x-amz-x509, Signature=0a0b";
         let a = parse_authorization(ok).unwrap();
-        assert_eq!((a.serial, a.date, a.region), ("123", "20241210", "us-east-1"));
+        assert_eq!(
+            (a.serial, a.date, a.region),
+            ("123", "20241210", "us-east-1")
+        );
         assert_eq!(a.signature, vec![10, 11]);
         for bad in [
             ok.replace("ECDSA", "HMAC"),

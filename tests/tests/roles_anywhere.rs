@@ -31,10 +31,7 @@ fn svid_files(dir: &Path, ca: &CertificateAuthority, name: &str) -> (String, Str
     let key = dir.join(format!("{name}-key.pem"));
     std::fs::write(&cert, svid.cert_pem()).unwrap();
     std::fs::write(&key, svid.key_pem().expose()).unwrap();
-    (
-        cert.display().to_string(),
-        key.display().to_string(),
-    )
+    (cert.display().to_string(), key.display().to_string())
 }
 
 /// `aws_signing_helper credential-process` against the stand-in, trusting its TLS CA the one
@@ -43,9 +40,27 @@ fn helper(ra: &RolesAnywhere, dir: &Path, cert: &str, key: &str, role: &str) -> 
     let tls = dir.join("tls-ca.pem");
     std::fs::write(&tls, &ra.tls.ca_pem).unwrap();
     Command::new(signing_helper())
-        .args(["credential-process", "--certificate", cert, "--private-key", key])
-        .args(["--trust-anchor-arn", TRUST_ANCHOR_ARN, "--profile-arn", PROFILE_ARN])
-        .args(["--role-arn", role, "--region", REGION, "--endpoint", &ra.endpoint()])
+        .args([
+            "credential-process",
+            "--certificate",
+            cert,
+            "--private-key",
+            key,
+        ])
+        .args([
+            "--trust-anchor-arn",
+            TRUST_ANCHOR_ARN,
+            "--profile-arn",
+            PROFILE_ARN,
+        ])
+        .args([
+            "--role-arn",
+            role,
+            "--region",
+            REGION,
+            "--endpoint",
+            &ra.endpoint(),
+        ])
         .env_clear()
         .env("HOME", dir)
         .env("SSL_CERT_FILE", &tls)
@@ -103,7 +118,11 @@ fn aws_signing_helper_gets_credentials_and_every_changed_copy_of_its_request_is_
         creds["AccessKeyId"].as_str(),
         request.access_key_id.as_deref()
     );
-    assert!(creds["SessionToken"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(
+        creds["SessionToken"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
     // What the helper signs: the stand-in checked it; the shape is the documented one.
     let auth = request.header("authorization").unwrap();
     assert!(
@@ -142,7 +161,9 @@ fn aws_signing_helper_gets_credentials_and_every_changed_copy_of_its_request_is_
         ),
         (
             "the signed Content-Type",
-            Box::new(set("content-type", |_| "application/json; charset=utf-8".into())),
+            Box::new(set("content-type", |_| {
+                "application/json; charset=utf-8".into()
+            })),
         ),
         (
             "the signed X-Amz-Date, one second later",
@@ -157,7 +178,7 @@ fn aws_signing_helper_gets_credentials_and_every_changed_copy_of_its_request_is_
         (
             "the query's role",
             Box::new(|s: &mut Seen| {
-                s.target = s.target.replace("spiffe-workload", "spiffe-workload2");
+                s.target = s.target.replace("role%2Fdemo", "role%2Fdemo2");
             }),
         ),
     ];
@@ -172,19 +193,28 @@ fn aws_signing_helper_gets_credentials_and_every_changed_copy_of_its_request_is_
             .all(|s| s.error.as_deref() == Some("AccessDeniedException")),
         "{refusals:#?}"
     );
-    assert_eq!(ra.issued(), 2, "the helper's request and its unchanged copy");
+    assert_eq!(
+        ra.issued(),
+        2,
+        "the helper's request and its unchanged copy"
+    );
 
     // Refusals the helper reports with the service's code: another CA, an expired certificate
     // (the anchor swapped for a CA whose leaf expired), a role outside the profile.
     let other = CertificateAuthority::generate(&td, Duration::from_secs(86_400)).unwrap();
     let (foreign_cert, foreign_key) = svid_files(dir.path(), &other, "foreign");
     for (what, cert, key, role) in [
-        ("another CA's certificate", &foreign_cert, &foreign_key, ROLE_ARN),
+        (
+            "another CA's certificate",
+            &foreign_cert,
+            &foreign_key,
+            ROLE_ARN,
+        ),
         (
             "a role outside the profile",
             &cert,
             &key,
-            "arn:aws:iam::000000000000:role/other",
+            "arn:aws:iam::123456789012:role/other",
         ),
     ] {
         let out = helper(&ra, dir.path(), cert, key, role);
@@ -290,10 +320,19 @@ fn the_brokers_roles_anywhere_signature_is_accepted_as_aws_signing_helpers_is() 
         role_session_name: None,
     };
     let signed = sign(&request, &svid, time::OffsetDateTime::now_utc()).unwrap();
-    assert_eq!(send_signed(&ra, dir.path(), &signed), 201, "{:?}", ra.seen());
+    assert_eq!(
+        send_signed(&ra, dir.path(), &signed),
+        201,
+        "{:?}",
+        ra.seen()
+    );
     // The same request aws_signing_helper sends, but for the signature: compare the shapes.
     let (cert, key) = svid_files(dir.path(), &ca, "svid");
-    assert!(helper(&ra, dir.path(), &cert, &key, ROLE_ARN).status.success());
+    assert!(
+        helper(&ra, dir.path(), &cert, &key, ROLE_ARN)
+            .status
+            .success()
+    );
     let seen = ra.seen();
     let (ours, theirs) = (&seen[0], &seen[1]);
     assert_eq!(ours.target, theirs.target, "query");
@@ -311,10 +350,152 @@ fn the_brokers_roles_anywhere_signature_is_accepted_as_aws_signing_helpers_is() 
     };
     let stale = time::OffsetDateTime::now_utc() - time::Duration::minutes(6);
     for (what, signed) in [
-        ("another region", sign(&elsewhere, &svid, time::OffsetDateTime::now_utc()).unwrap()),
+        (
+            "another region",
+            sign(&elsewhere, &svid, time::OffsetDateTime::now_utc()).unwrap(),
+        ),
         ("six minutes ago", sign(&request, &svid, stale).unwrap()),
     ] {
         assert_eq!(send_signed(&ra, dir.path(), &signed), 403, "{what}");
     }
     assert_eq!(ra.issued(), 2);
+}
+
+/// botocore's credential chain (default options) with `env`: the access key it resolves.
+fn botocore_access_key(dir: &Path, env: &[(&str, &str)]) -> Result<String, String> {
+    let python = suite_tests::python_with(&["botocore"]);
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import botocore.session\nc = botocore.session.Session().get_credentials()\nprint(c.get_frozen_credentials().access_key if c else '')",
+        ])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", dir)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("no-aws-credentials"))
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_broker_roles_anywhere_serves_one_session_to_300_cold_requests_and_the_aws_sdks() {
+    use dev_agent::{Agent, Config as AgentConfig};
+    use suite_tests::aws::{Broker, aws_cli, concurrent_gets, credential_process_profile};
+    suite_tests::aws::require_curl();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(AgentConfig::new(
+        workload_client::Endpoint::Unix(dir.path().join("agent.sock")),
+        TrustDomain::new("example.org").unwrap(),
+    ))
+    .await
+    .unwrap();
+    let anchor = agent.authority().ca_der();
+    let endpoint = agent.endpoint().to_string();
+    let path = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let dir = path.as_path();
+        let ra = RolesAnywhere::start(&anchor);
+        let tls = dir.join("tls-ca.pem");
+        std::fs::write(&tls, &ra.tls.ca_pem).unwrap();
+        let tls = tls.display().to_string();
+        let token = "roles-anywhere-container-token";
+        let mut broker = Broker::start(
+            dir,
+            &endpoint,
+            "",
+            &[
+                "--trust-anchor-arn",
+                TRUST_ANCHOR_ARN,
+                "--profile-arn",
+                PROFILE_ARN,
+                "--roles-anywhere-endpoint",
+                &ra.endpoint(),
+            ],
+            &[
+                ("SSL_CERT_FILE", tls.as_str()),
+                ("AWS_CONTAINER_AUTHORIZATION_TOKEN", token),
+            ],
+        );
+
+        // Cold: 300 clients at once share one CreateSession.
+        let answers = concurrent_gets(broker.listen, "/v1/creds", 300);
+        let keys: std::collections::BTreeSet<String> = answers
+            .iter()
+            .map(|(status, body)| {
+                assert_eq!(*status, 200, "{body}");
+                let v: serde_json::Value = serde_json::from_str(body).unwrap();
+                v["AccessKeyId"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        assert_eq!(ra.issued(), 1, "one CreateSession for 300 cold requests");
+        broker.wait_ready(Duration::from_secs(10));
+        let key = keys.into_iter().next().unwrap();
+        let seen = &ra.seen()[0];
+        assert_eq!(seen.access_key_id.as_deref(), Some(key.as_str()));
+        assert!(
+            seen.header("x-amz-x509-chain").is_none(),
+            "the dev agent signs leaves directly"
+        );
+
+        // The SDKs, with their default options: botocore through credential_process and
+        // through container credentials, and the AWS CLI's view of the same profile.
+        let config = credential_process_profile(
+            dir,
+            &format!(
+                "curl -sf http://127.0.0.1:{}/v1/creds",
+                broker.listen.port()
+            ),
+        );
+        let config = config.display().to_string();
+        assert_eq!(
+            botocore_access_key(dir, &[("AWS_CONFIG_FILE", config.as_str())]),
+            Ok(key.clone()),
+            "credential_process"
+        );
+        let uri = format!(
+            "http://127.0.0.1:{}/v1/container-creds",
+            broker.listen.port()
+        );
+        assert_eq!(
+            botocore_access_key(
+                dir,
+                &[
+                    ("AWS_CONFIG_FILE", "/dev/null"),
+                    ("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri.as_str()),
+                    ("AWS_CONTAINER_AUTHORIZATION_TOKEN", token),
+                ],
+            ),
+            Ok(key.clone()),
+            "container credentials"
+        );
+        let out = aws_cli(
+            dir,
+            &[("AWS_CONFIG_FILE", config.as_str())],
+            &["configure", "list"],
+        );
+        let listed = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success()
+                && listed.contains(&key[key.len() - 4..])
+                && listed.contains("custom-process"),
+            "aws configure list: {listed}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(ra.issued(), 1, "every client served from the one session");
+        assert_eq!(
+            broker.metric("iam_broker_sts_calls_total{outcome=\"success\"}"),
+            1
+        );
+    })
+    .await
+    .unwrap();
+    agent.shutdown().await;
 }

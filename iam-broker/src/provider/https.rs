@@ -160,6 +160,25 @@ impl HttpsClient {
         .await
     }
 
+    /// `POST url` with `body` exactly as given (a signed request's body must not be
+    /// re-serialised) and extra headers, marked sensitive; `content_type` is sent as given.
+    pub async fn post_bytes_with(
+        &self,
+        url: &str,
+        content_type: &'static str,
+        headers: &[(&'static str, &str)],
+        body: Bytes,
+    ) -> Result<Reply, TransportError> {
+        let mut values = Vec::with_capacity(headers.len());
+        for (name, value) in headers {
+            let mut value = HeaderValue::from_str(value)
+                .map_err(|_| TransportError(format!("{name} is not a header value")))?;
+            value.set_sensitive(true);
+            values.push((*name, value));
+        }
+        self.send_with(url, content_type, values, body).await
+    }
+
     /// `POST url` with a form body (`application/x-www-form-urlencoded`).
     pub async fn post_form(
         &self,

@@ -69,6 +69,8 @@ pub struct Context<'a> {
     pub roots: &'a TrustRoots,
     /// The workload's JWT-SVIDs.
     pub jwt: JwtSource,
+    /// The Workload API (lazy), for a provider that needs more than JWT-SVIDs.
+    pub workload_api: &'a workload_client::WorkloadApiClient,
     /// Where it registers its metrics (prefix `iam_broker_`).
     pub registry: &'a mut Registry,
 }

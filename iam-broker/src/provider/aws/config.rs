@@ -13,6 +13,7 @@ use sidecar_runtime::config;
 use sidecar_runtime::settings::{Reader, Setting};
 
 use super::exchange::AwsSettings;
+use super::roles_anywhere::RolesAnywhereSettings;
 use super::session_name::SessionName;
 use crate::config::{required, secret_arg, validate_endpoint};
 use crate::secret::Secret;
@@ -29,6 +30,12 @@ pub const ENV_STS_ENDPOINT: &str = "SPIFFE_IAM_BROKER_STS_ENDPOINT";
 pub const ENV_DURATION: &str = "SPIFFE_IAM_BROKER_DURATION";
 /// Env: fixed `RoleSessionName`.
 pub const ENV_SESSION_NAME: &str = "SPIFFE_IAM_BROKER_SESSION_NAME";
+/// Env: IAM Roles Anywhere trust anchor (turns the Roles Anywhere mode on).
+pub const ENV_TRUST_ANCHOR_ARN: &str = "SPIFFE_IAM_BROKER_TRUST_ANCHOR_ARN";
+/// Env: IAM Roles Anywhere profile.
+pub const ENV_PROFILE_ARN: &str = "SPIFFE_IAM_BROKER_PROFILE_ARN";
+/// Env: IAM Roles Anywhere endpoint override.
+pub const ENV_ROLES_ANYWHERE_ENDPOINT: &str = "SPIFFE_IAM_BROKER_ROLES_ANYWHERE_ENDPOINT";
 /// Env (the SDKs' name): the container-credentials token.
 pub const ENV_CONTAINER_TOKEN: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN";
 /// Env (the SDKs' name): a file holding the container-credentials token.
@@ -74,6 +81,24 @@ pub const SESSION_NAME: Setting = Setting::new(
     ENV_SESSION_NAME,
     "fixed RoleSessionName [default: derived from the SPIFFE ID]",
 );
+/// `--trust-anchor-arn`.
+pub const TRUST_ANCHOR_ARN: Setting = Setting::new(
+    "--trust-anchor-arn",
+    ENV_TRUST_ANCHOR_ARN,
+    "IAM Roles Anywhere trust anchor: sign CreateSession with the X.509-SVID instead of sending the JWT-SVID to STS (needs --profile-arn)",
+);
+/// `--profile-arn`.
+pub const PROFILE_ARN: Setting = Setting::new(
+    "--profile-arn",
+    ENV_PROFILE_ARN,
+    "IAM Roles Anywhere profile holding --role-arn (with --trust-anchor-arn)",
+);
+/// `--roles-anywhere-endpoint`.
+pub const ROLES_ANYWHERE_ENDPOINT: Setting = Setting::new(
+    "--roles-anywhere-endpoint",
+    ENV_ROLES_ANYWHERE_ENDPOINT,
+    "IAM Roles Anywhere endpoint URL, no path (plain http only to loopback) [default: https://rolesanywhere.REGION.amazonaws.com]",
+);
 /// `--container-token-file`: the SDKs' variable is ours, so one pod variable serves both.
 pub const CONTAINER_TOKEN_FILE: Setting = Setting::new(
     "--container-token-file",
@@ -94,6 +119,9 @@ pub const SETTINGS: &[&Setting] = &[
     &STS_ENDPOINT,
     &DURATION,
     &SESSION_NAME,
+    &TRUST_ANCHOR_ARN,
+    &PROFILE_ARN,
+    &ROLES_ANYWHERE_ENDPOINT,
     &CONTAINER_TOKEN_FILE,
     &CONTAINER_TOKEN,
 ];
@@ -116,6 +144,17 @@ pub struct AwsArgs {
     /// Fixed RoleSessionName [default: derived from the SPIFFE ID].
     #[arg(long)]
     pub session_name: Option<String>,
+    /// IAM Roles Anywhere trust anchor ARN: CreateSession signed with the X.509-SVID instead
+    /// of AssumeRoleWithWebIdentity with the JWT-SVID (for trust domains without a public
+    /// OIDC issuer). Needs --profile-arn.
+    #[arg(long)]
+    pub trust_anchor_arn: Option<String>,
+    /// IAM Roles Anywhere profile ARN (its roles must include --role-arn).
+    #[arg(long)]
+    pub profile_arn: Option<String>,
+    /// IAM Roles Anywhere endpoint URL, no path [default: https://rolesanywhere.REGION.amazonaws.com].
+    #[arg(long)]
+    pub roles_anywhere_endpoint: Option<String>,
     /// Token required in the Authorization header of /v1/container-creds (prefer the
     /// environment or a file: flags are visible in the process list).
     #[arg(long, value_parser = secret_arg)]
@@ -132,6 +171,8 @@ pub struct AwsConfig {
     pub sts: AwsSettings,
     /// Guard of `/v1/container-creds` (`None`: that endpoint answers 404).
     pub container_token: Option<ContainerToken>,
+    /// IAM Roles Anywhere instead of STS (`None`: STS with the JWT-SVID).
+    pub roles_anywhere: Option<RolesAnywhereSettings>,
 }
 
 // === impl AwsConfig ===
@@ -172,6 +213,7 @@ impl AwsConfig {
             SessionName::parse,
         );
         let container_token = container_token(args, r);
+        let roles_anywhere = roles_anywhere(args, r, region.as_str(), sts_endpoint.is_some());
         Some(Self {
             sts: AwsSettings {
                 role_arn: role_arn?,
@@ -181,8 +223,139 @@ impl AwsConfig {
                 session_name,
             },
             container_token: container_token?,
+            roles_anywhere: roles_anywhere?,
         })
     }
+}
+
+/// The Roles Anywhere settings: both ARNs or neither (`Some(None)`: STS); `None` when one is
+/// bad (recorded). The ARNs' region must be the signing region (`--region`), as the service
+/// requires of the trust anchor and the profile.
+fn roles_anywhere(
+    args: &AwsArgs,
+    r: &mut Reader<'_>,
+    region: &str,
+    sts_endpoint: bool,
+) -> Option<Option<RolesAnywhereSettings>> {
+    let arn = |kind: &'static str| {
+        move |v: &str| validate_roles_anywhere_arn(v, kind, region).map(|()| v.to_owned())
+    };
+    let anchor = r.get(
+        &TRUST_ANCHOR_ARN,
+        args.trust_anchor_arn.as_deref(),
+        arn("trust-anchor"),
+    );
+    let profile = r.get(&PROFILE_ARN, args.profile_arn.as_deref(), arn("profile"));
+    let endpoint = r.get(
+        &ROLES_ANYWHERE_ENDPOINT,
+        args.roles_anywhere_endpoint.as_deref(),
+        |v| {
+            validate_endpoint(v).map_err(|e| e.to_string())?;
+            endpoint_host(v).map(|host| (v.trim_end_matches('/').to_owned(), host))
+        },
+    );
+    let (anchor_given, profile_given) = (
+        r.raw(&TRUST_ANCHOR_ARN, args.trust_anchor_arn.as_deref()),
+        r.raw(&PROFILE_ARN, args.profile_arn.as_deref()),
+    );
+    match (anchor_given, profile_given) {
+        (None, None) => {
+            if let Some(s) = r.raw(
+                &ROLES_ANYWHERE_ENDPOINT,
+                args.roles_anywhere_endpoint.as_deref(),
+            ) {
+                r.check::<()>(Err(ConfigError::new(
+                    s.setting,
+                    s.value,
+                    "applies only with --trust-anchor-arn and --profile-arn",
+                )));
+                return None;
+            }
+            Some(None)
+        }
+        (Some(s), None) | (None, Some(s)) => {
+            r.check::<()>(Err(ConfigError::new(
+                s.setting,
+                s.value,
+                "Roles Anywhere needs both --trust-anchor-arn and --profile-arn",
+            )));
+            None
+        }
+        (Some(s), Some(_)) if sts_endpoint => {
+            r.check::<()>(Err(ConfigError::new(
+                s.setting,
+                s.value,
+                "--sts-endpoint does not apply with Roles Anywhere (set --roles-anywhere-endpoint)",
+            )));
+            None
+        }
+        (Some(_), Some(_)) => {
+            let (endpoint, host) = match endpoint {
+                Some(e) => e,
+                None => {
+                    let host = format!("rolesanywhere.{region}.amazonaws.com");
+                    (format!("https://{host}"), host)
+                }
+            };
+            Some(Some(RolesAnywhereSettings {
+                trust_anchor_arn: anchor?,
+                profile_arn: profile?,
+                endpoint,
+                host,
+            }))
+        }
+    }
+}
+
+/// The `Host` a client sends for `url` (`host[:port]`, the scheme's default port left out),
+/// which the request is signed for; a path is refused (the signature covers `/sessions` only).
+fn endpoint_host(url: &str) -> Result<String, String> {
+    let uri: hyper::Uri = url.parse().map_err(|_| {
+        "expected a URL like https://rolesanywhere.eu-west-1.amazonaws.com".to_owned()
+    })?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err("an endpoint without a path or query".to_owned());
+    }
+    let host = uri.host().ok_or_else(|| "a URL with a host".to_owned())?;
+    let default = if uri.scheme_str() == Some("http") {
+        80
+    } else {
+        443
+    };
+    Ok(match uri.port_u16() {
+        Some(p) if p != default => format!("{host}:{p}"),
+        _ => host.to_owned(),
+    })
+}
+
+/// `arn:PARTITION:rolesanywhere:REGION:ACCOUNT:KIND/ID` in the signing region.
+fn validate_roles_anywhere_arn(arn: &str, kind: &str, region: &str) -> Result<(), String> {
+    let expected = format!("expected arn:aws:rolesanywhere:{region}:123456789012:{kind}/ID");
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let [scheme, partition, service, arn_region, account, resource] = parts[..] else {
+        return Err(expected);
+    };
+    if scheme != "arn" || !partition.starts_with("aws") || service != "rolesanywhere" {
+        return Err(format!("not a Roles Anywhere ARN: {expected}"));
+    }
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("the account must be 12 digits: {expected}"));
+    }
+    let id_ok = resource
+        .strip_prefix(kind)
+        .and_then(|r| r.strip_prefix('/'))
+        .is_some_and(|id| {
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !id_ok {
+        return Err(format!("not a {kind}: {expected}"));
+    }
+    if arn_region != region {
+        return Err(format!(
+            "in region {arn_region}, but requests are signed for {region} (set --region {arn_region})"
+        ));
+    }
+    Ok(())
 }
 
 /// Whole seconds (`3600`) or a duration (`1h`) within STS's range.

@@ -1,4 +1,5 @@
-//! AWS (`docs/protocols.md#aws`): `AssumeRoleWithWebIdentity` with the JWT-SVID, served as
+//! AWS (`docs/protocols.md#aws`): `AssumeRoleWithWebIdentity` with the JWT-SVID, or IAM Roles
+//! Anywhere's `CreateSession` signed with the X.509-SVID (`--trust-anchor-arn`), served as
 //! `credential_process` JSON and the SDKs' container-credentials format.
 
 pub mod config;
@@ -10,14 +11,17 @@ pub mod session_name;
 
 use anyhow::Context as _;
 use sidecar_runtime::settings::{Reader, Setting};
+use workload_client::X509Watcher;
 
 pub use self::config::{AwsArgs, AwsConfig};
 pub use self::exchange::{AwsCredentials, AwsSettings, AwsStsProvider};
 use self::metrics::StsCalls;
+use self::roles_anywhere::RolesAnywhereProvider;
 use crate::cache::{CacheConfig, CredentialCache};
 use crate::config::Common;
 use crate::http::{self, Broker, Service};
 use crate::metrics::CacheCollector;
+use crate::provider::https::HttpsClient;
 use crate::provider::{Context, Provider};
 use crate::token::TokenCheck;
 
@@ -38,6 +42,7 @@ impl Provider for AwsConfig {
             common,
             roots,
             jwt,
+            workload_api,
             registry,
         } = cx;
         let aws = self;
@@ -50,8 +55,20 @@ impl Provider for AwsConfig {
             );
         }
         let calls = StsCalls::register(registry);
-        let provider = AwsStsProvider::new(aws.sts.clone(), roots, jwt, calls)?;
-        let cache = CredentialCache::start(provider, CacheConfig::default());
+        let cache = match &aws.roles_anywhere {
+            None => {
+                let provider = AwsStsProvider::new(aws.sts.clone(), roots, jwt, calls)?;
+                CredentialCache::start(provider, CacheConfig::default())
+            }
+            Some(ra) => {
+                // The X.509-SVID stream: each CreateSession is signed with the current SVID.
+                let svids = X509Watcher::x509(workload_api.clone());
+                let client = HttpsClient::new(roots).context("building the HTTPS client")?;
+                let provider =
+                    RolesAnywhereProvider::new(aws.sts.clone(), ra.clone(), svids, client, calls);
+                CredentialCache::start(provider, CacheConfig::default())
+            }
+        };
         registry.register_collector(Box::new(CacheCollector(cache.clone())));
         let token = aws
             .container_token
@@ -64,6 +81,9 @@ impl Provider for AwsConfig {
             role_arn = %aws.sts.role_arn,
             region = %aws.sts.region,
             sts_endpoint = aws.sts.sts_endpoint.as_deref().unwrap_or("default"),
+            roles_anywhere_trust_anchor = aws.roles_anywhere.as_ref().map(|r| r.trust_anchor_arn.as_str()),
+            roles_anywhere_profile = aws.roles_anywhere.as_ref().map(|r| r.profile_arn.as_str()),
+            roles_anywhere_endpoint = aws.roles_anywhere.as_ref().map(|r| r.endpoint.as_str()),
             duration = ?aws.sts.duration,
             container_credentials = token.is_some(),
             "serving credentials"
@@ -77,6 +97,8 @@ impl Provider for AwsConfig {
             ready: Box::new(move || ready.readiness()),
             options: http::ServiceOptions {
                 hot_routes: &["creds", "container_creds"],
+                // Roles Anywhere signs with the X.509-SVID: no JWT-SVID is needed to be ready.
+                without_jwt_svid: aws.roles_anywhere.is_some(),
                 ..http::ServiceOptions::default()
             },
         })

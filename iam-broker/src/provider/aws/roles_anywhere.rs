@@ -11,10 +11,23 @@
 //! rolesanywhere/aws4_request`, and the string to sign signed with the private key (SHA-256
 //! with ECDSA, DER, or RSA PKCS#1 v1.5), hex encoded.
 //!
-//! This module only builds and signs; the caller sends. It never logs, and the key never
-//! leaves the [`X509Svid`] it came in.
+//! [`sign`] builds and signs; [`RolesAnywhereProvider`] sends, with a fresh signature (the
+//! current SVID, the current time) on every attempt, so a rotated SVID is used from its first
+//! refresh on. The key never leaves the [`X509Svid`] it came in, and nothing here logs it.
 
 use std::fmt::Write as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use time::format_description::well_known::Rfc3339;
+use workload_client::X509Watcher;
+
+use super::exchange::{AwsCredentials, AwsSettings};
+use super::metrics::StsCalls;
+use crate::provider::https::HttpsClient;
+use crate::provider::{CredentialProvider, ErrorKind, ProviderError};
+use crate::secret::Secret;
 
 use aws_lc_rs::digest::{SHA256, digest};
 use aws_lc_rs::rand::SystemRandom;
@@ -195,7 +208,10 @@ pub fn sign(
         ("x-amz-x509", b64.encode(leaf.as_ref())),
     ];
     if !intermediates.is_empty() {
-        let chain: Vec<String> = intermediates.iter().map(|c| b64.encode(c.as_ref())).collect();
+        let chain: Vec<String> = intermediates
+            .iter()
+            .map(|c| b64.encode(c.as_ref()))
+            .collect();
         headers.push(("x-amz-x509-chain", chain.join(",")));
     }
     // Already in sorted order: every header we send is signed.
@@ -235,6 +251,191 @@ pub fn sign(
     })
 }
 
+// === RolesAnywhereProvider ===
+
+/// Where and what to ask Roles Anywhere (validated by [`super::config`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RolesAnywhereSettings {
+    /// The trust anchor holding the trust domain's CA.
+    pub trust_anchor_arn: String,
+    /// The profile naming the role.
+    pub profile_arn: String,
+    /// `https://rolesanywhere.<region>.amazonaws.com`, or an override (no path).
+    pub endpoint: String,
+    /// The endpoint's `host[:port]` as sent in `Host` (a default port left out).
+    pub host: String,
+}
+
+/// How long the first attempts wait for the Workload API's first X.509-SVID.
+const SVID_WAIT: Duration = Duration::from_secs(5);
+
+/// `CreateSession` signed with the workload's X.509-SVID.
+#[derive(Debug)]
+pub struct RolesAnywhereProvider {
+    settings: AwsSettings,
+    roles_anywhere: RolesAnywhereSettings,
+    svids: X509Watcher,
+    client: HttpsClient,
+    calls: StsCalls,
+}
+
+impl RolesAnywhereProvider {
+    /// A provider asking `roles_anywhere` for `settings.role_arn` with the SVIDs of `svids`,
+    /// counting calls in `calls` (the STS call counter: the same outcomes).
+    pub fn new(
+        settings: AwsSettings,
+        roles_anywhere: RolesAnywhereSettings,
+        svids: X509Watcher,
+        client: HttpsClient,
+        calls: StsCalls,
+    ) -> Self {
+        Self {
+            settings,
+            roles_anywhere,
+            svids,
+            client,
+            calls,
+        }
+    }
+
+    async fn create_session(&self) -> Result<AwsCredentials, ProviderError> {
+        let context = match self.svids.current() {
+            Some(c) => c,
+            None => {
+                // At start the stream may be a moment away; later `None` means withdrawn.
+                let _ = tokio::time::timeout(SVID_WAIT, self.svids.first()).await;
+                self.svids.current().ok_or_else(|| {
+                    ProviderError::new(
+                        ErrorKind::Identity,
+                        "no X.509-SVID from the Workload API yet",
+                    )
+                })?
+            }
+        };
+        let request = SessionRequest {
+            trust_anchor_arn: self.roles_anywhere.trust_anchor_arn.clone(),
+            profile_arn: self.roles_anywhere.profile_arn.clone(),
+            role_arn: self.settings.role_arn.clone(),
+            region: self.settings.region.clone(),
+            host: self.roles_anywhere.host.clone(),
+            duration_seconds: u32::try_from(self.settings.duration.as_secs()).unwrap_or(3600),
+            role_session_name: self
+                .settings
+                .session_name
+                .as_ref()
+                .map(|n| n.as_str().to_owned()),
+        };
+        let signed = sign(
+            &request,
+            &context.default_svid().svid,
+            OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| ProviderError::new(ErrorKind::Rejected, e.to_string()))?;
+        // Content-Type is the client's own header; every other signed header goes as signed.
+        let headers: Vec<(&'static str, &str)> = signed
+            .headers
+            .iter()
+            .filter(|(name, _)| *name != "content-type")
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
+        let url = format!("{}{}", self.roles_anywhere.endpoint, signed.target);
+        let reply = self
+            .client
+            .post_bytes_with(&url, "application/json", &headers, Bytes::from(signed.body))
+            .await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                self.calls.record("retryable_error");
+                return Err(ProviderError::new(
+                    ErrorKind::Transient,
+                    format!("Roles Anywhere CreateSession: {e}"),
+                ));
+            }
+        };
+        if (200..300).contains(&reply.status) {
+            let creds = credentials_from(&reply.body).inspect_err(|_| {
+                self.calls.record("retryable_error");
+            })?;
+            self.calls.record("success");
+            tracing::info!(
+                assumed_role = creds.assumed_role_arn().unwrap_or("?"),
+                spiffe_id = %context.default_svid().svid.spiffe_id(),
+                expiration = %crate::provider::Expiring::expiration(&creds),
+                "created a Roles Anywhere session with the X.509-SVID"
+            );
+            return Ok(creds);
+        }
+        let message = serde_json::from_slice::<serde_json::Value>(&reply.body)
+            .ok()
+            .and_then(|v| {
+                v.get("message")
+                    .or_else(|| v.get("Message"))
+                    .and_then(serde_json::Value::as_str)
+                    .map(|m| m.chars().take(300).collect::<String>())
+            })
+            .unwrap_or_default();
+        let (kind, outcome) = match reply.status {
+            429 | 500..=599 => (ErrorKind::Transient, "retryable_error"),
+            _ => (ErrorKind::Rejected, "rejected"),
+        };
+        self.calls.record(outcome);
+        Err(ProviderError::new(
+            kind,
+            format!(
+                "Roles Anywhere refused CreateSession (HTTP {}): {message}",
+                reply.status
+            ),
+        ))
+    }
+}
+
+impl CredentialProvider for RolesAnywhereProvider {
+    type Credentials = AwsCredentials;
+
+    fn name(&self) -> &'static str {
+        "aws"
+    }
+
+    fn fetch(&self) -> BoxFuture<'_, Result<AwsCredentials, ProviderError>> {
+        Box::pin(self.create_session())
+    }
+}
+
+/// `credentialSet[0]` of a `CreateSession` answer.
+fn credentials_from(body: &[u8]) -> Result<AwsCredentials, ProviderError> {
+    let bad = |what: &str| {
+        ProviderError::new(
+            ErrorKind::Transient,
+            format!("Roles Anywhere answered without {what}"),
+        )
+    };
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad("JSON"))?;
+    let set = v
+        .get("credentialSet")
+        .and_then(|s| s.get(0))
+        .ok_or_else(|| bad("a credentialSet"))?;
+    let c = set.get("credentials").ok_or_else(|| bad("credentials"))?;
+    let field = |name: &str| {
+        c.get(name)
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| bad(name))
+    };
+    let expiration = OffsetDateTime::parse(field("expiration")?, &Rfc3339)
+        .map_err(|_| bad("an RFC 3339 expiration"))?;
+    AwsCredentials::new(
+        field("accessKeyId")?,
+        Secret::new(field("secretAccessKey")?),
+        Secret::new(field("sessionToken")?),
+        expiration,
+        set.get("assumedRoleUser")
+            .and_then(|u| u.get("arn"))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,11 +449,35 @@ mod tests {
     }
 
     #[test]
+    fn a_session_answer_gives_credentials_and_a_partial_one_an_error() {
+        let ok = br#"{"credentialSet":[{"assumedRoleUser":{"arn":"arn:aws:sts::1:assumed-role/r/s"},"credentials":{"accessKeyId":"ASIA1","secretAccessKey":"s","sessionToken":"t","expiration":"2030-01-01T00:00:00Z"}}],"subjectArn":"x"}"#;
+        let creds = credentials_from(ok).unwrap();
+        assert_eq!(creds.access_key_id(), "ASIA1");
+        assert_eq!(
+            creds.assumed_role_arn(),
+            Some("arn:aws:sts::1:assumed-role/r/s")
+        );
+        for partial in [
+            &br#"{"credentialSet":[]}"#[..],
+            br#"{"credentialSet":[{"credentials":{"accessKeyId":"A","secretAccessKey":"s","expiration":"2030-01-01T00:00:00Z"}}]}"#,
+            br#"{"credentialSet":[{"credentials":{"accessKeyId":"A","secretAccessKey":"s","sessionToken":"t","expiration":1}}]}"#,
+            b"not json",
+        ] {
+            let e = credentials_from(partial).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Transient, "{e:?}");
+        }
+    }
+
+    #[test]
     fn keys_other_than_p256_and_rsa_are_refused_with_the_reason() {
         assert!(matches!(
             Key::from_pkcs8(b"not a key"),
             Err(SignError::UnsupportedKey)
         ));
-        assert!(SignError::UnsupportedKey.to_string().contains("P-256 or RSA"));
+        assert!(
+            SignError::UnsupportedKey
+                .to_string()
+                .contains("P-256 or RSA")
+        );
     }
 }

@@ -47,6 +47,7 @@ impl Provider for AzureConfig {
             roots,
             jwt,
             registry,
+            ..
         } = cx;
         let azure = self;
         let client = HttpsClient::new(roots)?;

@@ -43,6 +43,7 @@ impl Provider for GcpConfig {
             roots,
             jwt,
             registry,
+            ..
         } = cx;
         let gcp = self;
         let client = HttpsClient::new(roots)?;

@@ -61,6 +61,7 @@ impl Provider for VaultConfig {
             roots,
             jwt,
             registry,
+            ..
         } = cx;
         let vault = self;
         let extra = vault
@@ -118,6 +119,7 @@ impl Provider for VaultConfig {
                 methods: Methods::Any,
                 on_shutdown: Some(Box::pin(async move { provider.revoke().await })),
                 hot_routes: &[],
+                without_jwt_svid: false,
             },
         })
     }
