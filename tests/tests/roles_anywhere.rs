@@ -499,3 +499,135 @@ async fn iam_broker_roles_anywhere_serves_one_session_to_300_cold_requests_and_t
     .unwrap();
     agent.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_anywhere_signs_with_every_rotated_svid_under_load_and_a_removed_ca_is_refused() {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use dev_agent::{Agent, Config as AgentConfig};
+    use suite_tests::aws::Broker;
+    use suite_tests::wait_until;
+    let dir = tempfile::tempdir().unwrap();
+    let td = TrustDomain::new("example.org").unwrap();
+    let agent = Arc::new(
+        Agent::start(AgentConfig::new(
+            workload_client::Endpoint::Unix(dir.path().join("agent.sock")),
+            td.clone(),
+        ))
+        .await
+        .unwrap(),
+    );
+    let anchor = agent.authority().ca_der();
+    let endpoint = agent.endpoint().to_string();
+    let path = dir.path().to_path_buf();
+    let shared = agent.clone();
+    tokio::task::spawn_blocking(move || {
+        let (dir, agent) = (path.as_path(), shared);
+        let rt = tokio::runtime::Handle::current();
+        let ra = RolesAnywhere::start(&anchor);
+        // Short sessions, so the broker refreshes (and signs) every few seconds.
+        ra.set_lifetime(Duration::from_secs(12));
+        let tls = dir.join("tls-ca.pem");
+        std::fs::write(&tls, &ra.tls.ca_pem).unwrap();
+        let tls = tls.display().to_string();
+        let mut broker = Broker::start(
+            dir,
+            &endpoint,
+            "",
+            &[
+                "--trust-anchor-arn",
+                TRUST_ANCHOR_ARN,
+                "--profile-arn",
+                PROFILE_ARN,
+                "--roles-anywhere-endpoint",
+                &ra.endpoint(),
+            ],
+            &[("SSL_CERT_FILE", tls.as_str())],
+        );
+        broker.wait_ready(Duration::from_secs(10));
+        let certs = || -> BTreeSet<String> {
+            ra.seen()
+                .iter()
+                .filter_map(|s| s.header("x-amz-x509").map(str::to_owned))
+                .collect()
+        };
+
+        // Two clients asking all the time while the SVID rotates three times.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let clients: Vec<_> = (0..2)
+            .map(|_| {
+                let (stop, ok, failed, listen) =
+                    (stop.clone(), ok.clone(), failed.clone(), broker.listen);
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = suite_tests::envoy::request(listen, "GET", "/v1/creds", &[]);
+                        if r.is_some_and(|r| r.status == 200) {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..3 {
+            let before = certs();
+            rt.block_on(agent.rotate_x509()).unwrap();
+            wait_until(
+                "a CreateSession signed with the rotated X.509-SVID",
+                Duration::from_secs(30),
+                || certs().difference(&before).next().is_some(),
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        for c in clients {
+            c.join().unwrap();
+        }
+        let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        eprintln!(
+            "3 SVID rotations under load: {ok} requests served, {failed} failed, {} sessions",
+            ra.issued()
+        );
+        assert_eq!(failed, 0, "no request failed across the rotations");
+        assert!(ok > 100, "load ran: {ok}");
+        assert!(certs().len() >= 4, "each rotated SVID signed a session");
+        assert!(
+            ra.seen().iter().all(|s| s.status == 201),
+            "{:#?}",
+            ra.seen()
+        );
+
+        // The trust anchor no longer holds the agent's CA: the next session is refused, and
+        // once the held credentials run out clients get the refusal, not stale credentials.
+        let other = CertificateAuthority::generate(&td, Duration::from_secs(86_400)).unwrap();
+        ra.set_anchor(&[other.cert_der().to_vec()]);
+        wait_until("a refused CreateSession", Duration::from_secs(30), || {
+            ra.seen().last().is_some_and(|s| s.status == 403)
+        });
+        let refused = ra.seen().last().cloned().unwrap();
+        assert_eq!(refused.error.as_deref(), Some("AccessDeniedException"));
+        assert!(
+            refused
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("Untrusted")),
+            "{refused:?}"
+        );
+        wait_until(
+            "the refusal reaches the clients",
+            Duration::from_secs(30),
+            || broker.creds().status == 502,
+        );
+        let r = broker.creds();
+        assert!(
+            r.body.contains("provider_rejected") && r.body.contains("Untrusted"),
+            "{r:?}"
+        );
+    })
+    .await
+    .unwrap();
+    Arc::try_unwrap(agent).unwrap().shutdown().await;
+}
