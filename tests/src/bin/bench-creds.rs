@@ -5,7 +5,9 @@
 //!
 //! Goals: AWS within 1.2× of the trivial handler with p99 under 1 ms on loopback; Azure and
 //! GCP's cached-token endpoints with p99 < 1 ms, throughput ≥ 0.9× the baseline, and exchanges
-//! staying at one per resource.
+//! staying at one per resource. AWS through IAM Roles Anywhere (the X.509-SVID signing
+//! `CreateSession`, against the suite's stand-in) serves from the same cache and is measured
+//! the same way.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -84,8 +86,59 @@ fn main() {
         broker.metric("iam_broker_sts_calls_total{outcome=\"success\"}")
     );
     drop(broker);
+    roles_anywhere(dir.path());
     clouds(dir.path());
     drop(agent);
+}
+
+/// `GET /v1/creds` of `iam-broker aws` in the Roles Anywhere mode, against the trivial handler.
+fn roles_anywhere(dir: &std::path::Path) {
+    use dev_agent::{Agent, Config as AgentConfig};
+    use suite_tests::roles_anywhere::{PROFILE_ARN, RolesAnywhere, TRUST_ANCHOR_ARN};
+    // The in-process agent, for its CA (the trust anchor); it runs on this runtime's thread.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let agent = rt
+        .block_on(Agent::start(AgentConfig::new(
+            workload_client::Endpoint::Unix(dir.join("roles-anywhere-agent.sock")),
+            workload_client::spiffe::TrustDomain::new("example.org").unwrap(),
+        )))
+        .unwrap();
+    let ra = RolesAnywhere::start(&agent.authority().ca_der());
+    let tls = dir.join("roles-anywhere-tls-ca.pem");
+    std::fs::write(&tls, &ra.tls.ca_pem).unwrap();
+    let tls = tls.display().to_string();
+    let mut broker = Broker::start(
+        dir,
+        &agent.endpoint().to_string(),
+        "",
+        &[
+            "--trust-anchor-arn",
+            TRUST_ANCHOR_ARN,
+            "--profile-arn",
+            PROFILE_ARN,
+            "--roles-anywhere-endpoint",
+            &ra.endpoint(),
+            "--log-format",
+            "json",
+        ],
+        &[("SSL_CERT_FILE", tls.as_str())],
+    );
+    broker.wait_ready(Duration::from_secs(30));
+    let sample = broker.creds();
+    assert_eq!(sample.status, 200);
+    let base = baseline(sample.body.clone());
+    println!(
+        "== iam-broker aws, Roles Anywhere: GET /v1/creds (cached, {} B body) vs a trivial axum handler with the same body",
+        sample.body.len()
+    );
+    compare("roles anywhere", broker.listen, "/v1/creds", &[], base);
+    println!("== CreateSession calls during the bench: {}", ra.issued());
+    drop(broker);
+    rt.block_on(agent.shutdown());
 }
 
 /// wrk against `target` and `base` for 1 and 16 connections, alternating rounds; prints medians
