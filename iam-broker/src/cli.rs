@@ -571,6 +571,22 @@ mod tests {
                 .roles_anywhere
                 .is_none()
         );
+        let china = load_all(
+            &[
+                "--trust-anchor-arn",
+                "arn:aws-cn:rolesanywhere:cn-north-1:123456789012:trust-anchor/a1",
+                "--profile-arn",
+                "arn:aws-cn:rolesanywhere:cn-north-1:123456789012:profile/b2",
+                "--region",
+                "cn-north-1",
+            ],
+            TEMPLATE,
+        )
+        .unwrap();
+        assert_eq!(
+            aws(&china).roles_anywhere.clone().unwrap().host,
+            "rolesanywhere.cn-north-1.amazonaws.com.cn"
+        );
 
         for (args, setting, says) in [
             (
@@ -627,6 +643,18 @@ mod tests {
                 vec!["--roles-anywhere-endpoint", "https://ra.example"],
                 "--roles-anywhere-endpoint",
                 "only with",
+            ),
+            (
+                vec![
+                    "--trust-anchor-arn",
+                    "arn:awsx:rolesanywhere:eu-west-1:123456789012:trust-anchor/a1",
+                    "--profile-arn",
+                    PROFILE,
+                    "--region",
+                    "eu-west-1",
+                ],
+                "--trust-anchor-arn",
+                "unknown partition",
             ),
         ] {
             let errors = load_all(&args, TEMPLATE).unwrap_err();

@@ -15,7 +15,7 @@ use sidecar_runtime::settings::{Reader, Setting};
 use super::exchange::AwsSettings;
 use super::roles_anywhere::RolesAnywhereSettings;
 use super::session_name::SessionName;
-use crate::config::{required, secret_arg, validate_endpoint};
+use crate::config::{required, secret_arg, validate_endpoint, validate_endpoint_for};
 use crate::secret::Secret;
 pub use crate::token::HeaderToken as ContainerToken;
 use crate::token::check_token;
@@ -250,7 +250,8 @@ fn roles_anywhere(
         &ROLES_ANYWHERE_ENDPOINT,
         args.roles_anywhere_endpoint.as_deref(),
         |v| {
-            validate_endpoint(v).map_err(|e| e.to_string())?;
+            validate_endpoint_for(v, "https://rolesanywhere.eu-west-1.amazonaws.com")
+                .map_err(|e| e.to_string())?;
             endpoint_host(v).map(|host| (v.trim_end_matches('/').to_owned(), host))
         },
     );
@@ -293,7 +294,12 @@ fn roles_anywhere(
             let (endpoint, host) = match endpoint {
                 Some(e) => e,
                 None => {
-                    let host = format!("rolesanywhere.{region}.amazonaws.com");
+                    // The partition's DNS suffix (China's regions have their own).
+                    let suffix = match anchor.as_deref().map(|a| a.split(':').nth(1)) {
+                        Some(Some("aws-cn")) => "amazonaws.com.cn",
+                        _ => "amazonaws.com",
+                    };
+                    let host = format!("rolesanywhere.{region}.{suffix}");
                     (format!("https://{host}"), host)
                 }
             };
@@ -335,8 +341,13 @@ fn validate_roles_anywhere_arn(arn: &str, kind: &str, region: &str) -> Result<()
     let [scheme, partition, service, arn_region, account, resource] = parts[..] else {
         return Err(expected);
     };
-    if scheme != "arn" || !partition.starts_with("aws") || service != "rolesanywhere" {
+    if scheme != "arn" || service != "rolesanywhere" {
         return Err(format!("not a Roles Anywhere ARN: {expected}"));
+    }
+    if !matches!(partition, "aws" | "aws-cn" | "aws-us-gov") {
+        return Err(format!(
+            "unknown partition {partition:?} (aws, aws-cn or aws-us-gov): {expected}"
+        ));
     }
     if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("the account must be 12 digits: {expected}"));

@@ -21,7 +21,7 @@ impl StsCalls {
         let calls = Self::default();
         registry.register(
             "sts_calls",
-            "AssumeRoleWithWebIdentity calls by outcome (success, retryable_error, invalid_token, rejected)",
+            "AssumeRoleWithWebIdentity (or, with Roles Anywhere, CreateSession) calls by outcome (success, retryable_error, invalid_token, rejected)",
             calls.0.clone(),
         );
         calls

@@ -55,18 +55,29 @@ impl Provider for AwsConfig {
             );
         }
         let calls = StsCalls::register(registry);
-        let cache = match &aws.roles_anywhere {
+        let (cache, svids) = match &aws.roles_anywhere {
             None => {
                 let provider = AwsStsProvider::new(aws.sts.clone(), roots, jwt, calls)?;
-                CredentialCache::start(provider, CacheConfig::default())
+                (
+                    CredentialCache::start(provider, CacheConfig::default()),
+                    None,
+                )
             }
             Some(ra) => {
                 // The X.509-SVID stream: each CreateSession is signed with the current SVID.
                 let svids = X509Watcher::x509(workload_api.clone());
                 let client = HttpsClient::new(roots).context("building the HTTPS client")?;
-                let provider =
-                    RolesAnywhereProvider::new(aws.sts.clone(), ra.clone(), svids, client, calls);
-                CredentialCache::start(provider, CacheConfig::default())
+                let provider = RolesAnywhereProvider::new(
+                    aws.sts.clone(),
+                    ra.clone(),
+                    svids.clone(),
+                    client,
+                    calls,
+                );
+                (
+                    CredentialCache::start(provider, CacheConfig::default()),
+                    Some(svids),
+                )
             }
         };
         registry.register_collector(Box::new(CacheCollector(cache.clone())));
@@ -94,7 +105,13 @@ impl Provider for AwsConfig {
             routes: routes::router(broker, token),
             route_label: routes::route_label,
             render_error: http::error,
-            ready: Box::new(move || ready.readiness()),
+            // Roles Anywhere: the X.509-SVID in place of the JWT-SVID the shared check asks for.
+            ready: Box::new(
+                move || match svids.as_ref().map(roles_anywhere::svid_readiness) {
+                    Some(not_ready @ sidecar_runtime::Readiness::NotReady(_)) => not_ready,
+                    _ => ready.readiness(),
+                },
+            ),
             options: http::ServiceOptions {
                 hot_routes: &["creds", "container_creds"],
                 // Roles Anywhere signs with the X.509-SVID: no JWT-SVID is needed to be ready.

@@ -2,8 +2,8 @@
 //! (`docs/protocols.md#roles-anywhere`), for clusters whose trust domain cannot publish an OIDC
 //! issuer STS could reach.
 //!
-//! The request is what AWS's own client, `aws_signing_helper`, sends, byte for byte up to the
-//! signature: `POST /sessions?profileArn=…&roleArn=…&trustAnchorArn=…` (strict RFC 3986
+//! The signed part of the request is what AWS's own client, `aws_signing_helper`, signs (the
+//! broker also sends an unsigned `Accept`, as the helper sends `User-Agent`): `POST /sessions?profileArn=…&roleArn=…&trustAnchorArn=…` (strict RFC 3986
 //! encoding, sorted), body `{"durationSeconds":N}` (plus `roleSessionName`), headers
 //! `Content-Type`, `Host`, `X-Amz-Date`, `X-Amz-X509` (the leaf, base64 DER) and, when the SVID
 //! has intermediates, `X-Amz-X509-Chain`, all signed. The signature is SigV4's with the
@@ -38,6 +38,9 @@ use base64::Engine as _;
 use time::OffsetDateTime;
 use time::macros::format_description;
 use workload_client::spiffe::X509Svid;
+
+/// The body's type: signed, and sent as the client's own `Content-Type`.
+const CONTENT_TYPE: &str = "application/json";
 
 /// What a session is asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,7 +205,7 @@ pub fn sign(
 
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut headers: Vec<(&'static str, String)> = vec![
-        ("content-type", "application/json".to_owned()),
+        ("content-type", CONTENT_TYPE.to_owned()),
         ("host", request.host.clone()),
         ("x-amz-date", amz_date.clone()),
         ("x-amz-x509", b64.encode(leaf.as_ref())),
@@ -305,13 +308,17 @@ impl RolesAnywhereProvider {
                 // At start the stream may be a moment away; later `None` means withdrawn.
                 let _ = tokio::time::timeout(SVID_WAIT, self.svids.first()).await;
                 self.svids.current().ok_or_else(|| {
-                    ProviderError::new(
-                        ErrorKind::Identity,
-                        "no X.509-SVID from the Workload API yet",
-                    )
+                    ProviderError::new(ErrorKind::Identity, svid_missing(&self.svids))
                 })?
             }
         };
+        // An expired SVID (the agent gone longer than its life) would only earn a 403.
+        if context.remaining(std::time::SystemTime::now()).is_zero() {
+            return Err(ProviderError::new(
+                ErrorKind::Identity,
+                "the X.509-SVID has expired and the Workload API has not renewed it",
+            ));
+        }
         let request = SessionRequest {
             trust_anchor_arn: self.roles_anywhere.trust_anchor_arn.clone(),
             profile_arn: self.roles_anywhere.profile_arn.clone(),
@@ -330,7 +337,14 @@ impl RolesAnywhereProvider {
             &context.default_svid().svid,
             OffsetDateTime::now_utc(),
         )
-        .map_err(|e| ProviderError::new(ErrorKind::Rejected, e.to_string()))?;
+        .map_err(|e| {
+            let kind = match e {
+                // A key or certificate this provider cannot use: fixed by reissuing the SVID.
+                SignError::UnsupportedKey | SignError::Certificate(_) => ErrorKind::Rejected,
+                SignError::Signing | SignError::Time(_) => ErrorKind::Transient,
+            };
+            ProviderError::new(kind, e.to_string())
+        })?;
         // Content-Type is the client's own header; every other signed header goes as signed.
         let headers: Vec<(&'static str, &str)> = signed
             .headers
@@ -341,7 +355,7 @@ impl RolesAnywhereProvider {
         let url = format!("{}{}", self.roles_anywhere.endpoint, signed.target);
         let reply = self
             .client
-            .post_bytes_with(&url, "application/json", &headers, Bytes::from(signed.body))
+            .post_bytes_with(&url, CONTENT_TYPE, &headers, Bytes::from(signed.body))
             .await;
         let reply = match reply {
             Ok(r) => r,
@@ -387,6 +401,34 @@ impl RolesAnywhereProvider {
                 reply.status
             ),
         ))
+    }
+}
+
+/// Why there is no X.509-SVID to sign with.
+fn svid_missing(svids: &X509Watcher) -> String {
+    let status = svids.status();
+    let detail = status.last_error.unwrap_or_default();
+    if status.gave_up {
+        format!("the Workload API refused the X.509-SVID stream: {detail}")
+    } else if status.withdrawn {
+        format!(
+            "the Workload API says this workload has no identity (registration entry deleted?): {detail}"
+        )
+    } else {
+        "no X.509-SVID from the Workload API yet".to_owned()
+    }
+}
+
+/// Readiness of the Roles Anywhere mode's identity: an unexpired X.509-SVID, as the other
+/// sidecars ask (the held credentials alone would keep a withdrawn workload ready for hours).
+pub fn svid_readiness(svids: &X509Watcher) -> sidecar_runtime::Readiness {
+    use sidecar_runtime::Readiness;
+    match svids.current() {
+        Some(c) if !c.remaining(std::time::SystemTime::now()).is_zero() => Readiness::Ready,
+        Some(_) => Readiness::NotReady(
+            "the X.509-SVID has expired and the Workload API has not renewed it".into(),
+        ),
+        None => Readiness::NotReady(svid_missing(svids)),
     }
 }
 
