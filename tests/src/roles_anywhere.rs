@@ -210,6 +210,38 @@ impl RolesAnywhere {
             .insert(TRUST_ANCHOR_ARN.to_owned(), anchors.to_vec());
     }
 
+    /// `iam-broker aws` in the Roles Anywhere mode against this stand-in, fed by the agent at
+    /// `workload_api`, trusting the stand-in's TLS CA (`SSL_CERT_FILE`), with `args` and `env`
+    /// added; listening, not yet ready.
+    pub fn broker(
+        &self,
+        dir: &std::path::Path,
+        workload_api: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> crate::aws::Broker {
+        let tls = dir.join(format!(
+            "roles-anywhere-tls-ca-{}.pem",
+            self.https.addr.port()
+        ));
+        std::fs::write(&tls, &self.tls.ca_pem).unwrap();
+        let tls = tls.display().to_string();
+        let endpoint = self.endpoint();
+        let mut all_args = vec![
+            "--trust-anchor-arn",
+            TRUST_ANCHOR_ARN,
+            "--profile-arn",
+            PROFILE_ARN,
+            "--roles-anywhere-endpoint",
+            &endpoint,
+        ];
+        all_args.extend_from_slice(args);
+        let mut all_env = vec![("SSL_CERT_FILE", tls.as_str())];
+        all_env.extend_from_slice(env);
+        // No STS endpoint: the mode refuses one.
+        crate::aws::Broker::start(dir, workload_api, "", &all_args, &all_env)
+    }
+
     /// Hands out credentials living `lifetime` instead of the requested duration.
     pub fn set_lifetime(&self, lifetime: Duration) {
         self.state.lock().unwrap().lifetime = Some(lifetime);

@@ -387,7 +387,7 @@ fn botocore_access_key(dir: &Path, env: &[(&str, &str)]) -> Result<String, Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iam_broker_roles_anywhere_serves_one_session_to_300_cold_requests_and_the_aws_sdks() {
     use dev_agent::{Agent, Config as AgentConfig};
-    use suite_tests::aws::{Broker, aws_cli, concurrent_gets, credential_process_profile};
+    use suite_tests::aws::{aws_cli, concurrent_gets, credential_process_profile};
     suite_tests::aws::require_curl();
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(AgentConfig::new(
@@ -402,26 +402,12 @@ async fn iam_broker_roles_anywhere_serves_one_session_to_300_cold_requests_and_t
     tokio::task::spawn_blocking(move || {
         let dir = path.as_path();
         let ra = RolesAnywhere::start(&anchor);
-        let tls = dir.join("tls-ca.pem");
-        std::fs::write(&tls, &ra.tls.ca_pem).unwrap();
-        let tls = tls.display().to_string();
         let token = "roles-anywhere-container-token";
-        let mut broker = Broker::start(
+        let mut broker = ra.broker(
             dir,
             &endpoint,
-            "",
-            &[
-                "--trust-anchor-arn",
-                TRUST_ANCHOR_ARN,
-                "--profile-arn",
-                PROFILE_ARN,
-                "--roles-anywhere-endpoint",
-                &ra.endpoint(),
-            ],
-            &[
-                ("SSL_CERT_FILE", tls.as_str()),
-                ("AWS_CONTAINER_AUTHORIZATION_TOKEN", token),
-            ],
+            &[],
+            &[("AWS_CONTAINER_AUTHORIZATION_TOKEN", token)],
         );
 
         // Cold: 300 clients at once share one CreateSession.
@@ -507,7 +493,6 @@ async fn roles_anywhere_signs_with_every_rotated_svid_under_load_and_a_removed_c
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     use dev_agent::{Agent, Config as AgentConfig};
-    use suite_tests::aws::Broker;
     use suite_tests::wait_until;
     let dir = tempfile::tempdir().unwrap();
     let td = TrustDomain::new("example.org").unwrap();
@@ -529,23 +514,7 @@ async fn roles_anywhere_signs_with_every_rotated_svid_under_load_and_a_removed_c
         let ra = RolesAnywhere::start(&anchor);
         // Short sessions, so the broker refreshes (and signs) every few seconds.
         ra.set_lifetime(Duration::from_secs(12));
-        let tls = dir.join("tls-ca.pem");
-        std::fs::write(&tls, &ra.tls.ca_pem).unwrap();
-        let tls = tls.display().to_string();
-        let mut broker = Broker::start(
-            dir,
-            &endpoint,
-            "",
-            &[
-                "--trust-anchor-arn",
-                TRUST_ANCHOR_ARN,
-                "--profile-arn",
-                PROFILE_ARN,
-                "--roles-anywhere-endpoint",
-                &ra.endpoint(),
-            ],
-            &[("SSL_CERT_FILE", tls.as_str())],
-        );
+        let mut broker = ra.broker(dir, &endpoint, &[], &[]);
         broker.wait_ready(Duration::from_secs(10));
         let certs = || -> BTreeSet<String> {
             ra.seen()

@@ -144,17 +144,10 @@ impl HttpsClient {
         headers: &[(&'static str, &str)],
         json: &serde_json::Value,
     ) -> Result<Reply, TransportError> {
-        let mut values = Vec::with_capacity(headers.len());
-        for (name, value) in headers {
-            let mut value = HeaderValue::from_str(value)
-                .map_err(|_| TransportError(format!("{name} is not a header value")))?;
-            value.set_sensitive(true);
-            values.push((*name, value));
-        }
-        self.send_with(
+        self.post_bytes_with(
             url,
             "application/json",
-            values,
+            headers,
             Bytes::from(json.to_string()),
         )
         .await

@@ -71,16 +71,7 @@ fn main() {
         &["--log-format", "json"],
         &[],
     );
-    broker.wait_ready(Duration::from_secs(30));
-    let sample = broker.creds();
-    assert_eq!(sample.status, 200);
-    let base = baseline(sample.body.clone());
-    println!(
-        "== iam-broker GET /v1/creds (cached, {} B body) vs a trivial axum handler with the same body",
-        sample.body.len()
-    );
-
-    compare("iam-broker", broker.listen, "/v1/creds", &[], base);
+    cached_creds("iam-broker", "iam-broker GET /v1/creds", &mut broker);
     println!(
         "== STS calls during the bench: {}",
         broker.metric("iam_broker_sts_calls_total{outcome=\"success\"}")
@@ -94,7 +85,7 @@ fn main() {
 /// `GET /v1/creds` of `iam-broker aws` in the Roles Anywhere mode, against the trivial handler.
 fn roles_anywhere(dir: &std::path::Path) {
     use dev_agent::{Agent, Config as AgentConfig};
-    use suite_tests::roles_anywhere::{PROFILE_ARN, RolesAnywhere, TRUST_ANCHOR_ARN};
+    use suite_tests::roles_anywhere::RolesAnywhere;
     // The in-process agent, for its CA (the trust anchor); it runs on this runtime's thread.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -108,37 +99,34 @@ fn roles_anywhere(dir: &std::path::Path) {
         )))
         .unwrap();
     let ra = RolesAnywhere::start(&agent.authority().ca_der());
-    let tls = dir.join("roles-anywhere-tls-ca.pem");
-    std::fs::write(&tls, &ra.tls.ca_pem).unwrap();
-    let tls = tls.display().to_string();
-    let mut broker = Broker::start(
+    let mut broker = ra.broker(
         dir,
         &agent.endpoint().to_string(),
-        "",
-        &[
-            "--trust-anchor-arn",
-            TRUST_ANCHOR_ARN,
-            "--profile-arn",
-            PROFILE_ARN,
-            "--roles-anywhere-endpoint",
-            &ra.endpoint(),
-            "--log-format",
-            "json",
-        ],
-        &[("SSL_CERT_FILE", tls.as_str())],
+        &["--log-format", "json"],
+        &[],
     );
+    cached_creds(
+        "roles anywhere",
+        "iam-broker aws, Roles Anywhere: GET /v1/creds",
+        &mut broker,
+    );
+    println!("== CreateSession calls during the bench: {}", ra.issued());
+    drop(broker);
+    rt.block_on(agent.shutdown());
+}
+
+/// The cached `GET /v1/creds` of `broker` (once ready) against a trivial handler returning the
+/// same body.
+fn cached_creds(name: &str, title: &str, broker: &mut Broker) {
     broker.wait_ready(Duration::from_secs(30));
     let sample = broker.creds();
     assert_eq!(sample.status, 200);
     let base = baseline(sample.body.clone());
     println!(
-        "== iam-broker aws, Roles Anywhere: GET /v1/creds (cached, {} B body) vs a trivial axum handler with the same body",
+        "== {title} (cached, {} B body) vs a trivial axum handler with the same body",
         sample.body.len()
     );
-    compare("roles anywhere", broker.listen, "/v1/creds", &[], base);
-    println!("== CreateSession calls during the bench: {}", ra.issued());
-    drop(broker);
-    rt.block_on(agent.shutdown());
+    compare(name, broker.listen, "/v1/creds", &[], base);
 }
 
 /// wrk against `target` and `base` for 1 and 16 connections, alternating rounds; prints medians
