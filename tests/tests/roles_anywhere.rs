@@ -475,6 +475,22 @@ async fn iam_broker_roles_anywhere_serves_one_session_to_300_cold_requests_and_t
             "aws configure list: {listed}{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let out = aws_cli(
+            dir,
+            &[
+                ("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri.as_str()),
+                ("AWS_CONTAINER_AUTHORIZATION_TOKEN", token),
+            ],
+            &["configure", "list"],
+        );
+        let listed = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success()
+                && listed.contains(&key[key.len() - 4..])
+                && listed.contains("container-role"),
+            "aws configure list (container credentials): {listed}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(ra.issued(), 1, "every client served from the one session");
         assert_eq!(
             broker.metric("iam_broker_sts_calls_total{outcome=\"success\"}"),
