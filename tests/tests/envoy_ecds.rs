@@ -583,3 +583,82 @@ async fn rbac_on_the_jwt_sub_works_behind_the_ecds_filter() {
     })
     .await;
 }
+
+/// The `jwt_authn` configs an Envoy holds, from its config dump: the static listeners' and the
+/// ECDS filters', each as Envoy itself renders it.
+fn jwt_authn_configs(envoy: &Envoy) -> Vec<serde_json::Value> {
+    let dump = request(envoy.admin, "GET", "/config_dump", &[]).unwrap();
+    let dump: serde_json::Value = serde_json::from_str(&dump.body).unwrap();
+    let mut out = Vec::new();
+    for config in dump["configs"].as_array().unwrap() {
+        for listener in config["static_listeners"].as_array().into_iter().flatten() {
+            let hcm = &listener["listener"]["filter_chains"][0]["filters"][0]["typed_config"];
+            for filter in hcm["http_filters"].as_array().into_iter().flatten() {
+                if filter["typed_config"]["@type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("JwtAuthentication"))
+                {
+                    out.push(filter["typed_config"].clone());
+                }
+            }
+        }
+        for ecds in config["ecds_filters"].as_array().into_iter().flatten() {
+            out.push(ecds["ecds_filter"]["typed_config"].clone());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pushed_config_carries_the_jwks_modes_rules_with_only_the_key_source_and_cache_changed()
+{
+    with_agent(0, |dir, endpoint, _agent| {
+        let tds = all_tds(0);
+        let ecds = ecds_path(dir, endpoint, &tds);
+        // The JWKS mode's printed bootstrap for the same trust domains and audience (its JWKS
+        // address need not answer: only the configuration is compared).
+        let mut args = vec![
+            "--part".to_owned(),
+            "bootstrap".to_owned(),
+            "--audience".to_owned(),
+            AUD.to_owned(),
+            "--listen".to_owned(),
+            addr(free_port()).to_string(),
+            "--envoy-admin".to_owned(),
+            addr(free_port()).to_string(),
+        ];
+        for td in &tds {
+            args.extend(["--trust-domain".to_owned(), td.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let jwks = Envoy::start("jwks-mode", dir, &jwt_authn_config(&args));
+
+        let pushed = jwt_authn_configs(&ecds.envoy);
+        let printed = jwt_authn_configs(&jwks);
+        assert_eq!(
+            (pushed.len(), printed.len()),
+            (1, 1),
+            "{pushed:?} {printed:?}"
+        );
+        let (mut pushed, mut printed) = (pushed[0].clone(), printed[0].clone());
+        for (what, config, source) in [
+            ("pushed", &mut pushed, "local_jwks"),
+            ("printed", &mut printed, "remote_jwks"),
+        ] {
+            let providers = config["providers"].as_object_mut().unwrap();
+            assert_eq!(providers.len(), tds.len(), "{what}");
+            for (name, provider) in providers.iter_mut() {
+                let provider = provider.as_object_mut().unwrap();
+                assert!(provider.remove(source).is_some(), "{what} {name}: {source}");
+                // The cache is on only where a key change brings a new config.
+                assert_eq!(
+                    provider.remove("jwt_cache_config").is_some(),
+                    source == "local_jwks",
+                    "{what} {name}"
+                );
+            }
+        }
+        assert_eq!(pushed, printed, "the same rules in both modes");
+    })
+    .await;
+}
