@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _};
@@ -18,7 +18,7 @@ use sds_bridge::metrics::Metrics;
 use sds_bridge::service::SdsService;
 use sidecar_runtime::metrics::{JwtCacheCollector, X509Collector};
 use sidecar_runtime::uds::{self, SocketFile, UnixGrpcCollector};
-use sidecar_runtime::{Admin, Readiness, Shutdown};
+use sidecar_runtime::{Admin, Readiness, Shutdown, svid};
 use workload_client::{
     CacheConfig, JwtBundleWatcher, JwtSvidCache, ProcessEnv, WorkloadApiClient, X509Watcher,
 };
@@ -257,27 +257,8 @@ impl Checks {
     /// An unexpired X.509-SVID, the JWT bundles the JWKS endpoint or ECDS serve, and, when
     /// `envoy_applied`, an Envoy's ACK of the ECDS config.
     fn readiness(&self, envoy_applied: bool) -> Readiness {
-        let status = self.watcher.status();
-        match self.watcher.current() {
-            _ if status.gave_up => {
-                return Readiness::NotReady(format!(
-                    "the Workload API refused the X.509 stream: {}",
-                    status.last_error.unwrap_or_default()
-                ));
-            }
-            None if status.withdrawn => {
-                return Readiness::NotReady(format!(
-                    "the Workload API says this workload has no identity (registration entry deleted?): {}",
-                    status.last_error.unwrap_or_default()
-                ));
-            }
-            None => return Readiness::NotReady("no X.509-SVID from the Workload API yet".into()),
-            Some(ctx) if ctx.remaining(SystemTime::now()).is_zero() => {
-                return Readiness::NotReady(
-                    "the X.509-SVID has expired and the Workload API has not renewed it".into(),
-                );
-            }
-            Some(_) => {}
+        if let not_ready @ Readiness::NotReady(_) = svid::x509_readiness(&self.watcher) {
+            return not_ready;
         }
         if let Some((bundles, endpoint)) = &self.jwks
             && let not_ready @ Readiness::NotReady(_) = endpoint.readiness(&bundles.status())

@@ -22,6 +22,7 @@ pub mod private_file;
 pub mod serve;
 pub mod settings;
 pub mod shutdown;
+pub mod svid;
 pub mod tls_roots;
 pub mod uds;
 

@@ -314,14 +314,12 @@ fn roles_anywhere(
 }
 
 /// The `Host` a client sends for `url` (`host[:port]`, the scheme's default port left out),
-/// which the request is signed for; a path is refused (the signature covers `/sessions` only).
+/// which the request is signed for. `url` has passed `validate_endpoint_for`, which refuses a
+/// path or query (the signature covers `/sessions` only).
 fn endpoint_host(url: &str) -> Result<String, String> {
     let uri: hyper::Uri = url.parse().map_err(|_| {
         "expected a URL like https://rolesanywhere.eu-west-1.amazonaws.com".to_owned()
     })?;
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err("an endpoint without a path or query".to_owned());
-    }
     let host = uri.host().ok_or_else(|| "a URL with a host".to_owned())?;
     let default = if uri.scheme_str() == Some("http") {
         80

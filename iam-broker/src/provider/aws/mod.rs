@@ -11,6 +11,7 @@ pub mod session_name;
 
 use anyhow::Context as _;
 use sidecar_runtime::settings::{Reader, Setting};
+use sidecar_runtime::svid;
 use workload_client::X509Watcher;
 
 pub use self::config::{AwsArgs, AwsConfig};
@@ -106,12 +107,10 @@ impl Provider for AwsConfig {
             route_label: routes::route_label,
             render_error: http::error,
             // Roles Anywhere: the X.509-SVID in place of the JWT-SVID the shared check asks for.
-            ready: Box::new(
-                move || match svids.as_ref().map(roles_anywhere::svid_readiness) {
-                    Some(not_ready @ sidecar_runtime::Readiness::NotReady(_)) => not_ready,
-                    _ => ready.readiness(),
-                },
-            ),
+            ready: Box::new(move || match svids.as_ref().map(svid::x509_readiness) {
+                Some(not_ready @ sidecar_runtime::Readiness::NotReady(_)) => not_ready,
+                _ => ready.readiness(),
+            }),
             options: http::ServiceOptions {
                 hot_routes: &["creds", "container_creds"],
                 // Roles Anywhere signs with the X.509-SVID: no JWT-SVID is needed to be ready.

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use sidecar_runtime::svid::current_x509;
 use time::format_description::well_known::Rfc3339;
 use workload_client::X509Watcher;
 
@@ -302,23 +303,13 @@ impl RolesAnywhereProvider {
     }
 
     async fn create_session(&self) -> Result<AwsCredentials, ProviderError> {
-        let context = match self.svids.current() {
-            Some(c) => c,
-            None => {
-                // At start the stream may be a moment away; later `None` means withdrawn.
-                let _ = tokio::time::timeout(SVID_WAIT, self.svids.first()).await;
-                self.svids.current().ok_or_else(|| {
-                    ProviderError::new(ErrorKind::Identity, svid_missing(&self.svids))
-                })?
-            }
-        };
-        // An expired SVID (the agent gone longer than its life) would only earn a 403.
-        if context.remaining(std::time::SystemTime::now()).is_zero() {
-            return Err(ProviderError::new(
-                ErrorKind::Identity,
-                "the X.509-SVID has expired and the Workload API has not renewed it",
-            ));
+        if self.svids.current().is_none() {
+            // At start the stream may be a moment away; later `None` means withdrawn.
+            let _ = tokio::time::timeout(SVID_WAIT, self.svids.first()).await;
         }
+        // An expired or withdrawn SVID is not sent: it would only earn a 403.
+        let context = current_x509(&self.svids, std::time::SystemTime::now())
+            .map_err(|why| ProviderError::new(ErrorKind::Identity, why))?;
         let request = SessionRequest {
             trust_anchor_arn: self.roles_anywhere.trust_anchor_arn.clone(),
             profile_arn: self.roles_anywhere.profile_arn.clone(),
@@ -401,34 +392,6 @@ impl RolesAnywhereProvider {
                 reply.status
             ),
         ))
-    }
-}
-
-/// Why there is no X.509-SVID to sign with.
-fn svid_missing(svids: &X509Watcher) -> String {
-    let status = svids.status();
-    let detail = status.last_error.unwrap_or_default();
-    if status.gave_up {
-        format!("the Workload API refused the X.509-SVID stream: {detail}")
-    } else if status.withdrawn {
-        format!(
-            "the Workload API says this workload has no identity (registration entry deleted?): {detail}"
-        )
-    } else {
-        "no X.509-SVID from the Workload API yet".to_owned()
-    }
-}
-
-/// Readiness of the Roles Anywhere mode's identity: an unexpired X.509-SVID, as the other
-/// sidecars ask (the held credentials alone would keep a withdrawn workload ready for hours).
-pub fn svid_readiness(svids: &X509Watcher) -> sidecar_runtime::Readiness {
-    use sidecar_runtime::Readiness;
-    match svids.current() {
-        Some(c) if !c.remaining(std::time::SystemTime::now()).is_zero() => Readiness::Ready,
-        Some(_) => Readiness::NotReady(
-            "the X.509-SVID has expired and the Workload API has not renewed it".into(),
-        ),
-        None => Readiness::NotReady(svid_missing(svids)),
     }
 }
 
