@@ -20,6 +20,7 @@ pub mod azure;
 pub mod clients;
 pub mod envoy;
 pub mod gcp;
+pub mod image;
 pub mod istio;
 pub mod procfs;
 pub mod rates;
@@ -41,8 +42,8 @@ pub fn root() -> PathBuf {
 }
 
 /// A binary built from this workspace (`cargo build --bins`; `cargo xtask test` does it), or
-/// from `SUITE_BIN_DIR` when that is set (the soak run uses the release binaries staged for
-/// the image, `target/image/usr/local/bin`).
+/// from `SUITE_BIN_DIR` when that is set (the soak run uses the host's binaries staged for
+/// the image, `target/image/<arch>/usr/local/bin`).
 pub fn bin(name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("SUITE_BIN_DIR") {
         let path = PathBuf::from(dir).join(name);

@@ -6,15 +6,15 @@
 //! on `PATH` is used as is. If it can be neither found nor installed the command fails and says
 //! how to install it: the check is never skipped.
 //!
-//! The crate graph handed to cargo-deny is `cargo metadata --filter-platform <host>`: the Linux
-//! graph the sidecars ship (Windows- and macOS-only crates never link), read from the local
-//! cache, so the check needs no network. Advisories need the RustSec database, which is fetched
+//! The crate graph handed to cargo-deny is `cargo metadata --filter-platform <triple>` for each
+//! image platform (linux amd64, arm64, ppc64le, s390x): the graph the sidecars ship (Windows-
+//! and macOS-only crates never link), read from the local cache, so the check needs no network. Advisories need the RustSec database, which is fetched
 //! from GitHub: `--advisories` does that where the network allows (CI cannot reach it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{Result, cargo, root, run};
+use crate::{Result, cargo, platform, root, run};
 
 /// The cargo-deny release the rules in deny.toml are written for.
 pub(crate) const VERSION: &str = "0.20.2";
@@ -63,7 +63,7 @@ pub(crate) fn check(advisories: bool) -> Result {
 }
 
 /// The pinned cargo-deny: `.tools/bin/cargo-deny`, else one on `PATH`, else installed into
-/// `.tools` now (about 3 minutes of compiling, once per checkout).
+/// `.tools` now (compiled once per checkout).
 fn tool() -> Result<PathBuf> {
     let local = root().join(".tools/bin/cargo-deny");
     if version_of(&local).as_deref() == Some(VERSION) {
@@ -88,7 +88,11 @@ fn tool() -> Result<PathBuf> {
                 VERSION,
                 "--root",
             ])
-            .arg(root().join(".tools")),
+            .arg(root().join(".tools"))
+            // cargo-deny's own release profile is fat LTO in one codegen unit: the slowest
+            // build there is, for a tool that checks our graph in about a second.
+            .env("CARGO_PROFILE_RELEASE_LTO", "false")
+            .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16"),
     )
     .map_err(|e| format!("{e}: {how}"))?;
     match version_of(&local) {
@@ -110,32 +114,17 @@ fn version_of(bin: &Path) -> Option<String> {
         .filter(|_| out.status.success())
 }
 
-/// Writes the host's crate graph to `target/deny-metadata.json`.
+/// Writes the crate graph of the image platforms to `target/deny-metadata.json`.
 fn metadata() -> Result<PathBuf> {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let verbose = Command::new(&rustc)
-        .arg("-vV")
-        .output()
-        .map_err(|e| format!("{rustc} -vV: {e}"))?;
-    let verbose = String::from_utf8_lossy(&verbose.stdout);
-    let host = verbose
-        .lines()
-        .find_map(|l| l.strip_prefix("host: "))
-        .ok_or_else(|| format!("{rustc} -vV printed no host triple"))?
-        .to_owned();
-    let args = [
-        "metadata",
-        "--locked",
-        "--format-version",
-        "1",
-        "--filter-platform",
-        &host,
-    ];
+    let mut args = vec!["metadata", "--locked", "--format-version", "1"];
+    for p in &platform::PLATFORMS {
+        args.extend(["--filter-platform", p.triple]);
+    }
     // From the local cache if the build already fetched everything (it has, in the test
     // command); otherwise cargo downloads the missing crates from crates.io.
-    let mut out = cargo().args(args).arg("--offline").output();
+    let mut out = cargo().args(&args).arg("--offline").output();
     if !out.as_ref().is_ok_and(|o| o.status.success()) {
-        out = cargo().args(args).output();
+        out = cargo().args(&args).output();
     }
     let out = out.map_err(|e| format!("cargo metadata: {e}"))?;
     if !out.status.success() {

@@ -1,10 +1,14 @@
-//! `cargo xtask image`: static release binaries staged into `target/image/`, then one podman
-//! image per Containerfile target.
+//! `cargo xtask image [--platforms …]`: static release binaries of every platform staged into
+//! `target/image/`, then one podman image per Containerfile target and platform, gathered per
+//! target into a manifest list.
+
+mod sysroot;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{Result, cargo, root, run};
+use crate::platform::{self, Platform, Std};
+use crate::{Result, root, run};
 
 /// The binaries the images carry, and the packages that build them.
 pub(crate) const BINARIES: [(&str, &str); 4] = [
@@ -23,21 +27,14 @@ pub(crate) const TARGETS: [&str; 5] = [
     "all",
 ];
 
-/// `localhost/spiffe-sidecars/<target>:dev`.
+/// `localhost/spiffe-sidecars/<target>:dev`: the manifest list of every platform built.
 pub(crate) fn tag(target: &str) -> String {
     format!("localhost/spiffe-sidecars/{target}:dev")
 }
 
-fn host_triple() -> Result<String> {
-    let out = Command::new("rustc")
-        .arg("-vV")
-        .output()
-        .map_err(|e| format!("rustc -vV: {e}"))?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("host: "))
-        .map(str::to_owned)
-        .ok_or_else(|| "rustc -vV printed no host triple".to_owned())
+/// `localhost/spiffe-sidecars/<target>:dev-<arch>`: one platform's image in that list.
+pub(crate) fn platform_tag(target: &str, arch: &str) -> String {
+    format!("{}-{arch}", tag(target))
 }
 
 fn target_dir() -> PathBuf {
@@ -51,34 +48,20 @@ const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// shadowed by it (sidecar-runtime/src/tls_roots.rs explains the order).
 const IMAGE_CA_BUNDLE: &str = "etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem";
 
-/// Builds the static binaries and stages `target/image/{usr/local/bin,etc}`.
-pub(crate) fn stage() -> Result<PathBuf> {
-    let triple = host_triple()?;
-    let mut build = cargo();
-    build
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--bins",
-            "--target",
-            &triple,
-        ])
-        // crt-static on the gnu target: no libc in a `scratch` image. An explicit --target
-        // keeps the flag off build scripts and proc macros.
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        // Symbols off: the images carry the binaries only (host builds keep theirs).
-        .env("CARGO_PROFILE_RELEASE_STRIP", "symbols");
-    for (_, package) in BINARIES {
-        build.args(["-p", package]);
-    }
-    run(
-        "cargo build --release (static binaries for the images)",
-        &mut build,
-    )?;
+/// Where the staged files are: `etc/` (every platform's), `<arch>/usr/local/bin/`.
+pub(crate) fn staging() -> PathBuf {
+    root().join("target/image")
+}
 
-    // Checked before staging anything: an image without CA certificates cannot reach any cloud
-    // over TLS, so it is not built at all.
+/// One platform's staged binaries.
+pub(crate) fn bin_dir(platform: &Platform) -> PathBuf {
+    staging().join(platform.arch).join("usr/local/bin")
+}
+
+/// Builds the static binaries of `platforms` and stages `target/image/`.
+pub(crate) fn stage(platforms: &[&'static Platform]) -> Result {
+    // Checked before building anything: an image without CA certificates cannot reach any
+    // cloud over TLS, so it is not built at all.
     let host_bundle = Path::new(HOST_CA_BUNDLE);
     if !host_bundle.is_file() {
         return Err(format!(
@@ -87,17 +70,26 @@ pub(crate) fn stage() -> Result<PathBuf> {
              `apt-get install ca-certificates`"
         ));
     }
-    let stage = root().join("target/image");
-    let bin_dir = stage.join("usr/local/bin");
+    platform::ensure_toolchain(platforms)?;
+    // Debian's compiler keeps its own target directory: its artifacts never mix with rustup's.
+    let out = target_dir().join("images");
+    for p in platforms {
+        let sysroot = match p.std {
+            Std::Debian => None,
+            Std::FromSource => Some(sysroot::build(p, &out)?),
+        };
+        build(p, &out, sysroot.as_deref())?;
+    }
+
+    let stage = staging();
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage).map_err(|e| format!("{}: {e}", stage.display()))?;
+    }
     let etc = stage.join("etc");
     let ca_bundle = stage.join(IMAGE_CA_BUNDLE);
     let ca_dir = ca_bundle.parent().unwrap_or(&etc).to_path_buf();
-    for dir in [&bin_dir, &etc, &ca_dir] {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let built = target_dir().join(&triple).join("release");
-    for (binary, _) in BINARIES {
-        copy(&built.join(binary), &bin_dir.join(binary))?;
+    for dir in [&etc, &ca_dir] {
+        create_dir(dir)?;
     }
     write(
         &etc.join("passwd"),
@@ -105,13 +97,69 @@ pub(crate) fn stage() -> Result<PathBuf> {
     )?;
     write(&etc.join("group"), "nonroot:x:65532:\n")?;
     copy(host_bundle, &ca_bundle)?;
-    Ok(stage)
+    for p in platforms {
+        let bin_dir = bin_dir(p);
+        create_dir(&bin_dir)?;
+        let built = out.join(p.triple).join("image");
+        for (binary, _) in BINARIES {
+            copy(&built.join(binary), &bin_dir.join(binary))?;
+        }
+    }
+    Ok(())
+}
+
+/// `cargo build --profile image` of the images' binaries for one platform, with Debian's compiler
+/// and the platform's GCC as linker and C compiler.
+fn build(p: &Platform, out: &Path, sysroot: Option<&Path>) -> Result {
+    let key = p.env_key();
+    let upper = key.to_uppercase();
+    // crt-static on the gnu target: no libc in a `scratch` image. Target-specific flags stay
+    // off build scripts and proc macros, which run here.
+    let mut rustflags = "-C target-feature=+crt-static".to_owned();
+    if let Some(sysroot) = sysroot {
+        rustflags.push_str(&format!(" --sysroot {}", sysroot.display()));
+    }
+    let mut build = Command::new(platform::CARGO);
+    build
+        .current_dir(root())
+        .args([
+            "build",
+            "--profile",
+            "image",
+            "--locked",
+            "--bins",
+            "--target",
+            p.triple,
+        ])
+        .env("RUSTC", platform::RUSTC)
+        .env("CARGO_TARGET_DIR", out)
+        // The same flags for every platform, whatever the caller's environment says.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env(format!("CARGO_TARGET_{upper}_RUSTFLAGS"), rustflags)
+        .env(format!("CARGO_TARGET_{upper}_LINKER"), p.gcc())
+        .env(format!("CC_{key}"), p.gcc())
+        .env(format!("AR_{key}"), p.ar());
+    for (_, package) in BINARIES {
+        build.args(["-p", package]);
+    }
+    run(
+        &format!(
+            "cargo build --profile image for {} (static binaries)",
+            p.os_arch()
+        ),
+        &mut build,
+    )
 }
 
 fn copy(from: &Path, to: &Path) -> Result {
     std::fs::copy(from, to)
         .map(|_| ())
         .map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))
+}
+
+fn create_dir(dir: &Path) -> Result {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 fn write(path: &Path, text: &str) -> Result {
@@ -158,27 +206,111 @@ fn ensure_podman() -> Result {
     }
 }
 
-/// `cargo xtask image`: stage, then `podman build` every target.
-pub(crate) fn image() -> Result {
+/// `cargo xtask image [--platforms all|<arch>,…]` (default all).
+pub(crate) fn image(args: &[String]) -> Result {
+    let platforms = match args {
+        [] => platform::parse("all")?,
+        [flag, list] if flag == "--platforms" => platform::parse(list)?,
+        _ => {
+            return Err(format!(
+                "usage: cargo xtask image [--platforms all|<arch>,...] (got {args:?})"
+            ));
+        }
+    };
+    build_images(&platforms)
+}
+
+/// Stages `platforms`, builds every Containerfile target for each, and gathers each target's
+/// images into one manifest list.
+pub(crate) fn build_images(platforms: &[&'static Platform]) -> Result {
     ensure_podman()?;
-    stage()?;
+    stage(platforms)?;
+    let mut sizes = Vec::new();
     for target in TARGETS {
-        run(
-            &format!("podman build --target {target}"),
-            Command::new("podman")
-                .current_dir(root())
-                .args([
+        let list = tag(target);
+        // The previous build's list and images go first: a list is not rebuilt in place, and
+        // images left untagged would pile up with every build.
+        if podman_ok(&["manifest", "exists", &list]) {
+            podman(
+                &format!("remove the old list {list}"),
+                &["manifest", "rm", &list],
+            )?;
+        } else if podman_ok(&["image", "exists", &list]) {
+            podman(&format!("remove the old image {list}"), &["rmi", &list])?;
+        }
+        podman(
+            &format!("create the list {list}"),
+            &["manifest", "create", &list],
+        )?;
+        for p in platforms {
+            let image = platform_tag(target, p.arch);
+            if podman_ok(&["image", "exists", &image]) {
+                podman(&format!("remove the old image {image}"), &["rmi", &image])?;
+            }
+            // `FROM scratch` + COPY: nothing runs in the build, so no emulation is needed. The
+            // Containerfile picks the platform's binaries with TARGETARCH.
+            podman(
+                &format!("podman build --target {target} --platform {}", p.os_arch()),
+                &[
                     "build",
                     "--quiet",
+                    "--platform",
+                    &p.os_arch(),
                     "-f",
                     "Containerfile",
                     "--target",
                     target,
                     "-t",
-                ])
-                .arg(tag(target))
-                .arg("."),
-        )?;
+                    &image,
+                    ".",
+                ],
+            )?;
+            podman(
+                &format!("add {image} to {list}"),
+                &[
+                    "manifest",
+                    "add",
+                    &list,
+                    &format!("containers-storage:{image}"),
+                ],
+            )?;
+            let size = podman_output(&["image", "inspect", "--format", "{{.Size}}", &image])?;
+            sizes.push(format!("{image}: {size} bytes"));
+        }
     }
+    println!("==> images\n{}", sizes.join("\n"));
     Ok(())
+}
+
+fn podman_ok(args: &[&str]) -> bool {
+    Command::new("podman")
+        .args(args)
+        .current_dir(root())
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn podman(what: &str, args: &[&str]) -> Result {
+    podman_output(args)
+        .map(|_| ())
+        .map_err(|e| format!("{what}: {e}"))
+}
+
+/// Runs podman quietly (20 calls per platform would drown the log); its stderr on failure.
+fn podman_output(args: &[&str]) -> Result<String> {
+    let out = Command::new("podman")
+        .args(args)
+        .current_dir(root())
+        .output()
+        .map_err(|e| format!("podman: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(format!(
+            "podman {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }

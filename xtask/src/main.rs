@@ -24,6 +24,7 @@ mod fuzz;
 mod go_install;
 mod image;
 mod istio_tools;
+mod platform;
 mod signing_helper;
 mod spire;
 
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
         Some("soak") => soak(&args[1..]),
         Some("venv") => venv().map(|_| ()),
         Some("istio-tools") => istio_tools::install(),
-        Some("image") => image::image(),
+        Some("image") => image::image(&args[1..]),
         Some("spire") => spire::install().map(|_| ()),
         Some("signing-helper") => signing_helper::install().map(|_| ()),
         Some("clients") => clients(),
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|soak|image|spire|signing-helper|istio-tools|clients|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + 60 s soaks on the dev agent and on SPIRE (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault|spire]: each sidecar against a same-run baseline (release build)\n  soak   [--spire] [--minutes N]: every sidecar under load and chaos for N minutes (default 10; --spire: on real SPIRE), then a table\n  image  static binaries + one podman image per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  signing-helper  build AWS's aws_signing_helper (IAM Roles Anywhere) into .tools (Go module proxy)\n  clients  build the suite's Go and Java gRPC clients (tests/go, tests/java)\n  istio-tools  build the pinned istioctl and podcheck into .tools (Go; the Istio injection test runs them)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
+                "usage: cargo xtask <test|demo|bench|soak|image|spire|signing-helper|istio-tools|clients|regen|venv|deny|fuzz>\n\n  test   venv + fmt + clippy + cargo deny + all tests + 60 s soaks on the dev agent and on SPIRE (what CI runs)\n  demo   [--spire]: the three sidecars with real Envoy, moto and the AWS CLI, step by step (--spire: on real SPIRE)\n  bench  [authz|jwt-authn|sds|creds|uds|vault|spire]: each sidecar against a same-run baseline (release build)\n  soak   [--spire] [--minutes N]: every sidecar under load and chaos for N minutes (default 10; --spire: on real SPIRE), then a table\n  image  [--platforms all|amd64,arm64,ppc64le,s390x]: static binaries + one podman image per sidecar and platform, a manifest list per sidecar (Containerfile)\n  spire  build SPIRE's server, agent and OIDC discovery provider into .tools (Go module proxy)\n  signing-helper  build AWS's aws_signing_helper (IAM Roles Anywhere) into .tools (Go module proxy)\n  clients  build the suite's Go and Java gRPC clients (tests/go, tests/java)\n  istio-tools  build the pinned istioctl and podcheck into .tools (Go; the Istio injection test runs them)\n  regen  regenerate proto/src/generated from proto/workload.proto\n  venv   create/refresh the project venv with the test peers\n  deny   [--advisories]: licenses, bans, sources (offline; cargo-deny installed into .tools if missing)\n  fuzz   [--minutes N] [--cases N]: the parsers' property tests with fresh seeds for N minutes (default 10)"
             );
             return ExitCode::from(2);
         }
@@ -167,8 +168,15 @@ fn test(extra: &[String]) -> Result {
         "cargo build --bins",
         cargo().args(["build", "--workspace", "--bins", "--locked"]),
     )?;
-    // tests/container_image.rs checks the images and runs the binaries copied out of them.
-    image::image()?;
+    // tests/image_platforms.rs runs every platform's binaries copied out of the images
+    // (natively or under qemu-user); container_image.rs runs the broker from the host's image.
+    let platforms = platform::every_run()?;
+    image::build_images(&platforms)?;
+    let platforms = platforms
+        .iter()
+        .map(|p| p.arch)
+        .collect::<Vec<_>>()
+        .join(",");
     clients()?;
     let nextest = cargo()
         .args(["nextest", "--version"])
@@ -195,7 +203,8 @@ fn test(extra: &[String]) -> Result {
                 .args(extra)
                 .env("SUITE_VENV", &venv)
                 .env("SUITE_SPIRE_BIN", &spire)
-                .env("SUITE_SIGNING_HELPER", &signing_helper),
+                .env("SUITE_SIGNING_HELPER", &signing_helper)
+                .env("SUITE_IMAGE_PLATFORMS", &platforms),
         )?;
     } else {
         run(
@@ -205,7 +214,8 @@ fn test(extra: &[String]) -> Result {
                 .args(extra)
                 .env("SUITE_VENV", &venv)
                 .env("SUITE_SPIRE_BIN", &spire)
-                .env("SUITE_SIGNING_HELPER", &signing_helper),
+                .env("SUITE_SIGNING_HELPER", &signing_helper)
+                .env("SUITE_IMAGE_PLATFORMS", &platforms),
         )?;
     }
     // Both paths end on the soaks: CI (no nextest) runs what the usage text promises.
@@ -233,17 +243,18 @@ fn clients() -> Result {
 }
 
 /// The test command's soaks: 60 s of load and chaos on the dev agent, then 60 s on SPIRE
-/// (about 80 s each), on the release binaries staged for the image (so they need no second
+/// (about 80 s each), on the host's binaries staged for the image (so they need no second
 /// release build), after the other tests, alone on the machine.
 fn soak_short(venv: &Path, spire: &Path) -> Result {
     let debug = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root().join("target"), PathBuf::from)
         .join("debug");
+    let bin_dir = image::bin_dir(platform::host()?);
     let soak = || {
         let mut c = Command::new(debug.join("soak"));
         c.args(["--seconds", "60"])
             .env("SUITE_VENV", venv)
-            .env("SUITE_BIN_DIR", root().join("target/image/usr/local/bin"));
+            .env("SUITE_BIN_DIR", &bin_dir);
         c
     };
     run(

@@ -1,0 +1,274 @@
+//! The platforms the images are built for, and the one compiler that builds all of them.
+//!
+//! rustup's distribution server is not reachable from every build machine, so neither are the
+//! standard libraries of other targets; Debian's archive is. The images are therefore built by
+//! Debian 12's `rustc-web` (the compiler Debian keeps current for its browsers) for every
+//! platform, the host's included, so that the four images of one manifest list come from one
+//! compiler and one standard library source:
+//!
+//! - amd64, arm64, ppc64le: the standard library Debian built for that architecture
+//!   (`libstd-rust-web-dev:<arch>`, the same version as the compiler);
+//! - s390x: Debian offers no `libstd-rust-web-dev:s390x` of the compiler's version (only an
+//!   older one the compiler cannot link against), so cargo builds the standard library from
+//!   the compiler's own source (`rust-web-src`, same version) with `-Zbuild-std`. This needs
+//!   `RUSTC_BOOTSTRAP=1` on a stable compiler; the source is exactly the one the compiler was
+//!   built from, which is what makes that safe.
+//!
+//! The C parts (aws-lc in rustls's crypto provider) are compiled by Debian's cross GCC of each
+//! architecture and linked statically against its glibc (`+crt-static`): the images are
+//! `scratch` and carry no libc. `docs/architecture.md` has the measured times and sizes.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::{Result, run};
+
+/// Where a platform's standard library comes from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Std {
+    /// Debian's prebuilt `libstd-rust-web-dev:<deb>`.
+    Debian,
+    /// Built by cargo from `rust-web-src` (`-Zbuild-std`).
+    FromSource,
+}
+
+/// One image platform.
+#[derive(Debug)]
+pub(crate) struct Platform {
+    /// The OCI architecture (`linux/<arch>`), also the staging folder and the image tag suffix.
+    pub(crate) arch: &'static str,
+    /// The Rust target.
+    pub(crate) triple: &'static str,
+    /// The Debian architecture (`dpkg --add-architecture`).
+    deb: &'static str,
+    /// The GNU triple of its cross GCC (`<gnu>-gcc`) and C library (`/usr/<gnu>/lib`).
+    gnu: &'static str,
+    /// qemu-user's name for it: the image tests run a foreign platform's binaries with
+    /// `qemu-<qemu>-static`.
+    qemu: &'static str,
+    pub(crate) std: Std,
+}
+
+/// Every platform the images are built for, in manifest order.
+pub(crate) const PLATFORMS: [Platform; 4] = [
+    Platform {
+        arch: "amd64",
+        triple: "x86_64-unknown-linux-gnu",
+        deb: "amd64",
+        gnu: "x86_64-linux-gnu",
+        qemu: "x86_64",
+        std: Std::Debian,
+    },
+    Platform {
+        arch: "arm64",
+        triple: "aarch64-unknown-linux-gnu",
+        deb: "arm64",
+        gnu: "aarch64-linux-gnu",
+        qemu: "aarch64",
+        std: Std::Debian,
+    },
+    Platform {
+        arch: "ppc64le",
+        triple: "powerpc64le-unknown-linux-gnu",
+        deb: "ppc64el",
+        gnu: "powerpc64le-linux-gnu",
+        qemu: "ppc64le",
+        std: Std::Debian,
+    },
+    Platform {
+        arch: "s390x",
+        triple: "s390x-unknown-linux-gnu",
+        deb: "s390x",
+        gnu: "s390x-linux-gnu",
+        qemu: "s390x",
+        std: Std::FromSource,
+    },
+];
+
+/// Debian's compiler, its cargo and its sources (not rustup's, which come first on `PATH`).
+pub(crate) const RUSTC: &str = "/usr/bin/rustc";
+pub(crate) const CARGO: &str = "/usr/bin/cargo";
+const STD_SOURCE: &str = "/usr/lib/rustlib/src/rust/library/Cargo.lock";
+
+impl Platform {
+    /// `linux/<arch>`.
+    pub(crate) fn os_arch(&self) -> String {
+        format!("linux/{}", self.arch)
+    }
+
+    /// `<gnu>-gcc`: the linker and C compiler for this platform.
+    pub(crate) fn gcc(&self) -> String {
+        format!("{}-gcc", self.gnu)
+    }
+
+    /// `<gnu>-ar`: the archiver the `cc` crate uses for this platform.
+    pub(crate) fn ar(&self) -> String {
+        format!("{}-ar", self.gnu)
+    }
+
+    /// The variable suffix cargo and the `cc` crate use for this target.
+    pub(crate) fn env_key(&self) -> String {
+        self.triple.replace('-', "_")
+    }
+
+    fn is_host(&self) -> bool {
+        std::env::consts::ARCH == self.triple.split('-').next().unwrap_or_default()
+    }
+
+    /// What must be on the machine to build this platform, as (path, Debian package).
+    fn needs(&self) -> Vec<(String, String)> {
+        let mut needs = Vec::new();
+        let (gcc_pkg, libc) = if self.is_host() {
+            ("gcc".to_owned(), format!("/usr/lib/{}/libc.a", self.gnu))
+        } else {
+            (
+                format!("gcc-{}", self.gnu.replace('_', "-")),
+                format!("/usr/{}/lib/libc.a", self.gnu),
+            )
+        };
+        needs.push((format!("/usr/bin/{}", self.gcc()), gcc_pkg));
+        let libc_pkg = if self.is_host() {
+            "libc6-dev".to_owned()
+        } else {
+            format!("libc6-dev-{}-cross", self.deb)
+        };
+        needs.push((libc, libc_pkg));
+        match self.std {
+            Std::Debian => needs.push((
+                format!("/usr/lib/rustlib/{}/lib", self.triple),
+                format!("libstd-rust-web-dev:{}", self.deb),
+            )),
+            Std::FromSource => needs.push((STD_SOURCE.to_owned(), "rust-web-src".to_owned())),
+        }
+        if !self.is_host() {
+            needs.push((
+                format!("/usr/bin/qemu-{}-static", self.qemu),
+                "qemu-user-static".to_owned(),
+            ));
+        }
+        needs
+    }
+}
+
+/// The platforms named in `list` (`all`, or comma-separated `linux/<arch>` or `<arch>`).
+pub(crate) fn parse(list: &str) -> Result<Vec<&'static Platform>> {
+    if list == "all" {
+        return Ok(PLATFORMS.iter().collect());
+    }
+    let mut chosen: Vec<&'static Platform> = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let arch = name.strip_prefix("linux/").unwrap_or(name);
+        let platform = PLATFORMS.iter().find(|p| p.arch == arch).ok_or_else(|| {
+            let known: Vec<&str> = PLATFORMS.iter().map(|p| p.arch).collect();
+            format!(
+                "--platforms: unknown platform {name:?} (known: all, {})",
+                known.join(", ")
+            )
+        })?;
+        if !chosen.iter().any(|p| p.arch == platform.arch) {
+            chosen.push(platform);
+        }
+    }
+    if chosen.is_empty() {
+        return Err("--platforms: no platform named".into());
+    }
+    // Manifest order, whatever the order asked.
+    chosen.sort_by_key(|p| PLATFORMS.iter().position(|q| q.arch == p.arch));
+    Ok(chosen)
+}
+
+/// The platform the build machine runs natively, if it is one of ours.
+pub(crate) fn host() -> Result<&'static Platform> {
+    PLATFORMS.iter().find(|p| p.is_host()).ok_or_else(|| {
+        format!(
+            "this machine ({}) is none of the image platforms: the image tests run the host's \
+             binaries natively",
+            std::env::consts::ARCH
+        )
+    })
+}
+
+/// What `cargo xtask test` builds and tests on every run: the host's platform (the other image
+/// tests and the soak run it natively), s390x (big-endian: where a byte-order bug in our code or
+/// a dependency would show) and arm64 (the most deployed of the others). `cargo xtask image`
+/// builds all four.
+pub(crate) fn every_run() -> Result<Vec<&'static Platform>> {
+    let host = host()?;
+    Ok(PLATFORMS
+        .iter()
+        .filter(|p| p.arch == host.arch || p.arch == "s390x" || p.arch == "arm64")
+        .collect())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Installs what building `platforms` needs and is missing (as root, from Debian's archive:
+/// the test command sets up what it needs on a fresh machine), else says what to install.
+pub(crate) fn ensure_toolchain(platforms: &[&Platform]) -> Result {
+    let mut missing: Vec<(String, String)> = vec![
+        (RUSTC.to_owned(), "rustc-web".to_owned()),
+        (CARGO.to_owned(), "cargo-web".to_owned()),
+    ];
+    for p in platforms {
+        missing.extend(p.needs());
+    }
+    missing.retain(|(path, _)| !Path::new(path).exists());
+    if missing.is_empty() {
+        return check_compiler();
+    }
+    let mut packages: Vec<&str> = missing.iter().map(|(_, pkg)| pkg.as_str()).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    let how = format!(
+        "the images need Debian's Rust compiler and cross toolchains: apt-get install {} \
+         (after dpkg --add-architecture for each foreign architecture)",
+        packages.join(" ")
+    );
+    if !(Path::new("/usr/bin/apt-get").exists() && is_root()) {
+        return Err(format!("missing {}; {how}", missing[0].0));
+    }
+    for p in platforms
+        .iter()
+        .filter(|p| p.std == Std::Debian && !p.is_host())
+    {
+        run(
+            &format!("dpkg --add-architecture {}", p.deb),
+            Command::new("dpkg").args(["--add-architecture", p.deb]),
+        )?;
+    }
+    run(
+        "apt-get update",
+        Command::new("apt-get").args(["update", "-q"]),
+    )?;
+    run(
+        &format!("apt-get install {}", packages.join(" ")),
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .map_err(|e| format!("{e}; {how}"))?;
+    if let Some((path, pkg)) = missing.iter().find(|(path, _)| !Path::new(path).exists()) {
+        return Err(format!(
+            "{path} still missing after installing {pkg}; {how}"
+        ));
+    }
+    check_compiler()
+}
+
+/// Prints which compiler builds the images, so a build log says what made them (cargo refuses
+/// a compiler older than the workspace's `rust-version` itself).
+fn check_compiler() -> Result {
+    let out = Command::new(RUSTC)
+        .arg("-V")
+        .output()
+        .map_err(|e| format!("{RUSTC}: {e}"))?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    println!("==> image compiler: {version} ({RUSTC}, Debian's rustc-web)");
+    Ok(())
+}
