@@ -124,7 +124,8 @@ pub fn host() -> &'static Platform {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
-        "powerpc64" => "ppc64le",
+        // `powerpc64` is either byte order; only little-endian is one of ours.
+        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
         other => other,
     };
     PLATFORMS
@@ -163,7 +164,7 @@ impl Platform {
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\nexec {} {} \"$@\"\n",
+                "#!/bin/sh\nexec '{}' '{}' \"$@\"\n",
                 self.qemu().display(),
                 exe.display()
             ),

@@ -8,13 +8,14 @@
 //!
 //! The crate graph handed to cargo-deny is `cargo metadata --filter-platform <triple>` for each
 //! image platform (linux amd64, arm64, ppc64le, s390x): the graph the sidecars ship (Windows-
-//! and macOS-only crates never link), read from the local cache, so the check needs no network. Advisories need the RustSec database, which is fetched
-//! from GitHub: `--advisories` does that where the network allows (CI cannot reach it).
+//! and macOS-only crates never link), read from the local cache, so the check needs no
+//! network. Advisories need the RustSec database, which is fetched from GitHub:
+//! `--advisories` does that where the network allows (CI cannot reach it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{Result, cargo, platform, root, run};
+use crate::{Result, cargo, platform, root, run, target_dir};
 
 /// The cargo-deny release the rules in deny.toml are written for.
 pub(crate) const VERSION: &str = "0.20.2";
@@ -133,8 +134,7 @@ fn metadata() -> Result<PathBuf> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let target = target_dir();
     std::fs::create_dir_all(&target).map_err(|e| format!("{}: {e}", target.display()))?;
     let path = target.join("deny-metadata.json");
     std::fs::write(&path, out.stdout).map_err(|e| format!("{}: {e}", path.display()))?;

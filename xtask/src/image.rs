@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::platform::{self, Platform, Std};
-use crate::{Result, root, run};
+use crate::{Result, root, run, target_dir};
 
 /// The binaries the images carry, and the packages that build them.
 pub(crate) const BINARIES: [(&str, &str); 4] = [
@@ -35,10 +35,6 @@ pub(crate) fn tag(target: &str) -> String {
 /// `localhost/spiffe-sidecars/<target>:dev-<arch>`: one platform's image in that list.
 pub(crate) fn platform_tag(target: &str, arch: &str) -> String {
     format!("{}-{arch}", tag(target))
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
 }
 
 /// Debian's CA bundle (package `ca-certificates`: Mozilla's roots) on the build machine.
@@ -113,8 +109,8 @@ pub(crate) fn stage(platforms: &[&'static Platform]) -> Result {
 fn build(p: &Platform, out: &Path, sysroot: Option<&Path>) -> Result {
     let key = p.env_key();
     let upper = key.to_uppercase();
-    // crt-static on the gnu target: no libc in a `scratch` image. Target-specific flags stay
-    // off build scripts and proc macros, which run here.
+    // crt-static on the gnu target: no libc in a `scratch` image. With `--target`, cargo keeps
+    // target rustflags off build scripts and proc macros, which run here.
     let mut rustflags = "-C target-feature=+crt-static".to_owned();
     if let Some(sysroot) = sysroot {
         rustflags.push_str(&format!(" --sysroot {}", sysroot.display()));
@@ -136,10 +132,16 @@ fn build(p: &Platform, out: &Path, sysroot: Option<&Path>) -> Result {
         // The same flags for every platform, whatever the caller's environment says.
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env(format!("CARGO_TARGET_{upper}_RUSTFLAGS"), rustflags)
-        .env(format!("CARGO_TARGET_{upper}_LINKER"), p.gcc())
-        .env(format!("CC_{key}"), p.gcc())
-        .env(format!("AR_{key}"), p.ar());
+        .env(format!("CARGO_TARGET_{upper}_RUSTFLAGS"), rustflags);
+    // A foreign platform links and compiles its C with its cross GCC. Not the host's: cargo
+    // applies `[target.<host>].linker` to build scripts and proc macros too, so naming it here
+    // would rebuild every host artifact each time the build alternates between platforms.
+    if !p.is_host() {
+        build
+            .env(format!("CARGO_TARGET_{upper}_LINKER"), p.gcc())
+            .env(format!("CC_{key}"), p.gcc())
+            .env(format!("AR_{key}"), p.ar());
+    }
     for (_, package) in BINARIES {
         build.args(["-p", package]);
     }
@@ -176,34 +178,13 @@ fn podman_works() -> bool {
 /// Installs podman from Debian's packages if it is missing (as root, where apt-get exists):
 /// the test command sets up what it needs on a fresh machine.
 fn ensure_podman() -> Result {
-    if podman_works() {
-        return Ok(());
-    }
-    let apt = Path::new("/usr/bin/apt-get").exists();
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !(apt && root) {
-        return Err("podman is not installed: apt-get install podman".into());
-    }
-    let install = || {
-        run(
-            "apt-get install podman",
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends", "podman"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-    };
-    if install().is_err() {
-        run("apt-get update", Command::new("apt-get").arg("update"))?;
-        install()?;
-    }
-    if podman_works() {
-        Ok(())
-    } else {
-        Err("podman still not runnable after apt-get install podman".into())
-    }
+    platform::apt_install("the images are built with podman", &[], || {
+        if podman_works() {
+            Vec::new()
+        } else {
+            vec![("podman".to_owned(), "podman".to_owned())]
+        }
+    })
 }
 
 /// `cargo xtask image [--platforms all|<arch>,…]` (default all).

@@ -72,6 +72,11 @@ fn root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR`, else `<root>/target`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
@@ -172,6 +177,7 @@ fn test(extra: &[String]) -> Result {
     // (natively or under qemu-user); container_image.rs runs the broker from the host's image.
     let platforms = platform::every_run()?;
     image::build_images(&platforms)?;
+    platform::ensure_runners(&platforms)?;
     let platforms = platforms
         .iter()
         .map(|p| p.arch)
@@ -246,9 +252,7 @@ fn clients() -> Result {
 /// (about 80 s each), on the host's binaries staged for the image (so they need no second
 /// release build), after the other tests, alone on the machine.
 fn soak_short(venv: &Path, spire: &Path) -> Result {
-    let debug = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root().join("target"), PathBuf::from)
-        .join("debug");
+    let debug = target_dir().join("debug");
     let bin_dir = image::bin_dir(platform::host()?);
     let soak = || {
         let mut c = Command::new(debug.join("soak"));
@@ -289,9 +293,7 @@ fn soak(args: &[String]) -> Result {
         "cargo build --release (sidecars, agent, soak driver)",
         cargo().args(["build", "--release", "--locked", "--workspace", "--bins"]),
     )?;
-    let release = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root().join("target"), PathBuf::from)
-        .join("release");
+    let release = target_dir().join("release");
     let mut soak = Command::new(release.join("soak"));
     soak.args(["--minutes", &minutes]).env("SUITE_VENV", &venv);
     if let Some(bin) = spire {
@@ -316,9 +318,7 @@ fn bench(only: &[String]) -> Result {
             "noop-authz",
         ]),
     )?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root().join("target"), PathBuf::from)
-        .join("release");
+    let target = target_dir().join("release");
     // `cargo xtask bench [authz|jwt-authn|sds|creds|uds|vault|spire]…`: all of them by default.
     let all = [
         "bench-authz",
@@ -366,9 +366,7 @@ fn demo(args: &[String]) -> Result {
         "cargo build --bins",
         cargo().args(["build", "--workspace", "--bins", "--locked"]),
     )?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root().join("target"), PathBuf::from)
-        .join("debug");
+    let target = target_dir().join("debug");
     let mut demo = Command::new(target.join("demo"));
     demo.env("SUITE_VENV", &venv).env("RUST_LOG", "warn");
     if let Some(bin) = spire {

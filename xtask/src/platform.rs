@@ -9,10 +9,10 @@
 //! - amd64, arm64, ppc64le: the standard library Debian built for that architecture
 //!   (`libstd-rust-web-dev:<arch>`, the same version as the compiler);
 //! - s390x: Debian offers no `libstd-rust-web-dev:s390x` of the compiler's version (only an
-//!   older one the compiler cannot link against), so cargo builds the standard library from
-//!   the compiler's own source (`rust-web-src`, same version) with `-Zbuild-std`. This needs
-//!   `RUSTC_BOOTSTRAP=1` on a stable compiler; the source is exactly the one the compiler was
-//!   built from, which is what makes that safe.
+//!   older one the compiler cannot link against), so the standard library is built from the
+//!   compiler's own source (`rust-web-src`, same version) into a sysroot of its own
+//!   (`image/sysroot.rs` says how, and why the workspace build never sees the unstable flags
+//!   that takes).
 //!
 //! The C parts (aws-lc in rustls's crypto provider) are compiled by Debian's cross GCC of each
 //! architecture and linked statically against its glibc (`+crt-static`): the images are
@@ -111,8 +111,14 @@ impl Platform {
         self.triple.replace('-', "_")
     }
 
-    fn is_host(&self) -> bool {
-        std::env::consts::ARCH == self.triple.split('-').next().unwrap_or_default()
+    /// Whether this is the build machine's own platform.
+    pub(crate) fn is_host(&self) -> bool {
+        // `consts::ARCH` says `powerpc64` for both byte orders; only little-endian is ours.
+        let arch = match std::env::consts::ARCH {
+            "powerpc64" if cfg!(target_endian = "little") => "powerpc64le",
+            other => other,
+        };
+        arch == self.triple.split('-').next().unwrap_or_default()
     }
 
     /// What must be on the machine to build this platform, as (path, Debian package).
@@ -140,13 +146,18 @@ impl Platform {
             )),
             Std::FromSource => needs.push((STD_SOURCE.to_owned(), "rust-web-src".to_owned())),
         }
-        if !self.is_host() {
-            needs.push((
+        needs
+    }
+
+    /// What running this platform's binaries here needs: nothing on the host's platform,
+    /// qemu-user otherwise.
+    fn runner(&self) -> Option<(String, String)> {
+        (!self.is_host()).then(|| {
+            (
                 format!("/usr/bin/qemu-{}-static", self.qemu),
                 "qemu-user-static".to_owned(),
-            ));
-        }
-        needs
+            )
+        })
     }
 }
 
@@ -200,6 +211,14 @@ pub(crate) fn every_run() -> Result<Vec<&'static Platform>> {
         .collect())
 }
 
+/// Whether Debian's package `pkg` is installed.
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Status}", pkg])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.ends_with(b"install ok installed"))
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -207,38 +226,92 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// What building `platforms` needs and is not installed, as (what, Debian package).
+fn missing(platforms: &[&Platform]) -> Vec<(String, String)> {
+    let mut missing: Vec<(String, String)> = Vec::new();
+    // By package, not by path: Debian's older `rustc` (1.63) installs /usr/bin/rustc too.
+    for pkg in ["rustc-web", "cargo-web"] {
+        if !installed(pkg) {
+            missing.push((format!("package {pkg}"), pkg.to_owned()));
+        }
+    }
+    for p in platforms {
+        missing.extend(
+            p.needs()
+                .into_iter()
+                .filter(|(path, _)| !Path::new(path).exists()),
+        );
+    }
+    missing
+}
+
 /// Installs what building `platforms` needs and is missing (as root, from Debian's archive:
 /// the test command sets up what it needs on a fresh machine), else says what to install.
 pub(crate) fn ensure_toolchain(platforms: &[&Platform]) -> Result {
-    let mut missing: Vec<(String, String)> = vec![
-        (RUSTC.to_owned(), "rustc-web".to_owned()),
-        (CARGO.to_owned(), "cargo-web".to_owned()),
-    ];
-    for p in platforms {
-        missing.extend(p.needs());
-    }
-    missing.retain(|(path, _)| !Path::new(path).exists());
-    if missing.is_empty() {
-        return check_compiler();
-    }
-    let mut packages: Vec<&str> = missing.iter().map(|(_, pkg)| pkg.as_str()).collect();
-    packages.sort_unstable();
-    packages.dedup();
-    let how = format!(
-        "the images need Debian's Rust compiler and cross toolchains: apt-get install {} \
-         (after dpkg --add-architecture for each foreign architecture)",
-        packages.join(" ")
-    );
-    if !(Path::new("/usr/bin/apt-get").exists() && is_root()) {
-        return Err(format!("missing {}; {how}", missing[0].0));
-    }
-    for p in platforms
+    let debian_std: Vec<&str> = platforms
         .iter()
         .filter(|p| p.std == Std::Debian && !p.is_host())
-    {
+        .map(|p| p.deb)
+        .collect();
+    apt_install(
+        "the images need Debian's Rust compiler and cross toolchains",
+        &debian_std,
+        || missing(platforms),
+    )?;
+    check_compiler()
+}
+
+/// Installs qemu-user when a platform of `platforms` is not the host's: the image tests run
+/// those binaries with it.
+pub(crate) fn ensure_runners(platforms: &[&Platform]) -> Result {
+    apt_install(
+        "the image tests run other platforms' binaries under qemu-user",
+        &[],
+        || {
+            platforms
+                .iter()
+                .filter_map(|p| p.runner())
+                .filter(|(path, _)| !Path::new(path).exists())
+                .collect()
+        },
+    )
+}
+
+/// Installs the Debian packages `missing` names (adding the foreign architectures `archs`
+/// first), when there are any, as root where `apt-get` exists; otherwise fails saying why
+/// (`what`) and the commands that would. `missing` is asked again afterwards.
+pub(crate) fn apt_install(
+    what: &str,
+    archs: &[&str],
+    missing: impl Fn() -> Vec<(String, String)>,
+) -> Result {
+    let needed = missing();
+    let Some((first, _)) = needed.first() else {
+        return Ok(());
+    };
+    let mut packages: Vec<&str> = needed.iter().map(|(_, pkg)| pkg.as_str()).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    let add_archs = if archs.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "{}; apt-get update; ",
+            archs
+                .iter()
+                .map(|a| format!("dpkg --add-architecture {a}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    };
+    let how = format!("{what}: {add_archs}apt-get install {}", packages.join(" "));
+    if !(Path::new("/usr/bin/apt-get").exists() && is_root()) {
+        return Err(format!("{first} is missing; {how}"));
+    }
+    for arch in archs {
         run(
-            &format!("dpkg --add-architecture {}", p.deb),
-            Command::new("dpkg").args(["--add-architecture", p.deb]),
+            &format!("dpkg --add-architecture {arch}"),
+            Command::new("dpkg").args(["--add-architecture", arch]),
         )?;
     }
     run(
@@ -253,12 +326,12 @@ pub(crate) fn ensure_toolchain(platforms: &[&Platform]) -> Result {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
     .map_err(|e| format!("{e}; {how}"))?;
-    if let Some((path, pkg)) = missing.iter().find(|(path, _)| !Path::new(path).exists()) {
-        return Err(format!(
-            "{path} still missing after installing {pkg}; {how}"
-        ));
+    match missing().first() {
+        Some((first, pkg)) => Err(format!(
+            "{first} still missing after installing {pkg}; {how}"
+        )),
+        None => Ok(()),
     }
-    check_compiler()
 }
 
 /// Prints which compiler builds the images, so a build log says what made them (cargo refuses

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::write;
 use crate::platform::{self, Platform};
 use crate::{Result, run};
 
@@ -27,11 +28,14 @@ pub(super) fn build(p: &Platform, out: &Path) -> Result<PathBuf> {
         println!("==> standard library for {} is up to date", p.os_arch());
         return Ok(sysroot);
     }
-    if sysroot.exists() {
-        std::fs::remove_dir_all(&sysroot).map_err(|e| format!("{}: {e}", sysroot.display()))?;
+    // A new compiler starts from nothing: the old one's crates must not reach the new sysroot.
+    let krate = out.join("std-build");
+    for dir in [&sysroot, &krate] {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
     }
 
-    let krate = out.join("std-build");
     let src = krate.join("src");
     std::fs::create_dir_all(&src).map_err(|e| format!("{}: {e}", src.display()))?;
     // Its own `[workspace]`: the folder is inside ours, which must not claim it.
@@ -87,9 +91,11 @@ pub(super) fn build(p: &Platform, out: &Path) -> Result<PathBuf> {
         return Err(format!("no standard library crates in {}", deps.display()));
     }
     let host = host_triple()?;
-    let host_lib = Path::new("/usr/lib/rustlib").join(&host);
-    std::os::unix::fs::symlink(&host_lib, rustlib.join(&host))
-        .map_err(|e| format!("link {}: {e}", host_lib.display()))?;
+    if host != p.triple {
+        let host_lib = Path::new("/usr/lib/rustlib").join(&host);
+        std::os::unix::fs::symlink(&host_lib, rustlib.join(&host))
+            .map_err(|e| format!("link {}: {e}", host_lib.display()))?;
+    }
     write(&stamp, &compiler)?;
     Ok(sysroot)
 }
@@ -109,8 +115,4 @@ fn host_triple() -> Result<String> {
         .find_map(|l| l.strip_prefix("host: "))
         .map(str::to_owned)
         .ok_or_else(|| format!("{} -vV printed no host triple", platform::RUSTC))
-}
-
-fn write(path: &Path, text: &str) -> Result {
-    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
