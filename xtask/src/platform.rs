@@ -345,3 +345,52 @@ fn check_compiler() -> Result {
     println!("==> image compiler: {version} ({RUSTC}, Debian's rustc-web)");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arches(list: &str) -> Result<Vec<&'static str>> {
+        parse(list).map(|ps| ps.iter().map(|p| p.arch).collect())
+    }
+
+    #[test]
+    fn platforms_are_parsed_in_manifest_order_once_each() {
+        assert_eq!(
+            arches("all"),
+            Ok(vec!["amd64", "arm64", "ppc64le", "s390x"])
+        );
+        assert_eq!(
+            arches("s390x, linux/arm64,amd64,arm64"),
+            Ok(vec!["amd64", "arm64", "s390x"])
+        );
+        let unknown = arches("amd64,riscv64").unwrap_err();
+        assert!(
+            unknown.contains("--platforms") && unknown.contains("riscv64"),
+            "{unknown}"
+        );
+        assert!(arches(" , ").unwrap_err().contains("no platform"));
+    }
+
+    #[test]
+    fn the_host_is_one_platform_and_every_run_builds_it_with_arm64_and_s390x() {
+        let host = host().unwrap();
+        assert_eq!(PLATFORMS.iter().filter(|p| p.is_host()).count(), 1);
+        let every: Vec<&str> = every_run().unwrap().iter().map(|p| p.arch).collect();
+        assert!(every.contains(&host.arch) && every.contains(&"arm64") && every.contains(&"s390x"));
+        // Only the host's platform runs without qemu; only s390x builds its own std.
+        assert!(host.runner().is_none());
+        assert!(
+            PLATFORMS
+                .iter()
+                .filter(|p| !p.is_host())
+                .all(|p| p.runner().is_some())
+        );
+        let from_source: Vec<&str> = PLATFORMS
+            .iter()
+            .filter(|p| p.std == Std::FromSource)
+            .map(|p| p.arch)
+            .collect();
+        assert_eq!(from_source, ["s390x"]);
+    }
+}
