@@ -78,15 +78,10 @@ pub(crate) fn stage(platforms: &[&'static Platform]) -> Result {
     }
 
     let stage = staging();
-    if stage.exists() {
-        std::fs::remove_dir_all(&stage).map_err(|e| format!("{}: {e}", stage.display()))?;
-    }
+    remove_dir(&stage)?;
     let etc = stage.join("etc");
     let ca_bundle = stage.join(IMAGE_CA_BUNDLE);
-    let ca_dir = ca_bundle.parent().unwrap_or(&etc).to_path_buf();
-    for dir in [&etc, &ca_dir] {
-        create_dir(dir)?;
-    }
+    create_dir(ca_bundle.parent().unwrap_or(&etc))?;
     write(
         &etc.join("passwd"),
         "nonroot:x:65532:65532:nonroot:/:/sbin/nologin\n",
@@ -104,44 +99,50 @@ pub(crate) fn stage(platforms: &[&'static Platform]) -> Result {
     Ok(())
 }
 
-/// `cargo build --profile image` of the images' binaries for one platform, with Debian's compiler
-/// and the platform's GCC as linker and C compiler.
-fn build(p: &Platform, out: &Path, sysroot: Option<&Path>) -> Result {
+/// Debian's cargo and compiler building for `p` into `target_dir`: `+crt-static` (no libc in a
+/// `scratch` image) and `extra` as the target's only rustflags, whatever the caller's
+/// environment says, and the platform's GCC as linker and C compiler. Both the images' build
+/// and the s390x standard library's start here, so they cannot drift apart.
+fn debian_cargo(p: &Platform, target_dir: &Path, extra: &str) -> Command {
     let key = p.env_key();
     let upper = key.to_uppercase();
-    // crt-static on the gnu target: no libc in a `scratch` image. With `--target`, cargo keeps
-    // target rustflags off build scripts and proc macros, which run here.
-    let mut rustflags = "-C target-feature=+crt-static".to_owned();
-    if let Some(sysroot) = sysroot {
-        rustflags.push_str(&format!(" --sysroot {}", sysroot.display()));
-    }
-    let mut build = Command::new(platform::CARGO);
-    build
-        .current_dir(root())
-        .args([
-            "build",
-            "--profile",
-            "image",
-            "--locked",
-            "--bins",
-            "--target",
-            p.triple,
-        ])
+    let mut cargo = Command::new(platform::CARGO);
+    // With `--target`, cargo keeps target rustflags off build scripts and proc macros, which
+    // run here.
+    cargo
         .env("RUSTC", platform::RUSTC)
-        .env("CARGO_TARGET_DIR", out)
-        // The same flags for every platform, whatever the caller's environment says.
+        .env("CARGO_TARGET_DIR", target_dir)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env(format!("CARGO_TARGET_{upper}_RUSTFLAGS"), rustflags);
+        .env(
+            format!("CARGO_TARGET_{upper}_RUSTFLAGS"),
+            format!("-C target-feature=+crt-static {extra}").trim_end(),
+        );
     // A foreign platform links and compiles its C with its cross GCC. Not the host's: cargo
     // applies `[target.<host>].linker` to build scripts and proc macros too, so naming it here
     // would rebuild every host artifact each time the build alternates between platforms.
     if !p.is_host() {
-        build
+        cargo
             .env(format!("CARGO_TARGET_{upper}_LINKER"), p.gcc())
             .env(format!("CC_{key}"), p.gcc())
             .env(format!("AR_{key}"), p.ar());
     }
+    cargo
+}
+
+/// `cargo build --profile image` of the images' binaries for one platform.
+fn build(p: &Platform, out: &Path, sysroot: Option<&Path>) -> Result {
+    let sysroot = sysroot.map_or_else(String::new, |s| format!("--sysroot {}", s.display()));
+    let mut build = debian_cargo(p, out, &sysroot);
+    build.current_dir(root()).args([
+        "build",
+        "--profile",
+        "image",
+        "--locked",
+        "--bins",
+        "--target",
+        p.triple,
+    ]);
     for (_, package) in BINARIES {
         build.args(["-p", package]);
     }
@@ -162,6 +163,14 @@ fn copy(from: &Path, to: &Path) -> Result {
 
 fn create_dir(dir: &Path) -> Result {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// Removes `dir` and everything in it, if it exists.
+fn remove_dir(dir: &Path) -> Result {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
 }
 
 fn write(path: &Path, text: &str) -> Result {

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::write;
+use super::{copy, create_dir, debian_cargo, remove_dir, write};
 use crate::platform::{self, Platform};
 use crate::{Result, run};
 
@@ -23,21 +23,23 @@ pub(super) fn build(p: &Platform, out: &Path) -> Result<PathBuf> {
     let rustlib = sysroot.join("lib/rustlib");
     let lib = rustlib.join(p.triple).join("lib");
     let stamp = sysroot.join("built-by");
-    let compiler = compiler_version()?;
+    // `rustc -vV`: a new compiler means a new standard library.
+    let compiler = Command::new(platform::RUSTC)
+        .arg("-vV")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .map_err(|e| format!("{}: {e}", platform::RUSTC))?;
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(compiler.as_str()) {
         println!("==> standard library for {} is up to date", p.os_arch());
         return Ok(sysroot);
     }
     // A new compiler starts from nothing: the old one's crates must not reach the new sysroot.
     let krate = out.join("std-build");
-    for dir in [&sysroot, &krate] {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-    }
+    remove_dir(&sysroot)?;
+    remove_dir(&krate)?;
 
     let src = krate.join("src");
-    std::fs::create_dir_all(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+    create_dir(&src)?;
     // Its own `[workspace]`: the folder is inside ours, which must not claim it.
     write(
         &krate.join("Cargo.toml"),
@@ -45,13 +47,12 @@ pub(super) fn build(p: &Platform, out: &Path) -> Result<PathBuf> {
          publish = false\n\n[workspace]\n",
     )?;
     write(&src.join("main.rs"), "fn main() {}\n")?;
-    let upper = p.env_key().to_uppercase();
     run(
         &format!(
             "build the standard library for {} from Debian's rust-web-src",
             p.os_arch()
         ),
-        Command::new(platform::CARGO)
+        debian_cargo(p, &krate.join("target"), "")
             .current_dir(&krate)
             .args([
                 "build",
@@ -60,19 +61,10 @@ pub(super) fn build(p: &Platform, out: &Path) -> Result<PathBuf> {
                 "--target",
                 p.triple,
             ])
-            .env("RUSTC_BOOTSTRAP", "1")
-            .env("RUSTC", platform::RUSTC)
-            .env("CARGO_TARGET_DIR", krate.join("target"))
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env(
-                format!("CARGO_TARGET_{upper}_RUSTFLAGS"),
-                "-C target-feature=+crt-static",
-            )
-            .env(format!("CARGO_TARGET_{upper}_LINKER"), p.gcc()),
+            .env("RUSTC_BOOTSTRAP", "1"),
     )?;
 
-    std::fs::create_dir_all(&lib).map_err(|e| format!("{}: {e}", lib.display()))?;
+    create_dir(&lib)?;
     let deps = krate.join("target").join(p.triple).join("release/deps");
     let entries = std::fs::read_dir(&deps).map_err(|e| format!("{}: {e}", deps.display()))?;
     let mut copied = 0;
@@ -81,38 +73,22 @@ pub(super) fn build(p: &Platform, out: &Path) -> Result<PathBuf> {
             .map_err(|e| format!("{}: {e}", deps.display()))?
             .path();
         if path.extension().is_some_and(|e| e == "rlib") {
-            let name = path.file_name().unwrap_or_default();
-            std::fs::copy(&path, lib.join(name))
-                .map_err(|e| format!("copy {}: {e}", path.display()))?;
+            copy(&path, &lib.join(path.file_name().unwrap_or_default()))?;
             copied += 1;
         }
     }
     if copied == 0 {
         return Err(format!("no standard library crates in {}", deps.display()));
     }
-    let host = host_triple()?;
+    let host = compiler
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .ok_or_else(|| format!("{} -vV printed no host triple", platform::RUSTC))?;
     if host != p.triple {
-        let host_lib = Path::new("/usr/lib/rustlib").join(&host);
-        std::os::unix::fs::symlink(&host_lib, rustlib.join(&host))
+        let host_lib = Path::new("/usr/lib/rustlib").join(host);
+        std::os::unix::fs::symlink(&host_lib, rustlib.join(host))
             .map_err(|e| format!("link {}: {e}", host_lib.display()))?;
     }
     write(&stamp, &compiler)?;
     Ok(sysroot)
-}
-
-/// `rustc -vV` of Debian's compiler: a new compiler means a new standard library.
-fn compiler_version() -> Result<String> {
-    let out = Command::new(platform::RUSTC)
-        .arg("-vV")
-        .output()
-        .map_err(|e| format!("{}: {e}", platform::RUSTC))?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn host_triple() -> Result<String> {
-    compiler_version()?
-        .lines()
-        .find_map(|l| l.strip_prefix("host: "))
-        .map(str::to_owned)
-        .ok_or_else(|| format!("{} -vV printed no host triple", platform::RUSTC))
 }
