@@ -343,21 +343,29 @@ pub struct DevAgent {
     pub admin: SocketAddr,
     args: Vec<String>,
     log_dir: PathBuf,
+    program: PathBuf,
 }
 
 impl DevAgent {
     /// Starts an agent with `args` (plus socket and admin flags) and waits until it serves.
     pub fn start(dir: &Path, args: &[&str]) -> Self {
+        Self::start_program(&bin("spiffe-dev-agent"), dir, args)
+    }
+
+    /// [`DevAgent::start`] running `program` (the binary copied out of an image, or a
+    /// launcher that runs it under qemu-user).
+    pub fn start_program(program: &Path, dir: &Path, args: &[&str]) -> Self {
         let socket = dir.join("agent.sock");
         let endpoint = format!("unix://{}", socket.display());
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut agent = Self {
-            proc: Self::spawn(&endpoint, admin, args, dir),
+            proc: Self::spawn(program, &endpoint, admin, args, dir),
             endpoint,
             socket,
             admin,
             args: args.iter().map(|s| (*s).to_owned()).collect(),
             log_dir: dir.to_path_buf(),
+            program: program.to_path_buf(),
         };
         agent.wait_ready();
         agent
@@ -370,8 +378,8 @@ impl DevAgent {
         (socket, endpoint)
     }
 
-    fn spawn(endpoint: &str, admin: SocketAddr, args: &[&str], dir: &Path) -> Proc {
-        let mut cmd = Command::new(bin("spiffe-dev-agent"));
+    fn spawn(program: &Path, endpoint: &str, admin: SocketAddr, args: &[&str], dir: &Path) -> Proc {
+        let mut cmd = Command::new(program);
         cmd.args(["--socket", endpoint, "--admin-listen", &admin.to_string()])
             .args(args)
             .env("RUST_LOG", "info");
@@ -394,7 +402,13 @@ impl DevAgent {
     pub fn restart(&mut self) {
         self.proc.kill();
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.proc = Self::spawn(&self.endpoint, self.admin, &args, &self.log_dir);
+        self.proc = Self::spawn(
+            &self.program,
+            &self.endpoint,
+            self.admin,
+            &args,
+            &self.log_dir,
+        );
         self.wait_ready();
     }
 

@@ -26,7 +26,7 @@ use suite_tests::image::{
 };
 use suite_tests::sds::SdsBridge;
 use suite_tests::sidecars::{JwtHelper, check};
-use suite_tests::{Proc, free_port, http, scrape, wait_until};
+use suite_tests::{DevAgent, free_port, scrape, wait_until};
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 use tokio_rustls::rustls::pki_types::{CertificateDer, UnixTime};
 use workload_client::{
@@ -163,24 +163,12 @@ fn run_together(
     sts: &StsProxy,
     ca_file: &Path,
 ) {
-    let agent_socket = dir.join("agent.sock");
-    let agent_api = format!("unix://{}", agent_socket.display());
-    let agent_admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut agent = p.command(exe(exes, "spiffe-dev-agent"));
-    agent.args([
-        "--socket",
-        &agent_api,
-        "--admin-listen",
-        &agent_admin.to_string(),
-        "--trust-domain",
-        TD,
-    ]);
-    let mut agent = Proc::spawn(&format!("agent-{}", p.arch), agent, dir);
-    wait_until(&format!("{} agent to serve", p.arch), READY, || {
-        agent.assert_running();
-        std::os::unix::net::UnixStream::connect(&agent_socket).is_ok()
-            && http(agent_admin, "GET", "/healthz").is_some_and(|(s, _)| s == 200)
-    });
+    let agent = DevAgent::start_program(
+        &p.launcher(exe(exes, "spiffe-dev-agent"), dir),
+        dir,
+        &["--trust-domain", TD],
+    );
+    let agent_api = agent.endpoint.clone();
 
     let mut bridge = SdsBridge::start_program(
         &p.launcher(exe(exes, "sds-bridge"), dir),
@@ -241,7 +229,8 @@ fn run_together(
         assert!(id.starts_with("spiffe://example.org/"), "{id}");
         // One character in the middle of the signature changed: well-formed, and refused.
         let mut forged = token.token().to_owned();
-        let at = forged.rfind('.').unwrap() + (forged.len() - forged.rfind('.').unwrap()) / 2;
+        let signature = forged.rfind('.').unwrap() + 1;
+        let at = signature + (forged.len() - signature) / 2;
         let flipped = if &forged[at..=at] == "A" { "B" } else { "A" };
         forged.replace_range(at..=at, flipped);
         assert!(

@@ -5,7 +5,7 @@ use super::*;
 /// What the sidecars get their identities from.
 pub(crate) enum Agent {
     /// The development agent, serving OIDC discovery itself.
-    Dev(DevAgent),
+    Dev(Box<DevAgent>),
     /// SPIRE's server, agent and OIDC discovery provider.
     Spire(Box<Spire>),
 }
@@ -289,7 +289,7 @@ pub(crate) fn dev_agent(dir: &Path) -> (Agent, String) {
             &issuer,
         ],
     );
-    (Agent::Dev(agent), issuer)
+    (Agent::Dev(Box::new(agent)), issuer)
 }
 
 /// SPIRE's server (SVID lifetimes as above), agent and OIDC discovery provider, and every
